@@ -1,0 +1,35 @@
+# ai_ratelimit: PGXS build
+#
+#   make                      build (warnings are errors)
+#   make install              install into the PostgreSQL found by pg_config
+#   make installcheck         regression, isolation and TAP tests, each on a
+#                             temporary server started with the extension
+#                             preloaded (run as a non-root user)
+
+EXTENSION = ai_ratelimit
+MODULE_big = ai_ratelimit
+OBJS = \
+	src/ai_ratelimit.o \
+	src/config.o \
+	src/limits.o \
+	src/money.o \
+	src/shmem.o \
+	src/sql_api.o \
+	src/usage.o \
+	src/windows.o \
+	src/xact.o
+
+DATA = ai_ratelimit--1.0.sql
+PGFILEDESC = "ai_ratelimit - per-user AI rate limits and budgets"
+
+REGRESS = setup plans limits usage bad_input
+REGRESS_OPTS = --temp-config=$(srcdir)/test/ai_ratelimit.conf --temp-instance=./tmp_check
+
+PG_CPPFLAGS = -I$(srcdir)/src
+PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+$(OBJS): src/ai_ratelimit.h

@@ -1,0 +1,120 @@
+/*-------------------------------------------------------------------------
+ *
+ * ai_ratelimit.c
+ *		Module load: GUCs, shared-memory hooks, transaction callbacks.
+ *
+ * ai_ratelimit must be in shared_preload_libraries: its counters live in
+ * shared memory requested at postmaster start.  Loaded any other way, the
+ * GUCs exist but every function refuses with SQLSTATE 55000.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "utils/guc.h"
+
+#include "ai_ratelimit.h"
+
+PG_MODULE_MAGIC;
+
+int			ai_max_keys = 100000;
+int			ai_max_reservations = 100000;
+int			ai_reservation_ttl = 900;
+char	   *ai_timezone_name = NULL;
+pg_tz	   *ai_timezone = NULL;
+int			ai_on_full = 0;
+
+static const struct config_enum_entry on_full_options[] = {
+	{"refuse", 0, false},
+	{"allow", 1, false},
+	{NULL, 0, false}
+};
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+void		_PG_init(void);
+
+static bool
+ai_timezone_check(char **newval, void **extra, GucSource source)
+{
+	pg_tz	   *tz = pg_tzset(*newval);
+
+	if (tz == NULL)
+	{
+		GUC_check_errdetail("Time zone \"%s\" is not recognized.", *newval);
+		return false;
+	}
+	*extra = malloc(sizeof(pg_tz *));
+	if (*extra == NULL)
+		return false;
+	*((pg_tz **) *extra) = tz;
+	return true;
+}
+
+static void
+ai_timezone_assign(const char *newval, void *extra)
+{
+	ai_timezone = *((pg_tz **) extra);
+}
+
+static void
+ai_shmem_request_hook(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	ai_shmem_request();
+}
+
+static void
+ai_shmem_startup_hook(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	ai_shmem_startup();
+}
+
+void
+_PG_init(void)
+{
+	DefineCustomStringVariable("ai_ratelimit.timezone",
+							   "Time zone of the daily and monthly windows.",
+							   "Days reset at midnight and months on the 1st in this zone.",
+							   &ai_timezone_name, "UTC",
+							   PGC_SIGHUP, 0,
+							   ai_timezone_check, ai_timezone_assign, NULL);
+	DefineCustomIntVariable("ai_ratelimit.reservation_ttl",
+							"How long an unsettled budget reservation is held.",
+							NULL,
+							&ai_reservation_ttl, 900, 1, 31 * 86400,
+							PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomEnumVariable("ai_ratelimit.on_full",
+							 "What a check does when every counter is in use: refuse or allow.",
+							 NULL,
+							 &ai_on_full, 0, on_full_options,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ai_ratelimit.max_keys",
+							"Users tracked at once in shared memory (all databases).",
+							NULL,
+							&ai_max_keys, 100000, 100, 50000000,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ai_ratelimit.max_reservations",
+							"Budget reservations held at once (all databases).",
+							NULL,
+							&ai_max_reservations, 100000, 16, (int) AI_RESV_SLOT_MASK,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	MarkGUCPrefixReserved("ai_ratelimit");
+
+	ai_config_init();
+	ai_xact_init();
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = ai_shmem_request_hook;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = ai_shmem_startup_hook;
+}

@@ -1,0 +1,284 @@
+/*-------------------------------------------------------------------------
+ *
+ * ai_ratelimit.h
+ *		Shared declarations of the ai_ratelimit extension.
+ *
+ * The extension is split by concern:
+ *   ai_ratelimit.c  module load, GUCs, shared-memory hooks
+ *   shmem.c         the shared hash of per-user counters and the
+ *                   reservation pool (all locking rules are stated there)
+ *   windows.c       time arithmetic: burst buckets, calendar day and month
+ *                   in ai_ratelimit.timezone
+ *   money.c         exact fixed-point money (1e-9 cent units) <-> numeric
+ *   config.c        backend-local caches of ai_plans, ai_user_plans and
+ *                   ai_model_prices, invalidated through shared generations
+ *   xact.c          what a transaction consumed, given back on abort
+ *   limits.c        the decision: burst, then daily, then monthly budget
+ *   usage.c         ai_record_usage, monthly spend from the tables
+ *   sql_api.c       the SQL-callable functions
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AI_RATELIMIT_H
+#define AI_RATELIMIT_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "fmgr.h"
+#include "pgtime.h"
+#include "port/atomics.h"
+#include "storage/lwlock.h"
+#include "utils/date.h"
+#include "utils/hsearch.h"
+
+/* ---- limits on input ---- */
+#define AI_MAX_USER_ID_LEN		256		/* bytes */
+#define AI_MAX_MODEL_LEN		256		/* bytes */
+#define AI_MAX_TOKENS			INT64CONST(1000000000)	/* per count, per call */
+
+/*
+ * Burst window: the window is cut into AI_BURST_SPAN buckets of equal width;
+ * the ring keeps AI_BURST_RING buckets so that every bucket that can overlap
+ * a window ending now is still there.
+ */
+#define AI_BURST_SPAN			20
+#define AI_BURST_RING			24
+
+/* Money: int64 counts of 1e-9 cent (prices have at most 5 decimals). */
+#define AI_MONEY_SCALE			9
+#define AI_MONEY_UNITS_PER_CENT	INT64CONST(1000000000)
+typedef int64 AiMoney;
+#define AI_MONEY_MAX			PG_INT64_MAX
+
+/* ---- shared state (shmem.c) ---- */
+
+/*
+ * Hash key: database and a 96-bit hash of the user id.  Two different ids
+ * share counters only if all 96 bits collide (about 1e-17 for a million
+ * users in one database).
+ */
+typedef struct AiKey
+{
+	Oid			dbid;
+	uint32		h32;
+	uint64		h64;
+} AiKey;
+
+typedef enum AiSpendState
+{
+	AI_SPEND_UNKNOWN = 0,		/* not loaded from ai_usage for this month */
+	AI_SPEND_VALID				/* committed_spend is exact for spend_month */
+} AiSpendState;
+
+#define AI_ID_PREFIX_LEN		32
+
+/*
+ * Per-user counters.  Every field is protected by the partition lock of the
+ * entry's key (see shmem.c).
+ */
+typedef struct AiEntry
+{
+	AiKey		key;			/* hash key: must be first */
+
+	/* burst: sliding window of AI_BURST_SPAN buckets */
+	int64		burst_head;		/* bucket index of the newest bucket */
+	int32		burst_window_ms;	/* window the buckets were cut for */
+	uint32		burst[AI_BURST_RING];	/* allowed requests per bucket */
+
+	/* daily */
+	int32		day;			/* local day number of daily_count */
+	uint32		daily_count;
+
+	/* monthly spend cache and reservations */
+	int32		spend_month;	/* local month number of the spend fields */
+	uint32		spend_gen;		/* usage generation the cache was loaded at */
+	uint32		change_seq;		/* bumped by every record and settle */
+	uint32		inflight;		/* ai_record_usage calls not yet ended */
+	uint8		spend_state;	/* AiSpendState */
+	uint8		id_len;			/* bytes of the user id kept in id_prefix */
+	AiMoney		committed_spend;	/* committed cost this month */
+	AiMoney		inflight_cost;	/* cost recorded by open transactions */
+	AiMoney		reserved;		/* open reservations, expired or not */
+	int32		resv_head;		/* oldest reservation slot, or -1 */
+	int32		resv_tail;		/* newest reservation slot, or -1 */
+
+	char		id_prefix[AI_ID_PREFIX_LEN];	/* user id, for views */
+} AiEntry;
+
+typedef enum AiResvState
+{
+	AI_RESV_FREE = 0,
+	AI_RESV_OPEN,				/* counted in its entry's reserved */
+	AI_RESV_SETTLING			/* settled by an open transaction */
+} AiResvState;
+
+/* A budget reservation, in a fixed pool of slots. */
+typedef struct AiReservation
+{
+	int64		id;				/* (sequence << 24) | slot; 0 when free */
+	AiKey		key;			/* owner */
+	AiMoney		amount;
+	TimestampTz expires_at;
+	int32		next;			/* next slot of the same user, or free list */
+	int32		prev;
+	uint8		state;			/* AiResvState */
+} AiReservation;
+
+#define AI_RESV_SLOT_BITS		24
+#define AI_RESV_SLOT_MASK		((INT64CONST(1) << AI_RESV_SLOT_BITS) - 1)
+
+typedef struct AiShared
+{
+	LWLock	   *resv_lock;		/* guards the reservation pool */
+	pg_atomic_uint32 plans_gen;	/* bumped when ai_plans/ai_user_plans change */
+	pg_atomic_uint32 prices_gen;	/* bumped when ai_model_prices changes */
+	pg_atomic_uint32 usage_gen; /* bumped when ai_usage rows are deleted */
+	pg_atomic_uint64 evictions;
+	pg_atomic_uint64 full_refusals;
+	/* reservation pool, protected by resv_lock */
+	int64		resv_seq;
+	int32		resv_free;		/* head of the free list */
+	int32		resv_used;
+	AiReservation resv[FLEXIBLE_ARRAY_MEMBER];
+} AiShared;
+
+extern AiShared *ai_shared;
+extern HTAB *ai_hash;
+
+/* GUCs */
+extern int	ai_max_keys;
+extern int	ai_max_reservations;
+extern int	ai_reservation_ttl;	/* seconds */
+extern char *ai_timezone_name;
+extern pg_tz *ai_timezone;
+
+/* shmem.c */
+extern Size ai_shmem_size(void);
+extern void ai_shmem_request(void);
+extern void ai_shmem_startup(void);
+extern void ai_require_loaded(void);
+extern void ai_make_key(AiKey *key, const char *id, int len);
+extern LWLock *ai_partition_lock(uint32 hashcode);
+extern uint32 ai_key_hash(const AiKey *key);
+extern AiEntry *ai_entry_lookup(const AiKey *key, uint32 hashcode, bool create,
+								TimestampTz now, const char *id, int idlen);
+extern void ai_entry_reclaim(TimestampTz now);
+extern AiReservation *ai_resv_slot(int64 id);
+extern int64 ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz expires_at);
+extern void ai_resv_free(AiEntry *entry, int32 slot);
+extern AiMoney ai_resv_open_amount(AiEntry *entry, TimestampTz now);
+
+/* windows.c */
+typedef struct AiCalendar
+{
+	int32		day;			/* local day number (days since 2000-01-01) */
+	TimestampTz day_end;		/* next local midnight */
+	int32		month;			/* local month number (year * 12 + month - 1) */
+	TimestampTz month_start;
+	TimestampTz month_end;		/* first instant of next month */
+	DateADT		month_start_date;
+	DateADT		month_end_date;
+	DateADT		day_date;
+} AiCalendar;
+
+extern void ai_calendar_at(TimestampTz now, AiCalendar *cal);
+extern void ai_calendar_for_date(DateADT d, AiCalendar *cal);
+extern int64 ai_burst_width(int32 window_ms);
+extern void ai_burst_advance(AiEntry *e, int32 window_ms, TimestampTz now);
+extern uint32 ai_burst_count(AiEntry *e, TimestampTz now);
+extern TimestampTz ai_burst_retry_at(AiEntry *e, uint32 limit, TimestampTz now);
+extern int64 ai_burst_bucket(AiEntry *e, TimestampTz now);
+extern int32 ai_seconds_until(TimestampTz from, TimestampTz to);
+
+/* money.c */
+extern AiMoney ai_money_from_numeric(Datum num, bool round_up, const char *what);
+extern Datum ai_money_to_numeric(AiMoney m);
+extern AiMoney ai_money_add(AiMoney a, AiMoney b);
+
+/* config.c */
+typedef struct AiPlan
+{
+	char		name[NAMEDATALEN * 2];
+	bool		has_burst;
+	bool		has_daily;
+	bool		has_budget;
+	int32		burst_limit;
+	int32		burst_window_ms;
+	int32		daily_limit;
+	AiMoney		budget;
+} AiPlan;
+
+typedef struct AiPrice
+{
+	AiMoney		input;			/* per token, 1e-9 cent units */
+	AiMoney		output;
+	AiMoney		cached_input;
+	bool		fallback;		/* priced by the '*' row */
+	char		priced_as[AI_MAX_MODEL_LEN + 1];
+} AiPrice;
+
+extern const char *ai_ext_schema(void);
+extern Oid	ai_ext_owner(void);
+extern const AiPlan *ai_plan_lookup(const char *plan);
+extern const char *ai_user_plan(const char *user_id);
+extern void ai_price_lookup(const char *model, AiPrice *price);
+extern void ai_config_init(void);
+extern void ai_config_bump_at_end(uint32 bits);
+extern void ai_config_xact_end(void);
+
+/* xact.c */
+typedef enum AiChargeKind
+{
+	AI_CHARGE_CHECK,			/* burst and/or daily count, maybe a reservation */
+	AI_CHARGE_RECORD			/* an ai_record_usage call */
+} AiChargeKind;
+
+typedef struct AiCharge
+{
+	AiChargeKind kind;
+	SubTransactionId subxid;
+	AiKey		key;
+	int64		burst_bucket;	/* -1 when no burst count was taken */
+	int32		day;			/* -1 when no daily count was taken */
+	int64		resv_id;		/* reservation made (check) or settled (record) */
+	int32		month;			/* record: month of the cost */
+	AiMoney		cost;			/* record: cost added to inflight_cost */
+} AiCharge;
+
+extern void ai_xact_init(void);
+extern void ai_charge_reserve(void);
+extern void ai_charge_add(const AiCharge *c);
+
+/* limits.c */
+typedef struct AiDecision
+{
+	bool		allowed;
+	const char *limited_by;		/* NULL, "burst", "daily", "monthly_budget" */
+	char	   *error;
+	int32		retry_after;	/* seconds, when denied */
+	bool		has_remaining;
+	int32		remaining;
+	TimestampTz reset_at;
+	bool		has_reset_at;
+	int64		reservation_id;	/* 0: none */
+} AiDecision;
+
+extern void ai_decide(const char *user_id, int idlen, const AiPlan *plan,
+					  Datum estimate, bool has_estimate, bool consume,
+					  AiDecision *d);
+extern void ai_reset_user(const char *user_id, int idlen);
+
+/* usage.c */
+extern AiMoney ai_load_spend(const AiKey *key, const char *user_id,
+							 const AiCalendar *cal, uint32 *gen_out,
+							 bool *exact);
+extern Datum ai_record(const char *user_id, const char *model,
+					   int64 in_tok, int64 out_tok, int64 cached_tok,
+					   int64 resv_id, bool has_resv);
+extern Datum ai_spend_in_month(const char *user_id, DateADT month);
+
+/* shared helpers for argument checks (sql_api.c) */
+extern void ai_check_user_id(const char *id, int len);
+
+#endif							/* AI_RATELIMIT_H */

@@ -1,0 +1,90 @@
+/*-------------------------------------------------------------------------
+ *
+ * money.c
+ *		Exact money for the shared counters.
+ *
+ * Costs are numeric in SQL.  In shared memory they are int64 counts of
+ * 1e-9 cent.  Prices carry at most 5 decimals of US dollars per million
+ * tokens (a CHECK constraint on ai_model_prices), so the cost of one call,
+ * tokens * price / 10^4 cents, is always a whole number of units: shared
+ * counters add up exactly what the ai_usage table adds up.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "common/int.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/numeric.h"
+
+#include "ai_ratelimit.h"
+
+/*
+ * numeric cents -> units.  round_up rounds a fraction of a unit up (for
+ * estimates), else down (for budgets).  Amounts beyond AI_MONEY_MAX
+ * saturate: no budget or estimate that large can be met anyway.
+ * `what` names the value in error messages.
+ */
+AiMoney
+ai_money_from_numeric(Datum num, bool round_up, const char *what)
+{
+	Numeric		n = DatumGetNumeric(num);
+	Datum		scaled;
+	Datum		limit;
+
+	if (numeric_is_nan(n))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be NaN", what)));
+	if (numeric_is_inf(n))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("%s must be finite", what)));
+	if (DatumGetBool(DirectFunctionCall2(numeric_lt, num,
+										 DirectFunctionCall1(int4_numeric, Int32GetDatum(0)))))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be negative", what)));
+
+	scaled = DirectFunctionCall2(numeric_mul, num,
+								 DirectFunctionCall1(int8_numeric,
+													 Int64GetDatum(AI_MONEY_UNITS_PER_CENT)));
+	scaled = round_up ? DirectFunctionCall1(numeric_ceil, scaled)
+		: DirectFunctionCall1(numeric_floor, scaled);
+	limit = DirectFunctionCall1(int8_numeric, Int64GetDatum(AI_MONEY_MAX));
+	if (DatumGetBool(DirectFunctionCall2(numeric_ge, scaled, limit)))
+		return AI_MONEY_MAX;
+	return DatumGetInt64(DirectFunctionCall1(numeric_int8, scaled));
+}
+
+/* units -> numeric cents, without trailing zeros (exact). */
+Datum
+ai_money_to_numeric(AiMoney m)
+{
+	char		buf[64];
+	uint64		abs_m = (m < 0) ? -(uint64) m : (uint64) m;
+	uint64		whole = abs_m / AI_MONEY_UNITS_PER_CENT;
+	uint64		frac = abs_m % AI_MONEY_UNITS_PER_CENT;
+	int			len;
+
+	len = snprintf(buf, sizeof(buf), "%s" UINT64_FORMAT ".%09" INT64_MODIFIER "u",
+				   m < 0 ? "-" : "", whole, frac);
+	while (len > 0 && buf[len - 1] == '0')
+		buf[--len] = '\0';
+	if (len > 0 && buf[len - 1] == '.')
+		buf[--len] = '\0';
+	return DirectFunctionCall3(numeric_in, CStringGetDatum(buf),
+							   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+}
+
+/* a + b, saturating at AI_MONEY_MAX (never wraps into a smaller spend). */
+AiMoney
+ai_money_add(AiMoney a, AiMoney b)
+{
+	AiMoney		r;
+
+	if (pg_add_s64_overflow(a, b, &r))
+		return (b > 0) ? AI_MONEY_MAX : PG_INT64_MIN;
+	return r;
+}

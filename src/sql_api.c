@@ -1,0 +1,332 @@
+/*-------------------------------------------------------------------------
+ *
+ * sql_api.c
+ *		The SQL-callable functions of ai_ratelimit: argument checks, plan
+ *		resolution and result rows.  The decisions themselves are made in
+ *		limits.c and usage.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "ai_ratelimit.h"
+
+PG_FUNCTION_INFO_V1(ai_check_limit);
+PG_FUNCTION_INFO_V1(ai_enforce_limit);
+PG_FUNCTION_INFO_V1(ai_peek_limit);
+PG_FUNCTION_INFO_V1(ai_reset_limits);
+PG_FUNCTION_INFO_V1(ai_record_usage);
+PG_FUNCTION_INFO_V1(ai_monthly_spend);
+
+#define RESULT_NATTS 7
+
+/* Result row descriptors, per function oid, kept for the backend's life. */
+typedef struct ResultDesc
+{
+	Oid			fn_oid;
+	TupleDesc	desc;
+} ResultDesc;
+
+static ResultDesc result_descs[4];
+
+static TupleDesc
+ai_result_desc(FunctionCallInfo fcinfo)
+{
+	Oid			fn = fcinfo->flinfo->fn_oid;
+	TupleDesc	td;
+	MemoryContext old;
+	int			slot = -1;
+
+	for (int i = 0; i < (int) lengthof(result_descs); i++)
+	{
+		if (result_descs[i].fn_oid == fn)
+			return result_descs[i].desc;
+		if (slot < 0 && result_descs[i].fn_oid == InvalidOid)
+			slot = i;
+	}
+	if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "ai_ratelimit: function must return a composite type");
+	if (td->natts != RESULT_NATTS)
+		elog(ERROR, "ai_ratelimit: result type has %d columns, expected %d",
+			 td->natts, RESULT_NATTS);
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	td = BlessTupleDesc(CreateTupleDescCopy(td));
+	MemoryContextSwitchTo(old);
+	if (slot < 0)
+		slot = 0;				/* more callers than slots: reuse */
+	result_descs[slot].fn_oid = fn;
+	result_descs[slot].desc = td;
+	return td;
+}
+
+/* NULL, empty or oversized user ids are refused. */
+void
+ai_check_user_id(const char *id, int len)
+{
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("user_id must not be empty")));
+	if (len > AI_MAX_USER_ID_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("user_id is too long"),
+				 errdetail("A user id has %d bytes; at most %d are allowed.",
+						   len, AI_MAX_USER_ID_LEN)));
+}
+
+/* The user id argument as a C string; errors on NULL and bad values. */
+static char *
+ai_arg_user_id(FunctionCallInfo fcinfo, int argno, int *len)
+{
+	text	   *t;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("user_id must not be null")));
+	t = PG_GETARG_TEXT_PP(argno);
+	*len = VARSIZE_ANY_EXHDR(t);
+	ai_check_user_id(VARDATA_ANY(t), *len);
+	return text_to_cstring(t);
+}
+
+/* The plan for a check: the named one, or the user's, or 'free'. */
+static const AiPlan *
+ai_arg_plan(FunctionCallInfo fcinfo, int argno, const char *user_id)
+{
+	const char *name;
+	const AiPlan *plan;
+
+	if (PG_ARGISNULL(argno))
+		name = ai_user_plan(user_id);
+	else
+		name = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+
+	plan = ai_plan_lookup(name);
+	if (plan == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown plan \"%s\"", name),
+				 errhint("Plans are the rows of ai_plans.")));
+	return plan;
+}
+
+static Datum
+ai_decision_datum(FunctionCallInfo fcinfo, const AiDecision *d)
+{
+	Datum		values[RESULT_NATTS];
+	bool		nulls[RESULT_NATTS];
+	TupleDesc	td = ai_result_desc(fcinfo);
+
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = BoolGetDatum(d->allowed);
+	if (d->error)
+		values[1] = CStringGetTextDatum(d->error);
+	else
+		nulls[1] = true;
+	if (!d->allowed && d->retry_after >= 0)
+		values[2] = Int32GetDatum(d->retry_after);
+	else
+		nulls[2] = true;
+	if (d->has_remaining)
+		values[3] = Int32GetDatum(d->remaining);
+	else
+		nulls[3] = true;
+	if (d->limited_by)
+		values[4] = CStringGetTextDatum(d->limited_by);
+	else
+		nulls[4] = true;
+	if (d->has_reset_at)
+		values[5] = TimestampTzGetDatum(d->reset_at);
+	else
+		nulls[5] = true;
+	if (d->reservation_id > 0)
+		values[6] = Int64GetDatum(d->reservation_id);
+	else
+		nulls[6] = true;
+	return HeapTupleGetDatum(heap_form_tuple(td, values, nulls));
+}
+
+static void
+ai_run_check(FunctionCallInfo fcinfo, bool consume, bool with_estimate, AiDecision *d)
+{
+	int			len;
+	char	   *user_id;
+	const AiPlan *plan;
+	bool		has_est = with_estimate && !PG_ARGISNULL(2);
+
+	ai_require_loaded();
+	user_id = ai_arg_user_id(fcinfo, 0, &len);
+	plan = ai_arg_plan(fcinfo, 1, user_id);
+	ai_decide(user_id, len, plan, has_est ? PG_GETARG_DATUM(2) : (Datum) 0,
+			  has_est, consume, d);
+}
+
+/* ai_check_limit(user_id, plan, estimated_cost_cents) */
+Datum
+ai_check_limit(PG_FUNCTION_ARGS)
+{
+	AiDecision	d;
+
+	ai_run_check(fcinfo, true, true, &d);
+	return ai_decision_datum(fcinfo, &d);
+}
+
+/* ai_enforce_limit: like ai_check_limit, but a refusal is an ERROR. */
+Datum
+ai_enforce_limit(PG_FUNCTION_ARGS)
+{
+	AiDecision	d;
+
+	ai_run_check(fcinfo, true, true, &d);
+	if (!d.allowed)
+	{
+		if (d.retry_after >= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("%s", d.error),
+					 errdetail("retry after %d seconds", d.retry_after),
+					 errhint("limited by %s", d.limited_by)));
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("%s", d.error),
+					 errdetail("this plan allows no requests: a retry cannot succeed"),
+					 errhint("limited by %s", d.limited_by)));
+	}
+	return ai_decision_datum(fcinfo, &d);
+}
+
+/* ai_peek_limit(user_id, plan): what a check would answer, taking nothing. */
+Datum
+ai_peek_limit(PG_FUNCTION_ARGS)
+{
+	AiDecision	d;
+
+	ai_run_check(fcinfo, false, false, &d);
+	return ai_decision_datum(fcinfo, &d);
+}
+
+/* ai_reset_limits(user_id): forget the user's burst and daily counts. */
+Datum
+ai_reset_limits(PG_FUNCTION_ARGS)
+{
+	int			len;
+	char	   *user_id;
+
+	ai_require_loaded();
+	user_id = ai_arg_user_id(fcinfo, 0, &len);
+	ai_reset_user(user_id, len);
+	PG_RETURN_VOID();
+}
+
+static int64
+ai_arg_tokens(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	int64		v;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+	v = PG_GETARG_INT64(argno);
+	if (v < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be negative", name),
+				 errdetail("%s is " INT64_FORMAT ".", name, v)));
+	if (v > AI_MAX_TOKENS)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("%s is out of range", name),
+				 errdetail("%s is " INT64_FORMAT "; one call may count at most " INT64_FORMAT " tokens.",
+						   name, v, AI_MAX_TOKENS)));
+	return v;
+}
+
+/*
+ * ai_record_usage(user_id, model, input_tokens, output_tokens,
+ *				   cached_input_tokens, reservation_id) returns numeric cents
+ */
+Datum
+ai_record_usage(PG_FUNCTION_ARGS)
+{
+	int			len;
+	char	   *user_id;
+	char	   *model;
+	text	   *mt;
+	int64		in_tok,
+				out_tok,
+				cached_tok = 0;
+	int64		resv = 0;
+	bool		has_resv = false;
+
+	ai_require_loaded();
+	user_id = ai_arg_user_id(fcinfo, 0, &len);
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("model must not be null")));
+	mt = PG_GETARG_TEXT_PP(1);
+	if (VARSIZE_ANY_EXHDR(mt) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model must not be empty")));
+	if (VARSIZE_ANY_EXHDR(mt) > AI_MAX_MODEL_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("model name is too long"),
+				 errdetail("At most %d bytes are allowed.", AI_MAX_MODEL_LEN)));
+	model = text_to_cstring(mt);
+	in_tok = ai_arg_tokens(fcinfo, 2, "input_tokens");
+	out_tok = ai_arg_tokens(fcinfo, 3, "output_tokens");
+	if (PG_NARGS() > 4)
+		cached_tok = ai_arg_tokens(fcinfo, 4, "cached_input_tokens");
+	if (PG_NARGS() > 5 && !PG_ARGISNULL(5))
+	{
+		resv = PG_GETARG_INT64(5);
+		has_resv = true;
+		if (resv <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("reservation_id must be positive"),
+					 errhint("Pass the reservation_id returned by ai_check_limit, or NULL.")));
+	}
+	PG_RETURN_DATUM(ai_record(user_id, model, in_tok, out_tok, cached_tok, resv, has_resv));
+}
+
+/* ai_monthly_spend(user_id, month date) returns numeric cents */
+Datum
+ai_monthly_spend(PG_FUNCTION_ARGS)
+{
+	int			len;
+	char	   *user_id;
+	DateADT		month;
+
+	ai_require_loaded();
+	user_id = ai_arg_user_id(fcinfo, 0, &len);
+	if (PG_NARGS() > 1 && !PG_ARGISNULL(1))
+	{
+		month = PG_GETARG_DATEADT(1);
+		if (DATE_NOT_FINITE(month))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+					 errmsg("month must be a finite date")));
+	}
+	else
+	{
+		AiCalendar	cal;
+
+		ai_calendar_at(GetCurrentTimestamp(), &cal);
+		month = cal.day_date;
+	}
+	PG_RETURN_DATUM(ai_spend_in_month(user_id, month));
+}

@@ -1,0 +1,186 @@
+/*-------------------------------------------------------------------------
+ *
+ * xact.c
+ *		What each transaction consumed, and giving it back when the
+ *		transaction (or a subtransaction) rolls back.
+ *
+ * A check changes the shared counters at once, so every other session sees
+ * it immediately, and remembers what it took here: the burst bucket, the
+ * daily count, the reservation.  If the transaction aborts, those are given
+ * back; if it commits, they stay.  ai_record_usage adds its cost to the
+ * user's in-flight cost and, at commit, moves it into the month's committed
+ * spend.  Charges are undone newest first, and a subtransaction's charges
+ * pass to its parent when it commits.
+ *
+ * Locking: each charge is applied under the partition lock of its key (see
+ * shmem.c); nothing here can raise an error while a lock is held.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "utils/memutils.h"
+
+#include "ai_ratelimit.h"
+
+static AiCharge *charges = NULL;
+static int	ncharges = 0;
+static int	maxcharges = 0;
+
+/*
+ * Make room for one more charge.  Called before taking a partition lock, so
+ * that recording the charge after the counters changed cannot fail.
+ */
+void
+ai_charge_reserve(void)
+{
+	if (ncharges >= maxcharges)
+	{
+		int			newmax = maxcharges ? maxcharges * 2 : 16;
+
+		if (charges == NULL)
+			charges = MemoryContextAlloc(TopMemoryContext, newmax * sizeof(AiCharge));
+		else
+			charges = repalloc(charges, newmax * sizeof(AiCharge));
+		maxcharges = newmax;
+	}
+}
+
+/* Remember a charge; ai_charge_reserve() must have been called. */
+void
+ai_charge_add(const AiCharge *c)
+{
+	Assert(ncharges < maxcharges);
+	charges[ncharges] = *c;
+	charges[ncharges].subxid = GetCurrentSubTransactionId();
+	ncharges++;
+}
+
+/* End one charge: commit keeps it, abort gives it back. */
+static void
+ai_charge_end(AiCharge *c, bool commit)
+{
+	uint32		hashcode = ai_key_hash(&c->key);
+	LWLock	   *lock = ai_partition_lock(hashcode);
+	AiEntry    *e;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = ai_entry_lookup(&c->key, hashcode, false, 0, NULL, 0);
+	if (e == NULL)
+	{
+		LWLockRelease(lock);
+		return;
+	}
+
+	if (c->kind == AI_CHARGE_CHECK)
+	{
+		if (!commit)
+		{
+			if (c->burst_bucket >= 0 &&
+				c->burst_bucket <= e->burst_head &&
+				c->burst_bucket > e->burst_head - AI_BURST_RING &&
+				e->burst[c->burst_bucket % AI_BURST_RING] > 0)
+				e->burst[c->burst_bucket % AI_BURST_RING]--;
+			if (c->day >= 0 && e->day == c->day && e->daily_count > 0)
+				e->daily_count--;
+			if (c->resv_id > 0)
+			{
+				AiReservation *r = ai_resv_slot(c->resv_id);
+
+				if (r && r->id == c->resv_id)
+					ai_resv_free(e, (int32) (c->resv_id & AI_RESV_SLOT_MASK));
+			}
+		}
+	}
+	else
+	{
+		e->inflight--;
+		e->inflight_cost -= c->cost;
+		e->change_seq++;
+		if (commit && e->spend_state == AI_SPEND_VALID && e->spend_month == c->month)
+			e->committed_spend = ai_money_add(e->committed_spend, c->cost);
+		if (c->resv_id > 0)
+		{
+			AiReservation *r = ai_resv_slot(c->resv_id);
+
+			if (r && r->id == c->resv_id && r->state == AI_RESV_SETTLING)
+			{
+				if (commit)
+					ai_resv_free(e, (int32) (c->resv_id & AI_RESV_SLOT_MASK));
+				else
+				{
+					r->state = AI_RESV_OPEN;
+					e->reserved = ai_money_add(e->reserved, r->amount);
+				}
+			}
+		}
+	}
+	LWLockRelease(lock);
+}
+
+static void
+ai_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (ncharges > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot prepare a transaction that called ai_ratelimit functions"),
+						 errdetail("A prepared transaction could not give back or settle its limits on rollback.")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			for (int i = 0; i < ncharges; i++)
+				ai_charge_end(&charges[i], true);
+			ncharges = 0;
+			ai_config_xact_end();
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			for (int i = ncharges - 1; i >= 0; i--)
+				ai_charge_end(&charges[i], false);
+			ncharges = 0;
+			ai_config_xact_end();
+			break;
+		case XACT_EVENT_PREPARE:
+			ncharges = 0;
+			ai_config_xact_end();
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+ai_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		int			keep = 0;
+
+		for (int i = ncharges - 1; i >= 0; i--)
+			if (charges[i].subxid == mySubid)
+				ai_charge_end(&charges[i], false);
+		for (int i = 0; i < ncharges; i++)
+			if (charges[i].subxid != mySubid)
+				charges[keep++] = charges[i];
+		ncharges = keep;
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		for (int i = 0; i < ncharges; i++)
+			if (charges[i].subxid == mySubid)
+				charges[i].subxid = parentSubid;
+	}
+}
+
+void
+ai_xact_init(void)
+{
+	RegisterXactCallback(ai_xact_callback, NULL);
+	RegisterSubXactCallback(ai_subxact_callback, NULL);
+}
