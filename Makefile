@@ -25,6 +25,8 @@ PGFILEDESC = "ai_ratelimit - per-user AI rate limits and budgets"
 REGRESS = setup plans limits usage bad_input
 REGRESS_OPTS = --temp-config=$(srcdir)/test/ai_ratelimit.conf --temp-instance=./tmp_check
 
+TAP_TESTS = 1
+
 PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 

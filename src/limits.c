@@ -310,16 +310,14 @@ ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 			charge.burst_bucket = ai_burst_bucket(e, now);
 			e->burst[charge.burst_bucket % AI_BURST_RING]++;
 		}
-		if (plan->has_daily)
+		/* counted under every plan, so a change of plan mid-day is exact */
+		if (e->day != cal.day)
 		{
-			if (e->day != cal.day)
-			{
-				e->day = cal.day;
-				e->daily_count = 0;
-			}
-			e->daily_count++;
-			charge.day = cal.day;
+			e->day = cal.day;
+			e->daily_count = 0;
 		}
+		e->daily_count++;
+		charge.day = cal.day;
 		if (est > 0 && plan->has_budget)
 		{
 			TimestampTz exp = now + (int64) ai_reservation_ttl * USECS_PER_SEC;
