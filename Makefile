@@ -25,6 +25,9 @@ PGFILEDESC = "ai_ratelimit - per-user AI rate limits and budgets"
 REGRESS = setup plans limits usage bad_input
 REGRESS_OPTS = --temp-config=$(srcdir)/test/ai_ratelimit.conf --temp-instance=./tmp_check
 
+ISOLATION = no_wait budget
+ISOLATION_OPTS = --temp-config=$(srcdir)/test/ai_ratelimit.conf --temp-instance=./tmp_check_iso
+
 TAP_TESTS = 1
 
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -127,3 +127,28 @@ UPDATE ai_plans SET burst_limit = 1 WHERE plan = 'capped';
 SELECT allowed, limited_by FROM ai_check_limit('budget-4', 'capped');
 SELECT ai_record_usage('budget-4', 'claude-sonnet-4-6', 0, 10000);
 SELECT allowed, limited_by FROM ai_check_limit('budget-4', 'capped');
+
+-- a request refused by a later layer takes nothing from the earlier ones:
+-- two allowed, the third refused by the daily limit ...
+INSERT INTO ai_plans (plan, burst_limit, daily_limit) VALUES ('layers', 3, 2);
+SELECT allowed, limited_by FROM checks('layers-1', 'layers', 3);
+-- ... so with a higher daily limit the burst window still has one place left
+UPDATE ai_plans SET daily_limit = 10 WHERE plan = 'layers';
+SELECT allowed, limited_by FROM checks('layers-1', 'layers', 2);
+-- and a budget refusal takes neither a burst place nor a daily count
+INSERT INTO ai_plans (plan, burst_limit, daily_limit, monthly_budget_cents) VALUES ('layers2', 2, 5, 1);
+SELECT allowed, limited_by FROM ai_check_limit('layers-2', 'layers2', 5);
+SELECT allowed, limited_by, remaining FROM checks('layers-2', 'layers2', 3);
+
+-- unsettled reservations expire after ai_ratelimit.reservation_ttl
+INSERT INTO ai_plans (plan, burst_limit, daily_limit, monthly_budget_cents) VALUES ('ttl', NULL, NULL, 10);
+SET ai_ratelimit.reservation_ttl = '1s';
+SELECT allowed, reservation_id AS expiring FROM ai_check_limit('ttl-1', 'ttl', 10) \gset
+SELECT :'allowed' AS allowed;
+SELECT allowed, limited_by, retry_after FROM ai_check_limit('ttl-1', 'ttl', 1);
+SELECT pg_sleep(1.2);
+SELECT allowed, reservation_id > 0 AS reserved FROM ai_check_limit('ttl-1', 'ttl', 1);
+RESET ai_ratelimit.reservation_ttl;
+-- a reservation settled after it expired still records the usage, with a WARNING
+SELECT ai_record_usage('ttl-1', 'gpt-4o', 0, 100, 0, :expiring) AS cost \gset
+SELECT :'cost' AS cost;

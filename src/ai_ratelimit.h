@@ -99,6 +99,7 @@ typedef struct AiEntry
 	uint8		id_len;			/* bytes of the user id kept in id_prefix */
 	AiMoney		committed_spend;	/* committed cost this month */
 	AiMoney		inflight_cost;	/* cost recorded by open transactions */
+	AiMoney		recorded_total; /* every cost ever recorded (wraps) */
 	AiMoney		reserved;		/* open reservations, expired or not */
 	int32		resv_head;		/* oldest reservation slot, or -1 */
 	int32		resv_tail;		/* newest reservation slot, or -1 */
@@ -271,8 +272,7 @@ extern void ai_reset_user(const char *user_id, int idlen);
 
 /* usage.c */
 extern AiMoney ai_load_spend(const AiKey *key, const char *user_id,
-							 const AiCalendar *cal, uint32 *gen_out,
-							 bool *exact);
+							 const AiCalendar *cal);
 extern Datum ai_record(const char *user_id, const char *model,
 					   int64 in_tok, int64 out_tok, int64 cached_tok,
 					   int64 resv_id, bool has_resv);

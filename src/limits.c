@@ -49,11 +49,14 @@ ai_window_words(int32 ms)
  * Make sure the entry's spend for the current month is loaded, without
  * missing a concurrent ai_record_usage.  Returns true when the cache is
  * exact; otherwise sets *fallback to a spend that is never lower than the
- * true one (used for this check only).
+ * true one, for this check only (the next check tries to load again).
  *
  * The load is exact when no record was in flight and none started or ended
  * while the sum was read: then every recorded cost is committed and visible
- * to the latest snapshot, which is taken after the first look.
+ * to the latest snapshot, which is taken after the first look.  Otherwise
+ * the fallback adds to the sum whatever was in flight at the first look and
+ * whatever was recorded since; a record can be counted twice there, never
+ * missed.
  *
  * Caller must hold no partition lock.
  */
@@ -62,63 +65,66 @@ ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id, int idle
 				const AiCalendar *cal, TimestampTz now, AiMoney *fallback)
 {
 	LWLock	   *lock = ai_partition_lock(hashcode);
-	AiMoney		sum = 0;
+	AiEntry    *e;
+	uint32		seq;
+	uint32		gen = pg_atomic_read_u32(&ai_shared->usage_gen);
+	bool		quiet;
+	AiMoney		inflight0;
+	AiMoney		total0;
+	AiMoney		sum;
 
-	for (int attempt = 0; attempt < 4; attempt++)
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = ai_entry_lookup(key, hashcode, true, now, user_id, idlen);
+	if (e == NULL)
 	{
-		AiEntry    *e;
-		uint32		seq;
-		uint32		gen = pg_atomic_read_u32(&ai_shared->usage_gen);
-		bool		quiet;
-		bool		exact;
-
+		LWLockRelease(lock);
+		ai_entry_reclaim(now);
 		LWLockAcquire(lock, LW_EXCLUSIVE);
 		e = ai_entry_lookup(key, hashcode, true, now, user_id, idlen);
-		if (e == NULL)
-		{
-			LWLockRelease(lock);
-			ai_entry_reclaim(now);
-			LWLockAcquire(lock, LW_EXCLUSIVE);
-			e = ai_entry_lookup(key, hashcode, true, now, user_id, idlen);
-			if (e == NULL)
-			{
-				LWLockRelease(lock);
-				return false;	/* caller handles a full table */
-			}
-		}
-		if (e->spend_state == AI_SPEND_VALID && e->spend_month == cal->month &&
-			e->spend_gen == gen)
-		{
-			LWLockRelease(lock);
-			return true;
-		}
-		if (e->spend_month != cal->month || e->spend_gen != gen)
-		{
-			e->spend_state = AI_SPEND_UNKNOWN;
-			e->spend_month = cal->month;
-			e->committed_spend = 0;
-		}
-		seq = e->change_seq;
-		quiet = (e->inflight == 0);
-		LWLockRelease(lock);
-
-		sum = ai_load_spend(key, user_id, cal, NULL, &exact);
-
-		LWLockAcquire(lock, LW_EXCLUSIVE);
-		e = ai_entry_lookup(key, hashcode, false, now, NULL, 0);
-		if (e != NULL && quiet && e->inflight == 0 && e->change_seq == seq &&
-			e->spend_month == cal->month)
-		{
-			e->committed_spend = sum;
-			e->spend_gen = gen;
-			e->spend_state = AI_SPEND_VALID;
-			LWLockRelease(lock);
-			return true;
-		}
-		*fallback = ai_money_add(sum, e ? e->inflight_cost : 0);
-		LWLockRelease(lock);
-		pg_usleep(1000L * (attempt + 1));
 	}
+	if (e == NULL)
+	{
+		/* no counter: read the tables, never lower than the truth */
+		LWLockRelease(lock);
+		*fallback = ai_load_spend(key, user_id, cal);
+		return false;
+	}
+	if (e->spend_state == AI_SPEND_VALID && e->spend_month == cal->month &&
+		e->spend_gen == gen)
+	{
+		LWLockRelease(lock);
+		return true;
+	}
+	if (e->spend_month != cal->month || e->spend_gen != gen)
+	{
+		e->spend_state = AI_SPEND_UNKNOWN;
+		e->spend_month = cal->month;
+		e->committed_spend = 0;
+	}
+	seq = e->change_seq;
+	quiet = (e->inflight == 0);
+	inflight0 = e->inflight_cost;
+	total0 = e->recorded_total;
+	LWLockRelease(lock);
+
+	sum = ai_load_spend(key, user_id, cal);
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = ai_entry_lookup(key, hashcode, false, now, NULL, 0);
+	if (e != NULL && quiet && e->inflight == 0 && e->change_seq == seq &&
+		e->spend_month == cal->month && e->spend_state == AI_SPEND_UNKNOWN)
+	{
+		e->committed_spend = sum;
+		e->spend_gen = gen;
+		e->spend_state = AI_SPEND_VALID;
+		LWLockRelease(lock);
+		return true;
+	}
+	*fallback = ai_money_add(sum, inflight0);
+	if (e != NULL)
+		*fallback = ai_money_add(*fallback,
+								 (AiMoney) ((uint64) e->recorded_total - (uint64) total0));
+	LWLockRelease(lock);
 	return false;
 }
 
@@ -177,6 +183,7 @@ ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 	AiCharge	charge;
 	TimestampTz retry_at = 0;
 	bool		retry_never = false;
+	int			attempts = 0;
 
 	memset(d, 0, sizeof(*d));
 	ai_calendar_at(now, &cal);
@@ -187,12 +194,14 @@ ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 	hashcode = ai_key_hash(&key);
 	lock = ai_partition_lock(hashcode);
 
+	if (consume)
+		ai_charge_reserve();
+
+retry:
 	if (plan->has_budget)
 		spend_exact = ai_ensure_spend(&key, hashcode, user_id, idlen, &cal, now,
 									  &fallback_spend);
 
-	if (consume)
-		ai_charge_reserve();
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	e = ai_entry_lookup(&key, hashcode, consume, now, user_id, idlen);
 	if (e == NULL && consume)
@@ -232,6 +241,22 @@ ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 		e = &blank;
 	}
 	made_entry = (e != &blank);
+
+	/*
+	 * The spend loaded above must still be valid under the lock; if the
+	 * entry was reclaimed or the month turned meanwhile, load again.
+	 */
+	if (plan->has_budget && spend_exact &&
+		!(e->spend_state == AI_SPEND_VALID && e->spend_month == cal.month))
+	{
+		LWLockRelease(lock);
+		if (++attempts > 5)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not read the monthly spend of user \"%s\" consistently", user_id),
+					 errhint("Retry the request.")));
+		goto retry;
+	}
 
 	/* burst */
 	if (plan->has_burst)
@@ -363,7 +388,10 @@ denied:
 	}
 }
 
-/* Forget one user's burst and daily counts in this database. */
+/*
+ * Forget one user's burst and daily counts and open reservations in this
+ * database.  Recorded spend stays: it is in the usage tables.
+ */
 void
 ai_reset_user(const char *user_id, int idlen)
 {
@@ -379,8 +407,19 @@ ai_reset_user(const char *user_id, int idlen)
 	e = ai_entry_lookup(&key, hashcode, false, 0, NULL, 0);
 	if (e != NULL)
 	{
+		int32		slot = e->resv_head;
+
 		memset(e->burst, 0, sizeof(e->burst));
 		e->daily_count = 0;
+		/* open reservations go; those being settled belong to their record */
+		while (slot >= 0)
+		{
+			int32		next = ai_shared->resv[slot].next;
+
+			if (ai_shared->resv[slot].state == AI_RESV_OPEN)
+				ai_resv_free(e, slot);
+			slot = next;
+		}
 	}
 	LWLockRelease(lock);
 }

@@ -166,6 +166,7 @@ ai_entry_init(AiEntry *e, const char *id, int idlen)
 	e->spend_state = AI_SPEND_UNKNOWN;
 	e->committed_spend = 0;
 	e->inflight_cost = 0;
+	e->recorded_total = 0;
 	e->reserved = 0;
 	e->resv_head = -1;
 	e->resv_tail = -1;

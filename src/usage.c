@@ -78,12 +78,10 @@ ai_sum_month(const char *user_id, const AiCalendar *cal, bool latest)
  * snapshot (the caller's loading protocol needs a snapshot taken now).
  */
 AiMoney
-ai_load_spend(const AiKey *key, const char *user_id, const AiCalendar *cal,
-			  uint32 *gen_out, bool *exact)
+ai_load_spend(const AiKey *key, const char *user_id, const AiCalendar *cal)
 {
 	Datum		sum = ai_sum_month(user_id, cal, true);
 
-	*exact = true;
 	return ai_money_from_numeric(sum, false, "monthly spend");
 }
 
@@ -239,6 +237,7 @@ ai_record(const char *user_id, const char *model,
 
 	e->inflight++;
 	e->inflight_cost = ai_money_add(e->inflight_cost, cost);
+	e->recorded_total = (AiMoney) ((uint64) e->recorded_total + (uint64) cost);
 	e->change_seq++;
 	LWLockRelease(lock);
 
