@@ -152,3 +152,11 @@ RESET ai_ratelimit.reservation_ttl;
 -- a reservation settled after it expired still records the usage, with a WARNING
 SELECT ai_record_usage('ttl-1', 'gpt-4o', 0, 100, 0, :expiring) AS cost \gset
 SELECT :'cost' AS cost;
+
+-- a prepared transaction could not give back its checks: refused
+BEGIN;
+SELECT allowed FROM ai_check_limit('prepared-1', 'pro');
+PREPARE TRANSACTION 'ai-1';
+SELECT count(*) FROM pg_prepared_xacts;
+-- and its check was given back by the abort
+SELECT remaining FROM ai_peek_limit('prepared-1', 'pro');
