@@ -95,14 +95,15 @@ _PG_init(void)
 							 NULL,
 							 &ai_on_full, 0, on_full_options,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
-	MarkGUCPrefixReserved("ai_ratelimit");
-
 	ai_config_init();
 	ai_xact_init();
 
 	/* without preload there is no shared memory to size or hook */
 	if (!process_shared_preload_libraries_in_progress)
+	{
+		MarkGUCPrefixReserved("ai_ratelimit");
 		return;
+	}
 
 	DefineCustomIntVariable("ai_ratelimit.max_keys",
 							"Users tracked at once in shared memory (all databases).",
@@ -114,6 +115,7 @@ _PG_init(void)
 							NULL,
 							&ai_max_reservations, 100000, 16, (int) AI_RESV_SLOT_MASK,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	MarkGUCPrefixReserved("ai_ratelimit");
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = ai_shmem_request_hook;

@@ -16,6 +16,7 @@
 #include "common/int.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
+#include "utils/memutils.h"
 #include "utils/numeric.h"
 
 #include "ai_ratelimit.h"
@@ -29,9 +30,11 @@
 AiMoney
 ai_money_from_numeric(Datum num, bool round_up, const char *what)
 {
+	static Datum zero = (Datum) 0;
 	Numeric		n = DatumGetNumeric(num);
 	Datum		scaled;
 	Datum		limit;
+	int			sign;
 
 	if (numeric_is_nan(n))
 		ereport(ERROR,
@@ -41,11 +44,20 @@ ai_money_from_numeric(Datum num, bool round_up, const char *what)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("%s must be finite", what)));
-	if (DatumGetBool(DirectFunctionCall2(numeric_lt, num,
-										 DirectFunctionCall1(int4_numeric, Int32GetDatum(0)))))
+	if (zero == (Datum) 0)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		zero = DirectFunctionCall1(int4_numeric, Int32GetDatum(0));
+		MemoryContextSwitchTo(old);
+	}
+	sign = DatumGetInt32(DirectFunctionCall2(numeric_cmp, num, zero));
+	if (sign < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must not be negative", what)));
+	if (sign == 0)
+		return 0;				/* the common default estimate */
 
 	scaled = DirectFunctionCall2(numeric_mul, num,
 								 DirectFunctionCall1(int8_numeric,

@@ -44,6 +44,8 @@ AiShared   *ai_shared = NULL;
 HTAB	   *ai_hash = NULL;
 static LWLockPadded *ai_locks = NULL;
 
+static uint32 ai_key_hash_fn(const void *key, Size keysize);
+
 static Size
 ai_resv_pool_size(void)
 {
@@ -104,10 +106,11 @@ ai_shmem_startup(void)
 	info.keysize = sizeof(AiKey);
 	info.entrysize = sizeof(AiEntry);
 	info.num_partitions = AI_NUM_PARTITIONS;
+	info.hash = ai_key_hash_fn;
 	ai_hash = ShmemInitHash("ai_ratelimit counters",
 							ai_max_keys, ai_max_keys,
 							&info,
-							HASH_ELEM | HASH_BLOBS | HASH_PARTITION | HASH_FIXED_SIZE);
+							HASH_ELEM | HASH_FUNCTION | HASH_PARTITION | HASH_FIXED_SIZE);
 
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -132,16 +135,26 @@ ai_make_key(AiKey *key, const char *id, int len)
 {
 	uint64		h = hash_bytes_extended((const unsigned char *) id, len, 0x61695f726cULL);
 
-	memset(key, 0, sizeof(AiKey));	/* padding must not reach HASH_BLOBS */
+	memset(key, 0, sizeof(AiKey));	/* keys are compared with memcmp */
 	key->dbid = MyDatabaseId;
 	key->h64 = h;
 	key->h32 = hash_bytes((const unsigned char *) id, len);
 }
 
+/*
+ * The hash value of a key: its own 32 hash bits, mixed with the database.
+ * Also the dynahash hash function, so a lookup hashes the user id once.
+ */
 uint32
 ai_key_hash(const AiKey *key)
 {
-	return get_hash_value(ai_hash, key);
+	return key->h32 ^ murmurhash32((uint32) key->dbid);
+}
+
+static uint32
+ai_key_hash_fn(const void *key, Size keysize)
+{
+	return ai_key_hash((const AiKey *) key);
 }
 
 LWLock *

@@ -133,8 +133,10 @@ ai_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
+			/* a committed check keeps what it took: nothing to do */
 			for (int i = 0; i < ncharges; i++)
-				ai_charge_end(&charges[i], true);
+				if (charges[i].kind != AI_CHARGE_CHECK)
+					ai_charge_end(&charges[i], true);
 			ncharges = 0;
 			ai_config_xact_end();
 			break;

@@ -1,0 +1,50 @@
+-- Benchmark setup: plans whose limits never refuse, so every call is
+-- allowed and counted, the floor function, and the plain-SQL limiter that a
+-- user would write instead of ai_ratelimit.
+CREATE EXTENSION ai_ratelimit;
+
+INSERT INTO ai_plans (plan, burst_limit, burst_window, daily_limit, monthly_budget_cents)
+VALUES ('bench',        2147483647, '1 minute', 2147483647, NULL),
+       ('bench-budget', 2147483647, '1 minute', 2147483647, 1e15);
+
+-- the floor: same signature and result type as ai_check_limit, does nothing
+CREATE FUNCTION bench_floor(user_id text, plan text DEFAULT NULL,
+                            estimated_cost_cents numeric DEFAULT 0)
+RETURNS ai_limit_result
+AS :'floor_so', 'ai_floor' LANGUAGE C VOLATILE;
+
+-- The plain-SQL limiter: a burst row per user and minute, a daily row per
+-- user and day, each upserted under its primary key, in the caller's
+-- transaction.  The same two layers as ai_check_limit (fixed windows, which
+-- is already more lenient than a sliding one).
+CREATE TABLE plain_burst (
+    user_id      text NOT NULL,
+    window_start timestamptz NOT NULL,
+    count        integer NOT NULL,
+    PRIMARY KEY (user_id, window_start)
+);
+CREATE TABLE plain_daily (
+    user_id text NOT NULL,
+    day     date NOT NULL,
+    count   integer NOT NULL,
+    PRIMARY KEY (user_id, day)
+);
+CREATE FUNCTION plain_check(p_user text, p_burst integer, p_daily integer,
+                            OUT allowed boolean, OUT remaining integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    b integer;
+    d integer;
+BEGIN
+    INSERT INTO plain_burst AS t VALUES (p_user, date_trunc('minute', clock_timestamp()), 1)
+    ON CONFLICT (user_id, window_start) DO UPDATE SET count = t.count + 1
+    RETURNING t.count INTO b;
+    INSERT INTO plain_daily AS t VALUES (p_user, current_date, 1)
+    ON CONFLICT (user_id, day) DO UPDATE SET count = t.count + 1
+    RETURNING t.count INTO d;
+    allowed := b <= p_burst AND d <= p_daily;
+    remaining := p_daily - d;
+END $$;
+
+-- an ordinary table with the same columns, keys and indexes as ai_usage
+CREATE TABLE plain_usage (LIKE ai_usage INCLUDING ALL);
