@@ -38,12 +38,13 @@
 #define AI_MAX_TOKENS			INT64CONST(1000000000)	/* per count, per call */
 
 /*
- * Burst window: the window is cut into AI_BURST_SPAN buckets of equal width;
- * the ring keeps AI_BURST_RING buckets so that every bucket that can overlap
- * a window ending now is still there.
+ * Burst window: the window is cut into AI_BURST_SPAN buckets of equal width
+ * g = ceil(W / SPAN).  A window ending now overlaps at most SPAN + 2 buckets
+ * (floor(t/g) - floor((t - W)/g) <= SPAN + 1), so a ring of SPAN + 2 keeps
+ * every bucket that can still count.
  */
 #define AI_BURST_SPAN			20
-#define AI_BURST_RING			24
+#define AI_BURST_RING			22
 
 /* Money: int64 counts of 1e-9 cent (prices have at most 5 decimals). */
 #define AI_MONEY_SCALE			9

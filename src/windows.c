@@ -129,6 +129,9 @@ ai_seconds_until(TimestampTz from, TimestampTz to)
 
 /* ---- burst buckets ---- */
 
+StaticAssertDecl(AI_BURST_RING >= AI_BURST_SPAN + 2,
+				 "the burst ring must hold every bucket a window can overlap");
+
 /* Bucket width in microseconds for a window in milliseconds. */
 int64
 ai_burst_width(int32 window_ms)
