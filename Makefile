@@ -13,6 +13,7 @@ OBJS = \
 	src/config.o \
 	src/limits.o \
 	src/money.o \
+	src/persist.o \
 	src/shmem.o \
 	src/sql_api.o \
 	src/usage.o \

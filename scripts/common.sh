@@ -21,7 +21,7 @@ install_deps() {
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends \
 		postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib \
-		build-essential libipc-run-perl ca-certificates rsync "$@" >/dev/null
+		build-essential libipc-run-perl ca-certificates rsync procps "$@" >/dev/null
 	# the Debian package may start a cluster of its own; ours use private ports
 	id postgres >/dev/null
 }

@@ -22,6 +22,7 @@ PG_MODULE_MAGIC;
 int			ai_max_keys = 100000;
 int			ai_max_reservations = 100000;
 int			ai_reservation_ttl = 900;
+int			ai_save_interval = 1000;
 char	   *ai_timezone_name = NULL;
 pg_tz	   *ai_timezone = NULL;
 int			ai_on_full = 0;
@@ -115,7 +116,14 @@ _PG_init(void)
 							NULL,
 							&ai_max_reservations, 100000, 16, (int) AI_RESV_SLOT_MASK,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ai_ratelimit.save_interval",
+							"How often changed counters are saved to disk; 0 saves only at shutdown.",
+							"A crash loses at most the counts of this last interval.",
+							&ai_save_interval, 1000, 0, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("ai_ratelimit");
+
+	ai_register_saver();
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = ai_shmem_request_hook;

@@ -136,6 +136,7 @@ typedef struct AiShared
 	pg_atomic_uint32 plans_gen;	/* bumped when ai_plans/ai_user_plans change */
 	pg_atomic_uint32 prices_gen;	/* bumped when ai_model_prices changes */
 	pg_atomic_uint32 usage_gen; /* bumped when ai_usage rows are deleted */
+	pg_atomic_uint32 dirty;		/* counters changed since the last save */
 	pg_atomic_uint64 evictions;
 	pg_atomic_uint64 full_refusals;
 	/* reservation pool, protected by resv_lock */
@@ -152,6 +153,7 @@ extern HTAB *ai_hash;
 extern int	ai_max_keys;
 extern int	ai_max_reservations;
 extern int	ai_reservation_ttl;	/* seconds */
+extern int	ai_save_interval;	/* milliseconds */
 extern char *ai_timezone_name;
 extern pg_tz *ai_timezone;
 
@@ -166,6 +168,22 @@ extern uint32 ai_key_hash(const AiKey *key);
 extern AiEntry *ai_entry_lookup(const AiKey *key, uint32 hashcode, bool create,
 								TimestampTz now, const char *id, int idlen);
 extern void ai_entry_reclaim(TimestampTz now);
+extern void ai_lock_all(LWLockMode mode);
+extern void ai_unlock_all(void);
+
+/* Note that the counters changed, for the saver (persist.c). */
+static inline void
+ai_mark_dirty(void)
+{
+	if (pg_atomic_read_u32(&ai_shared->dirty) == 0)
+		pg_atomic_write_u32(&ai_shared->dirty, 1);
+}
+
+/* persist.c */
+extern bool ai_save(void);
+extern void ai_load(void);
+extern void ai_save_at_exit(int code, Datum arg);
+extern void ai_register_saver(void);
 extern AiReservation *ai_resv_slot(int64 id);
 extern int64 ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz expires_at);
 extern void ai_resv_free(AiEntry *entry, int32 slot);

@@ -366,6 +366,7 @@ retry:
 		}
 		LWLockRelease(lock);
 		ai_charge_add(&charge);
+		ai_mark_dirty();
 		return;
 	}
 	LWLockRelease(lock);
@@ -420,6 +421,7 @@ ai_reset_user(const char *user_id, int idlen)
 				ai_resv_free(e, slot);
 			slot = next;
 		}
+		ai_mark_dirty();
 	}
 	LWLockRelease(lock);
 }

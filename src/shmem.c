@@ -88,6 +88,7 @@ ai_shmem_startup(void)
 		pg_atomic_init_u32(&ai_shared->plans_gen, 1);
 		pg_atomic_init_u32(&ai_shared->prices_gen, 1);
 		pg_atomic_init_u32(&ai_shared->usage_gen, 1);
+		pg_atomic_init_u32(&ai_shared->dirty, 0);
 		pg_atomic_init_u64(&ai_shared->evictions, 0);
 		pg_atomic_init_u64(&ai_shared->full_refusals, 0);
 		ai_shared->resv_seq = 1;
@@ -113,6 +114,32 @@ ai_shmem_startup(void)
 							HASH_ELEM | HASH_FUNCTION | HASH_PARTITION | HASH_FIXED_SIZE);
 
 	LWLockRelease(AddinShmemInitLock);
+
+	/*
+	 * In the postmaster: restore the saved counters into new shared memory
+	 * (at start, and after a crash), and save them at a clean shutdown.
+	 */
+	if (!IsUnderPostmaster)
+	{
+		if (!found)
+			ai_load();
+		on_shmem_exit(ai_save_at_exit, (Datum) 0);
+	}
+}
+
+/* Take every partition lock, in partition order. */
+void
+ai_lock_all(LWLockMode mode)
+{
+	for (int i = 0; i < AI_NUM_PARTITIONS; i++)
+		LWLockAcquire(&ai_locks[i].lock, mode);
+}
+
+void
+ai_unlock_all(void)
+{
+	for (int i = AI_NUM_PARTITIONS - 1; i >= 0; i--)
+		LWLockRelease(&ai_locks[i].lock);
 }
 
 /*
@@ -235,8 +262,7 @@ ai_entry_reclaim(TimestampTz now)
 
 	ai_calendar_at(now, &cal);
 
-	for (int i = 0; i < AI_NUM_PARTITIONS; i++)
-		LWLockAcquire(&ai_locks[i].lock, LW_EXCLUSIVE);
+	ai_lock_all(LW_EXCLUSIVE);
 
 	hash_seq_init(&status, ai_hash);
 	while ((e = hash_seq_search(&status)) != NULL)
@@ -248,8 +274,7 @@ ai_entry_reclaim(TimestampTz now)
 		}
 	}
 
-	for (int i = AI_NUM_PARTITIONS - 1; i >= 0; i--)
-		LWLockRelease(&ai_locks[i].lock);
+	ai_unlock_all();
 
 	pg_atomic_fetch_add_u64(&ai_shared->evictions, removed);
 }

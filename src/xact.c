@@ -117,6 +117,7 @@ ai_charge_end(AiCharge *c, bool commit)
 		}
 	}
 	LWLockRelease(lock);
+	ai_mark_dirty();
 }
 
 static void
