@@ -43,3 +43,12 @@ FROM checks('plan-g', 'unmetered', 50);
 -- what was already used today
 UPDATE ai_plans SET daily_limit = 52 WHERE plan = 'unmetered';
 SELECT allowed, remaining FROM checks('plan-g', 'unmetered', 3);
+
+-- a seeded plan never edited is a default: inserting its name replaces it
+-- (this is what lets a dump restore edited seeds)
+INSERT INTO ai_plans VALUES ('enterprise', 200, '1 minute', 20000, NULL);
+SELECT * FROM ai_plans WHERE plan = 'enterprise';
+-- once edited it is a plan like any other
+INSERT INTO ai_plans VALUES ('enterprise', 300, '1 minute', 30000, NULL);
+UPDATE ai_plans SET burst_limit = 100, daily_limit = 10000 WHERE plan = 'enterprise';
+SELECT plan, ai_plan_is_seed(p) AS as_seeded FROM ai_plans p ORDER BY plan;

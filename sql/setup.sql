@@ -2,6 +2,7 @@
 -- setup: the extension installs with its seeded configuration
 --
 CREATE EXTENSION ai_ratelimit;
+SELECT extversion FROM pg_extension WHERE extname = 'ai_ratelimit';
 
 SELECT plan, burst_limit, burst_window, daily_limit, monthly_budget_cents
 FROM ai_plans ORDER BY burst_limit;

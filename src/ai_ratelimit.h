@@ -238,6 +238,15 @@ typedef struct AiPrice
 	char		priced_as[AI_MAX_MODEL_LEN + 1];
 } AiPrice;
 
+typedef struct AiInternalState
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			nestlevel;
+} AiInternalState;
+
+extern void ai_internal_begin(AiInternalState *st);
+extern void ai_internal_end(AiInternalState *st);
 extern const char *ai_ext_schema(void);
 extern Oid	ai_ext_owner(void);
 extern const AiPlan *ai_plan_lookup(const char *plan);

@@ -28,6 +28,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -149,22 +150,44 @@ ai_clear_hash(HTAB *h)
 }
 
 /*
+ * Internal queries run as the extension owner, with search_path pinned to
+ * pg_catalog: whatever the caller's search_path holds, none of its functions
+ * or operators can run in our place (the queries are fully qualified too).
+ * ai_internal_end() undoes both; an error undoes them as well.
+ */
+void
+ai_internal_begin(AiInternalState *st)
+{
+	GetUserIdAndSecContext(&st->save_userid, &st->save_sec);
+	st->nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+	SetUserIdAndSecContext(ai_ext_owner(), st->save_sec | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+void
+ai_internal_end(AiInternalState *st)
+{
+	SetUserIdAndSecContext(st->save_userid, st->save_sec);
+	AtEOXact_GUC(true, st->nestlevel);
+}
+
+/*
  * Run a read-only query with the latest snapshot, as the extension owner.
  * Caller must be connected to SPI.
  */
 static void
 ai_spi_read(const char *sql, int nargs, Oid *types, Datum *values)
 {
-	Oid			save_userid;
-	int			save_sec;
+	AiInternalState st;
 	int			rc;
 
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(ai_ext_owner(), save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	ai_internal_begin(&st);
 	PushActiveSnapshot(GetLatestSnapshot());
 	rc = SPI_execute_with_args(sql, nargs, types, values, NULL, true, 0);
 	PopActiveSnapshot();
-	SetUserIdAndSecContext(save_userid, save_sec);
+	ai_internal_end(&st);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "ai_ratelimit: query failed: %s", SPI_result_code_string(rc));
 }

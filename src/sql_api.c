@@ -24,6 +24,7 @@ PG_FUNCTION_INFO_V1(ai_peek_limit);
 PG_FUNCTION_INFO_V1(ai_reset_limits);
 PG_FUNCTION_INFO_V1(ai_record_usage);
 PG_FUNCTION_INFO_V1(ai_monthly_spend);
+PG_FUNCTION_INFO_V1(ai_ratelimit_capacity);
 
 #define RESULT_NATTS 7
 
@@ -329,4 +330,31 @@ ai_monthly_spend(PG_FUNCTION_ARGS)
 		month = cal.day_date;
 	}
 	PG_RETURN_DATUM(ai_spend_in_month(user_id, month));
+}
+
+/* ai_ratelimit_capacity(): how full the shared hash and the reservation pool are */
+Datum
+ai_ratelimit_capacity(PG_FUNCTION_ARGS)
+{
+	TupleDesc	td;
+	Datum		values[6];
+	bool		nulls[6] = {0};
+	int32		open_resv;
+
+	ai_require_loaded();
+	if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "ai_ratelimit_capacity must return a composite type");
+	td = BlessTupleDesc(td);
+
+	LWLockAcquire(ai_shared->resv_lock, LW_SHARED);
+	open_resv = ai_shared->resv_used;
+	LWLockRelease(ai_shared->resv_lock);
+
+	values[0] = Int32GetDatum(ai_max_keys);
+	values[1] = Int64GetDatum(hash_get_num_entries(ai_hash));
+	values[2] = Int64GetDatum((int64) pg_atomic_read_u64(&ai_shared->evictions));
+	values[3] = Int64GetDatum((int64) pg_atomic_read_u64(&ai_shared->full_refusals));
+	values[4] = Int32GetDatum(ai_max_reservations);
+	values[5] = Int32GetDatum(open_resv);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(td, values, nulls)));
 }

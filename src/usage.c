@@ -42,8 +42,7 @@ ai_sum_month(const char *user_id, const AiCalendar *cal, bool latest)
 	"    AND day OPERATOR(pg_catalog.>=) $2 AND day OPERATOR(pg_catalog.<) $3) u";
 	Oid			types[3] = {TEXTOID, DATEOID, DATEOID};
 	Datum		vals[3];
-	Oid			save_userid;
-	int			save_sec;
+	AiInternalState st;
 	int			rc;
 	bool		isnull;
 	Datum		result;
@@ -55,15 +54,14 @@ ai_sum_month(const char *user_id, const AiCalendar *cal, bool latest)
 	vals[2] = DateADTGetDatum(cal->month_end_date);
 
 	SPI_connect();
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(ai_ext_owner(), save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	ai_internal_begin(&st);
 	if (latest)
 		PushActiveSnapshot(GetLatestSnapshot());
 	rc = SPI_execute_with_args(psprintf(q, schema, schema), 3, types, vals,
 							   NULL, true, 1);
 	if (latest)
 		PopActiveSnapshot();
-	SetUserIdAndSecContext(save_userid, save_sec);
+	ai_internal_end(&st);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "ai_ratelimit: spend query failed: %s", SPI_result_code_string(rc));
 	result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -123,8 +121,7 @@ ai_record(const char *user_id, const char *model,
 	AiCharge	charge;
 	Datum		vals[10];
 	char		nulls[10];
-	Oid			save_userid;
-	int			save_sec;
+	AiInternalState st;
 	int			rc;
 	const char *schema;
 	bool		resv_missing = false;
@@ -146,8 +143,7 @@ ai_record(const char *user_id, const char *model,
 	/* the row */
 	schema = ai_ext_schema();
 	SPI_connect();
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(ai_ext_owner(), save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	ai_internal_begin(&st);
 	if (plan == NULL || plan_schema == NULL || strcmp(plan_schema, schema) != 0)
 	{
 		Oid			types[10] = {TIMESTAMPTZOID, DATEOID, TEXTOID, TEXTOID, TEXTOID,
@@ -179,7 +175,7 @@ ai_record(const char *user_id, const char *model,
 	if (!has_resv)
 		nulls[9] = 'n';
 	rc = SPI_execute_plan(plan, vals, nulls, false, 0);
-	SetUserIdAndSecContext(save_userid, save_sec);
+	ai_internal_end(&st);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "ai_ratelimit: usage insert failed: %s", SPI_result_code_string(rc));
 	SPI_finish();

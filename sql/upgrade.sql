@@ -1,0 +1,41 @@
+--
+-- upgrade: 1.0 installed, then ALTER EXTENSION ... UPDATE walks to 1.1
+--
+CREATE DATABASE ai_upgrade;
+\c ai_upgrade
+CREATE EXTENSION ai_ratelimit VERSION '1.0';
+SELECT extversion FROM pg_extension WHERE extname = 'ai_ratelimit';
+-- 1.0 works, and usage recorded under it is kept across the update
+SELECT allowed, remaining FROM ai_check_limit('up-1', 'pro');
+SELECT ai_record_usage('up-1', 'gpt-4o', 1000, 1000);
+UPDATE ai_plans SET burst_limit = 40 WHERE plan = 'pro';
+SELECT has_function_privilege('public', 'ai_reset_limits(text)', 'EXECUTE') AS public_may_reset;
+
+SELECT * FROM pg_extension_update_paths('ai_ratelimit') WHERE path IS NOT NULL ORDER BY 1, 2;
+ALTER EXTENSION ai_ratelimit UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'ai_ratelimit';
+
+-- the same objects as a fresh 1.1 install
+SELECT pg_describe_object(classid, objid, 0) AS object
+FROM pg_depend
+WHERE refclassid = 'pg_extension'::regclass
+  AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'ai_ratelimit')
+  AND deptype = 'e'
+ORDER BY 1;
+-- 1.1: nothing for PUBLIC, the dump filters, capacity counters
+SELECT has_function_privilege('public', 'ai_reset_limits(text)', 'EXECUTE') AS public_may_reset;
+SELECT has_function_privilege('public', 'ai_check_limit(text, text, numeric)', 'EXECUTE') AS public_may_check;
+SELECT has_table_privilege('public', 'ai_usage', 'SELECT') AS public_may_read_usage;
+SELECT c.relname, array_position(e.extconfig, c.oid) IS NOT NULL AS dumped,
+       e.extcondition[array_position(e.extconfig, c.oid)] AS dump_condition
+FROM pg_extension e, pg_class c
+WHERE e.extname = 'ai_ratelimit' AND c.oid = ANY (e.extconfig)
+ORDER BY 1;
+SELECT max_keys > 0 AS has_max_keys, tracked_keys >= 1 AS tracks FROM ai_ratelimit_capacity();
+-- data and counters made under 1.0 are still there
+SELECT ai_monthly_spend('up-1');
+SELECT plan, burst_limit, ai_plan_is_seed(p) AS as_seeded FROM ai_plans p ORDER BY plan;
+SELECT allowed, remaining FROM ai_check_limit('up-1', 'pro');
+
+\c contrib_regression
+DROP DATABASE ai_upgrade;

@@ -1,0 +1,73 @@
+# A full shared hash never forgets a live counter: dead entries are reclaimed
+# first; when every entry is live, ai_ratelimit.on_full refuses (default) or
+# allows with a WARNING, and each such event is counted.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('capacity');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'ai_ratelimit'
+ai_ratelimit.max_keys = 100
+ai_ratelimit.timezone = 'Etc/GMT+12'
+});
+$node->start;
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+sql(q{
+CREATE EXTENSION ai_ratelimit;
+INSERT INTO ai_plans VALUES ('tiny', 100, '1 second', 1000, NULL);
+});
+
+# fill every counter with a live user
+is(sql(q{SELECT count(*) FILTER (WHERE c.allowed) FROM generate_series(1, 100) g,
+	LATERAL ai_check_limit('u' || g, 'tiny') c}), '100', '100 users fill the 100 counters');
+is(sql("SELECT max_keys, tracked_keys, reclaimed, full_events FROM ai_ratelimit_capacity()"),
+	'100|100|0|0', 'capacity: full, nothing reclaimed yet');
+
+# one more user: refused with a clear message, nothing forgotten
+my ($ret, $out, $err) = $node->psql('postgres', "SELECT * FROM ai_check_limit('u101', 'tiny')",
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+isnt($ret, 0, 'a new user is refused when every counter is live');
+like($err, qr/ERROR:  53400: ai_ratelimit cannot track another user: all 100 counters are in use/,
+	'refused with SQLSTATE 53400 and a clear message');
+like($err, qr/HINT:  Raise ai_ratelimit.max_keys/, 'the hint says what to do');
+is(sql(q{SELECT count(*) FROM generate_series(1, 100) g,
+	LATERAL ai_peek_limit('u' || g, 'tiny') p WHERE p.remaining = 998}),
+	'100', 'every live user still holds its count');
+is(sql("SELECT full_events FROM ai_ratelimit_capacity()"), '1', 'the refusal is counted');
+
+# a counter that holds nothing live is reclaimed first
+sql("SELECT ai_reset_limits('u1')");
+is(sql("SELECT allowed FROM ai_check_limit('u101', 'tiny')"), 't',
+	'after a reset frees a counter, the new user fits');
+is(sql("SELECT reclaimed FROM ai_ratelimit_capacity()"), '1', 'one counter reclaimed');
+
+# on_full = allow: the request goes ahead, uncounted, with a WARNING
+sql("ALTER SYSTEM SET ai_ratelimit.on_full = 'allow'");
+sql("SELECT pg_reload_conf()");
+$node->poll_query_until('postgres', "SELECT current_setting('ai_ratelimit.on_full') = 'allow'");
+($ret, $out, $err) = $node->psql('postgres', "SELECT allowed, remaining FROM ai_check_limit('u102', 'tiny')");
+is($out, 't|', 'on_full = allow: the request is allowed, remaining unknown (NULL)');
+like($err, qr/WARNING:  ai_ratelimit allowed a request without counting it: all 100 counters are in use/,
+	'with a WARNING');
+is(sql("SELECT remaining FROM ai_peek_limit('u102', 'tiny')"), '999', 'and nothing was counted');
+is(sql("SELECT full_events FROM ai_ratelimit_capacity()"), '2', 'that event is counted too');
+
+# expired windows are reclaimed: move the local day forward (UTC-12 -> UTC+14)
+# so every daily count is from an earlier day, and let the 1-second bursts pass
+sql("ALTER SYSTEM SET ai_ratelimit.timezone = 'Etc/GMT-14'");
+sql("ALTER SYSTEM SET ai_ratelimit.on_full = 'refuse'");
+sql("SELECT pg_reload_conf()");
+$node->poll_query_until('postgres', "SELECT current_setting('ai_ratelimit.timezone') = 'Etc/GMT-14'");
+sleep(2);
+is(sql(q{SELECT count(*) FILTER (WHERE c.allowed) FROM generate_series(201, 250) g,
+	LATERAL ai_check_limit('u' || g, 'tiny') c}), '50', 'expired counters are reclaimed for new users');
+cmp_ok(sql("SELECT reclaimed FROM ai_ratelimit_capacity()"), '>=', 100, 'the expired counters were reclaimed');
+
+$node->stop;
+done_testing();
