@@ -23,7 +23,7 @@ OBJS = \
 DATA = ai_ratelimit--1.0.sql ai_ratelimit--1.0--1.1.sql
 PGFILEDESC = "ai_ratelimit - per-user AI rate limits and budgets"
 
-REGRESS = setup plans limits usage bad_input security upgrade
+REGRESS = setup plans limits usage bad_input security upgrade shared_state
 REGRESS_OPTS = --temp-config=$(srcdir)/test/ai_ratelimit.conf --temp-instance=./tmp_check
 
 ISOLATION = no_wait budget

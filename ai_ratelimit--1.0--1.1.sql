@@ -157,6 +157,13 @@ LANGUAGE C VOLATILE PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.ai_ratelimit_capacity() IS
     'shared-memory capacity: keys in use, reclaimed, refusals or uncounted requests when full';
 
+CREATE FUNCTION @extschema@.ai_ratelimit_verify()
+RETURNS SETOF text
+AS 'MODULE_PATHNAME', 'ai_ratelimit_verify'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.ai_ratelimit_verify() IS
+    'problems found in the shared counters and reservations (none when consistent)';
+
 -- ---------------------------------------------------------------------------
 -- Least privilege: nothing for PUBLIC.  The README says what to grant an
 -- application role; plans, prices, usage and resets stay with the owner.
@@ -169,6 +176,7 @@ REVOKE ALL ON FUNCTION @extschema@.ai_reset_limits(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.ai_record_usage(text, text, bigint, bigint, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.ai_monthly_spend(text, date) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.ai_ratelimit_capacity() FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.ai_ratelimit_verify() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.ai_ratelimit_config_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.ai_model_prices_keep_fallback() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.ai_replace_seed() FROM PUBLIC;

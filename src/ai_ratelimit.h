@@ -26,6 +26,7 @@
 
 #include "datatype/timestamp.h"
 #include "fmgr.h"
+#include "nodes/pg_list.h"
 #include "pgtime.h"
 #include "port/atomics.h"
 #include "storage/lwlock.h"
@@ -169,6 +170,7 @@ extern AiEntry *ai_entry_lookup(const AiKey *key, uint32 hashcode, bool create,
 								TimestampTz now, const char *id, int idlen);
 extern void ai_entry_reclaim(TimestampTz now);
 extern void ai_lock_all(LWLockMode mode);
+extern void ai_verify(List **problems);
 extern void ai_unlock_all(void);
 
 /* Note that the counters changed, for the saver (persist.c). */

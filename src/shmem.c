@@ -384,3 +384,74 @@ ai_resv_open_amount(AiEntry *entry, TimestampTz now)
 	}
 	return entry->reserved;
 }
+
+/*
+ * Check the shared state for leaks and broken links: every reservation slot
+ * is either free or linked to exactly one entry of the same key; each
+ * entry's reserved sum equals its open slots; no record is in flight (the
+ * caller runs this when no other transaction is open).  Appends one message
+ * per problem to *problems.  Takes every partition lock and resv_lock, in
+ * shared mode.
+ */
+void
+ai_verify(List **problems)
+{
+	HASH_SEQ_STATUS status;
+	AiEntry    *e;
+	int64		linked = 0;
+	int64		free_len = 0;
+
+	ai_lock_all(LW_SHARED);
+	LWLockAcquire(ai_shared->resv_lock, LW_SHARED);
+
+	hash_seq_init(&status, ai_hash);
+	while ((e = hash_seq_search(&status)) != NULL)
+	{
+		AiMoney		open_sum = 0;
+		int32		prev = -1;
+		int			n = 0;
+
+		for (int32 s = e->resv_head; s >= 0; s = ai_shared->resv[s].next)
+		{
+			AiReservation *r = &ai_shared->resv[s];
+
+			if (++n > ai_max_reservations)
+			{
+				*problems = lappend(*problems, psprintf("reservation list of a user loops"));
+				break;
+			}
+			if (r->state == AI_RESV_FREE)
+				*problems = lappend(*problems, psprintf("free reservation slot %d is linked to a user", s));
+			if (memcmp(&r->key, &e->key, sizeof(AiKey)) != 0)
+				*problems = lappend(*problems, psprintf("reservation slot %d is linked to the wrong user", s));
+			if (r->prev != prev)
+				*problems = lappend(*problems, psprintf("reservation slot %d has a broken back link", s));
+			if (r->state == AI_RESV_OPEN)
+				open_sum += r->amount;
+			prev = s;
+			linked++;
+		}
+		if (prev != e->resv_tail)
+			*problems = lappend(*problems, psprintf("a user's reservation tail is wrong"));
+		if (open_sum != e->reserved)
+			*problems = lappend(*problems,
+								psprintf("a user's reserved sum is " INT64_FORMAT " but its open reservations hold " INT64_FORMAT,
+										 e->reserved, open_sum));
+		if (e->inflight != 0 || e->inflight_cost != 0)
+			*problems = lappend(*problems,
+								psprintf("%u recorded calls of a user are still in flight", e->inflight));
+	}
+	for (int32 s = ai_shared->resv_free; s >= 0 && free_len <= ai_max_reservations; s = ai_shared->resv[s].next)
+		free_len++;
+	if (linked != ai_shared->resv_used)
+		*problems = lappend(*problems,
+							psprintf(INT64_FORMAT " reservation slots are linked to users but %d are in use",
+									 linked, ai_shared->resv_used));
+	if (free_len + ai_shared->resv_used != ai_max_reservations)
+		*problems = lappend(*problems,
+							psprintf("reservation slots leaked: " INT64_FORMAT " free + %d in use of %d",
+									 free_len, ai_shared->resv_used, ai_max_reservations));
+
+	LWLockRelease(ai_shared->resv_lock);
+	ai_unlock_all();
+}

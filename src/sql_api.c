@@ -25,6 +25,7 @@ PG_FUNCTION_INFO_V1(ai_reset_limits);
 PG_FUNCTION_INFO_V1(ai_record_usage);
 PG_FUNCTION_INFO_V1(ai_monthly_spend);
 PG_FUNCTION_INFO_V1(ai_ratelimit_capacity);
+PG_FUNCTION_INFO_V1(ai_ratelimit_verify);
 
 #define RESULT_NATTS 7
 
@@ -357,4 +358,29 @@ ai_ratelimit_capacity(PG_FUNCTION_ARGS)
 	values[4] = Int32GetDatum(ai_max_reservations);
 	values[5] = Int32GetDatum(open_resv);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(td, values, nulls)));
+}
+
+/*
+ * ai_ratelimit_verify(): one row per problem found in the shared state
+ * (leaked or broken reservations, records left in flight); no rows when
+ * all is well.  Run it when no other transaction is open.
+ */
+Datum
+ai_ratelimit_verify(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	List	   *problems = NIL;
+	ListCell   *lc;
+
+	ai_require_loaded();
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	ai_verify(&problems);
+	foreach(lc, problems)
+	{
+		Datum		v = CStringGetTextDatum((char *) lfirst(lc));
+		bool		n = false;
+
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &v, &n);
+	}
+	return (Datum) 0;
 }

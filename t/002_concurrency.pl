@@ -96,5 +96,7 @@ cmp_ok($allowed, '>=', 15, "slide: the window slides: $allowed of $total allowed
 cmp_ok($allowed, '<=', 25, "slide: at most 5 per window over 7 s");
 cmp_ok($total, '>', 100, "slide: the window was hammered ($total requests)");
 
+is($node->safe_psql('postgres', 'SELECT count(*) FROM ai_ratelimit_verify()'), '0',
+	'the shared state is consistent: no leaked reservation or record in flight');
 $node->stop;
 done_testing();

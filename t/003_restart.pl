@@ -89,5 +89,7 @@ is(sql("SELECT remaining FROM ai_peek_limit('alice', 'day100')"), '99',
 	'after a damaged file the counters start empty');
 is(sql("SELECT ai_monthly_spend('alice')"), $spend, 'but spend comes from the tables');
 
+is($node->safe_psql('postgres', 'SELECT count(*) FROM ai_ratelimit_verify()'), '0',
+	'the shared state is consistent: no leaked reservation or record in flight');
 $node->stop;
 done_testing();

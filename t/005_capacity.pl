@@ -69,5 +69,7 @@ is(sql(q{SELECT count(*) FILTER (WHERE c.allowed) FROM generate_series(201, 250)
 	LATERAL ai_check_limit('u' || g, 'tiny') c}), '50', 'expired counters are reclaimed for new users');
 cmp_ok(sql("SELECT reclaimed FROM ai_ratelimit_capacity()"), '>=', 100, 'the expired counters were reclaimed');
 
+is($node->safe_psql('postgres', 'SELECT count(*) FROM ai_ratelimit_verify()'), '0',
+	'the shared state is consistent: no leaked reservation or record in flight');
 $node->stop;
 done_testing();
