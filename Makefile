@@ -32,7 +32,8 @@ ISOLATION_OPTS = --temp-config=$(srcdir)/test/ai_ratelimit.conf --temp-instance=
 TAP_TESTS = 1
 
 PG_CPPFLAGS = -I$(srcdir)/src
-PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
+PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers $(PG_CFLAGS_EXTRA)
+SHLIB_LINK = $(SHLIB_LINK_EXTRA)
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
