@@ -15,15 +15,16 @@ OBJS = \
 	src/money.o \
 	src/persist.o \
 	src/shmem.o \
+	src/stats.o \
 	src/sql_api.o \
 	src/usage.o \
 	src/windows.o \
 	src/xact.o
 
-DATA = ai_ratelimit--1.0.sql ai_ratelimit--1.0--1.1.sql
+DATA = ai_ratelimit--1.0.sql ai_ratelimit--1.0--1.1.sql ai_ratelimit--1.1--1.2.sql
 PGFILEDESC = "ai_ratelimit - per-user AI rate limits and budgets"
 
-REGRESS = setup plans limits usage bad_input security upgrade shared_state
+REGRESS = setup plans limits usage bad_input security upgrade operations shared_state
 REGRESS_OPTS = --temp-config=$(srcdir)/test/ai_ratelimit.conf --temp-instance=./tmp_check
 
 ISOLATION = no_wait budget

@@ -1,5 +1,5 @@
 --
--- upgrade: 1.0 installed, then ALTER EXTENSION ... UPDATE walks to 1.1
+-- upgrade: 1.0 installed, then ALTER EXTENSION ... UPDATE walks 1.0 -> 1.1 -> 1.2
 --
 CREATE DATABASE ai_upgrade;
 \c ai_upgrade
@@ -15,7 +15,7 @@ SELECT * FROM pg_extension_update_paths('ai_ratelimit') WHERE path IS NOT NULL O
 ALTER EXTENSION ai_ratelimit UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'ai_ratelimit';
 
--- the same objects as a fresh 1.1 install
+-- the same objects as a fresh install
 SELECT pg_describe_object(classid, objid, 0) AS object
 FROM pg_depend
 WHERE refclassid = 'pg_extension'::regclass

@@ -47,6 +47,15 @@
 #define AI_BURST_SPAN			20
 #define AI_BURST_RING			22
 
+/*
+ * Tokens per minute: the minute is cut into 3 buckets of 20 s, counted the
+ * same conservative way as the burst window (a window ending now overlaps at
+ * most 4 of them).
+ */
+#define AI_TOKEN_BUCKET_SECS	20
+#define AI_TOKEN_SPAN			3
+#define AI_TOKEN_RING			4
+
 /* Money: int64 counts of 1e-9 cent (prices have at most 5 decimals). */
 #define AI_MONEY_SCALE			9
 #define AI_MONEY_UNITS_PER_CENT	INT64CONST(1000000000)
@@ -73,7 +82,7 @@ typedef enum AiSpendState
 	AI_SPEND_VALID				/* committed_spend is exact for spend_month */
 } AiSpendState;
 
-#define AI_ID_PREFIX_LEN		32
+#define AI_ID_PREFIX_LEN		16
 
 /*
  * Per-user counters.  Every field is protected by the partition lock of the
@@ -98,13 +107,19 @@ typedef struct AiEntry
 	uint32		change_seq;		/* bumped by every record and settle */
 	uint32		inflight;		/* ai_record_usage calls not yet ended */
 	uint8		spend_state;	/* AiSpendState */
-	uint8		id_len;			/* bytes of the user id kept in id_prefix */
+	uint8		id_len;			/* length of the user id, at most 255 */
+	uint16		plan_hash;		/* 16 bits of the last plan's name, for views */
 	AiMoney		committed_spend;	/* committed cost this month */
 	AiMoney		inflight_cost;	/* cost recorded by open transactions */
 	AiMoney		recorded_total; /* every cost ever recorded (wraps) */
 	AiMoney		reserved;		/* open reservations, expired or not */
 	int32		resv_head;		/* oldest reservation slot, or -1 */
 	int32		resv_tail;		/* newest reservation slot, or -1 */
+	uint32		alerts_sent;	/* budget alert thresholds notified in spend_month */
+
+	/* tokens per minute: AI_TOKEN_RING buckets of AI_TOKEN_BUCKET_SECS */
+	int32		tokens_head;	/* bucket index of the newest token bucket */
+	uint32		tokens[4];		/* AI_TOKEN_RING */
 
 	char		id_prefix[AI_ID_PREFIX_LEN];	/* user id, for views */
 } AiEntry;
@@ -140,6 +155,9 @@ typedef struct AiShared
 	pg_atomic_uint32 dirty;		/* counters changed since the last save */
 	pg_atomic_uint64 evictions;
 	pg_atomic_uint64 full_refusals;
+	TimestampTz stats_reset;	/* guarded by stats_lock */
+	LWLock	   *stats_lock;		/* guards adding plans to ai_stats */
+	int32		nstats;
 	/* reservation pool, protected by resv_lock */
 	int64		resv_seq;
 	int32		resv_free;		/* head of the free list */
@@ -147,7 +165,31 @@ typedef struct AiShared
 	AiReservation resv[FLEXIBLE_ARRAY_MEMBER];
 } AiShared;
 
+typedef struct AiStats AiStats;
+
+/* Outcomes counted per plan (stats.c). */
+typedef enum AiOutcome
+{
+	AI_OUT_ALLOWED = 0,
+	AI_OUT_BURST,
+	AI_OUT_DAILY,
+	AI_OUT_BUDGET,
+	AI_OUT_TOKENS,
+	AI_OUT_BLOCKED,
+	AI_OUT_COUNT
+} AiOutcome;
+
+struct AiStats
+{
+	Oid			dbid;
+	char		plan[NAMEDATALEN * 2];	/* "" for the overflow slot */
+	pg_atomic_uint64 count[AI_OUT_COUNT];
+};
+
+#define AI_MAX_STATS			512
+
 extern AiShared *ai_shared;
+extern AiStats *ai_stats;
 extern HTAB *ai_hash;
 
 /* GUCs */
@@ -181,6 +223,13 @@ ai_mark_dirty(void)
 		pg_atomic_write_u32(&ai_shared->dirty, 1);
 }
 
+/* stats.c */
+extern Size ai_stats_size(void);
+extern void ai_stats_init(bool found);
+extern AiStats *ai_stats_for(const char *plan);
+extern void ai_stats_reset(void);
+extern const char *ai_outcome_name(AiOutcome o);
+
 /* persist.c */
 extern bool ai_save(void);
 extern void ai_load(void);
@@ -208,6 +257,10 @@ extern void ai_calendar_at(TimestampTz now, AiCalendar *cal);
 extern void ai_calendar_for_date(DateADT d, AiCalendar *cal);
 extern int64 ai_burst_width(int32 window_ms);
 extern void ai_burst_advance(AiEntry *e, int32 window_ms, TimestampTz now);
+extern void ai_tokens_advance(AiEntry *e, TimestampTz now);
+extern uint64 ai_tokens_count(AiEntry *e, TimestampTz now);
+extern TimestampTz ai_tokens_retry_at(AiEntry *e, uint64 limit, uint64 need, TimestampTz now);
+extern TimestampTz ai_burst_oldest_leaves(AiEntry *e, TimestampTz now);
 extern uint32 ai_burst_count(AiEntry *e, TimestampTz now);
 extern TimestampTz ai_burst_retry_at(AiEntry *e, uint32 limit, TimestampTz now);
 extern int64 ai_burst_bucket(AiEntry *e, TimestampTz now);
@@ -219,16 +272,26 @@ extern Datum ai_money_to_numeric(AiMoney m);
 extern AiMoney ai_money_add(AiMoney a, AiMoney b);
 
 /* config.c */
+#define AI_MAX_ALERTS			8
+
 typedef struct AiPlan
 {
 	char		name[NAMEDATALEN * 2];
 	bool		has_burst;
 	bool		has_daily;
 	bool		has_budget;
+	bool		has_tpm;
+	bool		blocked;		/* a per-user block is in force */
 	int32		burst_limit;
 	int32		burst_window_ms;
 	int32		daily_limit;
+	int64		tokens_per_minute;
 	AiMoney		budget;
+	TimestampTz blocked_until;	/* DT_NOEND: until lifted */
+	int			nalerts;
+	int32		alert_percent[AI_MAX_ALERTS];
+	uint16		name_hash;
+	AiStats    *stats;			/* shared counters of this plan */
 } AiPlan;
 
 typedef struct AiPrice
@@ -252,6 +315,9 @@ extern void ai_internal_end(AiInternalState *st);
 extern const char *ai_ext_schema(void);
 extern Oid	ai_ext_owner(void);
 extern const AiPlan *ai_plan_lookup(const char *plan);
+extern void ai_apply_user_limits(const char *user_id, AiPlan *plan);
+extern const char *ai_plan_name_by_hash(uint16 h);
+extern uint16 ai_name_hash(const char *name);
 extern const char *ai_user_plan(const char *user_id);
 extern void ai_price_lookup(const char *model, AiPrice *price);
 extern void ai_config_init(void);
@@ -275,6 +341,9 @@ typedef struct AiCharge
 	int64		resv_id;		/* reservation made (check) or settled (record) */
 	int32		month;			/* record: month of the cost */
 	AiMoney		cost;			/* record: cost added to inflight_cost */
+	int32		token_bucket;	/* record: bucket charged with tokens, or -1 */
+	uint32		tokens;			/* record: tokens charged there */
+	uint32		alert_bits;		/* record: alert thresholds it notified */
 } AiCharge;
 
 extern void ai_xact_init(void);
@@ -285,7 +354,8 @@ extern void ai_charge_add(const AiCharge *c);
 typedef struct AiDecision
 {
 	bool		allowed;
-	const char *limited_by;		/* NULL, "burst", "daily", "monthly_budget" */
+	const char *limited_by;		/* NULL, "blocked", "burst", "daily", "tokens", "monthly_budget" */
+	AiOutcome	outcome;
 	char	   *error;
 	int32		retry_after;	/* seconds, when denied */
 	bool		has_remaining;
@@ -296,9 +366,13 @@ typedef struct AiDecision
 } AiDecision;
 
 extern void ai_decide(const char *user_id, int idlen, const AiPlan *plan,
-					  Datum estimate, bool has_estimate, bool consume,
-					  AiDecision *d);
+					  Datum estimate, bool has_estimate, int64 est_tokens,
+					  bool consume, AiDecision *d);
 extern void ai_reset_user(const char *user_id, int idlen);
+
+extern bool ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id,
+							int idlen, const AiCalendar *cal, TimestampTz now,
+							AiMoney *fallback);
 
 /* usage.c */
 extern AiMoney ai_load_spend(const AiKey *key, const char *user_id,

@@ -24,14 +24,17 @@
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "commands/trigger.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "ai_ratelimit.h"
 
@@ -41,6 +44,7 @@ static MemoryContext config_cxt = NULL;
 static HTAB *plan_cache = NULL;
 static uint32 plan_cache_gen = 0;
 static HTAB *user_cache = NULL;
+static HTAB *limits_cache = NULL;
 static HTAB *price_cache = NULL;
 static uint32 price_cache_gen = 0;
 static char *ext_schema = NULL;	/* quoted schema name */
@@ -51,6 +55,24 @@ typedef struct UserPlanEntry
 	char		user_id[AI_MAX_USER_ID_LEN + 1];
 	char		plan[NAMEDATALEN * 2];	/* "" when the user has no row */
 } UserPlanEntry;
+
+/* A row of ai_user_limits: per-user overrides and blocks. */
+typedef struct UserLimitEntry
+{
+	char		user_id[AI_MAX_USER_ID_LEN + 1];
+	bool		has_burst_limit;
+	bool		has_burst_window;
+	bool		has_daily;
+	bool		has_budget;
+	bool		has_tpm;
+	bool		has_block;
+	int32		burst_limit;
+	int32		burst_window_ms;
+	int32		daily_limit;
+	int64		tokens_per_minute;
+	AiMoney		budget;
+	TimestampTz blocked_until;
+} UserLimitEntry;
 
 typedef struct PriceEntry
 {
@@ -132,6 +154,11 @@ ai_config_init(void)
 	user_cache = hash_create("ai_ratelimit user plans", 1024, &ctl,
 							 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
+	ctl.keysize = AI_MAX_USER_ID_LEN + 1;
+	ctl.entrysize = sizeof(UserLimitEntry);
+	limits_cache = hash_create("ai_ratelimit user limits", 64, &ctl,
+							   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+
 	ctl.keysize = AI_MAX_MODEL_LEN + 1;
 	ctl.entrysize = sizeof(PriceEntry);
 	price_cache = hash_create("ai_ratelimit prices", 32, &ctl,
@@ -192,23 +219,54 @@ ai_spi_read(const char *sql, int nargs, Oid *types, Datum *values)
 		elog(ERROR, "ai_ratelimit: query failed: %s", SPI_result_code_string(rc));
 }
 
+/* 16 bits of a plan name's hash, never 0 (0 means "unknown"). */
+uint16
+ai_name_hash(const char *name)
+{
+	uint16		h = (uint16) hash_bytes((const unsigned char *) name, strlen(name));
+
+	return h ? h : 1;
+}
+
+static bool
+ai_getbool_col(HeapTuple tup, TupleDesc td, int col, Datum *d)
+{
+	bool		isnull;
+
+	*d = SPI_getbinval(tup, td, col, &isnull);
+	return !isnull;
+}
+
+/*
+ * Load ai_plans and ai_user_limits.  Columns and tables added by later
+ * versions of the SQL script are read through to_jsonb() and to_regclass(),
+ * so a database still on an older version loads too.
+ */
 static void
 ai_reload_plans(void)
 {
 	uint32		gen = pg_atomic_read_u32(&ai_shared->plans_gen);
 	char	   *sql;
+	bool		have_limits;
 
 	ai_load_extension_info();
 	ai_clear_hash(plan_cache);
 	ai_clear_hash(user_cache);
+	ai_clear_hash(limits_cache);
 	plan_cache_gen = 0;
 
 	SPI_connect();
 	sql = psprintf("SELECT plan, burst_limit, "
 				   "pg_catalog.ceil(pg_catalog.date_part('epoch', burst_window) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int4, "
-				   "daily_limit, monthly_budget_cents FROM %s.ai_plans",
+				   "daily_limit, monthly_budget_cents, "
+				   "(pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.->>) 'tokens_per_minute')::pg_catalog.int8, "
+				   "pg_catalog.translate(pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.->>) 'alert_percents', '[]', '{}')::pg_catalog.int4[], "
+				   "pg_catalog.to_regclass(%s) IS NOT NULL "
+				   "FROM %s.ai_plans p",
+				   quote_literal_cstr(psprintf("%s.ai_user_limits", ai_ext_schema())),
 				   ai_ext_schema());
 	ai_spi_read(sql, 0, NULL, NULL);
+	have_limits = false;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -218,23 +276,139 @@ ai_reload_plans(void)
 		AiPlan	   *p;
 		Datum		d;
 
+		have_limits = DatumGetBool(SPI_getbinval(tup, td, 8, &isnull));
 		if (strlen(name) >= NAMEDATALEN * 2)
 			continue;			/* cannot be named by a check either */
 		p = hash_search(plan_cache, name, HASH_ENTER, NULL);
-		d = SPI_getbinval(tup, td, 2, &isnull);
-		p->has_burst = !isnull;
-		p->burst_limit = isnull ? 0 : DatumGetInt32(d);
-		d = SPI_getbinval(tup, td, 3, &isnull);
-		p->burst_window_ms = isnull ? 60000 : DatumGetInt32(d);
-		d = SPI_getbinval(tup, td, 4, &isnull);
-		p->has_daily = !isnull;
-		p->daily_limit = isnull ? 0 : DatumGetInt32(d);
-		d = SPI_getbinval(tup, td, 5, &isnull);
-		p->has_budget = !isnull;
-		p->budget = isnull ? 0 : ai_money_from_numeric(d, false, "monthly_budget_cents");
+		memset(((char *) p) + sizeof(p->name), 0, sizeof(AiPlan) - sizeof(p->name));
+		p->has_burst = ai_getbool_col(tup, td, 2, &d);
+		p->burst_limit = p->has_burst ? DatumGetInt32(d) : 0;
+		p->burst_window_ms = ai_getbool_col(tup, td, 3, &d) ? DatumGetInt32(d) : 60000;
+		p->has_daily = ai_getbool_col(tup, td, 4, &d);
+		p->daily_limit = p->has_daily ? DatumGetInt32(d) : 0;
+		p->has_budget = ai_getbool_col(tup, td, 5, &d);
+		p->budget = p->has_budget ? ai_money_from_numeric(d, false, "monthly_budget_cents") : 0;
+		p->has_tpm = ai_getbool_col(tup, td, 6, &d);
+		p->tokens_per_minute = p->has_tpm ? DatumGetInt64(d) : 0;
+		if (ai_getbool_col(tup, td, 7, &d))
+		{
+			ArrayType  *arr = DatumGetArrayTypeP(d);
+			Datum	   *elems;
+			bool	   *nulls;
+			int			n;
+
+			deconstruct_array(arr, INT4OID, sizeof(int32), true, TYPALIGN_INT,
+							  &elems, &nulls, &n);
+			for (int k = 0; k < n && p->nalerts < AI_MAX_ALERTS; k++)
+				if (!nulls[k])
+					p->alert_percent[p->nalerts++] = DatumGetInt32(elems[k]);
+		}
+		p->name_hash = ai_name_hash(name);
+		p->stats = ai_stats_for(name);
+	}
+
+	if (have_limits)
+	{
+		sql = psprintf("SELECT user_id, burst_limit, "
+					   "pg_catalog.ceil(pg_catalog.date_part('epoch', burst_window) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int4, "
+					   "daily_limit, monthly_budget_cents, tokens_per_minute, blocked_until "
+					   "FROM %s.ai_user_limits", ai_ext_schema());
+		ai_spi_read(sql, 0, NULL, NULL);
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	td = SPI_tuptable->tupdesc;
+			bool		isnull;
+			char	   *uid = TextDatumGetCString(SPI_getbinval(tup, td, 1, &isnull));
+			UserLimitEntry *u;
+			Datum		d;
+
+			if (strlen(uid) > AI_MAX_USER_ID_LEN)
+				continue;
+			u = hash_search(limits_cache, uid, HASH_ENTER, NULL);
+			u->has_burst_limit = ai_getbool_col(tup, td, 2, &d);
+			u->burst_limit = u->has_burst_limit ? DatumGetInt32(d) : 0;
+			u->has_burst_window = ai_getbool_col(tup, td, 3, &d);
+			u->burst_window_ms = u->has_burst_window ? DatumGetInt32(d) : 0;
+			u->has_daily = ai_getbool_col(tup, td, 4, &d);
+			u->daily_limit = u->has_daily ? DatumGetInt32(d) : 0;
+			u->has_budget = ai_getbool_col(tup, td, 5, &d);
+			u->budget = u->has_budget ? ai_money_from_numeric(d, false, "monthly_budget_cents") : 0;
+			u->has_tpm = ai_getbool_col(tup, td, 6, &d);
+			u->tokens_per_minute = u->has_tpm ? DatumGetInt64(d) : 0;
+			u->has_block = ai_getbool_col(tup, td, 7, &d);
+			u->blocked_until = u->has_block ? DatumGetTimestampTz(d) : 0;
+		}
 	}
 	SPI_finish();
 	plan_cache_gen = gen;
+}
+
+/*
+ * Apply a user's row of ai_user_limits to a copy of the plan: every column
+ * that is not NULL replaces the plan's limit; blocked_until blocks.
+ */
+void
+ai_apply_user_limits(const char *user_id, AiPlan *plan)
+{
+	UserLimitEntry *u;
+
+	if (hash_get_num_entries(limits_cache) == 0 ||
+		strlen(user_id) > AI_MAX_USER_ID_LEN)
+		return;
+	u = hash_search(limits_cache, user_id, HASH_FIND, NULL);
+	if (u == NULL)
+		return;
+	if (u->has_burst_limit)
+	{
+		plan->has_burst = true;
+		plan->burst_limit = u->burst_limit;
+	}
+	if (u->has_burst_window)
+		plan->burst_window_ms = u->burst_window_ms;
+	if (u->has_daily)
+	{
+		plan->has_daily = true;
+		plan->daily_limit = u->daily_limit;
+	}
+	if (u->has_budget)
+	{
+		plan->has_budget = true;
+		plan->budget = u->budget;
+	}
+	if (u->has_tpm)
+	{
+		plan->has_tpm = true;
+		plan->tokens_per_minute = u->tokens_per_minute;
+	}
+	if (u->has_block)
+	{
+		plan->blocked = true;
+		plan->blocked_until = u->blocked_until;
+	}
+}
+
+/* The name of the plan in this database whose name hashes to h, if one. */
+const char *
+ai_plan_name_by_hash(uint16 h)
+{
+	HASH_SEQ_STATUS st;
+	AiPlan	   *p;
+	const char *found = NULL;
+	int			n = 0;
+
+	if (h == 0)
+		return NULL;
+	if (plan_cache_gen != pg_atomic_read_u32(&ai_shared->plans_gen))
+		ai_reload_plans();
+	hash_seq_init(&st, plan_cache);
+	while ((p = hash_seq_search(&st)) != NULL)
+		if (p->name_hash == h)
+		{
+			found = p->name;
+			n++;
+		}
+	return n == 1 ? found : NULL;
 }
 
 /* The plan named `plan`, or NULL when there is none. */

@@ -18,6 +18,7 @@
 #include "postgres.h"
 
 #include "miscadmin.h"
+#include "utils/datetime.h"
 #include "utils/timestamp.h"
 
 #include "ai_ratelimit.h"
@@ -60,7 +61,7 @@ ai_window_words(int32 ms)
  *
  * Caller must hold no partition lock.
  */
-static bool
+bool
 ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id, int idlen,
 				const AiCalendar *cal, TimestampTz now, AiMoney *fallback)
 {
@@ -97,6 +98,8 @@ ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id, int idle
 	}
 	if (e->spend_month != cal->month || e->spend_gen != gen)
 	{
+		if (e->spend_month != cal->month)
+			e->alerts_sent = 0;
 		e->spend_state = AI_SPEND_UNKNOWN;
 		e->spend_month = cal->month;
 		e->committed_spend = 0;
@@ -167,7 +170,8 @@ ai_budget_retry_at(AiEntry *e, AiMoney spend, AiMoney need, AiMoney budget,
  */
 void
 ai_decide(const char *user_id, int idlen, const AiPlan *plan,
-		  Datum estimate, bool has_estimate, bool consume, AiDecision *d)
+		  Datum estimate, bool has_estimate, int64 est_tokens,
+		  bool consume, AiDecision *d)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	AiCalendar	cal;
@@ -258,6 +262,28 @@ retry:
 		goto retry;
 	}
 
+	if (made_entry)
+		e->plan_hash = plan->name_hash;
+
+	/* a per-user block (ai_user_limits.blocked_until) */
+	if (plan->blocked && plan->blocked_until > now)
+	{
+		d->limited_by = "blocked";
+		d->outcome = AI_OUT_BLOCKED;
+		if (TIMESTAMP_NOT_FINITE(plan->blocked_until))
+		{
+			d->error = pstrdup("AI access blocked for this user");
+			retry_never = true;
+		}
+		else
+		{
+			d->error = psprintf("AI access blocked for this user until %s",
+								timestamptz_to_str(plan->blocked_until));
+			retry_at = plan->blocked_until;
+		}
+		goto denied;
+	}
+
 	/* burst */
 	if (plan->has_burst)
 	{
@@ -270,6 +296,7 @@ retry:
 			char	   *w = ai_window_words(plan->burst_window_ms);
 
 			d->limited_by = "burst";
+			d->outcome = AI_OUT_BURST;
 			d->error = psprintf("Rate limit: %d requests/%s on %s plan",
 								plan->burst_limit, w, plan->name);
 			if (plan->burst_limit <= 0)
@@ -288,6 +315,7 @@ retry:
 		if (used >= (uint32) Max(plan->daily_limit, 0))
 		{
 			d->limited_by = "daily";
+			d->outcome = AI_OUT_DAILY;
 			d->error = psprintf("Daily limit: %d AI calls/day on %s plan. Upgrade for more.",
 								plan->daily_limit, plan->name);
 			if (plan->daily_limit <= 0)
@@ -297,6 +325,31 @@ retry:
 		}
 		d->has_remaining = true;
 		d->remaining = plan->daily_limit - (int32) used - 1;
+	}
+
+	/* tokens per minute: what was recorded in the last minute plus the estimate */
+	if (plan->has_tpm)
+	{
+		uint64		used;
+
+		if (made_entry)
+			ai_tokens_advance(e, now);
+		used = made_entry ? ai_tokens_count(e, now) : 0;
+		if (plan->tokens_per_minute <= 0 ||
+			used + (uint64) est_tokens > (uint64) plan->tokens_per_minute ||
+			(est_tokens == 0 && used >= (uint64) plan->tokens_per_minute))
+		{
+			d->limited_by = "tokens";
+			d->outcome = AI_OUT_TOKENS;
+			d->error = psprintf("Token limit: " INT64_FORMAT " tokens/minute on %s plan",
+								plan->tokens_per_minute, plan->name);
+			if (plan->tokens_per_minute <= 0 || est_tokens > plan->tokens_per_minute)
+				retry_never = true;
+			else
+				retry_at = ai_tokens_retry_at(e, (uint64) plan->tokens_per_minute,
+											  (uint64) Max(est_tokens, 1), now);
+			goto denied;
+		}
 	}
 
 	/* monthly budget */
@@ -313,6 +366,7 @@ retry:
 		if (ai_money_add(ai_money_add(spend, reserved), est) > plan->budget)
 		{
 			d->limited_by = "monthly_budget";
+			d->outcome = AI_OUT_BUDGET;
 			d->error = pstrdup("Monthly AI budget exceeded");
 			retry_at = ai_budget_retry_at(e, spend, est, plan->budget, &cal);
 			goto denied;
@@ -321,6 +375,7 @@ retry:
 
 	/* allowed */
 	d->allowed = true;
+	d->outcome = AI_OUT_ALLOWED;
 	d->reset_at = cal.day_end;
 	d->has_reset_at = true;
 	if (consume)
@@ -367,6 +422,8 @@ retry:
 		LWLockRelease(lock);
 		ai_charge_add(&charge);
 		ai_mark_dirty();
+		if (plan->stats)
+			pg_atomic_fetch_add_u64(&plan->stats->count[AI_OUT_ALLOWED], 1);
 		return;
 	}
 	LWLockRelease(lock);
@@ -374,6 +431,8 @@ retry:
 
 denied:
 	LWLockRelease(lock);
+	if (consume && plan->stats)
+		pg_atomic_fetch_add_u64(&plan->stats->count[d->outcome], 1);
 	d->allowed = false;
 	d->has_remaining = false;
 	if (retry_never)

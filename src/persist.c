@@ -42,7 +42,7 @@
 #define AI_SAVE_FILE		"pg_stat/ai_ratelimit.dat"
 #define AI_SAVE_TMP			"pg_stat/ai_ratelimit.dat.tmp"
 #define AI_SAVE_MAGIC		0x4149524C	/* "AIRL" */
-#define AI_SAVE_VERSION		1
+#define AI_SAVE_VERSION		2
 
 PGDLLEXPORT void ai_saver_main(Datum arg);
 
@@ -64,6 +64,9 @@ typedef struct AiSavedEntry
 	uint32		burst[AI_BURST_RING];
 	int32		day;
 	uint32		daily_count;
+	int32		tokens_head;
+	uint32		tokens[AI_TOKEN_RING];
+	uint16		plan_hash;
 	uint8		id_len;
 	char		id_prefix[AI_ID_PREFIX_LEN];
 } AiSavedEntry;
@@ -83,6 +86,8 @@ ai_entry_live(AiEntry *e, TimestampTz now, int32 today)
 	if (e->resv_head >= 0)
 		return true;
 	if (e->day >= today - 1 && e->daily_count > 0)
+		return true;
+	if (ai_tokens_count(e, now) > 0)
 		return true;
 	return e->burst_window_ms > 0 && ai_burst_count(e, now) > 0;
 }
@@ -132,6 +137,9 @@ ai_save(void)
 		memcpy(s->burst, e->burst, sizeof(s->burst));
 		s->day = e->day;
 		s->daily_count = e->daily_count;
+		s->tokens_head = e->tokens_head;
+		memcpy(s->tokens, e->tokens, sizeof(s->tokens));
+		s->plan_hash = e->plan_hash;
 		s->id_len = e->id_len;
 		memcpy(s->id_prefix, e->id_prefix, sizeof(s->id_prefix));
 		for (int32 slot = e->resv_head; slot >= 0; slot = ai_shared->resv[slot].next)
@@ -261,6 +269,10 @@ ai_load(void)
 		memcpy(e->burst, se.burst, sizeof(e->burst));
 		e->day = se.day;
 		e->daily_count = se.daily_count;
+		e->tokens_head = se.tokens_head;
+		memcpy(e->tokens, se.tokens, sizeof(e->tokens));
+		e->plan_hash = se.plan_hash;
+		e->id_len = se.id_len;
 		loaded++;
 	}
 	for (uint32 i = 0; i < hdr.nresv; i++)

@@ -56,7 +56,7 @@ ai_resv_pool_size(void)
 Size
 ai_shmem_size(void)
 {
-	return add_size(MAXALIGN(ai_resv_pool_size()),
+	return add_size(add_size(MAXALIGN(ai_resv_pool_size()), MAXALIGN(ai_stats_size())),
 					hash_estimate_size(ai_max_keys, sizeof(AiEntry)));
 }
 
@@ -65,7 +65,7 @@ void
 ai_shmem_request(void)
 {
 	RequestAddinShmemSpace(ai_shmem_size());
-	RequestNamedLWLockTranche(AI_TRANCHE, AI_NUM_PARTITIONS + 1);
+	RequestNamedLWLockTranche(AI_TRANCHE, AI_NUM_PARTITIONS + 2);
 }
 
 /* Called from shmem_startup_hook; takes AddinShmemInitLock itself. */
@@ -85,6 +85,7 @@ ai_shmem_startup(void)
 	if (!found)
 	{
 		ai_shared->resv_lock = &ai_locks[AI_NUM_PARTITIONS].lock;
+		ai_shared->stats_lock = &ai_locks[AI_NUM_PARTITIONS + 1].lock;
 		pg_atomic_init_u32(&ai_shared->plans_gen, 1);
 		pg_atomic_init_u32(&ai_shared->prices_gen, 1);
 		pg_atomic_init_u32(&ai_shared->usage_gen, 1);
@@ -102,6 +103,8 @@ ai_shmem_startup(void)
 		}
 		ai_shared->resv_free = ai_max_reservations > 0 ? 0 : -1;
 	}
+
+	ai_stats_init(found);
 
 	memset(&info, 0, sizeof(info));
 	info.keysize = sizeof(AiKey);
@@ -210,8 +213,12 @@ ai_entry_init(AiEntry *e, const char *id, int idlen)
 	e->reserved = 0;
 	e->resv_head = -1;
 	e->resv_tail = -1;
-	e->id_len = (uint8) Min(idlen, AI_ID_PREFIX_LEN);
-	memcpy(e->id_prefix, id, e->id_len);
+	e->alerts_sent = 0;
+	e->tokens_head = 0;
+	memset(e->tokens, 0, sizeof(e->tokens));
+	e->plan_hash = 0;
+	e->id_len = (uint8) Min(idlen, 255);
+	memcpy(e->id_prefix, id, Min(idlen, AI_ID_PREFIX_LEN));
 }
 
 /*
@@ -244,6 +251,8 @@ ai_entry_is_dead(AiEntry *e, TimestampTz now, int32 today)
 	if (e->day == today && e->daily_count > 0)
 		return false;
 	if (e->burst_window_ms > 0 && ai_burst_count(e, now) > 0)
+		return false;
+	if (ai_tokens_count(e, now) > 0)
 		return false;
 	return true;
 }

@@ -11,6 +11,7 @@
 
 #include "access/htup_details.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
 #include "utils/memutils.h"
@@ -26,6 +27,9 @@ PG_FUNCTION_INFO_V1(ai_record_usage);
 PG_FUNCTION_INFO_V1(ai_monthly_spend);
 PG_FUNCTION_INFO_V1(ai_ratelimit_capacity);
 PG_FUNCTION_INFO_V1(ai_ratelimit_verify);
+PG_FUNCTION_INFO_V1(ai_ratelimit_status);
+PG_FUNCTION_INFO_V1(ai_ratelimit_stats);
+PG_FUNCTION_INFO_V1(ai_ratelimit_reset_stats);
 
 #define RESULT_NATTS 7
 
@@ -100,9 +104,12 @@ ai_arg_user_id(FunctionCallInfo fcinfo, int argno, int *len)
 	return text_to_cstring(t);
 }
 
-/* The plan for a check: the named one, or the user's, or 'free'. */
-static const AiPlan *
-ai_arg_plan(FunctionCallInfo fcinfo, int argno, const char *user_id)
+/*
+ * The plan for a check: the named one, or the user's, or 'free'; with the
+ * user's row of ai_user_limits applied, into *out.
+ */
+static void
+ai_arg_plan(FunctionCallInfo fcinfo, int argno, const char *user_id, AiPlan *out)
 {
 	const char *name;
 	const AiPlan *plan;
@@ -118,7 +125,8 @@ ai_arg_plan(FunctionCallInfo fcinfo, int argno, const char *user_id)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown plan \"%s\"", name),
 				 errhint("Plans are the rows of ai_plans.")));
-	return plan;
+	*out = *plan;
+	ai_apply_user_limits(user_id, out);
 }
 
 static Datum
@@ -162,14 +170,28 @@ ai_run_check(FunctionCallInfo fcinfo, bool consume, bool with_estimate, AiDecisi
 {
 	int			len;
 	char	   *user_id;
-	const AiPlan *plan;
-	bool		has_est = with_estimate && !PG_ARGISNULL(2);
+	AiPlan		plan;
+	bool		has_est = with_estimate && PG_NARGS() > 2 && !PG_ARGISNULL(2);
+	int64		est_tokens = 0;
 
 	ai_require_loaded();
 	user_id = ai_arg_user_id(fcinfo, 0, &len);
-	plan = ai_arg_plan(fcinfo, 1, user_id);
-	ai_decide(user_id, len, plan, has_est ? PG_GETARG_DATUM(2) : (Datum) 0,
-			  has_est, consume, d);
+	ai_arg_plan(fcinfo, 1, user_id, &plan);
+	if (with_estimate && PG_NARGS() > 3 && !PG_ARGISNULL(3))
+	{
+		est_tokens = PG_GETARG_INT64(3);
+		if (est_tokens < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("estimated_tokens must not be negative")));
+		if (est_tokens > 3 * AI_MAX_TOKENS)
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("estimated_tokens is out of range"),
+					 errdetail("At most " INT64_FORMAT " tokens are allowed.", 3 * AI_MAX_TOKENS)));
+	}
+	ai_decide(user_id, len, &plan, has_est ? PG_GETARG_DATUM(2) : (Datum) 0,
+			  has_est, est_tokens, consume, d);
 }
 
 /* ai_check_limit(user_id, plan, estimated_cost_cents) */
@@ -383,4 +405,154 @@ ai_ratelimit_verify(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &v, &n);
 	}
 	return (Datum) 0;
+}
+
+/*
+ * ai_ratelimit_status(): one row per user of this database with counters in
+ * shared memory.  Copies the entries under all partition locks (shared),
+ * then builds rows without locks.
+ */
+Datum
+ai_ratelimit_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	HASH_SEQ_STATUS status;
+	AiEntry    *e;
+	AiEntry    *copy;
+	long		n = 0;
+	long		max;
+	TimestampTz now = GetCurrentTimestamp();
+	AiCalendar	cal;
+
+	ai_require_loaded();
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	ai_calendar_at(now, &cal);
+
+	max = Max(hash_get_num_entries(ai_hash), 1);
+	copy = palloc_extended(sizeof(AiEntry) * max, MCXT_ALLOC_HUGE);
+	ai_lock_all(LW_SHARED);
+	hash_seq_init(&status, ai_hash);
+	while ((e = hash_seq_search(&status)) != NULL)
+	{
+		if (e->key.dbid != MyDatabaseId || n >= max)
+			continue;
+		copy[n] = *e;
+		/* reservations live outside the entry: count the open ones now */
+		copy[n].resv_tail = 0;
+		for (int32 sl = e->resv_head; sl >= 0; sl = ai_shared->resv[sl].next)
+			if (ai_shared->resv[sl].state == AI_RESV_OPEN &&
+				ai_shared->resv[sl].expires_at > now)
+				copy[n].resv_tail++;
+		n++;
+	}
+	ai_unlock_all();
+
+	for (long i = 0; i < n; i++)
+	{
+		Datum		v[11];
+		bool		nl[11] = {0};
+		AiEntry    *c = &copy[i];
+		uint32		burst = c->burst_window_ms > 0 ? ai_burst_count(c, now) : 0;
+		TimestampTz leaves = burst > 0 ? ai_burst_oldest_leaves(c, now) : 0;
+		const char *plan = ai_plan_name_by_hash(c->plan_hash);
+		char		idbuf[AI_ID_PREFIX_LEN + 4];
+		int			shown = Min(c->id_len, AI_ID_PREFIX_LEN);
+
+		memcpy(idbuf, c->id_prefix, shown);
+		idbuf[shown] = '\0';
+		if (c->id_len > AI_ID_PREFIX_LEN)
+			strcat(idbuf, "\xe2\x80\xa6");	/* the id goes on: an ellipsis */
+		v[0] = CStringGetTextDatum(idbuf);
+		v[1] = BoolGetDatum(c->id_len > AI_ID_PREFIX_LEN);
+		if (plan)
+			v[2] = CStringGetTextDatum(plan);
+		else
+			nl[2] = true;
+		v[3] = Int64GetDatum(burst);
+		if (leaves > 0)
+			v[4] = TimestampTzGetDatum(leaves);
+		else
+			nl[4] = true;
+		v[5] = Int64GetDatum(c->day == cal.day ? c->daily_count : 0);
+		v[6] = Int64GetDatum((int64) ai_tokens_count(c, now));
+		v[7] = ai_money_to_numeric(c->reserved);
+		v[8] = Int32GetDatum(c->resv_tail);
+		v[9] = ai_money_to_numeric(c->inflight_cost);
+		if (c->spend_state == AI_SPEND_VALID && c->spend_month == cal.month)
+			v[10] = ai_money_to_numeric(ai_money_add(c->committed_spend, c->inflight_cost));
+		else
+			nl[10] = true;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * ai_ratelimit_stats(): requests by plan and outcome in this database since
+ * the last reset, and the capacity events of the whole server.
+ */
+Datum
+ai_ratelimit_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	TimestampTz since;
+	int			nstats;
+
+	ai_require_loaded();
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+
+	LWLockAcquire(ai_shared->stats_lock, LW_SHARED);
+	since = ai_shared->stats_reset;
+	nstats = ai_shared->nstats;
+	LWLockRelease(ai_shared->stats_lock);
+
+	for (int i = 0; i < nstats; i++)
+	{
+		AiStats    *st = &ai_stats[i];
+
+		if (i > 0 && st->dbid != MyDatabaseId)
+			continue;
+		for (int o = 0; o < AI_OUT_COUNT; o++)
+		{
+			uint64		cnt = pg_atomic_read_u64(&st->count[o]);
+			Datum		v[4];
+			bool		nl[4] = {0};
+
+			if (cnt == 0)
+				continue;
+			if (i == 0)
+				nl[0] = true;
+			else
+				v[0] = CStringGetTextDatum(st->plan);
+			if (ai_outcome_name(o))
+				v[1] = CStringGetTextDatum(ai_outcome_name(o));
+			else
+				nl[1] = true;
+			v[2] = Int64GetDatum((int64) cnt);
+			v[3] = TimestampTzGetDatum(since);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
+		}
+	}
+	/* capacity events: counters reclaimed, requests met with a full hash */
+	for (int k = 0; k < 2; k++)
+	{
+		Datum		v[4];
+		bool		nl[4] = {true, false, false, false};
+
+		v[1] = CStringGetTextDatum(k == 0 ? "evicted" : "full");
+		v[2] = Int64GetDatum((int64) pg_atomic_read_u64(k == 0 ? &ai_shared->evictions
+														: &ai_shared->full_refusals));
+		v[3] = TimestampTzGetDatum(since);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
+	}
+	return (Datum) 0;
+}
+
+/* ai_ratelimit_reset_stats(): start the counts of ai_ratelimit_stats over */
+Datum
+ai_ratelimit_reset_stats(PG_FUNCTION_ARGS)
+{
+	ai_require_loaded();
+	ai_stats_reset();
+	PG_RETURN_VOID();
 }

@@ -17,10 +17,12 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "commands/async.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
+#include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -94,6 +96,31 @@ ai_spend_in_month(const char *user_id, DateADT month)
 }
 
 /*
+ * Send a budget alert: pg_notify('ai_ratelimit', json), delivered when the
+ * recording transaction commits.
+ */
+static void
+ai_notify_alert(const char *user_id, const AiPlan *plan, int pct,
+				AiMoney spend, const AiCalendar *cal)
+{
+	StringInfoData buf;
+	int			y = cal->month / 12;
+	int			m = cal->month % 12 + 1;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"event\": \"budget_alert\", \"user_id\": ");
+	escape_json(&buf, user_id);
+	appendStringInfoString(&buf, ", \"plan\": ");
+	escape_json(&buf, plan->name);
+	appendStringInfo(&buf, ", \"threshold_percent\": %d, \"spend_cents\": %s, \"budget_cents\": %s, \"month\": \"%04d-%02d\"}",
+					 pct,
+					 DatumGetCString(DirectFunctionCall1(numeric_out, ai_money_to_numeric(spend))),
+					 DatumGetCString(DirectFunctionCall1(numeric_out, ai_money_to_numeric(plan->budget))),
+					 y, m);
+	Async_Notify("ai_ratelimit", buf.data);
+}
+
+/*
  * Record one call.  Returns its cost in cents (numeric).  The row goes to
  * ai_usage; the cost counts toward the user's month in shared memory at
  * once and is settled against a reservation.
@@ -111,6 +138,13 @@ ai_record(const char *user_id, const char *model,
 	static char *plan_schema = NULL;
 	AiPrice		price;
 	AiMoney		cost;
+	const AiPlan *user_plan;
+	AiPlan		eff;
+	bool		want_alerts = false;
+	int			fired[AI_MAX_ALERTS];
+	int			nfired = 0;
+	AiMoney		spend_after = 0;
+	uint64		total_tokens = (uint64) in_tok + (uint64) out_tok + (uint64) cached_tok;
 	Datum		cost_num;
 	TimestampTz now = GetCurrentTimestamp();
 	AiCalendar	cal;
@@ -139,6 +173,29 @@ ai_record(const char *user_id, const char *model,
 						cached_tok * price.cached_input);
 	cost_num = ai_money_to_numeric(cost);
 	ai_calendar_at(now, &cal);
+
+	/* the user's plan, for budget alerts */
+	user_plan = ai_plan_lookup(ai_user_plan(user_id));
+	if (user_plan != NULL)
+	{
+		eff = *user_plan;
+		ai_apply_user_limits(user_id, &eff);
+		want_alerts = eff.has_budget && eff.nalerts > 0 && eff.budget > 0;
+	}
+
+	ai_make_key(&key, user_id, strlen(user_id));
+	hashcode = ai_key_hash(&key);
+	if (want_alerts)
+	{
+		AiMoney		ignored;
+
+		/*
+		 * Alerts compare the exact spend before and after this call; load it
+		 * before the row is inserted, so the load cannot count it.
+		 */
+		want_alerts = ai_ensure_spend(&key, hashcode, user_id, strlen(user_id),
+									  &cal, now, &ignored);
+	}
 
 	/* the row */
 	schema = ai_ext_schema();
@@ -181,8 +238,6 @@ ai_record(const char *user_id, const char *model,
 	SPI_finish();
 
 	/* the shared counters */
-	ai_make_key(&key, user_id, strlen(user_id));
-	hashcode = ai_key_hash(&key);
 	lock = ai_partition_lock(hashcode);
 	ai_charge_reserve();
 	LWLockAcquire(lock, LW_EXCLUSIVE);
@@ -231,13 +286,41 @@ ai_record(const char *user_id, const char *model,
 		e->reserved -= r->amount;
 	}
 
+	memset(&charge, 0, sizeof(charge));
+
+	/* budget alerts: thresholds this call crosses, once per user and month */
+	if (want_alerts && e->spend_state == AI_SPEND_VALID && e->spend_month == cal.month)
+	{
+		AiMoney		before = ai_money_add(e->committed_spend, e->inflight_cost);
+
+		spend_after = ai_money_add(before, cost);
+		for (int k = 0; k < eff.nalerts; k++)
+		{
+			int32		pct = eff.alert_percent[k];
+			AiMoney		t = (eff.budget / 100) * pct + (eff.budget % 100) * pct / 100;
+
+			if (pct > 0 && before < t && spend_after >= t &&
+				(e->alerts_sent & (1U << k)) == 0)
+			{
+				e->alerts_sent |= (1U << k);
+				charge.alert_bits |= (1U << k);
+				fired[nfired++] = pct;
+			}
+		}
+	}
+
+	/* tokens per minute: the real tokens count in the current bucket */
+	ai_tokens_advance(e, now);
+	charge.token_bucket = e->tokens_head;
+	charge.tokens = (uint32) Min(total_tokens, PG_UINT32_MAX - e->tokens[e->tokens_head % AI_TOKEN_RING]);
+	e->tokens[e->tokens_head % AI_TOKEN_RING] += charge.tokens;
+
 	e->inflight++;
 	e->inflight_cost = ai_money_add(e->inflight_cost, cost);
 	e->recorded_total = (AiMoney) ((uint64) e->recorded_total + (uint64) cost);
 	e->change_seq++;
 	LWLockRelease(lock);
 
-	memset(&charge, 0, sizeof(charge));
 	charge.kind = AI_CHARGE_RECORD;
 	charge.key = key;
 	charge.burst_bucket = -1;
@@ -246,6 +329,9 @@ ai_record(const char *user_id, const char *model,
 	charge.month = cal.month;
 	charge.cost = cost;
 	ai_charge_add(&charge);
+
+	for (int k = 0; k < nfired; k++)
+		ai_notify_alert(user_id, &eff, fired[k], spend_after, &cal);
 
 	if (resv_missing)
 		ereport(WARNING,

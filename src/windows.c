@@ -238,3 +238,80 @@ ai_burst_retry_at(AiEntry *e, uint32 limit, TimestampTz now)
 	}
 	return (e->burst_head + 1) * g + (int64) e->burst_window_ms * 1000;
 }
+
+/*
+ * When the oldest counted burst bucket leaves the window: the time at which
+ * burst_used next goes down.  Caller must hold the entry's partition lock.
+ */
+TimestampTz
+ai_burst_oldest_leaves(AiEntry *e, TimestampTz now)
+{
+	int64		g = ai_burst_width(e->burst_window_ms);
+
+	for (int64 j = ai_burst_lowest(e, now); j <= e->burst_head; j++)
+		if (e->burst[j % AI_BURST_RING] > 0)
+			return j * g + (int64) e->burst_window_ms * 1000;
+	return 0;
+}
+
+/* ---- tokens per minute ---- */
+
+StaticAssertDecl(AI_TOKEN_RING >= AI_TOKEN_SPAN + 1 &&
+				 AI_TOKEN_SPAN * AI_TOKEN_BUCKET_SECS == 60,
+				 "the token ring must cover a minute");
+
+static inline int32
+ai_token_bucket_of(TimestampTz t)
+{
+	return (int32) (t / (AI_TOKEN_BUCKET_SECS * USECS_PER_SEC));
+}
+
+/* Move the token ring to now.  Caller must hold the partition lock exclusively. */
+void
+ai_tokens_advance(AiEntry *e, TimestampTz now)
+{
+	int32		b = ai_token_bucket_of(now);
+
+	if (b <= e->tokens_head)
+		return;
+	if (b - e->tokens_head >= AI_TOKEN_RING)
+		memset(e->tokens, 0, sizeof(e->tokens));
+	else
+		for (int32 j = e->tokens_head + 1; j <= b; j++)
+			e->tokens[j % AI_TOKEN_RING] = 0;
+	e->tokens_head = b;
+}
+
+/*
+ * Tokens counted in the minute ending now: every bucket that could hold a
+ * token of (now - 60 s, now].  Caller must hold the partition lock.
+ */
+uint64
+ai_tokens_count(AiEntry *e, TimestampTz now)
+{
+	int32		lowest = ai_token_bucket_of(now - 60 * USECS_PER_SEC);
+	uint64		sum = 0;
+
+	lowest = Max(lowest, e->tokens_head - AI_TOKEN_RING + 1);
+	for (int32 j = lowest; j <= e->tokens_head; j++)
+		sum += e->tokens[j % AI_TOKEN_RING];
+	return sum;
+}
+
+/* Earliest time at which `need` more tokens fit under `limit`. */
+TimestampTz
+ai_tokens_retry_at(AiEntry *e, uint64 limit, uint64 need, TimestampTz now)
+{
+	int32		lowest = ai_token_bucket_of(now - 60 * USECS_PER_SEC);
+	uint64		above = ai_tokens_count(e, now);
+	int64		width = AI_TOKEN_BUCKET_SECS * USECS_PER_SEC;
+
+	lowest = Max(lowest, e->tokens_head - AI_TOKEN_RING + 1);
+	for (int32 j = lowest; j <= e->tokens_head; j++)
+	{
+		if (above + need <= limit)
+			return (int64) j * width + 60 * USECS_PER_SEC;
+		above -= e->tokens[j % AI_TOKEN_RING];
+	}
+	return (int64) (e->tokens_head + 1) * width + 60 * USECS_PER_SEC;
+}

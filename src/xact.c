@@ -98,6 +98,15 @@ ai_charge_end(AiCharge *c, bool commit)
 		e->inflight--;
 		e->inflight_cost -= c->cost;
 		e->change_seq++;
+		if (!commit)
+		{
+			if (c->token_bucket >= 0 && c->token_bucket <= e->tokens_head &&
+				c->token_bucket > e->tokens_head - AI_TOKEN_RING)
+				e->tokens[c->token_bucket % AI_TOKEN_RING] -=
+					Min(c->tokens, e->tokens[c->token_bucket % AI_TOKEN_RING]);
+			if (e->spend_month == c->month)
+				e->alerts_sent &= ~c->alert_bits;
+		}
 		if (commit && e->spend_state == AI_SPEND_VALID && e->spend_month == c->month)
 			e->committed_spend = ai_money_add(e->committed_spend, c->cost);
 		if (c->resv_id > 0)
