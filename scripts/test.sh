@@ -2,13 +2,20 @@
 # The whole test suite of ai_ratelimit on a fresh Debian 12 machine, as root:
 # installs the packages, builds with -Werror, installs, and runs
 # `make installcheck` (regression, isolation and TAP tests, each on its own
-# temporary server with the extension preloaded) as the postgres user.
+# temporary server with the extension preloaded; the TAP tests include the
+# node-postgres client test) as the postgres user.
 source "$(dirname "$0")/common.sh"
 
 install_deps
+# node and npm for the node-postgres client test (test/client)
+command -v node >/dev/null && command -v npm >/dev/null ||
+	apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 build_install
 postgres_workdir
 trap 'rm -rf "$WORK"' EXIT
+
+log "installing the client test's npm packages (pg)"
+as_postgres "cd '$WORK/test/client' && npm ci --no-audit --no-fund --loglevel=error"
 
 log "running the tests as postgres in $WORK"
 status=0
