@@ -89,3 +89,9 @@ BEGIN;
 SELECT allowed, remaining FROM ai_check_limit('user-9', 'pro');
 ROLLBACK;
 SELECT allowed, remaining FROM ai_check_limit('user-9', 'pro');
+
+\echo
+\echo '== 9. Operating it: live counters per user, and why requests were refused'
+SELECT user_id, plan, burst_used, daily_used, reserved_cents, month_spend_cents
+FROM ai_ratelimit_status ORDER BY user_id;
+SELECT plan, limited_by, requests FROM ai_ratelimit_stats ORDER BY plan NULLS LAST, limited_by NULLS FIRST;

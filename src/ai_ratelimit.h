@@ -316,6 +316,7 @@ extern const char *ai_ext_schema(void);
 extern Oid	ai_ext_owner(void);
 extern const AiPlan *ai_plan_lookup(const char *plan);
 extern void ai_apply_user_limits(const char *user_id, AiPlan *plan);
+extern bool ai_plans_have_alerts(void);
 extern const char *ai_plan_name_by_hash(uint16 h);
 extern uint16 ai_name_hash(const char *name);
 extern const char *ai_user_plan(const char *user_id);

@@ -43,6 +43,7 @@ PG_FUNCTION_INFO_V1(ai_ratelimit_config_changed);
 static MemoryContext config_cxt = NULL;
 static HTAB *plan_cache = NULL;
 static uint32 plan_cache_gen = 0;
+static bool plans_have_alerts = false;
 static HTAB *user_cache = NULL;
 static HTAB *limits_cache = NULL;
 static HTAB *price_cache = NULL;
@@ -254,6 +255,7 @@ ai_reload_plans(void)
 	ai_clear_hash(user_cache);
 	ai_clear_hash(limits_cache);
 	plan_cache_gen = 0;
+	plans_have_alerts = false;
 
 	SPI_connect();
 	sql = psprintf("SELECT plan, burst_limit, "
@@ -305,6 +307,8 @@ ai_reload_plans(void)
 		}
 		p->name_hash = ai_name_hash(name);
 		p->stats = ai_stats_for(name);
+		if (p->nalerts > 0)
+			plans_have_alerts = true;
 	}
 
 	if (have_limits)
@@ -409,6 +413,15 @@ ai_plan_name_by_hash(uint16 h)
 			n++;
 		}
 	return n == 1 ? found : NULL;
+}
+
+/* Does any plan of this database have budget alert thresholds? */
+bool
+ai_plans_have_alerts(void)
+{
+	if (plan_cache_gen != pg_atomic_read_u32(&ai_shared->plans_gen))
+		ai_reload_plans();
+	return plans_have_alerts;
 }
 
 /* The plan named `plan`, or NULL when there is none. */

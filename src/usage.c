@@ -156,6 +156,8 @@ ai_record(const char *user_id, const char *model,
 	Datum		vals[10];
 	char		nulls[10];
 	AiInternalState st;
+	Oid			save_userid;
+	int			save_sec;
 	int			rc;
 	const char *schema;
 	bool		resv_missing = false;
@@ -174,8 +176,8 @@ ai_record(const char *user_id, const char *model,
 	cost_num = ai_money_to_numeric(cost);
 	ai_calendar_at(now, &cal);
 
-	/* the user's plan, for budget alerts */
-	user_plan = ai_plan_lookup(ai_user_plan(user_id));
+	/* the user's plan, for budget alerts (only looked up when a plan has any) */
+	user_plan = ai_plans_have_alerts() ? ai_plan_lookup(ai_user_plan(user_id)) : NULL;
 	if (user_plan != NULL)
 	{
 		eff = *user_plan;
@@ -200,12 +202,18 @@ ai_record(const char *user_id, const char *model,
 	/* the row */
 	schema = ai_ext_schema();
 	SPI_connect();
-	ai_internal_begin(&st);
 	if (plan == NULL || plan_schema == NULL || strcmp(plan_schema, schema) != 0)
 	{
+		/*
+		 * Prepared with search_path pinned: the plan cache keeps that path
+		 * for any later replanning, so executing it needs no pinning.
+		 */
 		Oid			types[10] = {TIMESTAMPTZOID, DATEOID, TEXTOID, TEXTOID, TEXTOID,
 		INT8OID, INT8OID, INT8OID, NUMERICOID, INT8OID};
-		SPIPlanPtr	p = SPI_prepare(psprintf(ins, schema), 10, types);
+		SPIPlanPtr	p;
+
+		ai_internal_begin(&st);
+		p = SPI_prepare(psprintf(ins, schema), 10, types);
 
 		if (p == NULL)
 			elog(ERROR, "ai_ratelimit: could not prepare usage insert: %s",
@@ -217,7 +225,10 @@ ai_record(const char *user_id, const char *model,
 		if (plan_schema)
 			pfree(plan_schema);
 		plan_schema = MemoryContextStrdup(TopMemoryContext, schema);
+		ai_internal_end(&st);
 	}
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(ai_ext_owner(), save_sec | SECURITY_LOCAL_USERID_CHANGE);
 	memset(nulls, ' ', sizeof(nulls));
 	vals[0] = TimestampTzGetDatum(now);
 	vals[1] = DateADTGetDatum(cal.day_date);
@@ -232,7 +243,7 @@ ai_record(const char *user_id, const char *model,
 	if (!has_resv)
 		nulls[9] = 'n';
 	rc = SPI_execute_plan(plan, vals, nulls, false, 0);
-	ai_internal_end(&st);
+	SetUserIdAndSecContext(save_userid, save_sec);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "ai_ratelimit: usage insert failed: %s", SPI_result_code_string(rc));
 	SPI_finish();

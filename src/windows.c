@@ -127,19 +127,28 @@ ai_seconds_until(TimestampTz from, TimestampTz to)
 	return (int32) Min(s, PG_INT32_MAX);
 }
 
-/* ---- burst buckets ---- */
+/* ---- bucket rings: the burst window and tokens per minute ---- */
 
 StaticAssertDecl(AI_BURST_RING >= AI_BURST_SPAN + 2,
 				 "the burst ring must hold every bucket a window can overlap");
+StaticAssertDecl(AI_TOKEN_RING >= AI_TOKEN_SPAN + 1 &&
+				 AI_TOKEN_SPAN * AI_TOKEN_BUCKET_SECS == 60,
+				 "the token ring must cover a minute");
 
-/* Bucket width in microseconds for a window in milliseconds. */
-int64
-ai_burst_width(int32 window_ms)
+/*
+ * A ring of counting buckets: bucket j covers [j * width, (j + 1) * width)
+ * and lives in slot j % len; head is the newest bucket.  A window of
+ * `window` microseconds ending at `now` counts every bucket that could hold
+ * an instant of (now - window, now].
+ */
+typedef struct AiRing
 {
-	int64		w = (int64) window_ms * 1000;
-
-	return Max((w + AI_BURST_SPAN - 1) / AI_BURST_SPAN, 1);
-}
+	uint32	   *slot;
+	int			len;
+	int64		head;
+	int64		width;
+	int64		window;
+} AiRing;
 
 static inline int64
 ai_floor_div(int64 a, int64 b)
@@ -151,14 +160,80 @@ ai_floor_div(int64 a, int64 b)
 	return q;
 }
 
-/* Lowest bucket index that still counts at `now`. */
+/* Lowest bucket that still counts at `now`. */
 static inline int64
-ai_burst_lowest(AiEntry *e, TimestampTz now)
+ai_ring_lowest(const AiRing *r, TimestampTz now)
 {
-	int64		g = ai_burst_width(e->burst_window_ms);
-	int64		lowest = ai_floor_div(now - (int64) e->burst_window_ms * 1000, g);
+	return Max(ai_floor_div(now - r->window, r->width), r->head - r->len + 1);
+}
 
-	return Max(lowest, e->burst_head - AI_BURST_RING + 1);
+static uint64
+ai_ring_sum(const AiRing *r, TimestampTz now)
+{
+	uint64		sum = 0;
+
+	for (int64 j = ai_ring_lowest(r, now); j <= r->head; j++)
+		sum += r->slot[j % r->len];
+	return sum;
+}
+
+/* Empty the buckets after head up to bucket b; returns the new head. */
+static int64
+ai_ring_clear_to(const AiRing *r, int64 b)
+{
+	if (b <= r->head)
+		return r->head;			/* same bucket, or the clock went back */
+	if (b - r->head >= r->len)
+		memset(r->slot, 0, sizeof(uint32) * r->len);
+	else
+		for (int64 j = r->head + 1; j <= b; j++)
+			r->slot[j % r->len] = 0;
+	return b;
+}
+
+/*
+ * Earliest time at which `need` more fit under `limit`, if nothing else is
+ * counted before: drop buckets from the oldest until they do.
+ */
+static TimestampTz
+ai_ring_fit_at(const AiRing *r, uint64 limit, uint64 need, TimestampTz now)
+{
+	uint64		above = ai_ring_sum(r, now);
+
+	for (int64 j = ai_ring_lowest(r, now); j <= r->head; j++)
+	{
+		if (above + need <= limit)
+			return j * r->width + r->window;
+		above -= r->slot[j % r->len];
+	}
+	return (r->head + 1) * r->width + r->window;
+}
+
+/* Bucket width in microseconds for a burst window in milliseconds. */
+int64
+ai_burst_width(int32 window_ms)
+{
+	int64		w = (int64) window_ms * 1000;
+
+	return Max((w + AI_BURST_SPAN - 1) / AI_BURST_SPAN, 1);
+}
+
+static inline AiRing
+ai_burst_ring(AiEntry *e)
+{
+	AiRing		r = {e->burst, AI_BURST_RING, e->burst_head,
+		ai_burst_width(e->burst_window_ms), (int64) e->burst_window_ms * 1000};
+
+	return r;
+}
+
+static inline AiRing
+ai_token_ring(AiEntry *e)
+{
+	AiRing		r = {e->tokens, AI_TOKEN_RING, e->tokens_head,
+		AI_TOKEN_BUCKET_SECS * USECS_PER_SEC, 60 * USECS_PER_SEC};
+
+	return r;
 }
 
 /*
@@ -168,13 +243,12 @@ ai_burst_lowest(AiEntry *e, TimestampTz now)
 uint32
 ai_burst_count(AiEntry *e, TimestampTz now)
 {
-	uint64		sum = 0;
+	AiRing		r;
 
 	if (e->burst_window_ms <= 0)
 		return 0;
-	for (int64 j = ai_burst_lowest(e, now); j <= e->burst_head; j++)
-		sum += e->burst[j % AI_BURST_RING];
-	return (uint32) Min(sum, PG_UINT32_MAX);
+	r = ai_burst_ring(e);
+	return (uint32) Min(ai_ring_sum(&r, now), PG_UINT32_MAX);
 }
 
 /*
@@ -186,8 +260,8 @@ ai_burst_count(AiEntry *e, TimestampTz now)
 void
 ai_burst_advance(AiEntry *e, int32 window_ms, TimestampTz now)
 {
-	int64		g = ai_burst_width(window_ms);
-	int64		b = ai_floor_div(now, g);
+	int64		b = ai_floor_div(now, ai_burst_width(window_ms));
+	AiRing		r;
 
 	if (e->burst_window_ms != window_ms)
 	{
@@ -199,15 +273,8 @@ ai_burst_advance(AiEntry *e, int32 window_ms, TimestampTz now)
 		e->burst[b % AI_BURST_RING] = live;
 		return;
 	}
-
-	if (b <= e->burst_head)
-		return;					/* same bucket, or the clock went back */
-	if (b - e->burst_head >= AI_BURST_RING)
-		memset(e->burst, 0, sizeof(e->burst));
-	else
-		for (int64 j = e->burst_head + 1; j <= b; j++)
-			e->burst[j % AI_BURST_RING] = 0;
-	e->burst_head = b;
+	r = ai_burst_ring(e);
+	e->burst_head = ai_ring_clear_to(&r, b);
 }
 
 /* The bucket a request allowed now is counted in (after advance). */
@@ -225,18 +292,9 @@ ai_burst_bucket(AiEntry *e, TimestampTz now)
 TimestampTz
 ai_burst_retry_at(AiEntry *e, uint32 limit, TimestampTz now)
 {
-	int64		g = ai_burst_width(e->burst_window_ms);
-	int64		lowest = ai_burst_lowest(e, now);
-	uint64		above = ai_burst_count(e, now);
+	AiRing		r = ai_burst_ring(e);
 
-	/* drop buckets from the oldest until fewer than limit remain */
-	for (int64 j = lowest; j <= e->burst_head; j++)
-	{
-		if (above < limit)
-			return j * g + (int64) e->burst_window_ms * 1000;
-		above -= e->burst[j % AI_BURST_RING];
-	}
-	return (e->burst_head + 1) * g + (int64) e->burst_window_ms * 1000;
+	return ai_ring_fit_at(&r, limit, 1, now);
 }
 
 /*
@@ -246,72 +304,40 @@ ai_burst_retry_at(AiEntry *e, uint32 limit, TimestampTz now)
 TimestampTz
 ai_burst_oldest_leaves(AiEntry *e, TimestampTz now)
 {
-	int64		g = ai_burst_width(e->burst_window_ms);
+	AiRing		r = ai_burst_ring(e);
 
-	for (int64 j = ai_burst_lowest(e, now); j <= e->burst_head; j++)
-		if (e->burst[j % AI_BURST_RING] > 0)
-			return j * g + (int64) e->burst_window_ms * 1000;
+	for (int64 j = ai_ring_lowest(&r, now); j <= r.head; j++)
+		if (r.slot[j % r.len] > 0)
+			return j * r.width + r.window;
 	return 0;
-}
-
-/* ---- tokens per minute ---- */
-
-StaticAssertDecl(AI_TOKEN_RING >= AI_TOKEN_SPAN + 1 &&
-				 AI_TOKEN_SPAN * AI_TOKEN_BUCKET_SECS == 60,
-				 "the token ring must cover a minute");
-
-static inline int32
-ai_token_bucket_of(TimestampTz t)
-{
-	return (int32) (t / (AI_TOKEN_BUCKET_SECS * USECS_PER_SEC));
 }
 
 /* Move the token ring to now.  Caller must hold the partition lock exclusively. */
 void
 ai_tokens_advance(AiEntry *e, TimestampTz now)
 {
-	int32		b = ai_token_bucket_of(now);
+	AiRing		r = ai_token_ring(e);
 
-	if (b <= e->tokens_head)
-		return;
-	if (b - e->tokens_head >= AI_TOKEN_RING)
-		memset(e->tokens, 0, sizeof(e->tokens));
-	else
-		for (int32 j = e->tokens_head + 1; j <= b; j++)
-			e->tokens[j % AI_TOKEN_RING] = 0;
-	e->tokens_head = b;
+	e->tokens_head = (int32) ai_ring_clear_to(&r, now / r.width);
 }
 
 /*
- * Tokens counted in the minute ending now: every bucket that could hold a
- * token of (now - 60 s, now].  Caller must hold the partition lock.
+ * Tokens counted in the minute ending now (recorded tokens).  Caller must
+ * hold the partition lock.
  */
 uint64
 ai_tokens_count(AiEntry *e, TimestampTz now)
 {
-	int32		lowest = ai_token_bucket_of(now - 60 * USECS_PER_SEC);
-	uint64		sum = 0;
+	AiRing		r = ai_token_ring(e);
 
-	lowest = Max(lowest, e->tokens_head - AI_TOKEN_RING + 1);
-	for (int32 j = lowest; j <= e->tokens_head; j++)
-		sum += e->tokens[j % AI_TOKEN_RING];
-	return sum;
+	return ai_ring_sum(&r, now);
 }
 
 /* Earliest time at which `need` more tokens fit under `limit`. */
 TimestampTz
 ai_tokens_retry_at(AiEntry *e, uint64 limit, uint64 need, TimestampTz now)
 {
-	int32		lowest = ai_token_bucket_of(now - 60 * USECS_PER_SEC);
-	uint64		above = ai_tokens_count(e, now);
-	int64		width = AI_TOKEN_BUCKET_SECS * USECS_PER_SEC;
+	AiRing		r = ai_token_ring(e);
 
-	lowest = Max(lowest, e->tokens_head - AI_TOKEN_RING + 1);
-	for (int32 j = lowest; j <= e->tokens_head; j++)
-	{
-		if (above + need <= limit)
-			return (int64) j * width + 60 * USECS_PER_SEC;
-		above -= e->tokens[j % AI_TOKEN_RING];
-	}
-	return (int64) (e->tokens_head + 1) * width + 60 * USECS_PER_SEC;
+	return ai_ring_fit_at(&r, limit, need, now);
 }
