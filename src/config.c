@@ -428,11 +428,24 @@ ai_plans_have_alerts(void)
 const AiPlan *
 ai_plan_lookup(const char *plan)
 {
+	static char last_name[NAMEDATALEN * 2];
+	static const AiPlan *last_plan = NULL;
+	static uint32 last_gen = 0;
+
 	if (strlen(plan) >= NAMEDATALEN * 2)
 		return NULL;
 	if (plan_cache_gen != pg_atomic_read_u32(&ai_shared->plans_gen))
 		ai_reload_plans();
-	return hash_search(plan_cache, plan, HASH_FIND, NULL);
+	/* most sessions check the same plan over and over */
+	if (last_plan == NULL || last_gen != plan_cache_gen || strcmp(last_name, plan) != 0)
+	{
+		last_plan = hash_search(plan_cache, plan, HASH_FIND, NULL);
+		if (last_plan == NULL)
+			return NULL;
+		strlcpy(last_name, plan, sizeof(last_name));
+		last_gen = plan_cache_gen;
+	}
+	return last_plan;
 }
 
 /* The plan of a user from ai_user_plans, 'free' when the user has none. */
