@@ -92,23 +92,21 @@ typedef struct AiEntry
 {
 	AiKey		key;			/* hash key: must be first */
 
-	/* burst: sliding window of AI_BURST_SPAN buckets */
+	/* what every check reads and writes comes first: two cache lines */
 	int64		burst_head;		/* bucket index of the newest bucket */
 	int32		burst_window_ms;	/* window the buckets were cut for */
-	uint32		burst[AI_BURST_RING];	/* allowed requests per bucket */
-
-	/* daily */
 	int32		day;			/* local day number of daily_count */
 	uint32		daily_count;
+	uint16		plan_hash;		/* 16 bits of the last plan's name, for views */
+	uint8		spend_state;	/* AiSpendState */
+	uint8		id_len;			/* length of the user id, at most 255 */
+	uint32		burst[AI_BURST_RING];	/* allowed requests per bucket */
 
 	/* monthly spend cache and reservations */
 	int32		spend_month;	/* local month number of the spend fields */
 	uint32		spend_gen;		/* usage generation the cache was loaded at */
 	uint32		change_seq;		/* bumped by every record and settle */
 	uint32		inflight;		/* ai_record_usage calls not yet ended */
-	uint8		spend_state;	/* AiSpendState */
-	uint8		id_len;			/* length of the user id, at most 255 */
-	uint16		plan_hash;		/* 16 bits of the last plan's name, for views */
 	AiMoney		committed_spend;	/* committed cost this month */
 	AiMoney		inflight_cost;	/* cost recorded by open transactions */
 	AiMoney		recorded_total; /* every cost ever recorded (wraps) */
@@ -119,7 +117,7 @@ typedef struct AiEntry
 
 	/* tokens per minute: AI_TOKEN_RING buckets of AI_TOKEN_BUCKET_SECS */
 	int32		tokens_head;	/* bucket index of the newest token bucket */
-	uint32		tokens[4];		/* AI_TOKEN_RING */
+	uint32		tokens[AI_TOKEN_RING];
 
 	char		id_prefix[AI_ID_PREFIX_LEN];	/* user id, for views */
 } AiEntry;

@@ -262,7 +262,7 @@ retry:
 		goto retry;
 	}
 
-	if (made_entry)
+	if (made_entry && e->plan_hash != plan->name_hash)
 		e->plan_hash = plan->name_hash;
 
 	/* a per-user block (ai_user_limits.blocked_until) */
