@@ -374,8 +374,7 @@ extern bool ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_
 							AiMoney *fallback);
 
 /* usage.c */
-extern AiMoney ai_load_spend(const AiKey *key, const char *user_id,
-							 const AiCalendar *cal);
+extern AiMoney ai_load_spend(const char *user_id, const AiCalendar *cal);
 extern Datum ai_record(const char *user_id, const char *model,
 					   int64 in_tok, int64 out_tok, int64 cached_tok,
 					   int64 resv_id, bool has_resv);

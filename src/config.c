@@ -229,8 +229,9 @@ ai_name_hash(const char *name)
 	return h ? h : 1;
 }
 
+/* Column col of an SPI row into *d; false when it is NULL. */
 static bool
-ai_getbool_col(HeapTuple tup, TupleDesc td, int col, Datum *d)
+ai_spi_col(HeapTuple tup, TupleDesc td, int col, Datum *d)
 {
 	bool		isnull;
 
@@ -283,16 +284,16 @@ ai_reload_plans(void)
 			continue;			/* cannot be named by a check either */
 		p = hash_search(plan_cache, name, HASH_ENTER, NULL);
 		memset(((char *) p) + sizeof(p->name), 0, sizeof(AiPlan) - sizeof(p->name));
-		p->has_burst = ai_getbool_col(tup, td, 2, &d);
+		p->has_burst = ai_spi_col(tup, td, 2, &d);
 		p->burst_limit = p->has_burst ? DatumGetInt32(d) : 0;
-		p->burst_window_ms = ai_getbool_col(tup, td, 3, &d) ? DatumGetInt32(d) : 60000;
-		p->has_daily = ai_getbool_col(tup, td, 4, &d);
+		p->burst_window_ms = ai_spi_col(tup, td, 3, &d) ? DatumGetInt32(d) : 60000;
+		p->has_daily = ai_spi_col(tup, td, 4, &d);
 		p->daily_limit = p->has_daily ? DatumGetInt32(d) : 0;
-		p->has_budget = ai_getbool_col(tup, td, 5, &d);
+		p->has_budget = ai_spi_col(tup, td, 5, &d);
 		p->budget = p->has_budget ? ai_money_from_numeric(d, false, "monthly_budget_cents") : 0;
-		p->has_tpm = ai_getbool_col(tup, td, 6, &d);
+		p->has_tpm = ai_spi_col(tup, td, 6, &d);
 		p->tokens_per_minute = p->has_tpm ? DatumGetInt64(d) : 0;
-		if (ai_getbool_col(tup, td, 7, &d))
+		if (ai_spi_col(tup, td, 7, &d))
 		{
 			ArrayType  *arr = DatumGetArrayTypeP(d);
 			Datum	   *elems;
@@ -330,17 +331,17 @@ ai_reload_plans(void)
 			if (strlen(uid) > AI_MAX_USER_ID_LEN)
 				continue;
 			u = hash_search(limits_cache, uid, HASH_ENTER, NULL);
-			u->has_burst_limit = ai_getbool_col(tup, td, 2, &d);
+			u->has_burst_limit = ai_spi_col(tup, td, 2, &d);
 			u->burst_limit = u->has_burst_limit ? DatumGetInt32(d) : 0;
-			u->has_burst_window = ai_getbool_col(tup, td, 3, &d);
+			u->has_burst_window = ai_spi_col(tup, td, 3, &d);
 			u->burst_window_ms = u->has_burst_window ? DatumGetInt32(d) : 0;
-			u->has_daily = ai_getbool_col(tup, td, 4, &d);
+			u->has_daily = ai_spi_col(tup, td, 4, &d);
 			u->daily_limit = u->has_daily ? DatumGetInt32(d) : 0;
-			u->has_budget = ai_getbool_col(tup, td, 5, &d);
+			u->has_budget = ai_spi_col(tup, td, 5, &d);
 			u->budget = u->has_budget ? ai_money_from_numeric(d, false, "monthly_budget_cents") : 0;
-			u->has_tpm = ai_getbool_col(tup, td, 6, &d);
+			u->has_tpm = ai_spi_col(tup, td, 6, &d);
 			u->tokens_per_minute = u->has_tpm ? DatumGetInt64(d) : 0;
-			u->has_block = ai_getbool_col(tup, td, 7, &d);
+			u->has_block = ai_spi_col(tup, td, 7, &d);
 			u->blocked_until = u->has_block ? DatumGetTimestampTz(d) : 0;
 		}
 	}

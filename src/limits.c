@@ -87,7 +87,7 @@ ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id, int idle
 	{
 		/* no counter: read the tables, never lower than the truth */
 		LWLockRelease(lock);
-		*fallback = ai_load_spend(key, user_id, cal);
+		*fallback = ai_load_spend(user_id, cal);
 		return false;
 	}
 	if (e->spend_state == AI_SPEND_VALID && e->spend_month == cal->month &&
@@ -110,7 +110,7 @@ ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id, int idle
 	total0 = e->recorded_total;
 	LWLockRelease(lock);
 
-	sum = ai_load_spend(key, user_id, cal);
+	sum = ai_load_spend(user_id, cal);
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	e = ai_entry_lookup(key, hashcode, false, now, NULL, 0);

@@ -78,7 +78,7 @@ ai_sum_month(const char *user_id, const AiCalendar *cal, bool latest)
  * snapshot (the caller's loading protocol needs a snapshot taken now).
  */
 AiMoney
-ai_load_spend(const AiKey *key, const char *user_id, const AiCalendar *cal)
+ai_load_spend(const char *user_id, const AiCalendar *cal)
 {
 	Datum		sum = ai_sum_month(user_id, cal, true);
 
