@@ -79,6 +79,41 @@ is($node->safe_psql('postgres',
 		"SELECT count(*) FROM ai_usage WHERE user_id = 'hot-budget-2' AND reservation_id IS NOT NULL"),
 	'10', 'settled budget: every call settled its own reservation');
 
+# the cached month's spend stays exact while records race with reloads: 8
+# clients check (budget plan) and record for one user while a ninth keeps
+# invalidating every cached spend (a DELETE of no rows fires the usage
+# trigger), so spend is reloaded again and again with records in flight
+$node->safe_psql('postgres', "INSERT INTO ai_plans (plan, burst_limit, daily_limit, monthly_budget_cents) VALUES ('wide', NULL, NULL, 1e12)");
+$node->pgbench('-n -c 9 -j 3 -T 5', 0, [qr/processed: \d+/], [qr/^$/],
+	'spend: records racing with cache reloads',
+	{
+		'record@9' => q{
+SELECT allowed FROM ai_check_limit('racer', 'wide', 1);
+SELECT ai_record_usage('racer', 'gpt-4o', 1000, 1000);
+},
+		'bump@1' => q{DELETE FROM ai_usage WHERE false;}
+	});
+is($node->safe_psql('postgres', q{
+	SELECT count(*) > 100 FROM ai_usage WHERE user_id = 'racer'}),
+	't', 'spend: many calls were recorded during the race');
+is($node->safe_psql('postgres', q{
+	SELECT p.allowed AND s.month_spend_cents = ai_monthly_spend('racer') AND s.in_flight_cents = 0
+	FROM ai_peek_limit('racer', 'wide') p, ai_ratelimit_status s WHERE s.user_id = 'racer'}),
+	't', 'spend: loaded again after the race, the cache equals the tables');
+
+# then, with no more reloads, 8 clients keep checking and recording: the
+# cache is kept up to date by each commit, and still equals the tables
+$node->pgbench('-n -c 8 -j 2 -T 3', 0, [qr/processed: \d+/], [qr/^$/],
+	'spend: records keep the cached spend',
+	{ 'keep' => q{
+SELECT allowed FROM ai_check_limit('racer', 'wide', 1);
+SELECT ai_record_usage('racer', 'gpt-4o', 1000, 1000);
+} });
+is($node->safe_psql('postgres', q{
+	SELECT s.month_spend_cents = ai_monthly_spend('racer') AND s.in_flight_cents = 0
+	FROM ai_ratelimit_status s WHERE s.user_id = 'racer'}),
+	't', 'spend: after concurrent records the cached month spend equals the tables, exactly');
+
 # sliding window: 5 per 2 seconds, hammered by 4 clients for 7 seconds
 $node->pgbench('-n -c 4 -j 2 -T 7', 0, [qr/processed: \d+/], [qr/^$/],
 	'slide: 4 clients for 7 seconds',
