@@ -123,3 +123,20 @@ INSERT INTO ai_plans (plan, alert_percents) VALUES ('bad-alert', '{1,2,3,4,5,6,7
 SELECT * FROM ai_check_limit('bad-tok', 'tpm', 0, -1);
 SELECT * FROM ai_check_limit('bad-tok', 'tpm', 0, 9000000000000);
 \set VERBOSITY default
+
+-- a monitoring role, granted what the README says, reads both views and
+-- nothing else
+CREATE ROLE regress_ai_monitor;
+GRANT SELECT ON ai_ratelimit_status, ai_ratelimit_stats TO regress_ai_monitor;
+GRANT EXECUTE ON FUNCTION ai_ratelimit_status(), ai_ratelimit_stats() TO regress_ai_monitor;
+SET ROLE regress_ai_monitor;
+SELECT count(*) > 0 AS sees_users FROM ai_ratelimit_status;
+SELECT count(*) > 0 AS sees_stats FROM ai_ratelimit_stats;
+\set VERBOSITY sqlstate
+SELECT ai_ratelimit_reset_stats();
+SELECT * FROM ai_check_limit('mon-1', 'pro');
+SELECT count(*) FROM ai_usage;
+\set VERBOSITY default
+RESET ROLE;
+DROP OWNED BY regress_ai_monitor;
+DROP ROLE regress_ai_monitor;
