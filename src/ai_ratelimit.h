@@ -208,6 +208,8 @@ extern LWLock *ai_partition_lock(uint32 hashcode);
 extern uint32 ai_key_hash(const AiKey *key);
 extern AiEntry *ai_entry_lookup(const AiKey *key, uint32 hashcode, bool create,
 								TimestampTz now, const char *id, int idlen);
+extern AiEntry *ai_entry_get(const AiKey *key, uint32 hashcode, LWLock *lock,
+							 TimestampTz now, const char *id, int idlen);
 extern void ai_entry_reclaim(TimestampTz now);
 extern void ai_lock_all(LWLockMode mode);
 extern void ai_verify(List **problems);

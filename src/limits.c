@@ -75,14 +75,7 @@ ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id, int idle
 	AiMoney		sum;
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = ai_entry_lookup(key, hashcode, true, now, user_id, idlen);
-	if (e == NULL)
-	{
-		LWLockRelease(lock);
-		ai_entry_reclaim(now);
-		LWLockAcquire(lock, LW_EXCLUSIVE);
-		e = ai_entry_lookup(key, hashcode, true, now, user_id, idlen);
-	}
+	e = ai_entry_get(key, hashcode, lock, now, user_id, idlen);
 	if (e == NULL)
 	{
 		/* no counter: read the tables, never lower than the truth */
@@ -207,13 +200,9 @@ retry:
 									  &fallback_spend);
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = ai_entry_lookup(&key, hashcode, consume, now, user_id, idlen);
-	if (e == NULL && consume)
+	if (consume)
 	{
-		LWLockRelease(lock);
-		ai_entry_reclaim(now);
-		LWLockAcquire(lock, LW_EXCLUSIVE);
-		e = ai_entry_lookup(&key, hashcode, true, now, user_id, idlen);
+		e = ai_entry_get(&key, hashcode, lock, now, user_id, idlen);
 		if (e == NULL)
 		{
 			LWLockRelease(lock);
@@ -234,6 +223,8 @@ retry:
 			return;
 		}
 	}
+	else
+		e = ai_entry_lookup(&key, hashcode, false, now, user_id, idlen);
 	if (e == NULL)
 	{
 		/* peek at a user with no counters: all zero */

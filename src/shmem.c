@@ -242,6 +242,30 @@ ai_entry_lookup(const AiKey *key, uint32 hashcode, bool create,
 	return e;
 }
 
+/*
+ * Find or make the entry of a key; when the hash is full, reclaim dead
+ * entries once and try again.  Returns NULL only when every entry is live.
+ *
+ * Caller must hold `lock` (the key's partition lock) exclusively; it is
+ * released and taken again around the reclaim, so the caller must not rely
+ * on anything read under it before the call.
+ */
+AiEntry *
+ai_entry_get(const AiKey *key, uint32 hashcode, LWLock *lock,
+			 TimestampTz now, const char *id, int idlen)
+{
+	AiEntry    *e = ai_entry_lookup(key, hashcode, true, now, id, idlen);
+
+	if (e == NULL)
+	{
+		LWLockRelease(lock);
+		ai_entry_reclaim(now);
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		e = ai_entry_lookup(key, hashcode, true, now, id, idlen);
+	}
+	return e;
+}
+
 /* Is an entry holding nothing that a later check or record would need? */
 static bool
 ai_entry_is_dead(AiEntry *e, TimestampTz now, int32 today)

@@ -252,14 +252,7 @@ ai_record(const char *user_id, const char *model,
 	lock = ai_partition_lock(hashcode);
 	ai_charge_reserve();
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = ai_entry_lookup(&key, hashcode, true, now, user_id, strlen(user_id));
-	if (e == NULL)
-	{
-		LWLockRelease(lock);
-		ai_entry_reclaim(now);
-		LWLockAcquire(lock, LW_EXCLUSIVE);
-		e = ai_entry_lookup(&key, hashcode, true, now, user_id, strlen(user_id));
-	}
+	e = ai_entry_get(&key, hashcode, lock, now, user_id, strlen(user_id));
 	if (e == NULL)
 	{
 		/* cannot track it: make every cached spend reload at commit */
