@@ -15,6 +15,7 @@ OBJS = \
 	src/money.o \
 	src/persist.o \
 	src/shmem.o \
+	src/spend.o \
 	src/stats.o \
 	src/sql_api.o \
 	src/usage.o \

@@ -25,11 +25,11 @@ int			ai_reservation_ttl = 900;
 int			ai_save_interval = 1000;
 char	   *ai_timezone_name = NULL;
 pg_tz	   *ai_timezone = NULL;
-int			ai_on_full = 0;
+int			ai_on_full = AI_ON_FULL_REFUSE;
 
 static const struct config_enum_entry on_full_options[] = {
-	{"refuse", 0, false},
-	{"allow", 1, false},
+	{"refuse", AI_ON_FULL_REFUSE, false},
+	{"allow", AI_ON_FULL_ALLOW, false},
 	{NULL, 0, false}
 };
 
@@ -94,7 +94,7 @@ _PG_init(void)
 	DefineCustomEnumVariable("ai_ratelimit.on_full",
 							 "What a check does when every counter is in use: refuse or allow.",
 							 NULL,
-							 &ai_on_full, 0, on_full_options,
+							 &ai_on_full, AI_ON_FULL_REFUSE, on_full_options,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 	ai_config_init();
 	ai_xact_init();

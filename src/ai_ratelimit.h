@@ -7,14 +7,20 @@
  *   ai_ratelimit.c  module load, GUCs, shared-memory hooks
  *   shmem.c         the shared hash of per-user counters and the
  *                   reservation pool (all locking rules are stated there)
+ *   persist.c       saving the counters to disk and loading them at start;
+ *                   the background worker that saves
+ *   stats.c         counts of allowed and refused requests per plan
  *   windows.c       time arithmetic: burst buckets, calendar day and month
  *                   in ai_ratelimit.timezone
  *   money.c         exact fixed-point money (1e-9 cent units) <-> numeric
- *   config.c        backend-local caches of ai_plans, ai_user_plans and
- *                   ai_model_prices, invalidated through shared generations
+ *   config.c        backend-local caches of ai_plans, ai_user_plans,
+ *                   ai_user_limits and ai_model_prices, invalidated through
+ *                   shared generations
  *   xact.c          what a transaction consumed, given back on abort
- *   limits.c        the decision: burst, then daily, then monthly budget
- *   usage.c         ai_record_usage, monthly spend from the tables
+ *   limits.c        the decision, layer by layer: block, burst, daily,
+ *                   tokens per minute, monthly budget
+ *   spend.c         a user's monthly spend: from the tables, cached exact
+ *   usage.c         ai_record_usage: cost, usage row, shared counters
  *   sql_api.c       the SQL-callable functions
  *
  *-------------------------------------------------------------------------
@@ -84,6 +90,13 @@ typedef enum AiSpendState
 
 #define AI_ID_PREFIX_LEN		16
 
+/* What a consuming check does when the hash is full (ai_ratelimit.on_full). */
+typedef enum AiOnFull
+{
+	AI_ON_FULL_REFUSE = 0,
+	AI_ON_FULL_ALLOW
+} AiOnFull;
+
 /*
  * Per-user counters.  Every field is protected by the partition lock of the
  * entry's key (see shmem.c).
@@ -121,6 +134,13 @@ typedef struct AiEntry
 
 	char		id_prefix[AI_ID_PREFIX_LEN];	/* user id, for views */
 } AiEntry;
+
+/* Is the entry's cached spend exact for this month?  Caller holds its lock. */
+static inline bool
+ai_spend_is_cached(const AiEntry *e, int32 month)
+{
+	return e->spend_state == AI_SPEND_VALID && e->spend_month == month;
+}
 
 typedef enum AiResvState
 {
@@ -185,6 +205,7 @@ struct AiStats
 };
 
 #define AI_MAX_STATS			512
+#define AI_STATS_OVERFLOW		0	/* the slot of plans that did not fit */
 
 extern AiShared *ai_shared;
 extern AiStats *ai_stats;
@@ -197,9 +218,9 @@ extern int	ai_reservation_ttl;	/* seconds */
 extern int	ai_save_interval;	/* milliseconds */
 extern char *ai_timezone_name;
 extern pg_tz *ai_timezone;
+extern int	ai_on_full;			/* AiOnFull */
 
 /* shmem.c */
-extern Size ai_shmem_size(void);
 extern void ai_shmem_request(void);
 extern void ai_shmem_startup(void);
 extern void ai_require_loaded(void);
@@ -210,10 +231,14 @@ extern AiEntry *ai_entry_lookup(const AiKey *key, uint32 hashcode, bool create,
 								TimestampTz now, const char *id, int idlen);
 extern AiEntry *ai_entry_get(const AiKey *key, uint32 hashcode, LWLock *lock,
 							 TimestampTz now, const char *id, int idlen);
-extern void ai_entry_reclaim(TimestampTz now);
+extern bool ai_entry_is_live(AiEntry *e, TimestampTz now, int32 today);
 extern void ai_lock_all(LWLockMode mode);
 extern void ai_verify(List **problems);
 extern void ai_unlock_all(void);
+extern AiReservation *ai_resv_slot(int64 id);
+extern int64 ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz expires_at);
+extern void ai_resv_free(AiEntry *entry, int32 slot);
+extern AiMoney ai_resv_open_amount(AiEntry *entry, TimestampTz now);
 
 /* Note that the counters changed, for the saver (persist.c). */
 static inline void
@@ -231,14 +256,9 @@ extern void ai_stats_reset(void);
 extern const char *ai_outcome_name(AiOutcome o);
 
 /* persist.c */
-extern bool ai_save(void);
 extern void ai_load(void);
 extern void ai_save_at_exit(int code, Datum arg);
 extern void ai_register_saver(void);
-extern AiReservation *ai_resv_slot(int64 id);
-extern int64 ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz expires_at);
-extern void ai_resv_free(AiEntry *entry, int32 slot);
-extern AiMoney ai_resv_open_amount(AiEntry *entry, TimestampTz now);
 
 /* windows.c */
 typedef struct AiCalendar
@@ -255,7 +275,6 @@ typedef struct AiCalendar
 
 extern void ai_calendar_at(TimestampTz now, AiCalendar *cal);
 extern void ai_calendar_for_date(DateADT d, AiCalendar *cal);
-extern int64 ai_burst_width(int32 window_ms);
 extern void ai_burst_advance(AiEntry *e, int32 window_ms, TimestampTz now);
 extern void ai_tokens_advance(AiEntry *e, TimestampTz now);
 extern uint64 ai_tokens_count(AiEntry *e, TimestampTz now);
@@ -312,16 +331,22 @@ typedef struct AiInternalState
 
 extern void ai_internal_begin(AiInternalState *st);
 extern void ai_internal_end(AiInternalState *st);
+extern void ai_as_owner_begin(AiInternalState *st);
+extern void ai_as_owner_end(AiInternalState *st);
 extern const char *ai_ext_schema(void);
 extern Oid	ai_ext_owner(void);
 extern const AiPlan *ai_plan_lookup(const char *plan);
 extern void ai_apply_user_limits(const char *user_id, AiPlan *plan);
 extern bool ai_plans_have_alerts(void);
 extern const char *ai_plan_name_by_hash(uint16 h);
-extern uint16 ai_name_hash(const char *name);
 extern const char *ai_user_plan(const char *user_id);
 extern void ai_price_lookup(const char *model, AiPrice *price);
 extern void ai_config_init(void);
+
+/* Generations of the caches, as bits for ai_config_bump_at_end(). */
+#define AI_GEN_PLANS			0x1		/* ai_plans, ai_user_plans, ai_user_limits */
+#define AI_GEN_PRICES			0x2		/* ai_model_prices */
+#define AI_GEN_USAGE			0x4		/* ai_usage rows deleted: spend reloads */
 extern void ai_config_bump_at_end(uint32 bits);
 extern void ai_config_xact_end(void);
 
@@ -355,7 +380,7 @@ extern void ai_charge_add(const AiCharge *c);
 typedef struct AiDecision
 {
 	bool		allowed;
-	const char *limited_by;		/* NULL, "blocked", "burst", "daily", "tokens", "monthly_budget" */
+	const char *limited_by;		/* NULL, or the refusing layer's name */
 	AiOutcome	outcome;
 	char	   *error;
 	int32		retry_after;	/* seconds, when denied */
@@ -371,18 +396,15 @@ extern void ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 					  bool consume, AiDecision *d);
 extern void ai_reset_user(const char *user_id, int idlen);
 
+/* spend.c */
 extern bool ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id,
 							int idlen, const AiCalendar *cal, TimestampTz now,
 							AiMoney *fallback);
-
-/* usage.c */
-extern AiMoney ai_load_spend(const char *user_id, const AiCalendar *cal);
-extern Datum ai_record(const char *user_id, const char *model,
-					   int64 in_tok, int64 out_tok, int64 cached_tok,
-					   int64 resv_id, bool has_resv);
 extern Datum ai_spend_in_month(const char *user_id, DateADT month);
 
-/* shared helpers for argument checks (sql_api.c) */
-extern void ai_check_user_id(const char *id, int len);
+/* usage.c */
+extern Datum ai_record(const char *user_id, int idlen, const char *model,
+					   int64 in_tok, int64 out_tok, int64 cached_tok,
+					   int64 resv_id, bool has_resv);
 
 #endif							/* AI_RATELIMIT_H */

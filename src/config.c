@@ -2,7 +2,7 @@
  *
  * config.c
  *		Backend-local caches of the configuration tables: ai_plans,
- *		ai_user_plans and ai_model_prices.
+ *		ai_user_plans, ai_user_limits and ai_model_prices.
  *
  * A check must not run a query: it reads plans from a local cache.  Each
  * cache is stamped with a generation number kept in shared memory; the
@@ -50,6 +50,7 @@ static HTAB *price_cache = NULL;
 static uint32 price_cache_gen = 0;
 static char *ext_schema = NULL;	/* quoted schema name */
 static Oid	ext_owner = InvalidOid;
+static bool ext_has_1_2 = false;	/* ai_user_limits and the 1.2 plan columns */
 
 typedef struct UserPlanEntry
 {
@@ -57,21 +58,30 @@ typedef struct UserPlanEntry
 	char		plan[NAMEDATALEN * 2];	/* "" when the user has no row */
 } UserPlanEntry;
 
-/* A row of ai_user_limits: per-user overrides and blocks. */
-typedef struct UserLimitEntry
+/*
+ * The limit columns that ai_plans and ai_user_limits share, decoded from a
+ * row by ai_decode_limits(); a has_ flag is false where the column is NULL.
+ */
+typedef struct AiLimitCols
 {
-	char		user_id[AI_MAX_USER_ID_LEN + 1];
 	bool		has_burst_limit;
 	bool		has_burst_window;
 	bool		has_daily;
 	bool		has_budget;
 	bool		has_tpm;
-	bool		has_block;
 	int32		burst_limit;
 	int32		burst_window_ms;
 	int32		daily_limit;
 	int64		tokens_per_minute;
 	AiMoney		budget;
+} AiLimitCols;
+
+/* A row of ai_user_limits: per-user overrides and blocks. */
+typedef struct UserLimitEntry
+{
+	char		user_id[AI_MAX_USER_ID_LEN + 1];
+	AiLimitCols lim;
+	bool		has_block;
 	TimestampTz blocked_until;
 } UserLimitEntry;
 
@@ -115,6 +125,8 @@ ai_load_extension_info(void)
 		pfree(ext_schema);
 	ext_schema = MemoryContextStrdup(config_cxt,
 									 quote_identifier(get_namespace_name(nsp)));
+	/* the library serves databases still on an older script version too */
+	ext_has_1_2 = OidIsValid(get_relname_relid("ai_user_limits", nsp));
 }
 
 const char *
@@ -178,6 +190,25 @@ ai_clear_hash(HTAB *h)
 }
 
 /*
+ * Run as the extension owner until ai_as_owner_end(); an error undoes it as
+ * well.  Enough on its own for a plan prepared under ai_internal_begin(),
+ * which keeps its pinned search_path.
+ */
+void
+ai_as_owner_begin(AiInternalState *st)
+{
+	GetUserIdAndSecContext(&st->save_userid, &st->save_sec);
+	st->nestlevel = 0;
+	SetUserIdAndSecContext(ai_ext_owner(), st->save_sec | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+void
+ai_as_owner_end(AiInternalState *st)
+{
+	SetUserIdAndSecContext(st->save_userid, st->save_sec);
+}
+
+/*
  * Internal queries run as the extension owner, with search_path pinned to
  * pg_catalog: whatever the caller's search_path holds, none of its functions
  * or operators can run in our place (the queries are fully qualified too).
@@ -186,18 +217,19 @@ ai_clear_hash(HTAB *h)
 void
 ai_internal_begin(AiInternalState *st)
 {
-	GetUserIdAndSecContext(&st->save_userid, &st->save_sec);
-	st->nestlevel = NewGUCNestLevel();
+	int			nestlevel = NewGUCNestLevel();
+
 	(void) set_config_option("search_path", "pg_catalog, pg_temp",
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
 							 true, 0, false);
-	SetUserIdAndSecContext(ai_ext_owner(), st->save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	ai_as_owner_begin(st);
+	st->nestlevel = nestlevel;
 }
 
 void
 ai_internal_end(AiInternalState *st)
 {
-	SetUserIdAndSecContext(st->save_userid, st->save_sec);
+	ai_as_owner_end(st);
 	AtEOXact_GUC(true, st->nestlevel);
 }
 
@@ -221,7 +253,7 @@ ai_spi_read(const char *sql, int nargs, Oid *types, Datum *values)
 }
 
 /* 16 bits of a plan name's hash, never 0 (0 means "unknown"). */
-uint16
+static uint16
 ai_name_hash(const char *name)
 {
 	uint16		h = (uint16) hash_bytes((const unsigned char *) name, strlen(name));
@@ -240,18 +272,136 @@ ai_spi_col(HeapTuple tup, TupleDesc td, int col, Datum *d)
 }
 
 /*
- * Load ai_plans and ai_user_limits.  Columns and tables added by later
- * versions of the SQL script are read through to_jsonb() and to_regclass(),
- * so a database still on an older version loads too.
+ * The limit columns, in the order ai_decode_limits() reads them; the burst
+ * window comes as whole milliseconds.
+ */
+#define AI_LIMIT_COLS \
+	"burst_limit, " \
+	"pg_catalog.ceil(pg_catalog.date_part('epoch', burst_window) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int4, " \
+	"daily_limit, monthly_budget_cents, %s"
+#define AI_NUM_LIMIT_COLS		5
+
+/* Decode the limit columns of an SPI row, starting at column `first`. */
+static void
+ai_decode_limits(HeapTuple tup, TupleDesc td, int first, AiLimitCols *l)
+{
+	Datum		d;
+
+	memset(l, 0, sizeof(*l));
+	if ((l->has_burst_limit = ai_spi_col(tup, td, first, &d)))
+		l->burst_limit = DatumGetInt32(d);
+	if ((l->has_burst_window = ai_spi_col(tup, td, first + 1, &d)))
+		l->burst_window_ms = DatumGetInt32(d);
+	if ((l->has_daily = ai_spi_col(tup, td, first + 2, &d)))
+		l->daily_limit = DatumGetInt32(d);
+	if ((l->has_budget = ai_spi_col(tup, td, first + 3, &d)))
+		l->budget = ai_money_from_numeric(d, false, "monthly_budget_cents");
+	if ((l->has_tpm = ai_spi_col(tup, td, first + 4, &d)))
+		l->tokens_per_minute = DatumGetInt64(d);
+}
+
+/* Apply limit columns over a plan: each one that is set replaces the plan's. */
+static void
+ai_limits_apply(const AiLimitCols *l, AiPlan *plan)
+{
+	if (l->has_burst_limit)
+	{
+		plan->has_burst = true;
+		plan->burst_limit = l->burst_limit;
+	}
+	if (l->has_burst_window)
+		plan->burst_window_ms = l->burst_window_ms;
+	if (l->has_daily)
+	{
+		plan->has_daily = true;
+		plan->daily_limit = l->daily_limit;
+	}
+	if (l->has_budget)
+	{
+		plan->has_budget = true;
+		plan->budget = l->budget;
+	}
+	if (l->has_tpm)
+	{
+		plan->has_tpm = true;
+		plan->tokens_per_minute = l->tokens_per_minute;
+	}
+}
+
+/* One row of ai_plans (plan, limit columns, alert_percents) into the cache. */
+static void
+ai_cache_plan_row(HeapTuple tup, TupleDesc td)
+{
+	bool		isnull;
+	char	   *name = TextDatumGetCString(SPI_getbinval(tup, td, 1, &isnull));
+	AiLimitCols l;
+	AiPlan	   *p;
+	Datum		d;
+
+	if (strlen(name) >= NAMEDATALEN * 2)
+		return;					/* cannot be named by a check either */
+	p = hash_search(plan_cache, name, HASH_ENTER, NULL);
+	memset(((char *) p) + sizeof(p->name), 0, sizeof(AiPlan) - sizeof(p->name));
+	p->burst_window_ms = 60000; /* the column's default */
+	ai_decode_limits(tup, td, 2, &l);
+	ai_limits_apply(&l, p);
+	if (ai_spi_col(tup, td, 2 + AI_NUM_LIMIT_COLS, &d))
+	{
+		Datum	   *elems;
+		bool	   *nulls;
+		int			n;
+
+		deconstruct_array(DatumGetArrayTypeP(d), INT4OID, sizeof(int32), true,
+						  TYPALIGN_INT, &elems, &nulls, &n);
+		for (int k = 0; k < n && p->nalerts < AI_MAX_ALERTS; k++)
+			if (!nulls[k])
+				p->alert_percent[p->nalerts++] = DatumGetInt32(elems[k]);
+	}
+	p->name_hash = ai_name_hash(name);
+	p->stats = ai_stats_for(name);
+	if (p->nalerts > 0)
+		plans_have_alerts = true;
+}
+
+/* One row of ai_user_limits (user_id, limit columns, blocked_until). */
+static void
+ai_cache_user_limits_row(HeapTuple tup, TupleDesc td)
+{
+	bool		isnull;
+	char	   *uid = TextDatumGetCString(SPI_getbinval(tup, td, 1, &isnull));
+	UserLimitEntry *u;
+	Datum		d;
+
+	if (strlen(uid) > AI_MAX_USER_ID_LEN)
+		return;
+	u = hash_search(limits_cache, uid, HASH_ENTER, NULL);
+	ai_decode_limits(tup, td, 2, &u->lim);
+	u->has_block = ai_spi_col(tup, td, 2 + AI_NUM_LIMIT_COLS, &d);
+	u->blocked_until = u->has_block ? DatumGetTimestampTz(d) : 0;
+}
+
+/* Run a query (ai_spi_read) and hand each row to fn. */
+static void
+ai_spi_each_row(const char *sql, void (*fn) (HeapTuple tup, TupleDesc td))
+{
+	ai_spi_read(sql, 0, NULL, NULL);
+	for (uint64 i = 0; i < SPI_processed; i++)
+		fn(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
+}
+
+/*
+ * Load ai_plans and ai_user_limits.  A database still on the 1.0 or 1.1
+ * script has neither ai_user_limits nor the plan columns tokens_per_minute
+ * and alert_percents: they read as NULL there.
  */
 static void
 ai_reload_plans(void)
 {
 	uint32		gen = pg_atomic_read_u32(&ai_shared->plans_gen);
-	char	   *sql;
-	bool		have_limits;
+	const char *schema;
 
 	ai_load_extension_info();
+	schema = ai_ext_schema();
 	ai_clear_hash(plan_cache);
 	ai_clear_hash(user_cache);
 	ai_clear_hash(limits_cache);
@@ -259,92 +409,15 @@ ai_reload_plans(void)
 	plans_have_alerts = false;
 
 	SPI_connect();
-	sql = psprintf("SELECT plan, burst_limit, "
-				   "pg_catalog.ceil(pg_catalog.date_part('epoch', burst_window) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int4, "
-				   "daily_limit, monthly_budget_cents, "
-				   "(pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.->>) 'tokens_per_minute')::pg_catalog.int8, "
-				   "pg_catalog.translate(pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.->>) 'alert_percents', '[]', '{}')::pg_catalog.int4[], "
-				   "pg_catalog.to_regclass(%s) IS NOT NULL "
-				   "FROM %s.ai_plans p",
-				   quote_literal_cstr(psprintf("%s.ai_user_limits", ai_ext_schema())),
-				   ai_ext_schema());
-	ai_spi_read(sql, 0, NULL, NULL);
-	have_limits = false;
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	td = SPI_tuptable->tupdesc;
-		bool		isnull;
-		char	   *name = TextDatumGetCString(SPI_getbinval(tup, td, 1, &isnull));
-		AiPlan	   *p;
-		Datum		d;
-
-		have_limits = DatumGetBool(SPI_getbinval(tup, td, 8, &isnull));
-		if (strlen(name) >= NAMEDATALEN * 2)
-			continue;			/* cannot be named by a check either */
-		p = hash_search(plan_cache, name, HASH_ENTER, NULL);
-		memset(((char *) p) + sizeof(p->name), 0, sizeof(AiPlan) - sizeof(p->name));
-		p->has_burst = ai_spi_col(tup, td, 2, &d);
-		p->burst_limit = p->has_burst ? DatumGetInt32(d) : 0;
-		p->burst_window_ms = ai_spi_col(tup, td, 3, &d) ? DatumGetInt32(d) : 60000;
-		p->has_daily = ai_spi_col(tup, td, 4, &d);
-		p->daily_limit = p->has_daily ? DatumGetInt32(d) : 0;
-		p->has_budget = ai_spi_col(tup, td, 5, &d);
-		p->budget = p->has_budget ? ai_money_from_numeric(d, false, "monthly_budget_cents") : 0;
-		p->has_tpm = ai_spi_col(tup, td, 6, &d);
-		p->tokens_per_minute = p->has_tpm ? DatumGetInt64(d) : 0;
-		if (ai_spi_col(tup, td, 7, &d))
-		{
-			ArrayType  *arr = DatumGetArrayTypeP(d);
-			Datum	   *elems;
-			bool	   *nulls;
-			int			n;
-
-			deconstruct_array(arr, INT4OID, sizeof(int32), true, TYPALIGN_INT,
-							  &elems, &nulls, &n);
-			for (int k = 0; k < n && p->nalerts < AI_MAX_ALERTS; k++)
-				if (!nulls[k])
-					p->alert_percent[p->nalerts++] = DatumGetInt32(elems[k]);
-		}
-		p->name_hash = ai_name_hash(name);
-		p->stats = ai_stats_for(name);
-		if (p->nalerts > 0)
-			plans_have_alerts = true;
-	}
-
-	if (have_limits)
-	{
-		sql = psprintf("SELECT user_id, burst_limit, "
-					   "pg_catalog.ceil(pg_catalog.date_part('epoch', burst_window) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int4, "
-					   "daily_limit, monthly_budget_cents, tokens_per_minute, blocked_until "
-					   "FROM %s.ai_user_limits", ai_ext_schema());
-		ai_spi_read(sql, 0, NULL, NULL);
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	td = SPI_tuptable->tupdesc;
-			bool		isnull;
-			char	   *uid = TextDatumGetCString(SPI_getbinval(tup, td, 1, &isnull));
-			UserLimitEntry *u;
-			Datum		d;
-
-			if (strlen(uid) > AI_MAX_USER_ID_LEN)
-				continue;
-			u = hash_search(limits_cache, uid, HASH_ENTER, NULL);
-			u->has_burst_limit = ai_spi_col(tup, td, 2, &d);
-			u->burst_limit = u->has_burst_limit ? DatumGetInt32(d) : 0;
-			u->has_burst_window = ai_spi_col(tup, td, 3, &d);
-			u->burst_window_ms = u->has_burst_window ? DatumGetInt32(d) : 0;
-			u->has_daily = ai_spi_col(tup, td, 4, &d);
-			u->daily_limit = u->has_daily ? DatumGetInt32(d) : 0;
-			u->has_budget = ai_spi_col(tup, td, 5, &d);
-			u->budget = u->has_budget ? ai_money_from_numeric(d, false, "monthly_budget_cents") : 0;
-			u->has_tpm = ai_spi_col(tup, td, 6, &d);
-			u->tokens_per_minute = u->has_tpm ? DatumGetInt64(d) : 0;
-			u->has_block = ai_spi_col(tup, td, 7, &d);
-			u->blocked_until = u->has_block ? DatumGetTimestampTz(d) : 0;
-		}
-	}
+	ai_spi_each_row(psprintf("SELECT plan, " AI_LIMIT_COLS ", %s FROM %s.ai_plans",
+							 ext_has_1_2 ? "tokens_per_minute" : "NULL::pg_catalog.int8",
+							 ext_has_1_2 ? "alert_percents" : "NULL::pg_catalog.int4[]",
+							 schema),
+					ai_cache_plan_row);
+	if (ext_has_1_2)
+		ai_spi_each_row(psprintf("SELECT user_id, " AI_LIMIT_COLS ", blocked_until"
+								 " FROM %s.ai_user_limits", "tokens_per_minute", schema),
+						ai_cache_user_limits_row);
 	SPI_finish();
 	plan_cache_gen = gen;
 }
@@ -364,28 +437,7 @@ ai_apply_user_limits(const char *user_id, AiPlan *plan)
 	u = hash_search(limits_cache, user_id, HASH_FIND, NULL);
 	if (u == NULL)
 		return;
-	if (u->has_burst_limit)
-	{
-		plan->has_burst = true;
-		plan->burst_limit = u->burst_limit;
-	}
-	if (u->has_burst_window)
-		plan->burst_window_ms = u->burst_window_ms;
-	if (u->has_daily)
-	{
-		plan->has_daily = true;
-		plan->daily_limit = u->daily_limit;
-	}
-	if (u->has_budget)
-	{
-		plan->has_budget = true;
-		plan->budget = u->budget;
-	}
-	if (u->has_tpm)
-	{
-		plan->has_tpm = true;
-		plan->tokens_per_minute = u->tokens_per_minute;
-	}
+	ai_limits_apply(&u->lim, plan);
 	if (u->has_block)
 	{
 		plan->blocked = true;
@@ -491,47 +543,51 @@ ai_user_plan(const char *user_id)
 	return u->plan[0] ? u->plan : "free";
 }
 
+/*
+ * A price column in USD per million tokens, as 1e-9 cent per token: price *
+ * 100 cents / 1e6 tokens * 1e9 units = price * 1e5.  The CHECK constraints
+ * keep prices at 5 decimals, so this is exact.
+ */
+static AiMoney
+ai_price_units(HeapTuple tup, TupleDesc td, int col)
+{
+	bool		isnull;
+	Datum		usd = SPI_getbinval(tup, td, col, &isnull);
+	Datum		scaled = DirectFunctionCall2(numeric_mul, usd,
+											 DirectFunctionCall1(int4_numeric, Int32GetDatum(100000)));
+
+	return ai_money_from_numeric(scaled, false, "price") / AI_MONEY_UNITS_PER_CENT;
+}
+
+/* One row of ai_model_prices (model, input, output, cached input). */
+static void
+ai_cache_price_row(HeapTuple tup, TupleDesc td)
+{
+	bool		isnull;
+	char	   *model = TextDatumGetCString(SPI_getbinval(tup, td, 1, &isnull));
+	PriceEntry *p;
+
+	if (strlen(model) > AI_MAX_MODEL_LEN)
+		return;
+	p = hash_search(price_cache, model, HASH_ENTER, NULL);
+	p->input = ai_price_units(tup, td, 2);
+	p->output = ai_price_units(tup, td, 3);
+	p->cached_input = ai_price_units(tup, td, 4);
+}
+
 static void
 ai_reload_prices(void)
 {
 	uint32		gen = pg_atomic_read_u32(&ai_shared->prices_gen);
-	char	   *sql;
 
 	ai_clear_hash(price_cache);
 	price_cache_gen = 0;
 
 	SPI_connect();
-	sql = psprintf("SELECT model, input_usd_per_mtok, output_usd_per_mtok, "
-				   "COALESCE(cached_input_usd_per_mtok, input_usd_per_mtok) "
-				   "FROM %s.ai_model_prices", ai_ext_schema());
-	ai_spi_read(sql, 0, NULL, NULL);
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	td = SPI_tuptable->tupdesc;
-		bool		isnull;
-		char	   *model = TextDatumGetCString(SPI_getbinval(tup, td, 1, &isnull));
-		PriceEntry *p;
-
-		if (strlen(model) > AI_MAX_MODEL_LEN)
-			continue;
-		p = hash_search(price_cache, model, HASH_ENTER, NULL);
-
-		/*
-		 * USD per million tokens -> 1e-9 cent per token: price * 100 cents
-		 * / 1e6 tokens * 1e9 units = price * 1e5.  The CHECK constraints
-		 * keep prices at 5 decimals, so this is exact.
-		 */
-#define PRICE_UNITS(col) \
-		ai_money_from_numeric(DirectFunctionCall2(numeric_mul, \
-			SPI_getbinval(tup, td, col, &isnull), \
-			DirectFunctionCall1(int4_numeric, Int32GetDatum(100000))), false, "price") \
-			/ AI_MONEY_UNITS_PER_CENT
-		p->input = PRICE_UNITS(2);
-		p->output = PRICE_UNITS(3);
-		p->cached_input = PRICE_UNITS(4);
-#undef PRICE_UNITS
-	}
+	ai_spi_each_row(psprintf("SELECT model, input_usd_per_mtok, output_usd_per_mtok, "
+							 "COALESCE(cached_input_usd_per_mtok, input_usd_per_mtok) "
+							 "FROM %s.ai_model_prices", ai_ext_schema()),
+					ai_cache_price_row);
 	SPI_finish();
 	price_cache_gen = gen;
 }
@@ -567,18 +623,18 @@ ai_price_lookup(const char *model, AiPrice *price)
  * Trigger on the configuration tables and on ai_usage: bump the generation
  * named by the trigger's argument now and when the transaction ends.
  */
-static uint32 pending_bumps = 0;	/* bit 0 plans, 1 prices, 2 usage */
+static uint32 pending_bumps = 0;	/* AI_GEN_* bits */
 
 static void
 ai_bump(uint32 bits)
 {
 	if (ai_shared == NULL)
 		return;					/* not preloaded: nothing is cached */
-	if (bits & 1)
+	if (bits & AI_GEN_PLANS)
 		pg_atomic_fetch_add_u32(&ai_shared->plans_gen, 1);
-	if (bits & 2)
+	if (bits & AI_GEN_PRICES)
 		pg_atomic_fetch_add_u32(&ai_shared->prices_gen, 1);
-	if (bits & 4)
+	if (bits & AI_GEN_USAGE)
 		pg_atomic_fetch_add_u32(&ai_shared->usage_gen, 1);
 }
 
@@ -616,11 +672,11 @@ ai_ratelimit_config_changed(PG_FUNCTION_ARGS)
 		const char *a = trigdata->tg_trigger->tgargs[i];
 
 		if (strcmp(a, "plans") == 0)
-			bits |= 1;
+			bits |= AI_GEN_PLANS;
 		else if (strcmp(a, "prices") == 0)
-			bits |= 2;
+			bits |= AI_GEN_PRICES;
 		else if (strcmp(a, "usage") == 0)
-			bits |= 4;
+			bits |= AI_GEN_USAGE;
 	}
 	ai_bump(bits);
 	pending_bumps |= bits;

@@ -1,17 +1,19 @@
 /*-------------------------------------------------------------------------
  *
  * limits.c
- *		The decision of a check: burst, then daily, then monthly budget.
+ *		The decision of a check, layer by layer: a per-user block, the
+ *		burst window, the daily count, tokens per minute, the monthly
+ *		budget.
  *
  * A check answers from shared memory only.  It holds the user's partition
- * lock (shmem.c) for the whole decision, so the layers are tested and
- * charged as one step: a denied request takes nothing from any layer, and
- * two sessions can never both take the last unit of a limit.
+ * lock (shmem.c) while the layers are tested and charged, so the layers are
+ * one step: a refused request takes nothing from any layer, and two sessions
+ * can never both take the last unit of a limit.  Under the lock each layer
+ * only compares numbers and, when it refuses, says so with an outcome and a
+ * retry time; the messages are built after the lock is released.
  *
- * The monthly budget needs the month's committed spend.  It is loaded once
- * per user and month from the usage tables (usage.c) and then kept exact in
- * shared memory by ai_record_usage: recorded costs count at once, while
- * their transaction is open, and leave again if it aborts.
+ * The monthly budget needs the month's committed spend, which spend.c loads
+ * before the lock is taken and keeps exact in the entry.
  *
  *-------------------------------------------------------------------------
  */
@@ -23,111 +25,183 @@
 
 #include "ai_ratelimit.h"
 
-extern int	ai_on_full;
-
-/* Human form of a burst window for the article's message. */
-static char *
-ai_window_words(int32 ms)
+/* One check in progress: what it was asked and what it found. */
+typedef struct AiCheck
 {
-	if (ms == 1000)
-		return pstrdup("second");
-	if (ms == 60000)
-		return pstrdup("minute");
-	if (ms == 3600000)
-		return pstrdup("hour");
-	if (ms == 86400000)
-		return pstrdup("day");
-	if (ms % 3600000 == 0)
-		return psprintf("%d hours", ms / 3600000);
-	if (ms % 60000 == 0)
-		return psprintf("%d minutes", ms / 60000);
-	if (ms % 1000 == 0)
-		return psprintf("%d seconds", ms / 1000);
-	return psprintf("%d ms", ms);
+	const char *user_id;
+	int			idlen;
+	const AiPlan *plan;
+	bool		consume;		/* charge the request when it is allowed */
+	TimestampTz now;
+	AiCalendar	cal;
+	AiKey		key;
+	uint32		hashcode;
+	LWLock	   *lock;			/* the key's partition lock */
+	AiMoney		est;			/* estimated cost, 0 when none */
+	int64		est_tokens;
+	bool		spend_exact;	/* the entry's cached spend is exact */
+	AiMoney		fallback_spend; /* otherwise: never lower than the truth */
+	AiEntry    *entry;			/* the user's entry, or &blank */
+	bool		live;			/* entry is in shared memory (not &blank) */
+	AiEntry		blank;			/* a user with no counters: all zero */
+	AiCharge	charge;			/* what an allowed, consuming check took */
+} AiCheck;
+
+/* What a layer found, numbers only. */
+typedef struct AiVerdict
+{
+	AiOutcome	outcome;		/* AI_OUT_ALLOWED, or the refusing layer */
+	bool		retry_never;	/* no retry can succeed under this plan */
+	TimestampTz retry_at;		/* otherwise: the earliest retry that may */
+} AiVerdict;
+
+static bool
+ai_refuse(AiVerdict *v, AiOutcome outcome, bool never, TimestampTz retry_at)
+{
+	v->outcome = outcome;
+	v->retry_never = never;
+	v->retry_at = retry_at;
+	return true;
 }
 
 /*
- * Make sure the entry's spend for the current month is loaded, without
- * missing a concurrent ai_record_usage.  Returns true when the cache is
- * exact; otherwise sets *fallback to a spend that is never lower than the
- * true one, for this check only (the next check tries to load again).
- *
- * The load is exact when no record was in flight and none started or ended
- * while the sum was read: then every recorded cost is committed and visible
- * to the latest snapshot, which is taken after the first look.  Otherwise
- * the fallback adds to the sum whatever was in flight at the first look and
- * whatever was recorded since; a record can be counted twice there, never
- * missed.
- *
- * Caller must hold no partition lock.
+ * Load the spend when the plan has a budget, then take the partition lock
+ * and find the user's entry: made when consuming, looked up when peeking (a
+ * user with no entry reads as the blank one).  Returns true with the lock
+ * held; false, with the lock released, when a consuming check meets a full
+ * hash.
  */
-bool
-ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id, int idlen,
-				const AiCalendar *cal, TimestampTz now, AiMoney *fallback)
+static bool
+ai_check_lock_entry(AiCheck *c)
 {
-	LWLock	   *lock = ai_partition_lock(hashcode);
-	AiEntry    *e;
-	uint32		seq;
-	uint32		gen = pg_atomic_read_u32(&ai_shared->usage_gen);
-	bool		quiet;
-	AiMoney		inflight0;
-	AiMoney		total0;
-	AiMoney		sum;
+	const AiPlan *plan = c->plan;
 
-	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = ai_entry_get(key, hashcode, lock, now, user_id, idlen);
-	if (e == NULL)
+	for (int attempt = 1;; attempt++)
 	{
-		/* no counter: read the tables, never lower than the truth */
-		LWLockRelease(lock);
-		*fallback = ai_load_spend(user_id, cal);
+		if (plan->has_budget)
+			c->spend_exact = ai_ensure_spend(&c->key, c->hashcode, c->user_id,
+											 c->idlen, &c->cal, c->now,
+											 &c->fallback_spend);
+		LWLockAcquire(c->lock, LW_EXCLUSIVE);
+		if (c->consume)
+			c->entry = ai_entry_get(&c->key, c->hashcode, c->lock, c->now,
+									c->user_id, c->idlen);
+		else
+			c->entry = ai_entry_lookup(&c->key, c->hashcode, false, c->now, NULL, 0);
+		if (c->entry == NULL && c->consume)
+		{
+			LWLockRelease(c->lock);
+			return false;
+		}
+		c->live = (c->entry != NULL);
+		if (!c->live)
+		{
+			memset(&c->blank, 0, sizeof(c->blank));
+			c->blank.key = c->key;
+			c->blank.day = -1;
+			c->blank.spend_month = -1;
+			c->blank.resv_head = c->blank.resv_tail = -1;
+			c->entry = &c->blank;
+		}
+
+		/*
+		 * The spend loaded above must still be cached under the lock; if the
+		 * entry was reclaimed or the month turned meanwhile, load again.
+		 */
+		if (!plan->has_budget || !c->spend_exact ||
+			ai_spend_is_cached(c->entry, c->cal.month))
+			break;
+		LWLockRelease(c->lock);
+		if (attempt > 5)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not read the monthly spend of user \"%s\" consistently",
+							c->user_id),
+					 errhint("Retry the request.")));
+	}
+	if (c->live && c->entry->plan_hash != plan->name_hash)
+		c->entry->plan_hash = plan->name_hash;
+	return true;
+}
+
+/* ---- the layers: caller holds the partition lock ---- */
+
+/* A per-user block (ai_user_limits.blocked_until). */
+static bool
+ai_refused_by_block(const AiCheck *c, AiVerdict *v)
+{
+	const AiPlan *plan = c->plan;
+
+	if (!plan->blocked || plan->blocked_until <= c->now)
 		return false;
-	}
-	if (e->spend_state == AI_SPEND_VALID && e->spend_month == cal->month &&
-		e->spend_gen == gen)
-	{
-		LWLockRelease(lock);
-		return true;
-	}
-	if (e->spend_month != cal->month || e->spend_gen != gen)
-	{
-		if (e->spend_month != cal->month)
-			e->alerts_sent = 0;
-		e->spend_state = AI_SPEND_UNKNOWN;
-		e->spend_month = cal->month;
-		e->committed_spend = 0;
-	}
-	seq = e->change_seq;
-	quiet = (e->inflight == 0);
-	inflight0 = e->inflight_cost;
-	total0 = e->recorded_total;
-	LWLockRelease(lock);
+	return ai_refuse(v, AI_OUT_BLOCKED, TIMESTAMP_NOT_FINITE(plan->blocked_until),
+					 plan->blocked_until);
+}
 
-	sum = ai_load_spend(user_id, cal);
+static bool
+ai_refused_by_burst(AiCheck *c, AiVerdict *v)
+{
+	const AiPlan *plan = c->plan;
+	AiEntry    *e = c->entry;
 
-	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = ai_entry_lookup(key, hashcode, false, now, NULL, 0);
-	if (e != NULL && quiet && e->inflight == 0 && e->change_seq == seq &&
-		e->spend_month == cal->month && e->spend_state == AI_SPEND_UNKNOWN)
-	{
-		e->committed_spend = sum;
-		e->spend_gen = gen;
-		e->spend_state = AI_SPEND_VALID;
-		LWLockRelease(lock);
-		return true;
-	}
-	*fallback = ai_money_add(sum, inflight0);
-	if (e != NULL)
-		*fallback = ai_money_add(*fallback,
-								 (AiMoney) ((uint64) e->recorded_total - (uint64) total0));
-	LWLockRelease(lock);
+	if (!plan->has_burst)
+		return false;
+	if (c->live)
+		ai_burst_advance(e, plan->burst_window_ms, c->now);
+	if (plan->burst_limit <= 0)
+		return ai_refuse(v, AI_OUT_BURST, true, 0);
+	if (e->burst_window_ms == plan->burst_window_ms &&
+		ai_burst_count(e, c->now) >= (uint32) plan->burst_limit)
+		return ai_refuse(v, AI_OUT_BURST, false,
+						 ai_burst_retry_at(e, plan->burst_limit, c->now));
 	return false;
+}
+
+/* Sets the decision's remaining count when the request fits. */
+static bool
+ai_refused_by_daily(const AiCheck *c, AiVerdict *v, AiDecision *d)
+{
+	const AiPlan *plan = c->plan;
+	uint32		used;
+
+	if (!plan->has_daily)
+		return false;
+	used = (c->entry->day == c->cal.day) ? c->entry->daily_count : 0;
+	if (used >= (uint32) Max(plan->daily_limit, 0))
+		return ai_refuse(v, AI_OUT_DAILY, plan->daily_limit <= 0, c->cal.day_end);
+	d->has_remaining = true;
+	d->remaining = plan->daily_limit - (int32) used - 1;
+	return false;
+}
+
+/* What was recorded in the last minute, plus the estimate. */
+static bool
+ai_refused_by_tokens(AiCheck *c, AiVerdict *v)
+{
+	const AiPlan *plan = c->plan;
+	uint64		limit = (uint64) Max(plan->tokens_per_minute, 0);
+	uint64		used = 0;
+
+	if (!plan->has_tpm)
+		return false;
+	if (c->live)
+	{
+		ai_tokens_advance(c->entry, c->now);
+		used = ai_tokens_count(c->entry, c->now);
+	}
+	if (limit > 0 && used + (uint64) c->est_tokens <= limit &&
+		!(c->est_tokens == 0 && used >= limit))
+		return false;
+	if (limit == 0 || (uint64) c->est_tokens > limit)
+		return ai_refuse(v, AI_OUT_TOKENS, true, 0);
+	return ai_refuse(v, AI_OUT_TOKENS, false,
+					 ai_tokens_retry_at(c->entry, limit,
+										(uint64) Max(c->est_tokens, 1), c->now));
 }
 
 /*
  * Earliest time at which the open reservations that are still there leave
- * room for `need` more under `budget`, given `spend`.  Caller must hold the
- * entry's partition lock.
+ * room for `need` more under `budget`, given `spend`.
  */
 static TimestampTz
 ai_budget_retry_at(AiEntry *e, AiMoney spend, AiMoney need, AiMoney budget,
@@ -157,6 +231,140 @@ ai_budget_retry_at(AiEntry *e, AiMoney spend, AiMoney need, AiMoney budget,
 	return best;
 }
 
+/* Spend this month, open reservations and the estimate, against the budget. */
+static bool
+ai_refused_by_budget(AiCheck *c, AiVerdict *v)
+{
+	const AiPlan *plan = c->plan;
+	AiEntry    *e = c->entry;
+	AiMoney		spend;
+	AiMoney		reserved;
+
+	if (!plan->has_budget)
+		return false;
+	reserved = c->live ? ai_resv_open_amount(e, c->now) : 0;
+	if (c->spend_exact && ai_spend_is_cached(e, c->cal.month))
+		spend = ai_money_add(e->committed_spend, e->inflight_cost);
+	else
+		spend = c->fallback_spend;
+	if (ai_money_add(ai_money_add(spend, reserved), c->est) <= plan->budget)
+		return false;
+	return ai_refuse(v, AI_OUT_BUDGET, false,
+					 ai_budget_retry_at(e, spend, c->est, plan->budget, &c->cal));
+}
+
+/*
+ * Charge an allowed request: a burst place, the day's count (under every
+ * plan, so a change of plan mid-day is exact) and, with an estimate and a
+ * budget, a reservation.  Fills c->charge and the decision's reservation
+ * id.  Returns false, having taken nothing, when the reservation pool is
+ * full.  Caller holds the partition lock.
+ */
+static bool
+ai_take_charge(AiCheck *c, AiDecision *d)
+{
+	AiEntry    *e = c->entry;
+	AiCharge   *charge = &c->charge;
+
+	memset(charge, 0, sizeof(*charge));
+	charge->kind = AI_CHARGE_CHECK;
+	charge->key = c->key;
+	charge->burst_bucket = -1;
+	charge->day = c->cal.day;
+	if (c->est > 0 && c->plan->has_budget)
+	{
+		TimestampTz expires = c->now + (int64) ai_reservation_ttl * USECS_PER_SEC;
+
+		d->reservation_id = ai_resv_create(e, c->est, expires);
+		if (d->reservation_id == 0)
+			return false;
+		charge->resv_id = d->reservation_id;
+	}
+	if (c->plan->has_burst)
+	{
+		charge->burst_bucket = ai_burst_bucket(e, c->now);
+		e->burst[charge->burst_bucket % AI_BURST_RING]++;
+	}
+	if (e->day != c->cal.day)
+	{
+		e->day = c->cal.day;
+		e->daily_count = 0;
+	}
+	e->daily_count++;
+	return true;
+}
+
+/* ---- after the lock ---- */
+
+/* Human form of a burst window for the article's message. */
+static char *
+ai_window_words(int32 ms)
+{
+	if (ms == 1000)
+		return pstrdup("second");
+	if (ms == 60000)
+		return pstrdup("minute");
+	if (ms == 3600000)
+		return pstrdup("hour");
+	if (ms == 86400000)
+		return pstrdup("day");
+	if (ms % 3600000 == 0)
+		return psprintf("%d hours", ms / 3600000);
+	if (ms % 60000 == 0)
+		return psprintf("%d minutes", ms / 60000);
+	if (ms % 1000 == 0)
+		return psprintf("%d seconds", ms / 1000);
+	return psprintf("%d ms", ms);
+}
+
+/* The message of a refusal, in the article's words. */
+static char *
+ai_refusal_message(AiOutcome outcome, const AiPlan *plan)
+{
+	switch (outcome)
+	{
+		case AI_OUT_BLOCKED:
+			if (TIMESTAMP_NOT_FINITE(plan->blocked_until))
+				return pstrdup("AI access blocked for this user");
+			return psprintf("AI access blocked for this user until %s",
+							timestamptz_to_str(plan->blocked_until));
+		case AI_OUT_BURST:
+			return psprintf("Rate limit: %d requests/%s on %s plan",
+							plan->burst_limit,
+							ai_window_words(plan->burst_window_ms), plan->name);
+		case AI_OUT_DAILY:
+			return psprintf("Daily limit: %d AI calls/day on %s plan. Upgrade for more.",
+							plan->daily_limit, plan->name);
+		case AI_OUT_TOKENS:
+			return psprintf("Token limit: " INT64_FORMAT " tokens/minute on %s plan",
+							plan->tokens_per_minute, plan->name);
+		case AI_OUT_BUDGET:
+			return pstrdup("Monthly AI budget exceeded");
+		default:
+			return NULL;
+	}
+}
+
+/* A consuming check met a full hash: ai_ratelimit.on_full decides. */
+static void
+ai_check_untracked(const AiCheck *c, AiDecision *d)
+{
+	pg_atomic_fetch_add_u64(&ai_shared->full_refusals, 1);
+	if (ai_on_full == AI_ON_FULL_REFUSE)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("ai_ratelimit cannot track another user: all %d counters are in use", ai_max_keys),
+				 errdetail("Every counter holds a live burst window, daily count or reservation."),
+				 errhint("Raise ai_ratelimit.max_keys and restart, or set ai_ratelimit.on_full = 'allow'.")));
+	ereport(WARNING,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("ai_ratelimit allowed a request without counting it: all %d counters are in use", ai_max_keys),
+			 errhint("Raise ai_ratelimit.max_keys and restart.")));
+	d->allowed = true;
+	d->reset_at = c->cal.day_end;
+	d->has_reset_at = true;
+}
+
 /*
  * Decide whether user_id may make a request under plan; with consume,
  * charge it when allowed.  Fills *d.
@@ -166,275 +374,78 @@ ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 		  Datum estimate, bool has_estimate, int64 est_tokens,
 		  bool consume, AiDecision *d)
 {
-	TimestampTz now = GetCurrentTimestamp();
-	AiCalendar	cal;
-	AiKey		key;
-	uint32		hashcode;
-	LWLock	   *lock;
-	AiEntry    *e;
-	AiEntry		blank;
-	AiMoney		est = 0;
-	AiMoney		fallback_spend = 0;
-	bool		spend_exact = true;
-	bool		made_entry = false;
-	AiCharge	charge;
-	TimestampTz retry_at = 0;
-	bool		retry_never = false;
-	int			attempts = 0;
+	AiCheck		c;
+	AiVerdict	v = {AI_OUT_ALLOWED, false, 0};
+	bool		charged = false;
 
 	memset(d, 0, sizeof(*d));
-	ai_calendar_at(now, &cal);
+	memset(&c, 0, sizeof(c));
+	c.user_id = user_id;
+	c.idlen = idlen;
+	c.plan = plan;
+	c.consume = consume;
+	c.now = GetCurrentTimestamp();
+	ai_calendar_at(c.now, &c.cal);
 	if (has_estimate)
-		est = ai_money_from_numeric(estimate, true, "estimated_cost_cents");
-
-	ai_make_key(&key, user_id, idlen);
-	hashcode = ai_key_hash(&key);
-	lock = ai_partition_lock(hashcode);
-
+		c.est = ai_money_from_numeric(estimate, true, "estimated_cost_cents");
+	c.est_tokens = est_tokens;
+	c.spend_exact = true;
+	ai_make_key(&c.key, user_id, idlen);
+	c.hashcode = ai_key_hash(&c.key);
+	c.lock = ai_partition_lock(c.hashcode);
 	if (consume)
 		ai_charge_reserve();
 
-retry:
-	if (plan->has_budget)
-		spend_exact = ai_ensure_spend(&key, hashcode, user_id, idlen, &cal, now,
-									  &fallback_spend);
-
-	LWLockAcquire(lock, LW_EXCLUSIVE);
-	if (consume)
+	if (!ai_check_lock_entry(&c))
 	{
-		e = ai_entry_get(&key, hashcode, lock, now, user_id, idlen);
-		if (e == NULL)
-		{
-			LWLockRelease(lock);
-			pg_atomic_fetch_add_u64(&ai_shared->full_refusals, 1);
-			if (ai_on_full == 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-						 errmsg("ai_ratelimit cannot track another user: all %d counters are in use", ai_max_keys),
-						 errdetail("Every counter holds a live burst window, daily count or reservation."),
-						 errhint("Raise ai_ratelimit.max_keys and restart, or set ai_ratelimit.on_full = 'allow'.")));
-			ereport(WARNING,
-					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("ai_ratelimit allowed a request without counting it: all %d counters are in use", ai_max_keys),
-					 errhint("Raise ai_ratelimit.max_keys and restart.")));
-			d->allowed = true;
-			d->reset_at = cal.day_end;
-			d->has_reset_at = true;
-			return;
-		}
-	}
-	else
-		e = ai_entry_lookup(&key, hashcode, false, now, user_id, idlen);
-	if (e == NULL)
-	{
-		/* peek at a user with no counters: all zero */
-		memset(&blank, 0, sizeof(blank));
-		blank.key = key;
-		blank.day = -1;
-		blank.spend_month = -1;
-		blank.resv_head = blank.resv_tail = -1;
-		e = &blank;
-	}
-	made_entry = (e != &blank);
-
-	/*
-	 * The spend loaded above must still be valid under the lock; if the
-	 * entry was reclaimed or the month turned meanwhile, load again.
-	 */
-	if (plan->has_budget && spend_exact &&
-		!(e->spend_state == AI_SPEND_VALID && e->spend_month == cal.month))
-	{
-		LWLockRelease(lock);
-		if (++attempts > 5)
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not read the monthly spend of user \"%s\" consistently", user_id),
-					 errhint("Retry the request.")));
-		goto retry;
-	}
-
-	if (made_entry && e->plan_hash != plan->name_hash)
-		e->plan_hash = plan->name_hash;
-
-	/* a per-user block (ai_user_limits.blocked_until) */
-	if (plan->blocked && plan->blocked_until > now)
-	{
-		d->limited_by = "blocked";
-		d->outcome = AI_OUT_BLOCKED;
-		if (TIMESTAMP_NOT_FINITE(plan->blocked_until))
-		{
-			d->error = pstrdup("AI access blocked for this user");
-			retry_never = true;
-		}
-		else
-		{
-			d->error = psprintf("AI access blocked for this user until %s",
-								timestamptz_to_str(plan->blocked_until));
-			retry_at = plan->blocked_until;
-		}
-		goto denied;
-	}
-
-	/* burst */
-	if (plan->has_burst)
-	{
-		if (made_entry)
-			ai_burst_advance(e, plan->burst_window_ms, now);
-		if (plan->burst_limit <= 0 ||
-			(e->burst_window_ms == plan->burst_window_ms &&
-			 ai_burst_count(e, now) >= (uint32) plan->burst_limit))
-		{
-			char	   *w = ai_window_words(plan->burst_window_ms);
-
-			d->limited_by = "burst";
-			d->outcome = AI_OUT_BURST;
-			d->error = psprintf("Rate limit: %d requests/%s on %s plan",
-								plan->burst_limit, w, plan->name);
-			if (plan->burst_limit <= 0)
-				retry_never = true;
-			else
-				retry_at = ai_burst_retry_at(e, plan->burst_limit, now);
-			goto denied;
-		}
-	}
-
-	/* daily */
-	if (plan->has_daily)
-	{
-		uint32		used = (e->day == cal.day) ? e->daily_count : 0;
-
-		if (used >= (uint32) Max(plan->daily_limit, 0))
-		{
-			d->limited_by = "daily";
-			d->outcome = AI_OUT_DAILY;
-			d->error = psprintf("Daily limit: %d AI calls/day on %s plan. Upgrade for more.",
-								plan->daily_limit, plan->name);
-			if (plan->daily_limit <= 0)
-				retry_never = true;
-			retry_at = cal.day_end;
-			goto denied;
-		}
-		d->has_remaining = true;
-		d->remaining = plan->daily_limit - (int32) used - 1;
-	}
-
-	/* tokens per minute: what was recorded in the last minute plus the estimate */
-	if (plan->has_tpm)
-	{
-		uint64		used;
-
-		if (made_entry)
-			ai_tokens_advance(e, now);
-		used = made_entry ? ai_tokens_count(e, now) : 0;
-		if (plan->tokens_per_minute <= 0 ||
-			used + (uint64) est_tokens > (uint64) plan->tokens_per_minute ||
-			(est_tokens == 0 && used >= (uint64) plan->tokens_per_minute))
-		{
-			d->limited_by = "tokens";
-			d->outcome = AI_OUT_TOKENS;
-			d->error = psprintf("Token limit: " INT64_FORMAT " tokens/minute on %s plan",
-								plan->tokens_per_minute, plan->name);
-			if (plan->tokens_per_minute <= 0 || est_tokens > plan->tokens_per_minute)
-				retry_never = true;
-			else
-				retry_at = ai_tokens_retry_at(e, (uint64) plan->tokens_per_minute,
-											  (uint64) Max(est_tokens, 1), now);
-			goto denied;
-		}
-	}
-
-	/* monthly budget */
-	if (plan->has_budget)
-	{
-		AiMoney		spend;
-		AiMoney		reserved = made_entry ? ai_resv_open_amount(e, now) : 0;
-
-		if (spend_exact && e->spend_state == AI_SPEND_VALID && e->spend_month == cal.month)
-			spend = ai_money_add(e->committed_spend, e->inflight_cost);
-		else
-			spend = fallback_spend;
-
-		if (ai_money_add(ai_money_add(spend, reserved), est) > plan->budget)
-		{
-			d->limited_by = "monthly_budget";
-			d->outcome = AI_OUT_BUDGET;
-			d->error = pstrdup("Monthly AI budget exceeded");
-			retry_at = ai_budget_retry_at(e, spend, est, plan->budget, &cal);
-			goto denied;
-		}
-	}
-
-	/* allowed */
-	d->allowed = true;
-	d->outcome = AI_OUT_ALLOWED;
-	d->reset_at = cal.day_end;
-	d->has_reset_at = true;
-	if (consume)
-	{
-		memset(&charge, 0, sizeof(charge));
-		charge.kind = AI_CHARGE_CHECK;
-		charge.key = key;
-		charge.burst_bucket = -1;
-		charge.day = -1;
-		if (plan->has_burst)
-		{
-			charge.burst_bucket = ai_burst_bucket(e, now);
-			e->burst[charge.burst_bucket % AI_BURST_RING]++;
-		}
-		/* counted under every plan, so a change of plan mid-day is exact */
-		if (e->day != cal.day)
-		{
-			e->day = cal.day;
-			e->daily_count = 0;
-		}
-		e->daily_count++;
-		charge.day = cal.day;
-		if (est > 0 && plan->has_budget)
-		{
-			TimestampTz exp = now + (int64) ai_reservation_ttl * USECS_PER_SEC;
-
-			d->reservation_id = ai_resv_create(e, est, exp);
-			if (d->reservation_id == 0)
-			{
-				/* give back what was just taken, then complain */
-				if (charge.burst_bucket >= 0)
-					e->burst[charge.burst_bucket % AI_BURST_RING]--;
-				if (charge.day >= 0)
-					e->daily_count--;
-				LWLockRelease(lock);
-				ereport(ERROR,
-						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-						 errmsg("ai_ratelimit cannot hold another reservation: all %d are in use",
-								ai_max_reservations),
-						 errhint("Settle reservations with ai_record_usage, or raise ai_ratelimit.max_reservations and restart.")));
-			}
-			charge.resv_id = d->reservation_id;
-		}
-		LWLockRelease(lock);
-		ai_charge_add(&charge);
-		ai_mark_dirty();
-		if (plan->stats)
-			pg_atomic_fetch_add_u64(&plan->stats->count[AI_OUT_ALLOWED], 1);
+		ai_check_untracked(&c, d);
 		return;
 	}
-	LWLockRelease(lock);
-	return;
-
-denied:
-	LWLockRelease(lock);
-	if (consume && plan->stats)
-		pg_atomic_fetch_add_u64(&plan->stats->count[d->outcome], 1);
-	d->allowed = false;
-	d->has_remaining = false;
-	if (retry_never)
+	if (!ai_refused_by_block(&c, &v) &&
+		!ai_refused_by_burst(&c, &v) &&
+		!ai_refused_by_daily(&c, &v, d) &&
+		!ai_refused_by_tokens(&c, &v) &&
+		!ai_refused_by_budget(&c, &v) &&
+		consume)
 	{
-		d->retry_after = -1;
-		d->has_reset_at = false;
+		charged = ai_take_charge(&c, d);
+		if (!charged)
+		{
+			LWLockRelease(c.lock);
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("ai_ratelimit cannot hold another reservation: all %d are in use",
+							ai_max_reservations),
+					 errhint("Settle reservations with ai_record_usage, or raise ai_ratelimit.max_reservations and restart.")));
+		}
 	}
+	LWLockRelease(c.lock);
+
+	if (charged)
+	{
+		ai_charge_add(&c.charge);
+		ai_mark_dirty();
+	}
+	if (consume && plan->stats)
+		pg_atomic_fetch_add_u64(&plan->stats->count[v.outcome], 1);
+
+	d->outcome = v.outcome;
+	d->allowed = (v.outcome == AI_OUT_ALLOWED);
+	if (d->allowed)
+	{
+		d->reset_at = c.cal.day_end;
+		d->has_reset_at = true;
+		return;
+	}
+	d->limited_by = ai_outcome_name(v.outcome);
+	d->error = ai_refusal_message(v.outcome, plan);
+	d->has_remaining = false;
+	if (v.retry_never)
+		d->retry_after = -1;
 	else
 	{
-		d->retry_after = ai_seconds_until(now, retry_at);
-		d->reset_at = retry_at;
+		d->retry_after = ai_seconds_until(c.now, v.retry_at);
+		d->reset_at = v.retry_at;
 		d->has_reset_at = true;
 	}
 }

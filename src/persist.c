@@ -16,8 +16,9 @@
  * it is reloaded from the usage tables.
  *
  * Locking: the writer copies entries while holding every partition lock in
- * shared mode, then writes without locks.  Loading runs before any backend
- * exists and takes no lock.
+ * shared mode, then writes without locks.  Loading runs in the postmaster
+ * before any backend exists: it takes no partition lock (nothing else can
+ * touch the hash yet), and ai_resv_create takes resv_lock, uncontended.
  *
  *-------------------------------------------------------------------------
  */
@@ -79,24 +80,11 @@ typedef struct AiSavedResv
 	TimestampTz expires_at;
 } AiSavedResv;
 
-/* Does the entry hold anything worth saving? */
-static bool
-ai_entry_live(AiEntry *e, TimestampTz now, int32 today)
-{
-	if (e->resv_head >= 0)
-		return true;
-	if (e->day >= today - 1 && e->daily_count > 0)
-		return true;
-	if (ai_tokens_count(e, now) > 0)
-		return true;
-	return e->burst_window_ms > 0 && ai_burst_count(e, now) > 0;
-}
-
 /*
  * Write the file.  Caller must hold no partition lock.  Returns false (with
  * a LOG message) when the file could not be written; the old one stays.
  */
-bool
+static bool
 ai_save(void)
 {
 	HASH_SEQ_STATUS status;
@@ -127,7 +115,7 @@ ai_save(void)
 	{
 		AiSavedEntry *s;
 
-		if (!ai_entry_live(e, now, cal.day) || nentries >= total)
+		if (!ai_entry_is_live(e, now, cal.day) || nentries >= total)
 			continue;
 		s = &entries[nentries++];
 		memset(s, 0, sizeof(*s));
@@ -201,7 +189,7 @@ ai_save(void)
 
 /*
  * Read the file into freshly created shared memory.  Called from the shmem
- * startup hook in the postmaster, before any backend runs: no locks needed.
+ * startup hook in the postmaster, before any backend runs.
  * A missing file is normal; a damaged one is reported and ignored.
  */
 void

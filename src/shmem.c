@@ -17,8 +17,8 @@
  * Reclaiming dead entries when the hash is full takes every partition lock,
  * exclusively, in partition order.
  *
- * The reservation pool: a slot in use belongs to one user and is read and
- * changed only under that user's partition lock.  The free list, the slot
+ * The reservation pool (ai_resv_* below): a slot in use belongs to one user
+ * and is read and changed only under that user's partition lock.  The free list, the slot
  * counters and the id sequence are guarded by resv_lock, always taken after
  * a partition lock, never before.
  *
@@ -45,6 +45,7 @@ HTAB	   *ai_hash = NULL;
 static LWLockPadded *ai_locks = NULL;
 
 static uint32 ai_key_hash_fn(const void *key, Size keysize);
+static void ai_entry_reclaim(TimestampTz now);
 
 static Size
 ai_resv_pool_size(void)
@@ -53,7 +54,7 @@ ai_resv_pool_size(void)
 					mul_size(ai_max_reservations, sizeof(AiReservation)));
 }
 
-Size
+static Size
 ai_shmem_size(void)
 {
 	return add_size(add_size(MAXALIGN(ai_resv_pool_size()), MAXALIGN(ai_stats_size())),
@@ -266,26 +267,31 @@ ai_entry_get(const AiKey *key, uint32 hashcode, LWLock *lock,
 	return e;
 }
 
-/* Is an entry holding nothing that a later check or record would need? */
-static bool
-ai_entry_is_dead(AiEntry *e, TimestampTz now, int32 today)
+/*
+ * Does an entry hold anything that a later check or record needs: a record
+ * in flight, a reservation, today's count, a burst place or tokens still in
+ * their window?  The one rule for both reclaiming (a dead entry may go) and
+ * saving (only live entries are written).  Yesterday's count never counts
+ * again, so it does not keep an entry alive.  Caller holds the entry's
+ * partition lock.
+ */
+bool
+ai_entry_is_live(AiEntry *e, TimestampTz now, int32 today)
 {
 	if (e->inflight > 0 || e->resv_head >= 0)
-		return false;
+		return true;
 	if (e->day == today && e->daily_count > 0)
-		return false;
+		return true;
 	if (e->burst_window_ms > 0 && ai_burst_count(e, now) > 0)
-		return false;
-	if (ai_tokens_count(e, now) > 0)
-		return false;
-	return true;
+		return true;
+	return ai_tokens_count(e, now) > 0;
 }
 
 /*
  * Remove every dead entry.  Takes all partition locks; caller must hold
  * none of them.
  */
-void
+static void
 ai_entry_reclaim(TimestampTz now)
 {
 	HASH_SEQ_STATUS status;
@@ -300,7 +306,7 @@ ai_entry_reclaim(TimestampTz now)
 	hash_seq_init(&status, ai_hash);
 	while ((e = hash_seq_search(&status)) != NULL)
 	{
-		if (ai_entry_is_dead(e, now, cal.day))
+		if (!ai_entry_is_live(e, now, cal.day))
 		{
 			hash_search(ai_hash, &e->key, HASH_REMOVE, NULL);
 			removed++;

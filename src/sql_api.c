@@ -73,7 +73,7 @@ ai_result_desc(FunctionCallInfo fcinfo)
 }
 
 /* NULL, empty or oversized user ids are refused. */
-void
+static void
 ai_check_user_id(const char *id, int len)
 {
 	if (len == 0)
@@ -212,20 +212,13 @@ ai_enforce_limit(PG_FUNCTION_ARGS)
 
 	ai_run_check(fcinfo, true, true, &d);
 	if (!d.allowed)
-	{
-		if (d.retry_after >= 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("%s", d.error),
-					 errdetail("retry after %d seconds", d.retry_after),
-					 errhint("limited by %s", d.limited_by)));
-		else
-			ereport(ERROR,
-					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("%s", d.error),
-					 errdetail("this plan allows no requests: a retry cannot succeed"),
-					 errhint("limited by %s", d.limited_by)));
-	}
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("%s", d.error),
+				 d.retry_after >= 0 ?
+				 errdetail("retry after %d seconds", d.retry_after) :
+				 errdetail("this plan allows no requests: a retry cannot succeed"),
+				 errhint("limited by %s", d.limited_by)));
 	return ai_decision_datum(fcinfo, &d);
 }
 
@@ -239,7 +232,10 @@ ai_peek_limit(PG_FUNCTION_ARGS)
 	return ai_decision_datum(fcinfo, &d);
 }
 
-/* ai_reset_limits(user_id): forget the user's burst and daily counts. */
+/*
+ * ai_reset_limits(user_id): forget the user's burst and daily counts and
+ * drop its open reservations.
+ */
 Datum
 ai_reset_limits(PG_FUNCTION_ARGS)
 {
@@ -324,7 +320,7 @@ ai_record_usage(PG_FUNCTION_ARGS)
 					 errmsg("reservation_id must be positive"),
 					 errhint("Pass the reservation_id returned by ai_check_limit, or NULL.")));
 	}
-	PG_RETURN_DATUM(ai_record(user_id, model, in_tok, out_tok, cached_tok, resv, has_resv));
+	PG_RETURN_DATUM(ai_record(user_id, len, model, in_tok, out_tok, cached_tok, resv, has_resv));
 }
 
 /* ai_monthly_spend(user_id, month date) returns numeric cents */
@@ -419,6 +415,7 @@ ai_ratelimit_status(PG_FUNCTION_ARGS)
 	HASH_SEQ_STATUS status;
 	AiEntry    *e;
 	AiEntry    *copy;
+	int32	   *nresv;
 	long		n = 0;
 	long		max;
 	TimestampTz now = GetCurrentTimestamp();
@@ -430,6 +427,7 @@ ai_ratelimit_status(PG_FUNCTION_ARGS)
 
 	max = Max(hash_get_num_entries(ai_hash), 1);
 	copy = palloc_extended(sizeof(AiEntry) * max, MCXT_ALLOC_HUGE);
+	nresv = palloc_extended(sizeof(int32) * max, MCXT_ALLOC_HUGE);
 	ai_lock_all(LW_SHARED);
 	hash_seq_init(&status, ai_hash);
 	while ((e = hash_seq_search(&status)) != NULL)
@@ -438,11 +436,11 @@ ai_ratelimit_status(PG_FUNCTION_ARGS)
 			continue;
 		copy[n] = *e;
 		/* reservations live outside the entry: count the open ones now */
-		copy[n].resv_tail = 0;
+		nresv[n] = 0;
 		for (int32 sl = e->resv_head; sl >= 0; sl = ai_shared->resv[sl].next)
 			if (ai_shared->resv[sl].state == AI_RESV_OPEN &&
 				ai_shared->resv[sl].expires_at > now)
-				copy[n].resv_tail++;
+				nresv[n]++;
 		n++;
 	}
 	ai_unlock_all();
@@ -476,9 +474,9 @@ ai_ratelimit_status(PG_FUNCTION_ARGS)
 		v[5] = Int64GetDatum(c->day == cal.day ? c->daily_count : 0);
 		v[6] = Int64GetDatum((int64) ai_tokens_count(c, now));
 		v[7] = ai_money_to_numeric(c->reserved);
-		v[8] = Int32GetDatum(c->resv_tail);
+		v[8] = Int32GetDatum(nresv[i]);
 		v[9] = ai_money_to_numeric(c->inflight_cost);
-		if (c->spend_state == AI_SPEND_VALID && c->spend_month == cal.month)
+		if (ai_spend_is_cached(c, cal.month))
 			v[10] = ai_money_to_numeric(ai_money_add(c->committed_spend, c->inflight_cost));
 		else
 			nl[10] = true;
@@ -510,7 +508,7 @@ ai_ratelimit_stats(PG_FUNCTION_ARGS)
 	{
 		AiStats    *st = &ai_stats[i];
 
-		if (i > 0 && st->dbid != MyDatabaseId)
+		if (i != AI_STATS_OVERFLOW && st->dbid != MyDatabaseId)
 			continue;
 		for (int o = 0; o < AI_OUT_COUNT; o++)
 		{
@@ -520,7 +518,7 @@ ai_ratelimit_stats(PG_FUNCTION_ARGS)
 
 			if (cnt == 0)
 				continue;
-			if (i == 0)
+			if (i == AI_STATS_OVERFLOW)
 				nl[0] = true;
 			else
 				v[0] = CStringGetTextDatum(st->plan);

@@ -9,7 +9,7 @@
  * to them without a lock.  Backends keep a pointer to their plan's slot in
  * the plan cache (config.c).  Slots are never removed, only zeroed by
  * ai_ratelimit_reset_stats(), so those pointers stay valid.  When the array
- * is full, further plans share slot 0, shown as plan NULL.
+ * is full, further plans share slot AI_STATS_OVERFLOW, shown as plan NULL.
  *
  *-------------------------------------------------------------------------
  */
@@ -52,7 +52,7 @@ ai_stats_init(bool found)
 		for (int i = 0; i < AI_MAX_STATS; i++)
 			for (int o = 0; o < AI_OUT_COUNT; o++)
 				pg_atomic_init_u64(&ai_stats[i].count[o], 0);
-		ai_shared->nstats = 1;	/* slot 0: plans that did not fit */
+		ai_shared->nstats = AI_STATS_OVERFLOW + 1;
 		ai_shared->stats_reset = GetCurrentTimestamp();
 	}
 }
@@ -64,7 +64,7 @@ ai_stats_for(const char *plan)
 	AiStats    *found = NULL;
 
 	LWLockAcquire(ai_shared->stats_lock, LW_EXCLUSIVE);
-	for (int i = 1; i < ai_shared->nstats; i++)
+	for (int i = AI_STATS_OVERFLOW + 1; i < ai_shared->nstats; i++)
 		if (ai_stats[i].dbid == MyDatabaseId && strcmp(ai_stats[i].plan, plan) == 0)
 		{
 			found = &ai_stats[i];
@@ -80,7 +80,7 @@ ai_stats_for(const char *plan)
 			ai_shared->nstats++;
 		}
 		else
-			found = &ai_stats[0];
+			found = &ai_stats[AI_STATS_OVERFLOW];
 	}
 	LWLockRelease(ai_shared->stats_lock);
 	return found;

@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * usage.c
- *		Recorded usage: ai_record_usage writes the usage log, and the
- *		month's spend is read back from the tables.
+ *		Recorded usage: ai_record_usage prices a call, appends it to the
+ *		usage log and counts it in the user's shared counters.
  *
  * ai_usage is insert-only: recording a call appends one row and updates no
  * shared row, so two sessions recording for the same user never wait for
@@ -24,76 +24,9 @@
 #include "utils/date.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "ai_ratelimit.h"
-
-/* Sum of cost_cents of a user in a month, read with the active snapshot. */
-static Datum
-ai_sum_month(const char *user_id, const AiCalendar *cal, bool latest)
-{
-	static const char *q =
-	"SELECT COALESCE(pg_catalog.sum(cost_cents), 0) FROM ("
-	" SELECT cost_cents FROM %s.ai_usage"
-	"  WHERE user_id OPERATOR(pg_catalog.=) $1"
-	"    AND day OPERATOR(pg_catalog.>=) $2 AND day OPERATOR(pg_catalog.<) $3"
-	" UNION ALL"
-	" SELECT cost_cents FROM %s.ai_usage_archive"
-	"  WHERE user_id OPERATOR(pg_catalog.=) $1"
-	"    AND day OPERATOR(pg_catalog.>=) $2 AND day OPERATOR(pg_catalog.<) $3) u";
-	Oid			types[3] = {TEXTOID, DATEOID, DATEOID};
-	Datum		vals[3];
-	AiInternalState st;
-	int			rc;
-	bool		isnull;
-	Datum		result;
-	const char *schema = ai_ext_schema();
-	MemoryContext outer = CurrentMemoryContext;
-
-	vals[0] = CStringGetTextDatum(user_id);
-	vals[1] = DateADTGetDatum(cal->month_start_date);
-	vals[2] = DateADTGetDatum(cal->month_end_date);
-
-	SPI_connect();
-	ai_internal_begin(&st);
-	if (latest)
-		PushActiveSnapshot(GetLatestSnapshot());
-	rc = SPI_execute_with_args(psprintf(q, schema, schema), 3, types, vals,
-							   NULL, true, 1);
-	if (latest)
-		PopActiveSnapshot();
-	ai_internal_end(&st);
-	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "ai_ratelimit: spend query failed: %s", SPI_result_code_string(rc));
-	result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	result = SPI_datumTransfer(result, false, -1);
-	SPI_finish();
-	MemoryContextSwitchTo(outer);
-	return result;
-}
-
-/*
- * Month's committed spend of a user in money units, read with the latest
- * snapshot (the caller's loading protocol needs a snapshot taken now).
- */
-AiMoney
-ai_load_spend(const char *user_id, const AiCalendar *cal)
-{
-	Datum		sum = ai_sum_month(user_id, cal, true);
-
-	return ai_money_from_numeric(sum, false, "monthly spend");
-}
-
-/* ai_monthly_spend: from the tables, as the caller's snapshot sees them. */
-Datum
-ai_spend_in_month(const char *user_id, DateADT month)
-{
-	AiCalendar	cal;
-
-	ai_calendar_for_date(month, &cal);
-	return ai_sum_month(user_id, &cal, false);
-}
 
 /*
  * Send a budget alert: pg_notify('ai_ratelimit', json), delivered when the
@@ -120,15 +53,63 @@ ai_notify_alert(const char *user_id, const AiPlan *plan, int pct,
 	Async_Notify("ai_ratelimit", buf.data);
 }
 
+/* One ai_record_usage call. */
+typedef struct AiRecordCall
+{
+	const char *user_id;
+	int			idlen;
+	const char *model;
+	int64		in_tok;
+	int64		out_tok;
+	int64		cached_tok;
+	int64		resv_id;		/* the reservation to settle, when has_resv */
+	bool		has_resv;
+	TimestampTz now;
+	AiCalendar	cal;
+	AiPrice		price;
+	AiMoney		cost;
+} AiRecordCall;
+
 /*
- * Record one call.  Returns its cost in cents (numeric).  The row goes to
- * ai_usage; the cost counts toward the user's month in shared memory at
- * once and is settled against a reservation.
+ * The exact cost of a call: every product fits (tokens <= 1e9, per-token
+ * price <= 1e9 units).  Warns when the model is priced by the '*' row.
  */
-Datum
-ai_record(const char *user_id, const char *model,
-		  int64 in_tok, int64 out_tok, int64 cached_tok,
-		  int64 resv_id, bool has_resv)
+static AiMoney
+ai_call_cost(AiRecordCall *r)
+{
+	ai_price_lookup(r->model, &r->price);
+	if (r->price.fallback)
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("model \"%s\" has no price in ai_model_prices, priced as \"*\"", r->model),
+				 errhint("Add a row for the model to ai_model_prices.")));
+	return ai_money_add(ai_money_add(r->in_tok * r->price.input,
+									 r->out_tok * r->price.output),
+						r->cached_tok * r->price.cached_input);
+}
+
+/*
+ * The user's effective plan into *eff when it has budget alerts.  The plan
+ * is only looked up when some plan of the database has alerts.
+ */
+static bool
+ai_alert_plan(const AiRecordCall *r, AiPlan *eff)
+{
+	const AiPlan *plan;
+
+	if (!ai_plans_have_alerts())
+		return false;
+	plan = ai_plan_lookup(ai_user_plan(r->user_id));
+	if (plan == NULL)
+		return false;
+	*eff = *plan;
+	ai_apply_user_limits(r->user_id, eff);
+	return eff->has_budget && eff->nalerts > 0 && eff->budget > 0;
+}
+
+/* Append the call's row to ai_usage, as the extension owner. */
+static void
+ai_insert_usage(const AiRecordCall *r, Datum cost_num)
 {
 	static const char *ins =
 	"INSERT INTO %s.ai_usage (created_at, day, user_id, model, priced_as,"
@@ -136,73 +117,14 @@ ai_record(const char *user_id, const char *model,
 	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 	static SPIPlanPtr plan = NULL;
 	static char *plan_schema = NULL;
-	AiPrice		price;
-	AiMoney		cost;
-	const AiPlan *user_plan;
-	AiPlan		eff;
-	bool		want_alerts = false;
-	int			fired[AI_MAX_ALERTS];
-	int			nfired = 0;
-	AiMoney		spend_after = 0;
-	uint64		total_tokens = (uint64) in_tok + (uint64) out_tok + (uint64) cached_tok;
-	Datum		cost_num;
-	TimestampTz now = GetCurrentTimestamp();
-	AiCalendar	cal;
-	AiKey		key;
-	uint32		hashcode;
-	LWLock	   *lock;
-	AiEntry    *e;
-	AiCharge	charge;
+	const char *schema = ai_ext_schema();
 	Datum		vals[10];
 	char		nulls[10];
 	AiInternalState st;
-	Oid			save_userid;
-	int			save_sec;
 	int			rc;
-	const char *schema;
-	bool		resv_missing = false;
-	int64		settle_id = 0;
 
-	ai_price_lookup(model, &price);
-	if (price.fallback)
-		ereport(WARNING,
-				(errcode(ERRCODE_WARNING),
-				 errmsg("model \"%s\" has no price in ai_model_prices, priced as \"*\"", model),
-				 errhint("Add a row for the model to ai_model_prices.")));
-
-	/* exact: every product fits (tokens <= 1e9, per-token price <= 1e9) */
-	cost = ai_money_add(ai_money_add(in_tok * price.input, out_tok * price.output),
-						cached_tok * price.cached_input);
-	cost_num = ai_money_to_numeric(cost);
-	ai_calendar_at(now, &cal);
-
-	/* the user's plan, for budget alerts (only looked up when a plan has any) */
-	user_plan = ai_plans_have_alerts() ? ai_plan_lookup(ai_user_plan(user_id)) : NULL;
-	if (user_plan != NULL)
-	{
-		eff = *user_plan;
-		ai_apply_user_limits(user_id, &eff);
-		want_alerts = eff.has_budget && eff.nalerts > 0 && eff.budget > 0;
-	}
-
-	ai_make_key(&key, user_id, strlen(user_id));
-	hashcode = ai_key_hash(&key);
-	if (want_alerts)
-	{
-		AiMoney		ignored;
-
-		/*
-		 * Alerts compare the exact spend before and after this call; load it
-		 * before the row is inserted, so the load cannot count it.
-		 */
-		want_alerts = ai_ensure_spend(&key, hashcode, user_id, strlen(user_id),
-									  &cal, now, &ignored);
-	}
-
-	/* the row */
-	schema = ai_ext_schema();
 	SPI_connect();
-	if (plan == NULL || plan_schema == NULL || strcmp(plan_schema, schema) != 0)
+	if (plan == NULL || strcmp(plan_schema, schema) != 0)
 	{
 		/*
 		 * Prepared with search_path pinned: the plan cache keeps that path
@@ -214,7 +136,6 @@ ai_record(const char *user_id, const char *model,
 
 		ai_internal_begin(&st);
 		p = SPI_prepare(psprintf(ins, schema), 10, types);
-
 		if (p == NULL)
 			elog(ERROR, "ai_ratelimit: could not prepare usage insert: %s",
 				 SPI_result_code_string(SPI_result));
@@ -227,56 +148,52 @@ ai_record(const char *user_id, const char *model,
 		plan_schema = MemoryContextStrdup(TopMemoryContext, schema);
 		ai_internal_end(&st);
 	}
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(ai_ext_owner(), save_sec | SECURITY_LOCAL_USERID_CHANGE);
 	memset(nulls, ' ', sizeof(nulls));
-	vals[0] = TimestampTzGetDatum(now);
-	vals[1] = DateADTGetDatum(cal.day_date);
-	vals[2] = CStringGetTextDatum(user_id);
-	vals[3] = CStringGetTextDatum(model);
-	vals[4] = CStringGetTextDatum(price.priced_as);
-	vals[5] = Int64GetDatum(in_tok);
-	vals[6] = Int64GetDatum(out_tok);
-	vals[7] = Int64GetDatum(cached_tok);
+	vals[0] = TimestampTzGetDatum(r->now);
+	vals[1] = DateADTGetDatum(r->cal.day_date);
+	vals[2] = PointerGetDatum(cstring_to_text_with_len(r->user_id, r->idlen));
+	vals[3] = CStringGetTextDatum(r->model);
+	vals[4] = CStringGetTextDatum(r->price.priced_as);
+	vals[5] = Int64GetDatum(r->in_tok);
+	vals[6] = Int64GetDatum(r->out_tok);
+	vals[7] = Int64GetDatum(r->cached_tok);
 	vals[8] = cost_num;
-	vals[9] = Int64GetDatum(resv_id);
-	if (!has_resv)
+	vals[9] = Int64GetDatum(r->resv_id);
+	if (!r->has_resv)
 		nulls[9] = 'n';
+	ai_as_owner_begin(&st);
 	rc = SPI_execute_plan(plan, vals, nulls, false, 0);
-	SetUserIdAndSecContext(save_userid, save_sec);
+	ai_as_owner_end(&st);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "ai_ratelimit: usage insert failed: %s", SPI_result_code_string(rc));
 	SPI_finish();
+}
 
-	/* the shared counters */
-	lock = ai_partition_lock(hashcode);
-	ai_charge_reserve();
-	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = ai_entry_get(&key, hashcode, lock, now, user_id, strlen(user_id));
-	if (e == NULL)
+/*
+ * The reservation the call settles, marked as being settled: the one named,
+ * or else the user's oldest open one; 0 for none.  Sets *missing when the
+ * named one is not open.  Caller holds the partition lock.
+ */
+static int64
+ai_settle_begin(const AiRecordCall *r, AiEntry *e, bool *missing)
+{
+	int64		settle_id = 0;
+	AiReservation *res;
+
+	if (r->has_resv)
 	{
-		/* cannot track it: make every cached spend reload at commit */
-		LWLockRelease(lock);
-		ai_config_bump_at_end(4);
-		return cost_num;
-	}
-
-	/* settle: the given reservation, or the user's oldest open one */
-	if (has_resv)
-	{
-		AiReservation *r = ai_resv_slot(resv_id);
-
-		if (r && r->id == resv_id && r->state == AI_RESV_OPEN &&
-			memcmp(&r->key, &key, sizeof(AiKey)) == 0)
-			settle_id = resv_id;
+		res = ai_resv_slot(r->resv_id);
+		if (res && res->id == r->resv_id && res->state == AI_RESV_OPEN &&
+			memcmp(&res->key, &e->key, sizeof(AiKey)) == 0)
+			settle_id = r->resv_id;
 		else
-			resv_missing = true;
+			*missing = true;
 	}
 	else
 	{
 		for (int32 s = e->resv_head; s >= 0; s = ai_shared->resv[s].next)
 			if (ai_shared->resv[s].state == AI_RESV_OPEN &&
-				ai_shared->resv[s].expires_at > now)
+				ai_shared->resv[s].expires_at > r->now)
 			{
 				settle_id = ai_shared->resv[s].id;
 				break;
@@ -284,59 +201,140 @@ ai_record(const char *user_id, const char *model,
 	}
 	if (settle_id > 0)
 	{
-		AiReservation *r = ai_resv_slot(settle_id);
-
-		r->state = AI_RESV_SETTLING;
-		e->reserved -= r->amount;
+		res = ai_resv_slot(settle_id);
+		res->state = AI_RESV_SETTLING;
+		e->reserved -= res->amount;
 	}
+	return settle_id;
+}
 
-	memset(&charge, 0, sizeof(charge));
+/*
+ * The budget alert thresholds this call's cost crosses, once per user and
+ * month: their percents into fired[], their bits into *bits, and the spend
+ * after the call into *after.  Returns how many.  Caller holds the
+ * partition lock.
+ */
+static int
+ai_alerts_crossed(const AiRecordCall *r, AiEntry *e, const AiPlan *eff,
+				  uint32 *bits, int *fired, AiMoney *after)
+{
+	AiMoney		before;
+	int			nfired = 0;
 
-	/* budget alerts: thresholds this call crosses, once per user and month */
-	if (want_alerts && e->spend_state == AI_SPEND_VALID && e->spend_month == cal.month)
+	if (!ai_spend_is_cached(e, r->cal.month))
+		return 0;
+	before = ai_money_add(e->committed_spend, e->inflight_cost);
+	*after = ai_money_add(before, r->cost);
+	for (int k = 0; k < eff->nalerts; k++)
 	{
-		AiMoney		before = ai_money_add(e->committed_spend, e->inflight_cost);
+		int32		pct = eff->alert_percent[k];
+		AiMoney		t = (eff->budget / 100) * pct + (eff->budget % 100) * pct / 100;
 
-		spend_after = ai_money_add(before, cost);
-		for (int k = 0; k < eff.nalerts; k++)
+		if (pct > 0 && before < t && *after >= t && (e->alerts_sent & (1U << k)) == 0)
 		{
-			int32		pct = eff.alert_percent[k];
-			AiMoney		t = (eff.budget / 100) * pct + (eff.budget % 100) * pct / 100;
-
-			if (pct > 0 && before < t && spend_after >= t &&
-				(e->alerts_sent & (1U << k)) == 0)
-			{
-				e->alerts_sent |= (1U << k);
-				charge.alert_bits |= (1U << k);
-				fired[nfired++] = pct;
-			}
+			e->alerts_sent |= (1U << k);
+			*bits |= (1U << k);
+			fired[nfired++] = pct;
 		}
 	}
+	return nfired;
+}
 
-	/* tokens per minute: the real tokens count in the current bucket */
-	ai_tokens_advance(e, now);
-	charge.token_bucket = e->tokens_head;
-	charge.tokens = (uint32) Min(total_tokens, PG_UINT32_MAX - e->tokens[e->tokens_head % AI_TOKEN_RING]);
-	e->tokens[e->tokens_head % AI_TOKEN_RING] += charge.tokens;
+/*
+ * Count the call in the entry: its tokens in the current minute's bucket,
+ * its cost in flight until the transaction ends.  Caller holds the
+ * partition lock.
+ */
+static void
+ai_count_call(const AiRecordCall *r, AiEntry *e, AiCharge *charge)
+{
+	uint64		total_tokens = (uint64) r->in_tok + (uint64) r->out_tok + (uint64) r->cached_tok;
+	uint32	   *bucket;
+
+	ai_tokens_advance(e, r->now);
+	bucket = &e->tokens[e->tokens_head % AI_TOKEN_RING];
+	charge->token_bucket = e->tokens_head;
+	charge->tokens = (uint32) Min(total_tokens, PG_UINT32_MAX - *bucket);
+	*bucket += charge->tokens;
 
 	e->inflight++;
-	e->inflight_cost = ai_money_add(e->inflight_cost, cost);
-	e->recorded_total = (AiMoney) ((uint64) e->recorded_total + (uint64) cost);
+	e->inflight_cost = ai_money_add(e->inflight_cost, r->cost);
+	e->recorded_total = (AiMoney) ((uint64) e->recorded_total + (uint64) r->cost);
 	e->change_seq++;
-	LWLockRelease(lock);
+}
 
+/*
+ * Record one call.  Returns its cost in cents (numeric).  The row goes to
+ * ai_usage; the cost counts toward the user's month in shared memory at
+ * once and is settled against a reservation.
+ */
+Datum
+ai_record(const char *user_id, int idlen, const char *model,
+		  int64 in_tok, int64 out_tok, int64 cached_tok,
+		  int64 resv_id, bool has_resv)
+{
+	AiRecordCall r = {user_id, idlen, model, in_tok, out_tok, cached_tok,
+	resv_id, has_resv};
+	Datum		cost_num;
+	AiPlan		eff;
+	bool		want_alerts;
+	int			fired[AI_MAX_ALERTS];
+	int			nfired = 0;
+	AiMoney		spend_after = 0;
+	AiKey		key;
+	uint32		hashcode;
+	LWLock	   *lock;
+	AiEntry    *e;
+	AiCharge	charge;
+	bool		resv_missing = false;
+
+	r.now = GetCurrentTimestamp();
+	ai_calendar_at(r.now, &r.cal);
+	r.cost = ai_call_cost(&r);
+	cost_num = ai_money_to_numeric(r.cost);
+	want_alerts = ai_alert_plan(&r, &eff);
+	ai_make_key(&key, user_id, idlen);
+	hashcode = ai_key_hash(&key);
+	if (want_alerts)
+	{
+		AiMoney		ignored;
+
+		/*
+		 * Alerts compare the exact spend before and after this call; load it
+		 * before the row is inserted, so the load cannot count it.
+		 */
+		want_alerts = ai_ensure_spend(&key, hashcode, user_id, idlen, &r.cal,
+									  r.now, &ignored);
+	}
+	ai_insert_usage(&r, cost_num);
+
+	memset(&charge, 0, sizeof(charge));
 	charge.kind = AI_CHARGE_RECORD;
 	charge.key = key;
 	charge.burst_bucket = -1;
 	charge.day = -1;
-	charge.resv_id = settle_id;
-	charge.month = cal.month;
-	charge.cost = cost;
+	charge.month = r.cal.month;
+	charge.cost = r.cost;
+	lock = ai_partition_lock(hashcode);
+	ai_charge_reserve();
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = ai_entry_get(&key, hashcode, lock, r.now, user_id, idlen);
+	if (e == NULL)
+	{
+		/* cannot track it: make every cached spend reload at commit */
+		LWLockRelease(lock);
+		ai_config_bump_at_end(AI_GEN_USAGE);
+		return cost_num;
+	}
+	charge.resv_id = ai_settle_begin(&r, e, &resv_missing);
+	if (want_alerts)
+		nfired = ai_alerts_crossed(&r, e, &eff, &charge.alert_bits, fired, &spend_after);
+	ai_count_call(&r, e, &charge);
+	LWLockRelease(lock);
 	ai_charge_add(&charge);
 
 	for (int k = 0; k < nfired; k++)
-		ai_notify_alert(user_id, &eff, fired[k], spend_after, &cal);
-
+		ai_notify_alert(user_id, &eff, fired[k], spend_after, &r.cal);
 	if (resv_missing)
 		ereport(WARNING,
 				(errcode(ERRCODE_WARNING),

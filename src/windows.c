@@ -210,7 +210,7 @@ ai_ring_fit_at(const AiRing *r, uint64 limit, uint64 need, TimestampTz now)
 }
 
 /* Bucket width in microseconds for a burst window in milliseconds. */
-int64
+static int64
 ai_burst_width(int32 window_ms)
 {
 	int64		w = (int64) window_ms * 1000;
