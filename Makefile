@@ -34,7 +34,7 @@ ISOLATION_OPTS = --temp-config=$(srcdir)/test/ai_ratelimit.conf --temp-instance=
 TAP_TESTS = 1
 
 PG_CPPFLAGS = -I$(srcdir)/src
-PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers $(PG_CFLAGS_EXTRA)
+PG_CFLAGS = -Wall -Wextra $(WERROR) -Wno-unused-parameter -Wno-missing-field-initializers $(PG_CFLAGS_EXTRA)
 SHLIB_LINK = $(SHLIB_LINK_EXTRA)
 
 PG_CONFIG ?= pg_config
@@ -42,3 +42,12 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 $(OBJS): src/ai_ratelimit.h
+
+# Out-of-tree builds (make -f ../Makefile VPATH=.., as pg_buildext does for
+# the Debian package): the objects go to src/ in the build directory.
+ifneq ($(srcdir),.)
+$(OBJS): | ai-objdir
+.PHONY: ai-objdir
+ai-objdir:
+	@mkdir -p src
+endif

@@ -1,14 +1,25 @@
 # Shared by scripts/demo.sh, scripts/test.sh and bench/run: install what
-# ai_ratelimit needs on Debian 12, build it, and run things as the postgres
+# ai_ratelimit needs on Debian, build it, and run things as the postgres
 # user (PostgreSQL refuses to run as root).
 
 set -euo pipefail
 
-PG_MAJOR=15
-PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+# Debian 12 ships PostgreSQL 15: it runs on this machine.  17 and 18 run in
+# Debian roots (scripts/pgroot.sh), where this same file is used with
+# PG_MAJOR set to theirs.
+HOST_PG_MAJOR=15
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
+use_pg() {
+	PG_MAJOR=$1
+	PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+}
+use_pg "${PG_MAJOR:-$HOST_PG_MAJOR}"
+
 log() { printf '\n==> %s\n' "$*"; }
+
+# Inside a root prepared by scripts/pgroot.sh, whose packages are in place.
+in_prepared_root() { [ -f /etc/ai_ratelimit-root ]; }
 
 # Debian packages: the server, its build files, the TAP test modules.
 install_deps() {
@@ -16,8 +27,13 @@ install_deps() {
 		echo "run this as root: it installs Debian packages and runs PostgreSQL as the postgres user" >&2
 		exit 1
 	fi
-	log "installing Debian packages"
 	export DEBIAN_FRONTEND=noninteractive
+	if in_prepared_root; then
+		# the root was prepared with these; say so if one went missing
+		dpkg-query -W postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libipc-run-perl rsync "$@" >/dev/null
+		return
+	fi
+	log "installing Debian packages"
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends \
 		postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib \
@@ -26,11 +42,12 @@ install_deps() {
 	id postgres >/dev/null
 }
 
-# Build (warnings are errors) and install into the Debian PostgreSQL.
+# Build with warnings as errors (our builds only: a user's `make` does not
+# set WERROR) and install into the Debian PostgreSQL.
 build_install() {
-	log "building ai_ratelimit"
+	log "building ai_ratelimit for PostgreSQL $PG_MAJOR"
 	make -C "$REPO" -s clean >/dev/null
-	make -C "$REPO" -s PG_CONFIG=$PG_BIN/pg_config
+	make -C "$REPO" -s PG_CONFIG=$PG_BIN/pg_config WERROR=-Werror
 	make -C "$REPO" -s PG_CONFIG=$PG_BIN/pg_config install >/dev/null
 	make -C "$REPO" -s clean >/dev/null
 }

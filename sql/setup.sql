@@ -17,6 +17,11 @@ FROM pg_depend
 WHERE refclassid = 'pg_extension'::regclass
   AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'ai_ratelimit')
   AND deptype = 'e'
+  -- since PostgreSQL 17 a relation's row type and every array type are
+  -- members too; list the types created in their own right, as 15 does
+  AND NOT EXISTS (SELECT FROM pg_type t LEFT JOIN pg_class c ON c.oid = t.typrelid
+                  WHERE classid = 'pg_type'::regclass AND t.oid = objid
+                    AND (t.typcategory = 'A' OR c.relkind <> 'c'))
 ORDER BY 1;
 
 -- the GUCs and their defaults

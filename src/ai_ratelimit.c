@@ -48,7 +48,12 @@ ai_timezone_check(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("Time zone \"%s\" is not recognized.", *newval);
 		return false;
 	}
+	/* GUC frees extra itself: since 16 it must come from guc_malloc */
+#if PG_VERSION_NUM >= 160000
+	*extra = guc_malloc(LOG, sizeof(pg_tz *));
+#else
 	*extra = malloc(sizeof(pg_tz *));
+#endif
 	if (*extra == NULL)
 		return false;
 	*((pg_tz **) *extra) = tz;

@@ -13,6 +13,8 @@
  */
 #include "postgres.h"
 
+#include <inttypes.h>
+
 #include "common/int.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
@@ -80,7 +82,7 @@ ai_money_to_numeric(AiMoney m)
 	uint64		frac = abs_m % AI_MONEY_UNITS_PER_CENT;
 	int			len;
 
-	len = snprintf(buf, sizeof(buf), "%s" UINT64_FORMAT ".%09" INT64_MODIFIER "u",
+	len = snprintf(buf, sizeof(buf), "%s%" PRIu64 ".%09" PRIu64,
 				   m < 0 ? "-" : "", whole, frac);
 	while (len > 0 && buf[len - 1] == '0')
 		buf[--len] = '\0';
