@@ -36,6 +36,7 @@
 #include "pgtime.h"
 #include "port/atomics.h"
 #include "storage/lwlock.h"
+#include "storage/spin.h"
 #include "utils/date.h"
 #include "utils/hsearch.h"
 
@@ -69,6 +70,9 @@ typedef int64 AiMoney;
 #define AI_MONEY_MAX			PG_INT64_MAX
 
 /* ---- shared state (shmem.c) ---- */
+
+/* The counters are split into this many partitions, each with its lock. */
+#define AI_NUM_PARTITIONS		128
 
 /*
  * Hash key: database and a 96-bit hash of the user id.  Two different ids
@@ -133,6 +137,7 @@ typedef struct AiEntry
 	uint32		tokens[AI_TOKEN_RING];
 
 	char		id_prefix[AI_ID_PREFIX_LEN];	/* user id, for views */
+	int32		next;			/* next entry in its bucket, or in the free list */
 } AiEntry;
 
 /* Is the entry's cached spend exact for this month?  Caller holds its lock. */
@@ -183,6 +188,33 @@ typedef struct AiShared
 	AiReservation resv[FLEXIBLE_ARRAY_MEMBER];
 } AiShared;
 
+/*
+ * The table of entries: AiEntry slots in one array, chained per bucket.
+ * Bucket b holds keys whose hash is b modulo nbuckets, and nbuckets is a
+ * multiple of AI_NUM_PARTITIONS, so every entry of bucket b belongs to
+ * partition b % AI_NUM_PARTITIONS: a partition's entries can be visited
+ * under its lock alone (AiPartIter).
+ */
+typedef struct AiTable
+{
+	int32		nbuckets;		/* a power of 2, at least AI_NUM_PARTITIONS */
+	slock_t		free_mutex;		/* guards free_head */
+	int32		free_head;		/* unused slots, linked by next */
+	pg_atomic_uint32 nentries;	/* slots in use */
+	pg_atomic_uint32 sweep_hand;	/* partition the next sweep starts at */
+	/* per partition, under its lock: */
+	int32		part_count[AI_NUM_PARTITIONS];
+	TimestampTz part_idle_until[AI_NUM_PARTITIONS]; /* swept in vain: not again before */
+	int32		buckets[FLEXIBLE_ARRAY_MEMBER]; /* chain heads (slot or -1) */
+} AiTable;
+
+/* Visits the entries of one partition; the current one may be removed. */
+typedef struct AiPartIter
+{
+	int32		bucket;
+	int32		next;
+} AiPartIter;
+
 typedef struct AiStats AiStats;
 
 /* Outcomes counted per plan (stats.c). */
@@ -209,7 +241,8 @@ struct AiStats
 
 extern AiShared *ai_shared;
 extern AiStats *ai_stats;
-extern HTAB *ai_hash;
+extern AiTable *ai_table;
+extern AiEntry *ai_entries;
 
 /* GUCs */
 extern int	ai_max_keys;
@@ -226,6 +259,14 @@ extern void ai_shmem_startup(void);
 extern void ai_require_loaded(void);
 extern void ai_make_key(AiKey *key, const char *id, int len);
 extern LWLock *ai_partition_lock(uint32 hashcode);
+extern LWLock *ai_partition_lock_at(int partition);
+extern void ai_part_iter_init(AiPartIter *it, int partition);
+extern AiEntry *ai_part_iter_next(AiPartIter *it);
+extern uint32 ai_entry_count(void);
+extern int	ai_sweep_partition(int partition, TimestampTz now, bool reclaim, int *visited);
+extern void ai_sweep_background(TimestampTz now);
+extern void ai_partition_changed(uint32 hashcode);
+extern int32 ai_resv_open_count(TimestampTz now);
 extern uint32 ai_key_hash(const AiKey *key);
 extern AiEntry *ai_entry_lookup(const AiKey *key, uint32 hashcode, bool create,
 								TimestampTz now, const char *id, int idlen);

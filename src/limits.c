@@ -64,6 +64,19 @@ ai_refuse(AiVerdict *v, AiOutcome outcome, bool never, TimestampTz retry_at)
 	return true;
 }
 
+/* A user with no counters: the check reads an all-zero entry of its own. */
+static void
+ai_check_blank(AiCheck *c)
+{
+	memset(&c->blank, 0, sizeof(c->blank));
+	c->blank.key = c->key;
+	c->blank.day = -1;
+	c->blank.spend_month = -1;
+	c->blank.resv_head = c->blank.resv_tail = -1;
+	c->entry = &c->blank;
+	c->live = false;
+}
+
 /*
  * Load the spend when the plan has a budget, then take the partition lock
  * and find the user's entry: made when consuming, looked up when peeking (a
@@ -95,14 +108,7 @@ ai_check_lock_entry(AiCheck *c)
 		}
 		c->live = (c->entry != NULL);
 		if (!c->live)
-		{
-			memset(&c->blank, 0, sizeof(c->blank));
-			c->blank.key = c->key;
-			c->blank.day = -1;
-			c->blank.spend_month = -1;
-			c->blank.resv_head = c->blank.resv_tail = -1;
-			c->entry = &c->blank;
-		}
+			ai_check_blank(c);
 
 		/*
 		 * The spend loaded above must still be cached under the lock; if the
@@ -345,9 +351,14 @@ ai_refusal_message(AiOutcome outcome, const AiPlan *plan)
 	}
 }
 
-/* A consuming check met a full hash: ai_ratelimit.on_full decides. */
+/*
+ * A consuming check met a full table: ai_ratelimit.on_full decides.  With
+ * refuse, an error.  With allow, the user is checked without counters: a
+ * block and the monthly budget (spend from the tables) still refuse; burst,
+ * daily and tokens per minute cannot be counted.  Fills *v.
+ */
 static void
-ai_check_untracked(const AiCheck *c, AiDecision *d)
+ai_check_untracked(AiCheck *c, AiVerdict *v)
 {
 	pg_atomic_fetch_add_u64(&ai_shared->full_refusals, 1);
 	if (ai_on_full == AI_ON_FULL_REFUSE)
@@ -356,13 +367,14 @@ ai_check_untracked(const AiCheck *c, AiDecision *d)
 				 errmsg("ai_ratelimit cannot track another user: all %d counters are in use", ai_max_keys),
 				 errdetail("Every counter holds a live burst window, daily count or reservation."),
 				 errhint("Raise ai_ratelimit.max_keys and restart, or set ai_ratelimit.on_full = 'allow'.")));
+	ai_check_blank(c);
+	if (ai_refused_by_block(c, v) || ai_refused_by_budget(c, v))
+		return;
 	ereport(WARNING,
 			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 			 errmsg("ai_ratelimit allowed a request without counting it: all %d counters are in use", ai_max_keys),
+			 errdetail("Blocks and the monthly budget were checked; burst, daily and token limits were not."),
 			 errhint("Raise ai_ratelimit.max_keys and restart.")));
-	d->allowed = true;
-	d->reset_at = c->cal.day_end;
-	d->has_reset_at = true;
 }
 
 /*
@@ -376,6 +388,7 @@ ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 {
 	AiCheck		c;
 	AiVerdict	v = {AI_OUT_ALLOWED, false, 0};
+	bool		locked;
 	bool		charged = false;
 
 	memset(d, 0, sizeof(*d));
@@ -396,17 +409,15 @@ ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 	if (consume)
 		ai_charge_reserve();
 
-	if (!ai_check_lock_entry(&c))
-	{
-		ai_check_untracked(&c, d);
-		return;
-	}
-	if (!ai_refused_by_block(&c, &v) &&
-		!ai_refused_by_burst(&c, &v) &&
-		!ai_refused_by_daily(&c, &v, d) &&
-		!ai_refused_by_tokens(&c, &v) &&
-		!ai_refused_by_budget(&c, &v) &&
-		consume)
+	locked = ai_check_lock_entry(&c);
+	if (!locked)
+		ai_check_untracked(&c, &v);
+	else if (!ai_refused_by_block(&c, &v) &&
+			 !ai_refused_by_burst(&c, &v) &&
+			 !ai_refused_by_daily(&c, &v, d) &&
+			 !ai_refused_by_tokens(&c, &v) &&
+			 !ai_refused_by_budget(&c, &v) &&
+			 consume)
 	{
 		charged = ai_take_charge(&c, d);
 		if (!charged)
@@ -419,7 +430,8 @@ ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 					 errhint("Settle reservations with ai_record_usage, or raise ai_ratelimit.max_reservations and restart.")));
 		}
 	}
-	LWLockRelease(c.lock);
+	if (locked)
+		LWLockRelease(c.lock);
 
 	if (charged)
 	{
@@ -482,6 +494,7 @@ ai_reset_user(const char *user_id, int idlen)
 				ai_resv_free(e, slot);
 			slot = next;
 		}
+		ai_partition_changed(hashcode);
 		ai_mark_dirty();
 	}
 	LWLockRelease(lock);

@@ -15,8 +15,9 @@
  * what changed during the last save_interval.  Monthly spend is not saved:
  * it is reloaded from the usage tables.
  *
- * Locking: the writer copies entries while holding every partition lock in
- * shared mode, then writes without locks.  Loading runs in the postmaster
+ * Locking: the writer copies the entries of one partition at a time,
+ * holding only that partition's lock in shared mode, then writes without
+ * locks.  Loading runs in the postmaster
  * before any backend exists: it takes no partition lock (nothing else can
  * touch the hash yet), and ai_resv_create takes resv_lock, uncontended.
  *
@@ -80,44 +81,62 @@ typedef struct AiSavedResv
 	TimestampTz expires_at;
 } AiSavedResv;
 
+/* What a save copies out of shared memory; grown only between partitions. */
+typedef struct AiSaveBuf
+{
+	AiSavedEntry *entries;
+	uint32		nentries;
+	uint32		maxentries;
+	AiSavedResv *resv;
+	uint32		nresv;
+	uint32		maxresv;
+} AiSaveBuf;
+
+/* Room for `entries` more entries and all reservations; never under a lock. */
+static void
+ai_save_buf_grow(AiSaveBuf *b, uint32 entries)
+{
+	uint32		want_e = b->nentries + entries;
+	uint32		want_r = b->nresv + (uint32) ai_max_reservations;
+
+	if (want_e > b->maxentries)
+	{
+		b->maxentries = Max(want_e, b->maxentries * 2);
+		b->entries = repalloc_huge(b->entries, sizeof(AiSavedEntry) * b->maxentries);
+	}
+	if (want_r > b->maxresv)
+	{
+		b->maxresv = Max(want_r, b->maxresv * 2);
+		b->resv = repalloc_huge(b->resv, sizeof(AiSavedResv) * b->maxresv);
+	}
+}
+
 /*
- * Write the file.  Caller must hold no partition lock.  Returns false (with
- * a LOG message) when the file could not be written; the old one stays.
+ * Copy the live entries of one partition and their reservations, holding
+ * that partition's lock (shared) only.  Returns false, copying nothing,
+ * when the buffer is too small for what the partition holds now.
  */
 static bool
-ai_save(void)
+ai_save_copy_partition(AiSaveBuf *b, int partition, TimestampTz now, int32 today)
 {
-	HASH_SEQ_STATUS status;
+	LWLock	   *lock = ai_partition_lock_at(partition);
+	AiPartIter	it;
 	AiEntry    *e;
-	AiSaveHeader hdr;
-	AiSavedEntry *entries;
-	AiSavedResv *resv;
-	uint32		nentries = 0;
-	uint32		nresv = 0;
-	long		total;
-	TimestampTz now = GetCurrentTimestamp();
-	AiCalendar	cal;
-	pg_crc32c	crc;
-	FILE	   *f;
 
-	if (ai_shared == NULL || ai_hash == NULL)
+	LWLockAcquire(lock, LW_SHARED);
+	if ((uint32) ai_table->part_count[partition] > b->maxentries - b->nentries)
+	{
+		LWLockRelease(lock);
 		return false;
-
-	ai_calendar_at(now, &cal);
-	total = hash_get_num_entries(ai_hash);
-	entries = palloc_extended(sizeof(AiSavedEntry) * Max(total, 1), MCXT_ALLOC_HUGE);
-	resv = palloc_extended(sizeof(AiSavedResv) * Max(ai_max_reservations, 1), MCXT_ALLOC_HUGE);
-
-	pg_atomic_write_u32(&ai_shared->dirty, 0);
-	ai_lock_all(LW_SHARED);
-	hash_seq_init(&status, ai_hash);
-	while ((e = hash_seq_search(&status)) != NULL)
+	}
+	ai_part_iter_init(&it, partition);
+	while ((e = ai_part_iter_next(&it)) != NULL)
 	{
 		AiSavedEntry *s;
 
-		if (!ai_entry_is_live(e, now, cal.day) || nentries >= total)
+		if (!ai_entry_is_live(e, now, today))
 			continue;
-		s = &entries[nentries++];
+		s = &b->entries[b->nentries++];
 		memset(s, 0, sizeof(*s));
 		s->key = e->key;
 		s->burst_head = e->burst_head;
@@ -130,41 +149,80 @@ ai_save(void)
 		s->plan_hash = e->plan_hash;
 		s->id_len = e->id_len;
 		memcpy(s->id_prefix, e->id_prefix, sizeof(s->id_prefix));
-		for (int32 slot = e->resv_head; slot >= 0; slot = ai_shared->resv[slot].next)
+		for (int32 slot = e->resv_head; slot >= 0 && b->nresv < b->maxresv;
+			 slot = ai_shared->resv[slot].next)
 		{
 			AiReservation *r = &ai_shared->resv[slot];
 
 			if (r->state != AI_RESV_FREE && r->expires_at > now)
 			{
-				resv[nresv].id = r->id;
-				resv[nresv].key = r->key;
-				resv[nresv].amount = r->amount;
-				resv[nresv].expires_at = r->expires_at;
-				nresv++;
+				b->resv[b->nresv].id = r->id;
+				b->resv[b->nresv].key = r->key;
+				b->resv[b->nresv].amount = r->amount;
+				b->resv[b->nresv].expires_at = r->expires_at;
+				b->nresv++;
 			}
 		}
 	}
-	ai_unlock_all();
+	LWLockRelease(lock);
+	return true;
+}
+
+/*
+ * Write the file.  Copies one partition at a time, so a check waits at most
+ * for the copy of its own partition, never for the whole table or the
+ * write.  Caller must hold no partition lock.  Returns false (with a LOG
+ * message) when the file could not be written; the old one stays.
+ */
+static bool
+ai_save(void)
+{
+	AiSaveHeader hdr;
+	AiSaveBuf	b;
+	TimestampTz now = GetCurrentTimestamp();
+	AiCalendar	cal;
+	pg_crc32c	crc;
+	FILE	   *f;
+
+	if (ai_shared == NULL || ai_table == NULL)
+		return false;
+
+	ai_calendar_at(now, &cal);
+	memset(&b, 0, sizeof(b));
+	b.maxentries = Max(ai_entry_count(), 1024);
+	b.entries = palloc_extended(sizeof(AiSavedEntry) * b.maxentries, MCXT_ALLOC_HUGE);
+	b.maxresv = Max(ai_max_reservations, 1);
+	b.resv = palloc_extended(sizeof(AiSavedResv) * b.maxresv, MCXT_ALLOC_HUGE);
+
+	pg_atomic_write_u32(&ai_shared->dirty, 0);
+	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
+	{
+		/* the unlocked count only sizes the buffer; the copy checks again */
+		while (!ai_save_copy_partition(&b, p, now, cal.day))
+			ai_save_buf_grow(&b, (uint32) ai_table->part_count[p] + 64);
+		if (b.maxresv - b.nresv < (uint32) ai_max_reservations)
+			ai_save_buf_grow(&b, 0);
+	}
 
 	memset(&hdr, 0, sizeof(hdr));
 	hdr.magic = AI_SAVE_MAGIC;
 	hdr.version = AI_SAVE_VERSION;
 	hdr.ring = AI_BURST_RING;
-	hdr.nentries = nentries;
-	hdr.nresv = nresv;
+	hdr.nentries = b.nentries;
+	hdr.nresv = b.nresv;
 	hdr.written_at = now;
 
 	INIT_CRC32C(crc);
 	COMP_CRC32C(crc, &hdr, sizeof(hdr));
-	COMP_CRC32C(crc, entries, sizeof(AiSavedEntry) * nentries);
-	COMP_CRC32C(crc, resv, sizeof(AiSavedResv) * nresv);
+	COMP_CRC32C(crc, b.entries, sizeof(AiSavedEntry) * b.nentries);
+	COMP_CRC32C(crc, b.resv, sizeof(AiSavedResv) * b.nresv);
 	FIN_CRC32C(crc);
 
 	f = AllocateFile(AI_SAVE_TMP, PG_BINARY_W);
 	if (f == NULL ||
 		fwrite(&hdr, sizeof(hdr), 1, f) != 1 ||
-		(nentries > 0 && fwrite(entries, sizeof(AiSavedEntry), nentries, f) != nentries) ||
-		(nresv > 0 && fwrite(resv, sizeof(AiSavedResv), nresv, f) != nresv) ||
+		(b.nentries > 0 && fwrite(b.entries, sizeof(AiSavedEntry), b.nentries, f) != b.nentries) ||
+		(b.nresv > 0 && fwrite(b.resv, sizeof(AiSavedResv), b.nresv, f) != b.nresv) ||
 		fwrite(&crc, sizeof(crc), 1, f) != 1 ||
 		FreeFile(f) != 0)
 	{
@@ -174,13 +232,13 @@ ai_save(void)
 		if (f)
 			FreeFile(f);
 		unlink(AI_SAVE_TMP);
-		pfree(entries);
-		pfree(resv);
+		pfree(b.entries);
+		pfree(b.resv);
 		pg_atomic_write_u32(&ai_shared->dirty, 1);
 		return false;
 	}
-	pfree(entries);
-	pfree(resv);
+	pfree(b.entries);
+	pfree(b.resv);
 	/* fsyncs the file and the directory: a crash keeps old or new, whole */
 	if (durable_rename(AI_SAVE_TMP, AI_SAVE_FILE, LOG) != 0)
 		return false;
@@ -313,20 +371,27 @@ ai_register_saver(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-/* The background worker: save every save_interval when something changed. */
+/*
+ * The background worker: every second, sweep (expired reservations, dead
+ * entries when the table is nearly full); every save_interval, save when
+ * something changed.
+ */
 void
 ai_saver_main(Datum arg)
 {
+	TimestampTz last_save = GetCurrentTimestamp();
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 
 	for (;;)
 	{
-		int			interval = ai_save_interval > 0 ? ai_save_interval : 60000;
+		TimestampTz now;
+		int			tick = ai_save_interval > 0 ? Min(ai_save_interval, 1000) : 1000;
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 interval, PG_WAIT_EXTENSION);
+						 tick, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		if (ShutdownRequestPending)
@@ -336,8 +401,14 @@ ai_saver_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		if (ai_save_interval > 0 && pg_atomic_read_u32(&ai_shared->dirty) != 0)
+		now = GetCurrentTimestamp();
+		ai_sweep_background(now);
+		if (ai_save_interval > 0 && pg_atomic_read_u32(&ai_shared->dirty) != 0 &&
+			now - last_save >= (int64) ai_save_interval * 1000)
+		{
 			ai_save();
+			last_save = now;
+		}
 	}
 	proc_exit(0);
 }

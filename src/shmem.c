@@ -6,16 +6,21 @@
  *
  * Locking rules
  * -------------
- * The hash is partitioned into AI_NUM_PARTITIONS parts, each with its own
- * LWLock (tranche "ai_ratelimit").  A partition lock guards both the hash
- * structure of that partition (shared to look up, exclusive to insert or
- * remove) and every field of the entries that hash into it.  Because a check
- * reads and then changes counters, it holds its partition lock exclusively,
- * for a few dozen instructions; no I/O, no SPI and no ereport(ERROR) happen
- * while a partition lock is held.
+ * The table (AiTable, see ai_ratelimit.h) is split into AI_NUM_PARTITIONS
+ * parts, each with its own LWLock (tranche "ai_ratelimit").  A partition
+ * lock guards the bucket chains of that partition (shared to look up,
+ * exclusive to insert or remove), its count, and every field of the entries
+ * that hash into it.  Because a check reads and then changes counters, it
+ * holds its partition lock exclusively, for a few dozen instructions; no
+ * I/O, no SPI and no ereport(ERROR) happen while a partition lock is held.
+ * The free list of slots is guarded by a spinlock, taken under a partition
+ * lock for a few instructions.
  *
- * Reclaiming dead entries when the hash is full takes every partition lock,
- * exclusively, in partition order.
+ * Nothing takes more than one partition lock at a time except
+ * ai_ratelimit_verify(), a debugging aid that takes them all (shared).
+ * When the table is full, a new user's check sweeps a few partitions, one
+ * at a time, for entries that hold nothing live (ai_make_room); the
+ * background worker sweeps too, and frees expired reservations.
  *
  * The reservation pool (ai_resv_* below): a slot in use belongs to one user
  * and is read and changed only under that user's partition lock.  The free list, the slot
@@ -37,15 +42,24 @@
 
 #include "ai_ratelimit.h"
 
-#define AI_NUM_PARTITIONS		128
 #define AI_TRANCHE				"ai_ratelimit"
 
+/* A sweep that freed nothing is not repeated on that partition for 1 s. */
+#define AI_SWEEP_IDLE_USECS		USECS_PER_SEC
+/*
+ * A new user meeting a full table sweeps whole partitions until one frees
+ * an entry or it has visited this many entries.
+ */
+#define AI_SWEEP_MAX_ENTRIES	4096
+/* The worker sweeps for room while the table is at least this full (%). */
+#define AI_SWEEP_FILL_PERCENT	90
+
 AiShared   *ai_shared = NULL;
-HTAB	   *ai_hash = NULL;
+AiTable    *ai_table = NULL;
+AiEntry    *ai_entries = NULL;
 static LWLockPadded *ai_locks = NULL;
 
-static uint32 ai_key_hash_fn(const void *key, Size keysize);
-static void ai_entry_reclaim(TimestampTz now);
+static void ai_entry_remove(AiEntry *e, uint32 hashcode);
 
 static Size
 ai_resv_pool_size(void)
@@ -54,11 +68,51 @@ ai_resv_pool_size(void)
 					mul_size(ai_max_reservations, sizeof(AiReservation)));
 }
 
+static int32
+ai_table_nbuckets(void)
+{
+	int32		n = AI_NUM_PARTITIONS;
+
+	while (n < ai_max_keys)
+		n *= 2;
+	return n;
+}
+
+static Size
+ai_table_size(void)
+{
+	return add_size(offsetof(AiTable, buckets),
+					mul_size(ai_table_nbuckets(), sizeof(int32)));
+}
+
 static Size
 ai_shmem_size(void)
 {
-	return add_size(add_size(MAXALIGN(ai_resv_pool_size()), MAXALIGN(ai_stats_size())),
-					hash_estimate_size(ai_max_keys, sizeof(AiEntry)));
+	Size		size = MAXALIGN(ai_resv_pool_size());
+
+	size = add_size(size, MAXALIGN(ai_stats_size()));
+	size = add_size(size, MAXALIGN(ai_table_size()));
+	return add_size(size, mul_size(ai_max_keys, sizeof(AiEntry)));
+}
+
+/* An empty table: every slot on the free list. */
+static void
+ai_table_init(void)
+{
+	ai_table->nbuckets = ai_table_nbuckets();
+	SpinLockInit(&ai_table->free_mutex);
+	pg_atomic_init_u32(&ai_table->nentries, 0);
+	pg_atomic_init_u32(&ai_table->sweep_hand, 0);
+	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
+	{
+		ai_table->part_count[p] = 0;
+		ai_table->part_idle_until[p] = 0;
+	}
+	for (int32 b = 0; b < ai_table->nbuckets; b++)
+		ai_table->buckets[b] = -1;
+	for (int32 i = 0; i < ai_max_keys; i++)
+		ai_entries[i].next = (i + 1 < ai_max_keys) ? i + 1 : -1;
+	ai_table->free_head = ai_max_keys > 0 ? 0 : -1;
 }
 
 /* Called from shmem_request_hook. */
@@ -74,10 +128,10 @@ void
 ai_shmem_startup(void)
 {
 	bool		found;
-	HASHCTL		info;
+	bool		table_found;
 
 	ai_shared = NULL;
-	ai_hash = NULL;
+	ai_table = NULL;
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 
@@ -107,15 +161,11 @@ ai_shmem_startup(void)
 
 	ai_stats_init(found);
 
-	memset(&info, 0, sizeof(info));
-	info.keysize = sizeof(AiKey);
-	info.entrysize = sizeof(AiEntry);
-	info.num_partitions = AI_NUM_PARTITIONS;
-	info.hash = ai_key_hash_fn;
-	ai_hash = ShmemInitHash("ai_ratelimit counters",
-							ai_max_keys, ai_max_keys,
-							&info,
-							HASH_ELEM | HASH_FUNCTION | HASH_PARTITION | HASH_FIXED_SIZE);
+	ai_table = ShmemInitStruct("ai_ratelimit table", ai_table_size(), &table_found);
+	ai_entries = ShmemInitStruct("ai_ratelimit entries",
+								 mul_size(ai_max_keys, sizeof(AiEntry)), &table_found);
+	if (!table_found)
+		ai_table_init();
 
 	LWLockRelease(AddinShmemInitLock);
 
@@ -153,7 +203,7 @@ ai_unlock_all(void)
 void
 ai_require_loaded(void)
 {
-	if (ai_shared == NULL || ai_hash == NULL)
+	if (ai_shared == NULL || ai_table == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("ai_ratelimit must be loaded via shared_preload_libraries"),
@@ -172,20 +222,11 @@ ai_make_key(AiKey *key, const char *id, int len)
 	key->h32 = hash_bytes((const unsigned char *) id, len);
 }
 
-/*
- * The hash value of a key: its own 32 hash bits, mixed with the database.
- * Also the dynahash hash function, so a lookup hashes the user id once.
- */
+/* The hash value of a key: its own 32 hash bits, mixed with the database. */
 uint32
 ai_key_hash(const AiKey *key)
 {
 	return key->h32 ^ murmurhash32((uint32) key->dbid);
-}
-
-static uint32
-ai_key_hash_fn(const void *key, Size keysize)
-{
-	return ai_key_hash((const AiKey *) key);
 }
 
 LWLock *
@@ -194,10 +235,51 @@ ai_partition_lock(uint32 hashcode)
 	return &ai_locks[hashcode % AI_NUM_PARTITIONS].lock;
 }
 
+LWLock *
+ai_partition_lock_at(int partition)
+{
+	return &ai_locks[partition].lock;
+}
+
+uint32
+ai_entry_count(void)
+{
+	return pg_atomic_read_u32(&ai_table->nentries);
+}
+
+/* Start visiting the entries of a partition; caller holds its lock. */
+void
+ai_part_iter_init(AiPartIter *it, int partition)
+{
+	it->bucket = partition - AI_NUM_PARTITIONS;
+	it->next = -1;
+}
+
+/*
+ * The next entry of the partition, or NULL.  The entry returned may be
+ * removed before the next call.
+ */
+AiEntry *
+ai_part_iter_next(AiPartIter *it)
+{
+	AiEntry    *e;
+
+	while (it->next < 0)
+	{
+		it->bucket += AI_NUM_PARTITIONS;
+		if (it->bucket >= ai_table->nbuckets)
+			return NULL;
+		it->next = ai_table->buckets[it->bucket];
+	}
+	e = &ai_entries[it->next];
+	it->next = e->next;
+	return e;
+}
+
 static void
 ai_entry_init(AiEntry *e, const char *id, int idlen)
 {
-	/* key already set by hash_search */
+	/* key and next already set */
 	e->burst_head = 0;
 	e->burst_window_ms = 0;
 	memset(e->burst, 0, sizeof(e->burst));
@@ -224,7 +306,7 @@ ai_entry_init(AiEntry *e, const char *id, int idlen)
 
 /*
  * Find the entry of a key; with create, make it.  Returns NULL when it does
- * not exist (or cannot be made because every slot holds a live entry).
+ * not exist (or cannot be made because every slot is in use).
  *
  * Caller must hold the key's partition lock, exclusively when create.
  */
@@ -232,23 +314,161 @@ AiEntry *
 ai_entry_lookup(const AiKey *key, uint32 hashcode, bool create,
 				TimestampTz now, const char *id, int idlen)
 {
+	int32	   *head = &ai_table->buckets[hashcode & (ai_table->nbuckets - 1)];
+	int32		slot;
 	AiEntry    *e;
-	bool		found;
 
-	e = hash_search_with_hash_value(ai_hash, key, hashcode,
-									create ? HASH_ENTER_NULL : HASH_FIND,
-									&found);
-	if (e != NULL && !found)
-		ai_entry_init(e, id, idlen);
+	for (slot = *head; slot >= 0; slot = ai_entries[slot].next)
+		if (memcmp(&ai_entries[slot].key, key, sizeof(AiKey)) == 0)
+			return &ai_entries[slot];
+	if (!create)
+		return NULL;
+
+	SpinLockAcquire(&ai_table->free_mutex);
+	slot = ai_table->free_head;
+	if (slot >= 0)
+		ai_table->free_head = ai_entries[slot].next;
+	SpinLockRelease(&ai_table->free_mutex);
+	if (slot < 0)
+		return NULL;
+
+	e = &ai_entries[slot];
+	e->key = *key;
+	e->next = *head;
+	*head = slot;
+	ai_table->part_count[hashcode % AI_NUM_PARTITIONS]++;
+	pg_atomic_fetch_add_u32(&ai_table->nentries, 1);
+	ai_entry_init(e, id, idlen);
 	return e;
 }
 
 /*
- * Find or make the entry of a key; when the hash is full, reclaim dead
- * entries once and try again.  Returns NULL only when every entry is live.
+ * Unlink an entry from its bucket and put its slot on the free list.
+ * Caller must hold the key's partition lock exclusively.
+ */
+static void
+ai_entry_remove(AiEntry *e, uint32 hashcode)
+{
+	int32		slot = (int32) (e - ai_entries);
+	int32	   *link = &ai_table->buckets[hashcode & (ai_table->nbuckets - 1)];
+
+	while (*link != slot)
+		link = &ai_entries[*link].next;
+	*link = e->next;
+	ai_table->part_count[hashcode % AI_NUM_PARTITIONS]--;
+	pg_atomic_fetch_sub_u32(&ai_table->nentries, 1);
+
+	SpinLockAcquire(&ai_table->free_mutex);
+	e->next = ai_table->free_head;
+	ai_table->free_head = slot;
+	SpinLockRelease(&ai_table->free_mutex);
+}
+
+/*
+ * Something in a partition may have stopped being live (a reset, a rollback
+ * that gave counts back): let the next sweep look at it again.  Caller must
+ * hold the partition lock exclusively.
+ */
+void
+ai_partition_changed(uint32 hashcode)
+{
+	ai_table->part_idle_until[hashcode % AI_NUM_PARTITIONS] = 0;
+}
+
+/*
+ * Does an entry hold anything that a later check or record needs: a record
+ * in flight, a reservation that is open and not expired or being settled,
+ * today's count, a burst place or tokens still in their window?  The one
+ * rule for both reclaiming (a dead entry may go) and saving (only live
+ * entries are written).  Yesterday's count never counts again, so it does
+ * not keep an entry alive.  Caller holds the entry's partition lock.
+ */
+bool
+ai_entry_is_live(AiEntry *e, TimestampTz now, int32 today)
+{
+	if (e->inflight > 0)
+		return true;
+	for (int32 s = e->resv_head; s >= 0; s = ai_shared->resv[s].next)
+		if (ai_shared->resv[s].state == AI_RESV_SETTLING ||
+			ai_shared->resv[s].expires_at > now)
+			return true;
+	if (e->day == today && e->daily_count > 0)
+		return true;
+	if (e->burst_window_ms > 0 && ai_burst_count(e, now) > 0)
+		return true;
+	return ai_tokens_count(e, now) > 0;
+}
+
+/*
+ * Sweep one partition: free the expired reservations of its users and, with
+ * reclaim, remove the entries that hold nothing live.  Returns how many
+ * entries were removed.  Takes the partition lock exclusively; caller must
+ * hold no partition lock.
+ */
+int
+ai_sweep_partition(int partition, TimestampTz now, bool reclaim, int *visited)
+{
+	AiCalendar	cal;
+	AiPartIter	it;
+	AiEntry    *e;
+	int			removed = 0;
+
+	ai_calendar_at(now, &cal);
+	LWLockAcquire(&ai_locks[partition].lock, LW_EXCLUSIVE);
+	ai_part_iter_init(&it, partition);
+	while ((e = ai_part_iter_next(&it)) != NULL)
+	{
+		(*visited)++;
+		if (e->resv_head >= 0)
+			(void) ai_resv_open_amount(e, now);
+		if (reclaim && !ai_entry_is_live(e, now, cal.day))
+		{
+			ai_entry_remove(e, ai_key_hash(&e->key));
+			removed++;
+		}
+	}
+	if (reclaim && removed == 0)
+		ai_table->part_idle_until[partition] = now + AI_SWEEP_IDLE_USECS;
+	LWLockRelease(&ai_locks[partition].lock);
+
+	if (removed > 0)
+		pg_atomic_fetch_add_u64(&ai_shared->evictions, removed);
+	return removed;
+}
+
+/*
+ * The table is full: sweep partitions from the clock hand on, one at a
+ * time, until one frees an entry or AI_SWEEP_MAX_ENTRIES entries were
+ * visited (a small table gets a whole pass, a large one a slice).
+ * Partitions swept in vain during the last second are skipped, so a flood
+ * of new users meeting a table of live entries costs at most one pass over
+ * the table per second, never more than one partition lock at a time.
+ * Returns true when something was freed.  Caller holds no partition lock.
+ */
+static bool
+ai_make_room(TimestampTz now)
+{
+	int			visited = 0;
+
+	for (int i = 0; i < AI_NUM_PARTITIONS && visited < AI_SWEEP_MAX_ENTRIES; i++)
+	{
+		int			p = pg_atomic_fetch_add_u32(&ai_table->sweep_hand, 1) % AI_NUM_PARTITIONS;
+
+		/* an unlocked look: a stale answer only skips or repeats a sweep */
+		if (ai_table->part_idle_until[p] > now)
+			continue;
+		if (ai_sweep_partition(p, now, true, &visited) > 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Find or make the entry of a key; when the table is full, make room once
+ * (ai_make_room) and try again.  Returns NULL when there is no room.
  *
  * Caller must hold `lock` (the key's partition lock) exclusively; it is
- * released and taken again around the reclaim, so the caller must not rely
+ * released and taken again around the sweep, so the caller must not rely
  * on anything read under it before the call.
  */
 AiEntry *
@@ -260,7 +480,7 @@ ai_entry_get(const AiKey *key, uint32 hashcode, LWLock *lock,
 	if (e == NULL)
 	{
 		LWLockRelease(lock);
-		ai_entry_reclaim(now);
+		(void) ai_make_room(now);
 		LWLockAcquire(lock, LW_EXCLUSIVE);
 		e = ai_entry_lookup(key, hashcode, true, now, id, idlen);
 	}
@@ -268,54 +488,40 @@ ai_entry_get(const AiKey *key, uint32 hashcode, LWLock *lock,
 }
 
 /*
- * Does an entry hold anything that a later check or record needs: a record
- * in flight, a reservation, today's count, a burst place or tokens still in
- * their window?  The one rule for both reclaiming (a dead entry may go) and
- * saving (only live entries are written).  Yesterday's count never counts
- * again, so it does not keep an entry alive.  Caller holds the entry's
- * partition lock.
+ * The background worker's sweep, every second: free every expired
+ * reservation (found by a look at the pool without locks, then confirmed
+ * under the owner's partition lock), and while the table is nearly full,
+ * reclaim dead entries a few partitions at a time.
  */
-bool
-ai_entry_is_live(AiEntry *e, TimestampTz now, int32 today)
+void
+ai_sweep_background(TimestampTz now)
 {
-	if (e->inflight > 0 || e->resv_head >= 0)
-		return true;
-	if (e->day == today && e->daily_count > 0)
-		return true;
-	if (e->burst_window_ms > 0 && ai_burst_count(e, now) > 0)
-		return true;
-	return ai_tokens_count(e, now) > 0;
-}
-
-/*
- * Remove every dead entry.  Takes all partition locks; caller must hold
- * none of them.
- */
-static void
-ai_entry_reclaim(TimestampTz now)
-{
-	HASH_SEQ_STATUS status;
-	AiEntry    *e;
-	AiCalendar	cal;
-	uint64		removed = 0;
-
-	ai_calendar_at(now, &cal);
-
-	ai_lock_all(LW_EXCLUSIVE);
-
-	hash_seq_init(&status, ai_hash);
-	while ((e = hash_seq_search(&status)) != NULL)
+	for (int32 i = 0; i < ai_max_reservations; i++)
 	{
-		if (!ai_entry_is_live(e, now, cal.day))
-		{
-			hash_search(ai_hash, &e->key, HASH_REMOVE, NULL);
-			removed++;
-		}
+		AiReservation *r = &ai_shared->resv[i];
+		AiKey		key;
+		int64		id;
+		uint32		hashcode;
+		LWLock	   *lock;
+		AiEntry    *e;
+
+		if (r->state != AI_RESV_OPEN || r->expires_at > now)
+			continue;
+		key = r->key;
+		id = r->id;
+		hashcode = ai_key_hash(&key);
+		lock = ai_partition_lock(hashcode);
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		/* still the same open, expired reservation of the same user? */
+		if (r->id == id && r->state == AI_RESV_OPEN && r->expires_at <= now &&
+			memcmp(&r->key, &key, sizeof(AiKey)) == 0 &&
+			(e = ai_entry_lookup(&key, hashcode, false, now, NULL, 0)) != NULL)
+			ai_resv_free(e, i);
+		LWLockRelease(lock);
 	}
 
-	ai_unlock_all();
-
-	pg_atomic_fetch_add_u64(&ai_shared->evictions, removed);
+	if ((uint64) ai_entry_count() * 100 >= (uint64) ai_max_keys * AI_SWEEP_FILL_PERCENT)
+		(void) ai_make_room(now);
 }
 
 /* ---- reservation pool ---- */
@@ -425,61 +631,116 @@ ai_resv_open_amount(AiEntry *entry, TimestampTz now)
 }
 
 /*
+ * Reservations that are open and not expired, or being settled: a snapshot
+ * read without partition locks, for monitoring.
+ */
+int32
+ai_resv_open_count(TimestampTz now)
+{
+	int32		n = 0;
+
+	for (int32 i = 0; i < ai_max_reservations; i++)
+	{
+		AiReservation *r = &ai_shared->resv[i];
+
+		if (r->state == AI_RESV_SETTLING ||
+			(r->state == AI_RESV_OPEN && r->expires_at > now))
+			n++;
+	}
+	return n;
+}
+
+/*
+ * ai_verify for one entry: its reservation list links back and forth, every
+ * slot in it belongs to it, its reserved sum is its open slots' sum, and no
+ * record of it is in flight.  Counts the linked slots in *linked.
+ */
+static void
+ai_verify_entry(AiEntry *e, List **problems, int64 *linked)
+{
+	AiMoney		open_sum = 0;
+	int32		prev = -1;
+	int			n = 0;
+
+	for (int32 s = e->resv_head; s >= 0; s = ai_shared->resv[s].next)
+	{
+		AiReservation *r = &ai_shared->resv[s];
+
+		if (++n > ai_max_reservations)
+		{
+			*problems = lappend(*problems, psprintf("reservation list of a user loops"));
+			break;
+		}
+		if (r->state == AI_RESV_FREE)
+			*problems = lappend(*problems, psprintf("free reservation slot %d is linked to a user", s));
+		if (memcmp(&r->key, &e->key, sizeof(AiKey)) != 0)
+			*problems = lappend(*problems, psprintf("reservation slot %d is linked to the wrong user", s));
+		if (r->prev != prev)
+			*problems = lappend(*problems, psprintf("reservation slot %d has a broken back link", s));
+		if (r->state == AI_RESV_OPEN)
+			open_sum += r->amount;
+		prev = s;
+		(*linked)++;
+	}
+	if (prev != e->resv_tail)
+		*problems = lappend(*problems, psprintf("a user's reservation tail is wrong"));
+	if (open_sum != e->reserved)
+		*problems = lappend(*problems,
+							psprintf("a user's reserved sum is " INT64_FORMAT " but its open reservations hold " INT64_FORMAT,
+									 e->reserved, open_sum));
+	if (e->inflight != 0 || e->inflight_cost != 0)
+		*problems = lappend(*problems,
+							psprintf("%u recorded calls of a user are still in flight", e->inflight));
+}
+
+/*
  * Check the shared state for leaks and broken links: every reservation slot
  * is either free or linked to exactly one entry of the same key; each
  * entry's reserved sum equals its open slots; no record is in flight (the
- * caller runs this when no other transaction is open).  Appends one message
- * per problem to *problems.  Takes every partition lock and resv_lock, in
- * shared mode.
+ * caller runs this when no other transaction is open); every slot of the
+ * table is in use or free, once; every entry is in its partition and
+ * counted.  Appends one message per problem to *problems.  Takes every
+ * partition lock and resv_lock, in shared mode.
  */
 void
 ai_verify(List **problems)
 {
-	HASH_SEQ_STATUS status;
+	AiPartIter	it;
 	AiEntry    *e;
 	int64		linked = 0;
 	int64		free_len = 0;
+	int64		counted = 0;
+	int64		free_slots = 0;
 
 	ai_lock_all(LW_SHARED);
 	LWLockAcquire(ai_shared->resv_lock, LW_SHARED);
+	/* slots move on and off the free list only under an exclusive lock */
+	for (int32 s = ai_table->free_head; s >= 0 && free_slots <= ai_max_keys; s = ai_entries[s].next)
+		free_slots++;
+	if (free_slots + ai_entry_count() != (uint32) ai_max_keys)
+		*problems = lappend(*problems, psprintf("entry slots leaked: " INT64_FORMAT " free + %u in use of %d",
+												free_slots, ai_entry_count(), ai_max_keys));
 
-	hash_seq_init(&status, ai_hash);
-	while ((e = hash_seq_search(&status)) != NULL)
+	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
 	{
-		AiMoney		open_sum = 0;
-		int32		prev = -1;
-		int			n = 0;
+		int32		in_part = 0;
 
-		for (int32 s = e->resv_head; s >= 0; s = ai_shared->resv[s].next)
+		ai_part_iter_init(&it, p);
+		while ((e = ai_part_iter_next(&it)) != NULL)
 		{
-			AiReservation *r = &ai_shared->resv[s];
-
-			if (++n > ai_max_reservations)
-			{
-				*problems = lappend(*problems, psprintf("reservation list of a user loops"));
-				break;
-			}
-			if (r->state == AI_RESV_FREE)
-				*problems = lappend(*problems, psprintf("free reservation slot %d is linked to a user", s));
-			if (memcmp(&r->key, &e->key, sizeof(AiKey)) != 0)
-				*problems = lappend(*problems, psprintf("reservation slot %d is linked to the wrong user", s));
-			if (r->prev != prev)
-				*problems = lappend(*problems, psprintf("reservation slot %d has a broken back link", s));
-			if (r->state == AI_RESV_OPEN)
-				open_sum += r->amount;
-			prev = s;
-			linked++;
+			if ((ai_key_hash(&e->key) % AI_NUM_PARTITIONS) != (uint32) p)
+				*problems = lappend(*problems, psprintf("an entry is in the wrong partition"));
+			in_part++;
+			ai_verify_entry(e, problems, &linked);
 		}
-		if (prev != e->resv_tail)
-			*problems = lappend(*problems, psprintf("a user's reservation tail is wrong"));
-		if (open_sum != e->reserved)
-			*problems = lappend(*problems,
-								psprintf("a user's reserved sum is " INT64_FORMAT " but its open reservations hold " INT64_FORMAT,
-										 e->reserved, open_sum));
-		if (e->inflight != 0 || e->inflight_cost != 0)
-			*problems = lappend(*problems,
-								psprintf("%u recorded calls of a user are still in flight", e->inflight));
+		if (in_part != ai_table->part_count[p])
+			*problems = lappend(*problems, psprintf("partition %d counts %d entries but holds %d",
+													p, ai_table->part_count[p], in_part));
+		counted += in_part;
 	}
+	if (counted != ai_entry_count())
+		*problems = lappend(*problems, psprintf("the table counts %u entries but holds " INT64_FORMAT,
+												ai_entry_count(), counted));
 	for (int32 s = ai_shared->resv_free; s >= 0 && free_len <= ai_max_reservations; s = ai_shared->resv[s].next)
 		free_len++;
 	if (linked != ai_shared->resv_used)

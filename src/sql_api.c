@@ -365,12 +365,11 @@ ai_ratelimit_capacity(PG_FUNCTION_ARGS)
 		elog(ERROR, "ai_ratelimit_capacity must return a composite type");
 	td = BlessTupleDesc(td);
 
-	LWLockAcquire(ai_shared->resv_lock, LW_SHARED);
-	open_resv = ai_shared->resv_used;
-	LWLockRelease(ai_shared->resv_lock);
+	/* expired reservations are not open, even before the sweep frees them */
+	open_resv = ai_resv_open_count(GetCurrentTimestamp());
 
 	values[0] = Int32GetDatum(ai_max_keys);
-	values[1] = Int64GetDatum(hash_get_num_entries(ai_hash));
+	values[1] = Int64GetDatum(ai_entry_count());
 	values[2] = Int64GetDatum((int64) pg_atomic_read_u64(&ai_shared->evictions));
 	values[3] = Int64GetDatum((int64) pg_atomic_read_u64(&ai_shared->full_refusals));
 	values[4] = Int32GetDatum(ai_max_reservations);
@@ -403,84 +402,114 @@ ai_ratelimit_verify(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/* An entry of this database as ai_ratelimit_status shows it, copied under its lock. */
+typedef struct AiStatusCopy
+{
+	AiEntry		e;
+	int32		nresv;			/* open, unexpired reservations */
+	AiMoney		reserved;		/* what they hold */
+} AiStatusCopy;
+
+/* One row of ai_ratelimit_status from a copied entry. */
+static void
+ai_status_row(ReturnSetInfo *rsinfo, AiStatusCopy *c, TimestampTz now, const AiCalendar *cal)
+{
+	Datum		v[11];
+	bool		nl[11] = {0};
+	AiEntry    *e = &c->e;
+	uint32		burst = e->burst_window_ms > 0 ? ai_burst_count(e, now) : 0;
+	TimestampTz leaves = burst > 0 ? ai_burst_oldest_leaves(e, now) : 0;
+	const char *plan = ai_plan_name_by_hash(e->plan_hash);
+	char		idbuf[AI_ID_PREFIX_LEN + 4];
+	int			shown = Min(e->id_len, AI_ID_PREFIX_LEN);
+
+	memcpy(idbuf, e->id_prefix, shown);
+	idbuf[shown] = '\0';
+	if (e->id_len > AI_ID_PREFIX_LEN)
+		strcat(idbuf, "\xe2\x80\xa6");	/* the id goes on: an ellipsis */
+	v[0] = CStringGetTextDatum(idbuf);
+	v[1] = BoolGetDatum(e->id_len > AI_ID_PREFIX_LEN);
+	if (plan)
+		v[2] = CStringGetTextDatum(plan);
+	else
+		nl[2] = true;
+	v[3] = Int64GetDatum(burst);
+	if (leaves > 0)
+		v[4] = TimestampTzGetDatum(leaves);
+	else
+		nl[4] = true;
+	v[5] = Int64GetDatum(e->day == cal->day ? e->daily_count : 0);
+	v[6] = Int64GetDatum((int64) ai_tokens_count(e, now));
+	v[7] = ai_money_to_numeric(c->reserved);
+	v[8] = Int32GetDatum(c->nresv);
+	v[9] = ai_money_to_numeric(e->inflight_cost);
+	if (ai_spend_is_cached(e, cal->month))
+		v[10] = ai_money_to_numeric(ai_money_add(e->committed_spend, e->inflight_cost));
+	else
+		nl[10] = true;
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
+}
+
 /*
  * ai_ratelimit_status(): one row per user of this database with counters in
- * shared memory.  Copies the entries under all partition locks (shared),
- * then builds rows without locks.
+ * shared memory.  Copies the entries of one partition at a time under its
+ * lock (shared), then builds that partition's rows without locks.
  */
 Datum
 ai_ratelimit_status(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	HASH_SEQ_STATUS status;
-	AiEntry    *e;
-	AiEntry    *copy;
-	int32	   *nresv;
-	long		n = 0;
-	long		max;
 	TimestampTz now = GetCurrentTimestamp();
 	AiCalendar	cal;
+	AiStatusCopy *copy = NULL;
+	int32		max = 0;
 
 	ai_require_loaded();
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	ai_calendar_at(now, &cal);
 
-	max = Max(hash_get_num_entries(ai_hash), 1);
-	copy = palloc_extended(sizeof(AiEntry) * max, MCXT_ALLOC_HUGE);
-	nresv = palloc_extended(sizeof(int32) * max, MCXT_ALLOC_HUGE);
-	ai_lock_all(LW_SHARED);
-	hash_seq_init(&status, ai_hash);
-	while ((e = hash_seq_search(&status)) != NULL)
+	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
 	{
-		if (e->key.dbid != MyDatabaseId || n >= max)
-			continue;
-		copy[n] = *e;
-		/* reservations live outside the entry: count the open ones now */
-		nresv[n] = 0;
-		for (int32 sl = e->resv_head; sl >= 0; sl = ai_shared->resv[sl].next)
-			if (ai_shared->resv[sl].state == AI_RESV_OPEN &&
-				ai_shared->resv[sl].expires_at > now)
-				nresv[n]++;
-		n++;
-	}
-	ai_unlock_all();
+		LWLock	   *lock = ai_partition_lock_at(p);
+		AiPartIter	it;
+		AiEntry    *e;
+		int32		n = 0;
 
-	for (long i = 0; i < n; i++)
-	{
-		Datum		v[11];
-		bool		nl[11] = {0};
-		AiEntry    *c = &copy[i];
-		uint32		burst = c->burst_window_ms > 0 ? ai_burst_count(c, now) : 0;
-		TimestampTz leaves = burst > 0 ? ai_burst_oldest_leaves(c, now) : 0;
-		const char *plan = ai_plan_name_by_hash(c->plan_hash);
-		char		idbuf[AI_ID_PREFIX_LEN + 4];
-		int			shown = Min(c->id_len, AI_ID_PREFIX_LEN);
-
-		memcpy(idbuf, c->id_prefix, shown);
-		idbuf[shown] = '\0';
-		if (c->id_len > AI_ID_PREFIX_LEN)
-			strcat(idbuf, "\xe2\x80\xa6");	/* the id goes on: an ellipsis */
-		v[0] = CStringGetTextDatum(idbuf);
-		v[1] = BoolGetDatum(c->id_len > AI_ID_PREFIX_LEN);
-		if (plan)
-			v[2] = CStringGetTextDatum(plan);
-		else
-			nl[2] = true;
-		v[3] = Int64GetDatum(burst);
-		if (leaves > 0)
-			v[4] = TimestampTzGetDatum(leaves);
-		else
-			nl[4] = true;
-		v[5] = Int64GetDatum(c->day == cal.day ? c->daily_count : 0);
-		v[6] = Int64GetDatum((int64) ai_tokens_count(c, now));
-		v[7] = ai_money_to_numeric(c->reserved);
-		v[8] = Int32GetDatum(nresv[i]);
-		v[9] = ai_money_to_numeric(c->inflight_cost);
-		if (ai_spend_is_cached(c, cal.month))
-			v[10] = ai_money_to_numeric(ai_money_add(c->committed_spend, c->inflight_cost));
-		else
-			nl[10] = true;
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
+		/* room for the partition as counted now; checked again under the lock */
+		for (;;)
+		{
+			if (copy == NULL || max < ai_table->part_count[p])
+			{
+				max = Max(ai_table->part_count[p] + 64, max * 2);
+				copy = copy ? repalloc_huge(copy, sizeof(AiStatusCopy) * max)
+					: palloc_extended(sizeof(AiStatusCopy) * max, MCXT_ALLOC_HUGE);
+			}
+			LWLockAcquire(lock, LW_SHARED);
+			if (ai_table->part_count[p] <= max)
+				break;
+			LWLockRelease(lock);
+		}
+		ai_part_iter_init(&it, p);
+		while ((e = ai_part_iter_next(&it)) != NULL)
+		{
+			if (e->key.dbid != MyDatabaseId)
+				continue;
+			copy[n].e = *e;
+			/* reservations live outside the entry: count the open ones now */
+			copy[n].nresv = 0;
+			copy[n].reserved = 0;
+			for (int32 sl = e->resv_head; sl >= 0; sl = ai_shared->resv[sl].next)
+				if (ai_shared->resv[sl].state == AI_RESV_OPEN &&
+					ai_shared->resv[sl].expires_at > now)
+				{
+					copy[n].nresv++;
+					copy[n].reserved = ai_money_add(copy[n].reserved, ai_shared->resv[sl].amount);
+				}
+			n++;
+		}
+		LWLockRelease(lock);
+		for (int32 i = 0; i < n; i++)
+			ai_status_row(rsinfo, &copy[i], now, &cal);
 	}
 	return (Datum) 0;
 }

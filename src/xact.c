@@ -77,6 +77,7 @@ ai_charge_end(AiCharge *c, bool commit)
 	{
 		if (!commit)
 		{
+			ai_partition_changed(hashcode);
 			if (c->burst_bucket >= 0 &&
 				c->burst_bucket <= e->burst_head &&
 				c->burst_bucket > e->burst_head - AI_BURST_RING &&

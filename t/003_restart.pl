@@ -62,7 +62,14 @@ is(sql("SELECT count(*) FROM ai_usage"), '6', 'crash: every committed usage row 
 # restores it from the last save
 is(sql("SELECT checks('dave', 'hourly', 2)"), '2', 'dave: two checks');
 sleep(2);
-my $saver = sub { my $p = `pgrep -f '^postgres: restart: ai_ratelimit saver'`; chomp $p; return $p; };
+# the saver of this node only (another suite may run a node of the same name)
+# (the postmaster stays the same across a crash restart)
+my $postmaster = (split /\n/, slurp_file($node->data_dir . '/postmaster.pid'))[0];
+my $saver = sub {
+	my $p = `pgrep -P $postmaster -f '^postgres: restart: ai_ratelimit saver'`;
+	chomp $p;
+	return $p;
+};
 my $pid = $saver->();
 ok($pid =~ /^\d+$/, "the saver runs as a background worker (pid $pid)");
 kill 'KILL', $pid;
