@@ -19,13 +19,15 @@ OBJS = \
 	src/stats.o \
 	src/sql_api.o \
 	src/usage.o \
+	src/users.o \
 	src/windows.o \
 	src/xact.o
 
-DATA = ai_ratelimit--1.0.sql ai_ratelimit--1.0--1.1.sql ai_ratelimit--1.1--1.2.sql
+DATA = ai_ratelimit--1.0.sql ai_ratelimit--1.0--1.1.sql ai_ratelimit--1.1--1.2.sql \
+	ai_ratelimit--1.2--1.3.sql
 PGFILEDESC = "ai_ratelimit - per-user AI rate limits and budgets"
 
-REGRESS = setup plans limits usage bad_input security upgrade operations shared_state
+REGRESS = setup plans limits usage bad_input security upgrade operations user_config shared_state
 REGRESS_OPTS = --temp-config=$(srcdir)/test/ai_ratelimit.conf --temp-instance=./tmp_check
 
 ISOLATION = no_wait budget

@@ -39,7 +39,7 @@ log "installing the package with apt-get in a clean PostgreSQL $MAJOR root"
 root_chroot "$ROOT" bash -euc "
 	cd /tmp/debs
 	apt-get install -y -qq --no-install-recommends ./postgresql-$MAJOR-ai-ratelimit_*.deb >/dev/null
-	dpkg -L postgresql-$MAJOR-ai-ratelimit | grep -E 'ai_ratelimit(\.so|\.control|--1\.2\.sql|--1\.1--1\.2\.sql)\$'
+	dpkg -L postgresql-$MAJOR-ai-ratelimit | grep -E 'ai_ratelimit(\.so|\.control|--1\.2--1\.3\.sql)\$'
 "
 log "preloading it in a new cluster: CREATE EXTENSION and a check"
 OUT=$(root_chroot "$ROOT" su postgres -s /bin/bash -c "
@@ -64,7 +64,7 @@ CONF
 	psql -c \"SELECT 'spend=' || ai_monthly_spend('pkg-user')\"
 ") || fail "the installed package did not work"
 echo "$OUT"
-echo "$OUT" | grep -qx 'version=1.2' || fail "extension version is not 1.2"
+echo "$OUT" | grep -qx 'version=1.3' || fail "extension version is not 1.3"
 echo "$OUT" | grep -q "^server=${MAJOR}0" || fail "the server is not PostgreSQL $MAJOR"
 echo "$OUT" | grep -qx 'check=true,19' || fail "the first check of a free user did not answer allowed with 19 of 20 left"
 echo "$OUT" | grep -qx 'cost=1.25' || fail "the recorded call did not cost 1.25 cents"

@@ -71,6 +71,10 @@ run_here() {
 		for f in "$WORK"/tmp_check/log/regress_log_*; do
 			[ -f "$f" ] && { log "$f (last 60 lines)"; tail -n 60 "$f"; }
 		done
+		# kept for a developer: the actual outputs and the TAP logs
+		rm -rf /tmp/ai_ratelimit-failed && mkdir -p /tmp/ai_ratelimit-failed
+		cp -r "$WORK"/results "$WORK"/tmp_check/log /tmp/ai_ratelimit-failed/ 2>/dev/null || true
+		log "outputs and logs kept in /tmp/ai_ratelimit-failed"
 		log "tests failed on PostgreSQL $PG_MAJOR"
 		return $status
 	fi
@@ -142,7 +146,7 @@ if [ $package = yes ]; then
 	fi
 fi
 
-what=${majors:+PostgreSQL$majors}
+what=${majors:+PostgreSQL $(echo $majors)}
 [ $package = yes ] && what="${what:+$what and }the Debian package"
 log "suites run: $what"
 [ $failed -eq 0 ] || log "failed:$failed_names"

@@ -1,5 +1,5 @@
 --
--- upgrade: 1.0 installed, then ALTER EXTENSION ... UPDATE walks 1.0 -> 1.1 -> 1.2
+-- upgrade: 1.0 installed, then ALTER EXTENSION ... UPDATE walks 1.0 -> 1.1 -> 1.2 -> 1.3
 --
 CREATE DATABASE ai_upgrade;
 \c ai_upgrade

@@ -101,6 +101,11 @@ _PG_init(void)
 							 NULL,
 							 &ai_on_full, AI_ON_FULL_REFUSE, on_full_options,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("ai_ratelimit.user_cache_size",
+							"Users whose ai_user_plans and ai_user_limits rows a session keeps cached.",
+							"About 100 bytes each; when full, an eighth is dropped.",
+							&ai_user_cache_size, 65536, 1024, 10000000,
+							PGC_USERSET, 0, NULL, NULL, NULL);
 	ai_config_init();
 	ai_xact_init();
 

@@ -13,9 +13,11 @@
  *   windows.c       time arithmetic: burst buckets, calendar day and month
  *                   in ai_ratelimit.timezone
  *   money.c         exact fixed-point money (1e-9 cent units) <-> numeric
- *   config.c        backend-local caches of ai_plans, ai_user_plans,
- *                   ai_user_limits and ai_model_prices, invalidated through
- *                   shared generations
+ *   config.c        backend-local caches of ai_plans and ai_model_prices,
+ *                   invalidated through shared generations; the config
+ *                   trigger
+ *   users.c         per-user configuration (ai_user_plans, ai_user_limits),
+ *                   looked up and invalidated one user at a time
  *   xact.c          what a transaction consumed, given back on abort
  *   limits.c        the decision, layer by layer: block, burst, daily,
  *                   tokens per minute, monthly budget
@@ -31,6 +33,8 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "access/htup.h"
+#include "access/tupdesc.h"
 #include "fmgr.h"
 #include "nodes/pg_list.h"
 #include "pgtime.h"
@@ -169,10 +173,18 @@ typedef struct AiReservation
 #define AI_RESV_SLOT_BITS		24
 #define AI_RESV_SLOT_MASK		((INT64CONST(1) << AI_RESV_SLOT_BITS) - 1)
 
+/* Users whose configuration changed, remembered for the caches (users.c). */
+#define AI_USERS_RING			4096
+
 typedef struct AiShared
 {
 	LWLock	   *resv_lock;		/* guards the reservation pool */
-	pg_atomic_uint32 plans_gen;	/* bumped when ai_plans/ai_user_plans change */
+	pg_atomic_uint32 plans_gen;	/* bumped when ai_plans changes */
+	pg_atomic_uint32 users_gen;	/* bumped to forget every cached user */
+	pg_atomic_uint32 limits_gen;	/* bumped when ai_user_limits changes */
+	pg_atomic_uint64 users_seq;	/* users ever put in users_ring */
+	LWLock	   *users_lock;		/* guards writing users_ring */
+	AiKey		users_ring[AI_USERS_RING];
 	pg_atomic_uint32 prices_gen;	/* bumped when ai_model_prices changes */
 	pg_atomic_uint32 usage_gen; /* bumped when ai_usage rows are deleted */
 	pg_atomic_uint32 dirty;		/* counters changed since the last save */
@@ -252,6 +264,7 @@ extern int	ai_save_interval;	/* milliseconds */
 extern char *ai_timezone_name;
 extern pg_tz *ai_timezone;
 extern int	ai_on_full;			/* AiOnFull */
+extern int	ai_user_cache_size; /* users, per backend */
 
 /* shmem.c */
 extern void ai_shmem_request(void);
@@ -370,26 +383,74 @@ typedef struct AiInternalState
 	int			nestlevel;
 } AiInternalState;
 
+/*
+ * The limit columns that ai_plans and ai_user_limits share, decoded from a
+ * row by ai_decode_limits(); a has_ flag is false where the column is NULL.
+ */
+typedef struct AiLimitCols
+{
+	bool		has_burst_limit;
+	bool		has_burst_window;
+	bool		has_daily;
+	bool		has_budget;
+	bool		has_tpm;
+	int32		burst_limit;
+	int32		burst_window_ms;
+	int32		daily_limit;
+	int64		tokens_per_minute;
+	AiMoney		budget;
+} AiLimitCols;
+
+/*
+ * The limit columns of the table aliased t, in the order ai_decode_limits()
+ * reads them; the burst window comes as whole milliseconds, and %s is the
+ * tokens-per-minute expression.
+ */
+#define AI_LIMIT_COLS_OF(t) \
+	t ".burst_limit, " \
+	"pg_catalog.ceil(pg_catalog.date_part('epoch', " t ".burst_window) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int4, " \
+	t ".daily_limit, " t ".monthly_budget_cents, %s"
+#define AI_NUM_LIMIT_COLS		5
+
+/* A user's row of ai_user_limits. */
+typedef struct AiUserLimits
+{
+	bool		has_row;
+	AiLimitCols lim;
+	bool		has_block;
+	TimestampTz blocked_until;	/* DT_NOEND: until lifted */
+} AiUserLimits;
+
 extern void ai_internal_begin(AiInternalState *st);
 extern void ai_internal_end(AiInternalState *st);
 extern void ai_as_owner_begin(AiInternalState *st);
 extern void ai_as_owner_end(AiInternalState *st);
 extern const char *ai_ext_schema(void);
 extern Oid	ai_ext_owner(void);
+extern bool ai_ext_has_user_limits(void);
+extern void ai_spi_read(const char *sql, int nargs, Oid *types, Datum *values);
+extern bool ai_spi_col(HeapTuple tup, TupleDesc td, int col, Datum *d);
+extern void ai_decode_limits(HeapTuple tup, TupleDesc td, int first, AiLimitCols *l);
+extern void ai_limits_apply(const AiLimitCols *l, AiPlan *plan);
 extern const AiPlan *ai_plan_lookup(const char *plan);
-extern void ai_apply_user_limits(const char *user_id, AiPlan *plan);
 extern bool ai_plans_have_alerts(void);
 extern const char *ai_plan_name_by_hash(uint16 h);
-extern const char *ai_user_plan(const char *user_id);
 extern void ai_price_lookup(const char *model, AiPrice *price);
 extern void ai_config_init(void);
 
 /* Generations of the caches, as bits for ai_config_bump_at_end(). */
-#define AI_GEN_PLANS			0x1		/* ai_plans, ai_user_plans, ai_user_limits */
+#define AI_GEN_PLANS			0x1		/* ai_plans */
 #define AI_GEN_PRICES			0x2		/* ai_model_prices */
 #define AI_GEN_USAGE			0x4		/* ai_usage rows deleted: spend reloads */
 extern void ai_config_bump_at_end(uint32 bits);
 extern void ai_config_xact_end(void);
+
+/* users.c */
+extern const char *ai_user_plan(const char *user_id, int len);
+extern void ai_apply_user_limits(const char *user_id, int len, AiPlan *plan);
+extern void ai_users_row_changed(HeapTuple tup, TupleDesc td, bool limits);
+extern void ai_users_all_changed(bool limits);
+extern void ai_users_xact_end(void);
 
 /* xact.c */
 typedef enum AiChargeKind

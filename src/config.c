@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * config.c
- *		Backend-local caches of the configuration tables: ai_plans,
- *		ai_user_plans, ai_user_limits and ai_model_prices.
+ *		Backend-local caches of ai_plans and ai_model_prices, and the
+ *		trigger that tells every backend the configuration changed.
  *
  * A check must not run a query: it reads plans from a local cache.  Each
  * cache is stamped with a generation number kept in shared memory; the
@@ -44,46 +44,11 @@ static MemoryContext config_cxt = NULL;
 static HTAB *plan_cache = NULL;
 static uint32 plan_cache_gen = 0;
 static bool plans_have_alerts = false;
-static HTAB *user_cache = NULL;
-static HTAB *limits_cache = NULL;
 static HTAB *price_cache = NULL;
 static uint32 price_cache_gen = 0;
 static char *ext_schema = NULL;	/* quoted schema name */
 static Oid	ext_owner = InvalidOid;
 static bool ext_has_1_2 = false;	/* ai_user_limits and the 1.2 plan columns */
-
-typedef struct UserPlanEntry
-{
-	char		user_id[AI_MAX_USER_ID_LEN + 1];
-	char		plan[NAMEDATALEN * 2];	/* "" when the user has no row */
-} UserPlanEntry;
-
-/*
- * The limit columns that ai_plans and ai_user_limits share, decoded from a
- * row by ai_decode_limits(); a has_ flag is false where the column is NULL.
- */
-typedef struct AiLimitCols
-{
-	bool		has_burst_limit;
-	bool		has_burst_window;
-	bool		has_daily;
-	bool		has_budget;
-	bool		has_tpm;
-	int32		burst_limit;
-	int32		burst_window_ms;
-	int32		daily_limit;
-	int64		tokens_per_minute;
-	AiMoney		budget;
-} AiLimitCols;
-
-/* A row of ai_user_limits: per-user overrides and blocks. */
-typedef struct UserLimitEntry
-{
-	char		user_id[AI_MAX_USER_ID_LEN + 1];
-	AiLimitCols lim;
-	bool		has_block;
-	TimestampTz blocked_until;
-} UserLimitEntry;
 
 typedef struct PriceEntry
 {
@@ -145,6 +110,15 @@ ai_ext_owner(void)
 	return ext_owner;
 }
 
+/* Does this database's version of the extension have ai_user_limits (1.2)? */
+bool
+ai_ext_has_user_limits(void)
+{
+	if (ext_schema == NULL)
+		ai_load_extension_info();
+	return ext_has_1_2;
+}
+
 void
 ai_config_init(void)
 {
@@ -161,16 +135,6 @@ ai_config_init(void)
 	ctl.hcxt = config_cxt;
 	plan_cache = hash_create("ai_ratelimit plans", 16, &ctl,
 							 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-
-	ctl.keysize = AI_MAX_USER_ID_LEN + 1;
-	ctl.entrysize = sizeof(UserPlanEntry);
-	user_cache = hash_create("ai_ratelimit user plans", 1024, &ctl,
-							 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-
-	ctl.keysize = AI_MAX_USER_ID_LEN + 1;
-	ctl.entrysize = sizeof(UserLimitEntry);
-	limits_cache = hash_create("ai_ratelimit user limits", 64, &ctl,
-							   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
 	ctl.keysize = AI_MAX_MODEL_LEN + 1;
 	ctl.entrysize = sizeof(PriceEntry);
@@ -237,7 +201,7 @@ ai_internal_end(AiInternalState *st)
  * Run a read-only query with the latest snapshot, as the extension owner.
  * Caller must be connected to SPI.
  */
-static void
+void
 ai_spi_read(const char *sql, int nargs, Oid *types, Datum *values)
 {
 	AiInternalState st;
@@ -262,7 +226,7 @@ ai_name_hash(const char *name)
 }
 
 /* Column col of an SPI row into *d; false when it is NULL. */
-static bool
+bool
 ai_spi_col(HeapTuple tup, TupleDesc td, int col, Datum *d)
 {
 	bool		isnull;
@@ -271,18 +235,8 @@ ai_spi_col(HeapTuple tup, TupleDesc td, int col, Datum *d)
 	return !isnull;
 }
 
-/*
- * The limit columns, in the order ai_decode_limits() reads them; the burst
- * window comes as whole milliseconds.
- */
-#define AI_LIMIT_COLS \
-	"burst_limit, " \
-	"pg_catalog.ceil(pg_catalog.date_part('epoch', burst_window) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int4, " \
-	"daily_limit, monthly_budget_cents, %s"
-#define AI_NUM_LIMIT_COLS		5
-
 /* Decode the limit columns of an SPI row, starting at column `first`. */
-static void
+void
 ai_decode_limits(HeapTuple tup, TupleDesc td, int first, AiLimitCols *l)
 {
 	Datum		d;
@@ -301,7 +255,7 @@ ai_decode_limits(HeapTuple tup, TupleDesc td, int first, AiLimitCols *l)
 }
 
 /* Apply limit columns over a plan: each one that is set replaces the plan's. */
-static void
+void
 ai_limits_apply(const AiLimitCols *l, AiPlan *plan)
 {
 	if (l->has_burst_limit)
@@ -363,23 +317,6 @@ ai_cache_plan_row(HeapTuple tup, TupleDesc td)
 		plans_have_alerts = true;
 }
 
-/* One row of ai_user_limits (user_id, limit columns, blocked_until). */
-static void
-ai_cache_user_limits_row(HeapTuple tup, TupleDesc td)
-{
-	bool		isnull;
-	char	   *uid = TextDatumGetCString(SPI_getbinval(tup, td, 1, &isnull));
-	UserLimitEntry *u;
-	Datum		d;
-
-	if (strlen(uid) > AI_MAX_USER_ID_LEN)
-		return;
-	u = hash_search(limits_cache, uid, HASH_ENTER, NULL);
-	ai_decode_limits(tup, td, 2, &u->lim);
-	u->has_block = ai_spi_col(tup, td, 2 + AI_NUM_LIMIT_COLS, &d);
-	u->blocked_until = u->has_block ? DatumGetTimestampTz(d) : 0;
-}
-
 /* Run a query (ai_spi_read) and hand each row to fn. */
 static void
 ai_spi_each_row(const char *sql, void (*fn) (HeapTuple tup, TupleDesc td))
@@ -390,9 +327,8 @@ ai_spi_each_row(const char *sql, void (*fn) (HeapTuple tup, TupleDesc td))
 }
 
 /*
- * Load ai_plans and ai_user_limits.  A database still on the 1.0 or 1.1
- * script has neither ai_user_limits nor the plan columns tokens_per_minute
- * and alert_percents: they read as NULL there.
+ * Load ai_plans.  A database still on the 1.0 or 1.1 script has no plan
+ * columns tokens_per_minute and alert_percents: they read as NULL there.
  */
 static void
 ai_reload_plans(void)
@@ -403,46 +339,17 @@ ai_reload_plans(void)
 	ai_load_extension_info();
 	schema = ai_ext_schema();
 	ai_clear_hash(plan_cache);
-	ai_clear_hash(user_cache);
-	ai_clear_hash(limits_cache);
 	plan_cache_gen = 0;
 	plans_have_alerts = false;
 
 	SPI_connect();
-	ai_spi_each_row(psprintf("SELECT plan, " AI_LIMIT_COLS ", %s FROM %s.ai_plans",
-							 ext_has_1_2 ? "tokens_per_minute" : "NULL::pg_catalog.int8",
-							 ext_has_1_2 ? "alert_percents" : "NULL::pg_catalog.int4[]",
+	ai_spi_each_row(psprintf("SELECT p.plan, " AI_LIMIT_COLS_OF("p") ", %s FROM %s.ai_plans p",
+							 ext_has_1_2 ? "p.tokens_per_minute" : "NULL::pg_catalog.int8",
+							 ext_has_1_2 ? "p.alert_percents" : "NULL::pg_catalog.int4[]",
 							 schema),
 					ai_cache_plan_row);
-	if (ext_has_1_2)
-		ai_spi_each_row(psprintf("SELECT user_id, " AI_LIMIT_COLS ", blocked_until"
-								 " FROM %s.ai_user_limits", "tokens_per_minute", schema),
-						ai_cache_user_limits_row);
 	SPI_finish();
 	plan_cache_gen = gen;
-}
-
-/*
- * Apply a user's row of ai_user_limits to a copy of the plan: every column
- * that is not NULL replaces the plan's limit; blocked_until blocks.
- */
-void
-ai_apply_user_limits(const char *user_id, AiPlan *plan)
-{
-	UserLimitEntry *u;
-
-	if (hash_get_num_entries(limits_cache) == 0 ||
-		strlen(user_id) > AI_MAX_USER_ID_LEN)
-		return;
-	u = hash_search(limits_cache, user_id, HASH_FIND, NULL);
-	if (u == NULL)
-		return;
-	ai_limits_apply(&u->lim, plan);
-	if (u->has_block)
-	{
-		plan->blocked = true;
-		plan->blocked_until = u->blocked_until;
-	}
 }
 
 /* The name of the plan in this database whose name hashes to h, if one. */
@@ -499,48 +406,6 @@ ai_plan_lookup(const char *plan)
 		last_gen = plan_cache_gen;
 	}
 	return last_plan;
-}
-
-/* The plan of a user from ai_user_plans, 'free' when the user has none. */
-const char *
-ai_user_plan(const char *user_id)
-{
-	UserPlanEntry *u;
-	bool		found;
-
-	if (plan_cache_gen != pg_atomic_read_u32(&ai_shared->plans_gen))
-		ai_reload_plans();
-
-	u = hash_search(user_cache, user_id, HASH_FIND, &found);
-	if (u == NULL)
-	{
-		char	   *sql;
-		Oid			types[1] = {TEXTOID};
-		Datum		vals[1];
-		char	   *plan = NULL;
-
-		/* keep the cache bounded: start over when it grows too big */
-		if (hash_get_num_entries(user_cache) >= 100000)
-			ai_clear_hash(user_cache);
-
-		SPI_connect();
-		sql = psprintf("SELECT plan FROM %s.ai_user_plans WHERE user_id OPERATOR(pg_catalog.=) $1",
-					   ai_ext_schema());
-		vals[0] = CStringGetTextDatum(user_id);
-		ai_spi_read(sql, 1, types, vals);
-		if (SPI_processed > 0)
-		{
-			bool		isnull;
-			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-			if (!isnull)
-				plan = TextDatumGetCString(d);
-		}
-		u = hash_search(user_cache, user_id, HASH_ENTER, NULL);
-		strlcpy(u->plan, (plan && strlen(plan) < sizeof(u->plan)) ? plan : "", sizeof(u->plan));
-		SPI_finish();
-	}
-	return u->plan[0] ? u->plan : "free";
 }
 
 /*
@@ -621,7 +486,8 @@ ai_price_lookup(const char *model, AiPrice *price)
 
 /*
  * Trigger on the configuration tables and on ai_usage: bump the generation
- * named by the trigger's argument now and when the transaction ends.
+ * named by the trigger's argument now and when the transaction ends; for
+ * ai_user_plans and ai_user_limits, tell users.c which users changed.
  */
 static uint32 pending_bumps = 0;	/* AI_GEN_* bits */
 
@@ -654,6 +520,7 @@ ai_config_xact_end(void)
 		ai_bump(pending_bumps);
 		pending_bumps = 0;
 	}
+	ai_users_xact_end();
 }
 
 Datum
@@ -670,8 +537,29 @@ ai_ratelimit_config_changed(PG_FUNCTION_ARGS)
 	for (int i = 0; i < trigdata->tg_trigger->tgnargs; i++)
 	{
 		const char *a = trigdata->tg_trigger->tgargs[i];
+		bool		limits = strcmp(a, "user_limits") == 0;
 
-		if (strcmp(a, "plans") == 0)
+		if (limits || strcmp(a, "user_plans") == 0)
+		{
+			if (!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+				ai_users_all_changed(limits);
+			else
+			{
+				ai_users_row_changed(trigdata->tg_trigtuple,
+									 trigdata->tg_relation->rd_att, limits);
+				if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+					ai_users_row_changed(trigdata->tg_newtuple,
+										 trigdata->tg_relation->rd_att, limits);
+			}
+		}
+		else if (strcmp(a, "plans") == 0 &&
+				 strcmp(RelationGetRelationName(trigdata->tg_relation), "ai_plans") != 0)
+		{
+			/* the statement trigger of ai_user_plans or ai_user_limits before 1.3 */
+			ai_users_all_changed(strcmp(RelationGetRelationName(trigdata->tg_relation),
+										"ai_user_limits") == 0);
+		}
+		else if (strcmp(a, "plans") == 0)
 			bits |= AI_GEN_PLANS;
 		else if (strcmp(a, "prices") == 0)
 			bits |= AI_GEN_PRICES;

@@ -120,7 +120,7 @@ void
 ai_shmem_request(void)
 {
 	RequestAddinShmemSpace(ai_shmem_size());
-	RequestNamedLWLockTranche(AI_TRANCHE, AI_NUM_PARTITIONS + 2);
+	RequestNamedLWLockTranche(AI_TRANCHE, AI_NUM_PARTITIONS + 3);
 }
 
 /* Called from shmem_startup_hook; takes AddinShmemInitLock itself. */
@@ -141,7 +141,11 @@ ai_shmem_startup(void)
 	{
 		ai_shared->resv_lock = &ai_locks[AI_NUM_PARTITIONS].lock;
 		ai_shared->stats_lock = &ai_locks[AI_NUM_PARTITIONS + 1].lock;
+		ai_shared->users_lock = &ai_locks[AI_NUM_PARTITIONS + 2].lock;
 		pg_atomic_init_u32(&ai_shared->plans_gen, 1);
+		pg_atomic_init_u32(&ai_shared->users_gen, 1);
+		pg_atomic_init_u32(&ai_shared->limits_gen, 1);
+		pg_atomic_init_u64(&ai_shared->users_seq, 0);
 		pg_atomic_init_u32(&ai_shared->prices_gen, 1);
 		pg_atomic_init_u32(&ai_shared->usage_gen, 1);
 		pg_atomic_init_u32(&ai_shared->dirty, 0);

@@ -109,13 +109,13 @@ ai_arg_user_id(FunctionCallInfo fcinfo, int argno, int *len)
  * user's row of ai_user_limits applied, into *out.
  */
 static void
-ai_arg_plan(FunctionCallInfo fcinfo, int argno, const char *user_id, AiPlan *out)
+ai_arg_plan(FunctionCallInfo fcinfo, int argno, const char *user_id, int len, AiPlan *out)
 {
 	const char *name;
 	const AiPlan *plan;
 
 	if (PG_ARGISNULL(argno))
-		name = ai_user_plan(user_id);
+		name = ai_user_plan(user_id, len);
 	else
 		name = text_to_cstring(PG_GETARG_TEXT_PP(argno));
 
@@ -126,7 +126,7 @@ ai_arg_plan(FunctionCallInfo fcinfo, int argno, const char *user_id, AiPlan *out
 				 errmsg("unknown plan \"%s\"", name),
 				 errhint("Plans are the rows of ai_plans.")));
 	*out = *plan;
-	ai_apply_user_limits(user_id, out);
+	ai_apply_user_limits(user_id, len, out);
 }
 
 static Datum
@@ -176,7 +176,7 @@ ai_run_check(FunctionCallInfo fcinfo, bool consume, bool with_estimate, AiDecisi
 
 	ai_require_loaded();
 	user_id = ai_arg_user_id(fcinfo, 0, &len);
-	ai_arg_plan(fcinfo, 1, user_id, &plan);
+	ai_arg_plan(fcinfo, 1, user_id, len, &plan);
 	if (with_estimate && PG_NARGS() > 3 && !PG_ARGISNULL(3))
 	{
 		est_tokens = PG_GETARG_INT64(3);

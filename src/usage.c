@@ -99,11 +99,11 @@ ai_alert_plan(const AiRecordCall *r, AiPlan *eff)
 
 	if (!ai_plans_have_alerts())
 		return false;
-	plan = ai_plan_lookup(ai_user_plan(r->user_id));
+	plan = ai_plan_lookup(ai_user_plan(r->user_id, r->idlen));
 	if (plan == NULL)
 		return false;
 	*eff = *plan;
-	ai_apply_user_limits(r->user_id, eff);
+	ai_apply_user_limits(r->user_id, r->idlen, eff);
 	return eff->has_budget && eff->nalerts > 0 && eff->budget > 0;
 }
 
