@@ -22,3 +22,32 @@ CREATE TRIGGER ai_user_limits_changed
 CREATE TRIGGER ai_user_limits_truncated
     AFTER TRUNCATE ON @extschema@.ai_user_limits
     FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.ai_ratelimit_config_changed('user_limits');
+
+-- Rows that reach ai_usage other than through ai_record_usage (INSERT, COPY,
+-- a restore into a live cluster, logical replication) make the month's
+-- spend of their users load again from the tables at their next check.
+-- The triggers on the usage tables fire during replication apply too.
+CREATE FUNCTION @extschema@.ai_ratelimit_usage_inserted()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'ai_ratelimit_usage_inserted'
+LANGUAGE C;
+COMMENT ON FUNCTION @extschema@.ai_ratelimit_usage_inserted() IS
+    'trigger: a usage row not written by ai_record_usage makes its user''s cached spend reload';
+REVOKE ALL ON FUNCTION @extschema@.ai_ratelimit_usage_inserted() FROM PUBLIC;
+CREATE TRIGGER ai_usage_inserted
+    AFTER INSERT ON @extschema@.ai_usage
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.ai_ratelimit_usage_inserted();
+ALTER TABLE @extschema@.ai_usage ENABLE ALWAYS TRIGGER ai_usage_inserted;
+ALTER TABLE @extschema@.ai_usage ENABLE ALWAYS TRIGGER ai_usage_changed;
+ALTER TABLE @extschema@.ai_usage_archive ENABLE ALWAYS TRIGGER ai_usage_archive_changed;
+
+-- Whether the counters are being saved: the last good save and the failures.
+CREATE FUNCTION @extschema@.ai_ratelimit_saves(
+    OUT last_save timestamptz,
+    OUT save_failures bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'ai_ratelimit_saves'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.ai_ratelimit_saves() IS
+    'when the counters were last saved to disk, and how many saves failed since start';
+REVOKE ALL ON FUNCTION @extschema@.ai_ratelimit_saves() FROM PUBLIC;

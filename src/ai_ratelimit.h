@@ -142,7 +142,14 @@ typedef struct AiEntry
 
 	char		id_prefix[AI_ID_PREFIX_LEN];	/* user id, for views */
 	int32		next;			/* next entry in its bucket, or in the free list */
+	int32		dirty_next;		/* next in its partition's dirty list; -2: not in it */
+	uint8		save_flags;		/* AI_SAVE_* (persist.c) */
+	uint8		resv_restored;	/* reservations restored after a crash, not yet
+								 * checked against ai_usage (spend.c) */
 } AiEntry;
+
+#define AI_SAVE_DIRTY			0x1 /* changed since it was last saved */
+#define AI_SAVE_IN_FILE			0x2 /* in the save files: removing it needs a tombstone */
 
 /* Is the entry's cached spend exact for this month?  Caller holds its lock. */
 static inline bool
@@ -187,7 +194,10 @@ typedef struct AiShared
 	AiKey		users_ring[AI_USERS_RING];
 	pg_atomic_uint32 prices_gen;	/* bumped when ai_model_prices changes */
 	pg_atomic_uint32 usage_gen; /* bumped when ai_usage rows are deleted */
+	pg_atomic_uint32 ext_gen;	/* bumped when the extension is dropped somewhere */
 	pg_atomic_uint32 dirty;		/* counters changed since the last save */
+	pg_atomic_uint64 last_save;	/* TimestampTz of the last good save, 0: none */
+	pg_atomic_uint64 save_failures;	/* saves that failed since start */
 	pg_atomic_uint64 evictions;
 	pg_atomic_uint64 full_refusals;
 	TimestampTz stats_reset;	/* guarded by stats_lock */
@@ -207,6 +217,8 @@ typedef struct AiShared
  * partition b % AI_NUM_PARTITIONS: a partition's entries can be visited
  * under its lock alone (AiPartIter).
  */
+#define AI_TOMB_MAX				65536
+
 typedef struct AiTable
 {
 	int32		nbuckets;		/* a power of 2, at least AI_NUM_PARTITIONS */
@@ -217,6 +229,13 @@ typedef struct AiTable
 	/* per partition, under its lock: */
 	int32		part_count[AI_NUM_PARTITIONS];
 	TimestampTz part_idle_until[AI_NUM_PARTITIONS]; /* swept in vain: not again before */
+	int32		part_idle_day[AI_NUM_PARTITIONS];	/* ... if still this local day */
+	int32		dirty_head[AI_NUM_PARTITIONS];	/* entries changed since the last save */
+	/* keys of saved entries removed since the last save (persist.c) */
+	slock_t		tomb_mutex;
+	int32		ntomb;
+	bool		tomb_overflow;	/* more than AI_TOMB_MAX: the next save is whole */
+	AiKey		tomb[AI_TOMB_MAX];
 	int32		buckets[FLEXIBLE_ARRAY_MEMBER]; /* chain heads (slot or -1) */
 } AiTable;
 
@@ -288,16 +307,30 @@ extern AiEntry *ai_entry_get(const AiKey *key, uint32 hashcode, LWLock *lock,
 extern bool ai_entry_is_live(AiEntry *e, TimestampTz now, int32 today);
 extern void ai_lock_all(LWLockMode mode);
 extern void ai_verify(List **problems);
+extern void ai_forget_database(Oid dbid);
 extern void ai_unlock_all(void);
 extern AiReservation *ai_resv_slot(int64 id);
 extern int64 ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz expires_at);
+extern int64 ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampTz expires_at);
+extern void ai_entry_forget(AiEntry *e);
 extern void ai_resv_free(AiEntry *entry, int32 slot);
 extern AiMoney ai_resv_open_amount(AiEntry *entry, TimestampTz now);
 
-/* Note that the counters changed, for the saver (persist.c). */
+/*
+ * Note that an entry's saved state changed, for the saver (persist.c).
+ * Caller holds the entry's partition lock exclusively.
+ */
 static inline void
-ai_mark_dirty(void)
+ai_entry_changed(AiEntry *e)
 {
+	if (!(e->save_flags & AI_SAVE_DIRTY))
+	{
+		int32	   *head = &ai_table->dirty_head[ai_key_hash(&e->key) % AI_NUM_PARTITIONS];
+
+		e->save_flags |= AI_SAVE_DIRTY;
+		e->dirty_next = *head;
+		*head = (int32) (e - ai_entries);
+	}
 	if (pg_atomic_read_u32(&ai_shared->dirty) == 0)
 		pg_atomic_write_u32(&ai_shared->dirty, 1);
 }
@@ -334,6 +367,7 @@ extern void ai_tokens_advance(AiEntry *e, TimestampTz now);
 extern uint64 ai_tokens_count(AiEntry *e, TimestampTz now);
 extern TimestampTz ai_tokens_retry_at(AiEntry *e, uint64 limit, uint64 need, TimestampTz now);
 extern TimestampTz ai_burst_oldest_leaves(AiEntry *e, TimestampTz now);
+extern TimestampTz ai_burst_all_leave(AiEntry *e);
 extern uint32 ai_burst_count(AiEntry *e, TimestampTz now);
 extern TimestampTz ai_burst_retry_at(AiEntry *e, uint32 limit, TimestampTz now);
 extern int64 ai_burst_bucket(AiEntry *e, TimestampTz now);
@@ -443,7 +477,8 @@ extern void ai_config_init(void);
 #define AI_GEN_PRICES			0x2		/* ai_model_prices */
 #define AI_GEN_USAGE			0x4		/* ai_usage rows deleted: spend reloads */
 extern void ai_config_bump_at_end(uint32 bits);
-extern void ai_config_xact_end(void);
+extern void ai_config_xact_end(bool commit);
+extern void ai_config_init_hooks(void);
 
 /* users.c */
 extern const char *ai_user_plan(const char *user_id, int len);
@@ -503,8 +538,12 @@ extern bool ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_
 							int idlen, const AiCalendar *cal, TimestampTz now,
 							AiMoney *fallback);
 extern Datum ai_spend_in_month(const char *user_id, DateADT month);
+extern void ai_resv_drop_settled(const AiKey *key, uint32 hashcode, const char *user_id, int idlen);
+extern void ai_spend_xact_end(bool commit);
 
 /* usage.c */
+extern bool ai_recording_usage(void);
+extern void ai_record_xact_end(void);
 extern Datum ai_record(const char *user_id, int idlen, const char *model,
 					   int64 in_tok, int64 out_tok, int64 cached_tok,
 					   int64 resv_id, bool has_resv);

@@ -20,6 +20,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/objectaccess.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
@@ -47,6 +48,9 @@ static bool plans_have_alerts = false;
 static HTAB *price_cache = NULL;
 static uint32 price_cache_gen = 0;
 static char *ext_schema = NULL;	/* quoted schema name */
+static uint32 ext_gen_seen = 0;	/* ext_gen when they were read */
+static bool drop_at_commit = false;	/* this transaction drops the extension */
+static object_access_hook_type prev_object_access_hook = NULL;
 static Oid	ext_owner = InvalidOid;
 static bool ext_has_1_2 = false;	/* ai_user_limits and the 1.2 plan columns */
 
@@ -92,12 +96,22 @@ ai_load_extension_info(void)
 									 quote_identifier(get_namespace_name(nsp)));
 	/* the library serves databases still on an older script version too */
 	ext_has_1_2 = OidIsValid(get_relname_relid("ai_user_limits", nsp));
+	if (ai_shared != NULL)
+		ext_gen_seen = pg_atomic_read_u32(&ai_shared->ext_gen);
+}
+
+/* Was the extension dropped (and maybe made again) since it was looked up? */
+static bool
+ai_ext_info_stale(void)
+{
+	return ext_schema == NULL ||
+		(ai_shared != NULL && ext_gen_seen != pg_atomic_read_u32(&ai_shared->ext_gen));
 }
 
 const char *
 ai_ext_schema(void)
 {
-	if (ext_schema == NULL)
+	if (ai_ext_info_stale())
 		ai_load_extension_info();
 	return ext_schema;
 }
@@ -105,7 +119,7 @@ ai_ext_schema(void)
 Oid
 ai_ext_owner(void)
 {
-	if (!OidIsValid(ext_owner))
+	if (!OidIsValid(ext_owner) || ai_ext_info_stale())
 		ai_load_extension_info();
 	return ext_owner;
 }
@@ -114,7 +128,7 @@ ai_ext_owner(void)
 bool
 ai_ext_has_user_limits(void)
 {
-	if (ext_schema == NULL)
+	if (ai_ext_info_stale())
 		ai_load_extension_info();
 	return ext_has_1_2;
 }
@@ -445,6 +459,8 @@ ai_reload_prices(void)
 {
 	uint32		gen = pg_atomic_read_u32(&ai_shared->prices_gen);
 
+	if (ai_ext_info_stale())
+		ai_load_extension_info();
 	ai_clear_hash(price_cache);
 	price_cache_gen = 0;
 
@@ -513,14 +529,46 @@ ai_config_bump_at_end(uint32 bits)
 
 /* Called by xact.c when a transaction ends, committed or not. */
 void
-ai_config_xact_end(void)
+ai_config_xact_end(bool commit)
 {
+	if (drop_at_commit && commit && ai_shared != NULL)
+	{
+		/*
+		 * DROP EXTENSION committed: forget this database's counters, so a
+		 * later CREATE EXTENSION starts from zero, and make every session
+		 * look the extension and its tables up again.
+		 */
+		ai_forget_database(MyDatabaseId);
+		pg_atomic_fetch_add_u32(&ai_shared->ext_gen, 1);
+		pending_bumps |= AI_GEN_PLANS | AI_GEN_PRICES | AI_GEN_USAGE;
+		ai_users_all_changed(true);
+	}
+	drop_at_commit = false;
 	if (pending_bumps)
 	{
 		ai_bump(pending_bumps);
 		pending_bumps = 0;
 	}
 	ai_users_xact_end();
+}
+
+/* DROP EXTENSION ai_ratelimit: act when the transaction commits. */
+static void
+ai_object_access(ObjectAccessType access, Oid classId, Oid objectId,
+				 int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+	if (access == OAT_DROP && classId == ExtensionRelationId &&
+		objectId == get_extension_oid("ai_ratelimit", true))
+		drop_at_commit = true;
+}
+
+void
+ai_config_init_hooks(void)
+{
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = ai_object_access;
 }
 
 Datum

@@ -109,6 +109,13 @@ ai_check_lock_entry(AiCheck *c)
 		c->live = (c->entry != NULL);
 		if (!c->live)
 			ai_check_blank(c);
+		else if (c->entry->resv_restored)
+		{
+			/* after a crash: drop what was settled since the last save */
+			LWLockRelease(c->lock);
+			ai_resv_drop_settled(&c->key, c->hashcode, c->user_id, c->idlen);
+			continue;
+		}
 
 		/*
 		 * The spend loaded above must still be cached under the lock; if the
@@ -297,6 +304,7 @@ ai_take_charge(AiCheck *c, AiDecision *d)
 		e->daily_count = 0;
 	}
 	e->daily_count++;
+	ai_entry_changed(e);
 	return true;
 }
 
@@ -434,10 +442,7 @@ ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 		LWLockRelease(c.lock);
 
 	if (charged)
-	{
 		ai_charge_add(&c.charge);
-		ai_mark_dirty();
-	}
 	if (consume && plan->stats)
 		pg_atomic_fetch_add_u64(&plan->stats->count[v.outcome], 1);
 
@@ -495,7 +500,7 @@ ai_reset_user(const char *user_id, int idlen)
 			slot = next;
 		}
 		ai_partition_changed(hashcode);
-		ai_mark_dirty();
+		ai_entry_changed(e);
 	}
 	LWLockRelease(lock);
 }

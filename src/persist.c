@@ -3,21 +3,30 @@
  * persist.c
  *		Keeping the shared counters across restarts.
  *
- * The live part of every entry (burst buckets, the day's count) and every
- * open reservation are written to PGDATA/pg_stat/ai_ratelimit.dat:
- *   - by the postmaster when it shuts down cleanly, and
- *   - by the background worker "ai_ratelimit saver" every
- *     ai_ratelimit.save_interval when something changed,
- * always as a temporary file, fsynced, then renamed over the old one
- * (durable_rename), so a crash leaves the previous complete file.  The file
- * is read once when shared memory is set up, at start and after a crash
- * restart.  So a clean restart keeps every count, and a crash loses at most
- * what changed during the last save_interval.  Monthly spend is not saved:
- * it is reloaded from the usage tables.
+ * The live part of every entry (burst buckets, the day's count, tokens) and
+ * its open reservations are kept in two files under PGDATA/pg_stat:
+ *   - ai_ratelimit.dat, the base: every live entry, written whole as a
+ *     temporary file, fsynced, then renamed over the old one
+ *     (durable_rename), so a crash leaves the previous complete file;
+ *   - ai_ratelimit.delta, appended to: blocks of the entries that changed
+ *     since the last save (AI_SAVE_DIRTY) and tombstones of saved entries
+ *     that were removed, each block fsynced, with its own CRC and the id of
+ *     the base it follows.
+ * The background worker "ai_ratelimit saver" appends a block every
+ * ai_ratelimit.save_interval when something changed, and writes a new base
+ * (and drops the deltas) when the deltas have grown to the size of the base; the
+ * postmaster writes a base when it shuts down cleanly.  So a save costs
+ * what changed, not what is tracked.  Loading reads the base, then every
+ * complete block that follows it; a torn last block or deltas of an older
+ * base are ignored.  A clean restart keeps every count, and a crash loses
+ * at most what changed during the last save_interval.  Monthly spend is not
+ * saved: it is reloaded from the usage tables.  Reservations come back with
+ * their ids, so an application can still settle them.
  *
- * Locking: the writer copies the entries of one partition at a time,
- * holding only that partition's lock in shared mode, then writes without
- * locks.  Loading runs in the postmaster
+ * Locking: the writer visits one partition at a time, holding only that
+ * partition's lock (exclusively: it empties the partition's dirty list,
+ * which entries join when they change, see ai_entry_changed), then writes
+ * without locks.  Loading runs in the postmaster
  * before any backend exists: it takes no partition lock (nothing else can
  * touch the hash yet), and ai_resv_create takes resv_lock, uncontended.
  *
@@ -27,6 +36,8 @@
 
 #include <unistd.h>
 
+#include "catalog/pg_control.h"
+#include "common/controldata_utils.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "port/pg_crc32c.h"
@@ -43,11 +54,17 @@
 
 #define AI_SAVE_FILE		"pg_stat/ai_ratelimit.dat"
 #define AI_SAVE_TMP			"pg_stat/ai_ratelimit.dat.tmp"
-#define AI_SAVE_MAGIC		0x4149524C	/* "AIRL" */
-#define AI_SAVE_VERSION		2
+#define AI_DELTA_FILE		"pg_stat/ai_ratelimit.delta"
+#define AI_SAVE_MAGIC		0x4149524C	/* "AIRL": a base */
+#define AI_DELTA_MAGIC		0x41495244	/* "AIRD": a delta block */
+#define AI_SAVE_VERSION		3
+/* a new base once the deltas outgrow it (and this much) */
+#define AI_DELTA_MIN_BYTES	(8 * 1024 * 1024)
 
 PGDLLEXPORT void ai_saver_main(Datum arg);
+static bool ai_shut_down_cleanly(void);
 
+/* The head of a base file and of each delta block. */
 typedef struct AiSaveHeader
 {
 	uint32		magic;
@@ -55,7 +72,11 @@ typedef struct AiSaveHeader
 	uint32		ring;			/* AI_BURST_RING of the writer */
 	uint32		nentries;
 	uint32		nresv;
+	uint32		ntomb;			/* delta: tombstones (keys); base: 0 */
+	uint64		base_id;		/* the base this is, or follows */
 	TimestampTz written_at;
+	uint32		at_shutdown;	/* base: written by a clean shutdown */
+	uint32		pad;
 } AiSaveHeader;
 
 typedef struct AiSavedEntry
@@ -90,7 +111,14 @@ typedef struct AiSaveBuf
 	AiSavedResv *resv;
 	uint32		nresv;
 	uint32		maxresv;
+	AiKey	   *tomb;
+	uint32		ntomb;
 } AiSaveBuf;
+
+/* The saver's own view of the files (the worker process's memory). */
+static uint64 base_id = 0;		/* 0: no base written by this process yet */
+static uint64 base_bytes = 0;
+static uint64 delta_bytes = 0;
 
 /* Room for `entries` more entries and all reservations; never under a lock. */
 static void
@@ -111,85 +139,209 @@ ai_save_buf_grow(AiSaveBuf *b, uint32 entries)
 	}
 }
 
+/* Copy an entry and its unexpired reservations into the buffer. */
+static void
+ai_save_copy_entry(AiSaveBuf *b, AiEntry *e, TimestampTz now)
+{
+	AiSavedEntry *s = &b->entries[b->nentries++];
+
+	memset(s, 0, sizeof(*s));
+	s->key = e->key;
+	s->burst_head = e->burst_head;
+	s->burst_window_ms = e->burst_window_ms;
+	memcpy(s->burst, e->burst, sizeof(s->burst));
+	s->day = e->day;
+	s->daily_count = e->daily_count;
+	s->tokens_head = e->tokens_head;
+	memcpy(s->tokens, e->tokens, sizeof(s->tokens));
+	s->plan_hash = e->plan_hash;
+	s->id_len = e->id_len;
+	memcpy(s->id_prefix, e->id_prefix, sizeof(s->id_prefix));
+	for (int32 slot = e->resv_head; slot >= 0 && b->nresv < b->maxresv;
+		 slot = ai_shared->resv[slot].next)
+	{
+		AiReservation *r = &ai_shared->resv[slot];
+
+		if (r->state != AI_RESV_FREE && r->expires_at > now)
+		{
+			b->resv[b->nresv].id = r->id;
+			b->resv[b->nresv].key = r->key;
+			b->resv[b->nresv].amount = r->amount;
+			b->resv[b->nresv].expires_at = r->expires_at;
+			b->nresv++;
+		}
+	}
+}
+
 /*
- * Copy the live entries of one partition and their reservations, holding
- * that partition's lock (shared) only.  Returns false, copying nothing,
- * when the buffer is too small for what the partition holds now.
+ * Copy one partition, holding its lock alone: for a base, every live entry
+ * (a visit of the whole partition); for a delta, the entries on its dirty
+ * list, live or not (a visit of those alone).  Each entry copied is marked
+ * as in the files and clean, and the dirty list is emptied.  Returns false,
+ * copying nothing, when the buffer is too small for what it must copy.
  */
 static bool
-ai_save_copy_partition(AiSaveBuf *b, int partition, TimestampTz now, int32 today)
+ai_save_copy_partition(AiSaveBuf *b, int partition, bool whole, TimestampTz now, int32 today)
 {
 	LWLock	   *lock = ai_partition_lock_at(partition);
+	int32	   *dirty = &ai_table->dirty_head[partition];
 	AiPartIter	it;
 	AiEntry    *e;
+	uint32		ndirty = 0;
 
-	LWLockAcquire(lock, LW_SHARED);
-	if ((uint32) ai_table->part_count[partition] > b->maxentries - b->nentries)
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	if (!whole)
+		for (int32 s = *dirty; s >= 0; s = ai_entries[s].dirty_next)
+			ndirty++;
+	if ((whole ? (uint32) ai_table->part_count[partition] : ndirty) > b->maxentries - b->nentries)
 	{
 		LWLockRelease(lock);
 		return false;
 	}
+	if (!whole)
+	{
+		while (*dirty >= 0)
+		{
+			e = &ai_entries[*dirty];
+			*dirty = e->dirty_next;
+			ai_save_copy_entry(b, e, now);
+			e->save_flags = AI_SAVE_IN_FILE;
+			e->dirty_next = -2;
+		}
+		LWLockRelease(lock);
+		return true;
+	}
 	ai_part_iter_init(&it, partition);
 	while ((e = ai_part_iter_next(&it)) != NULL)
 	{
-		AiSavedEntry *s;
-
+		e->dirty_next = -2;
 		if (!ai_entry_is_live(e, now, today))
-			continue;
-		s = &b->entries[b->nentries++];
-		memset(s, 0, sizeof(*s));
-		s->key = e->key;
-		s->burst_head = e->burst_head;
-		s->burst_window_ms = e->burst_window_ms;
-		memcpy(s->burst, e->burst, sizeof(s->burst));
-		s->day = e->day;
-		s->daily_count = e->daily_count;
-		s->tokens_head = e->tokens_head;
-		memcpy(s->tokens, e->tokens, sizeof(s->tokens));
-		s->plan_hash = e->plan_hash;
-		s->id_len = e->id_len;
-		memcpy(s->id_prefix, e->id_prefix, sizeof(s->id_prefix));
-		for (int32 slot = e->resv_head; slot >= 0 && b->nresv < b->maxresv;
-			 slot = ai_shared->resv[slot].next)
 		{
-			AiReservation *r = &ai_shared->resv[slot];
-
-			if (r->state != AI_RESV_FREE && r->expires_at > now)
-			{
-				b->resv[b->nresv].id = r->id;
-				b->resv[b->nresv].key = r->key;
-				b->resv[b->nresv].amount = r->amount;
-				b->resv[b->nresv].expires_at = r->expires_at;
-				b->nresv++;
-			}
+			e->save_flags = 0;	/* not in the new base */
+			continue;
 		}
+		ai_save_copy_entry(b, e, now);
+		e->save_flags = AI_SAVE_IN_FILE;
 	}
+	*dirty = -1;
 	LWLockRelease(lock);
 	return true;
 }
 
+/* Take the tombstones recorded since the last save; true if some were lost. */
+static bool
+ai_save_take_tombstones(AiSaveBuf *b)
+{
+	bool		overflow;
+
+	SpinLockAcquire(&ai_table->tomb_mutex);
+	overflow = ai_table->tomb_overflow;
+	b->ntomb = ai_table->ntomb;
+	memcpy(b->tomb, ai_table->tomb, sizeof(AiKey) * b->ntomb);
+	ai_table->ntomb = 0;
+	ai_table->tomb_overflow = false;
+	SpinLockRelease(&ai_table->tomb_mutex);
+	return overflow;
+}
+
+/* Header, entries, reservations, tombstones and CRC, to an open file. */
+static bool
+ai_save_write(FILE *f, AiSaveHeader *hdr, AiSaveBuf *b)
+{
+	pg_crc32c	crc;
+
+	INIT_CRC32C(crc);
+	COMP_CRC32C(crc, hdr, sizeof(*hdr));
+	COMP_CRC32C(crc, b->entries, sizeof(AiSavedEntry) * hdr->nentries);
+	COMP_CRC32C(crc, b->resv, sizeof(AiSavedResv) * hdr->nresv);
+	COMP_CRC32C(crc, b->tomb, sizeof(AiKey) * hdr->ntomb);
+	FIN_CRC32C(crc);
+	return fwrite(hdr, sizeof(*hdr), 1, f) == 1 &&
+		(hdr->nentries == 0 || fwrite(b->entries, sizeof(AiSavedEntry), hdr->nentries, f) == hdr->nentries) &&
+		(hdr->nresv == 0 || fwrite(b->resv, sizeof(AiSavedResv), hdr->nresv, f) == hdr->nresv) &&
+		(hdr->ntomb == 0 || fwrite(b->tomb, sizeof(AiKey), hdr->ntomb, f) == hdr->ntomb) &&
+		fwrite(&crc, sizeof(crc), 1, f) == 1;
+}
+
+/* Write a new base and drop the deltas; on failure the old files stay. */
+static bool
+ai_save_base(AiSaveHeader *hdr, AiSaveBuf *b)
+{
+	FILE	   *f = AllocateFile(AI_SAVE_TMP, PG_BINARY_W);
+	bool		ok = (f != NULL && ai_save_write(f, hdr, b));
+
+	if (f != NULL && (FreeFile(f) != 0))
+		ok = false;
+	if (!ok)
+	{
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("ai_ratelimit could not save its counters: could not write file \"%s\": %m",
+						AI_SAVE_TMP),
+				 errhint("Free space in the data directory; until a save succeeds, a crash or restart loses the counts since the last good save.")));
+		unlink(AI_SAVE_TMP);
+		return false;
+	}
+	/* fsyncs the file and the directory: a crash keeps old or new, whole */
+	if (durable_rename(AI_SAVE_TMP, AI_SAVE_FILE, WARNING) != 0)
+		return false;
+	/* deltas of the old base are ignored from now on; remove them */
+	if (unlink(AI_DELTA_FILE) != 0 && errno != ENOENT)
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("could not remove file \"%s\": %m", AI_DELTA_FILE)));
+	return true;
+}
+
+/* Append a delta block and fsync it. */
+static bool
+ai_save_delta(AiSaveHeader *hdr, AiSaveBuf *b)
+{
+	FILE	   *f = AllocateFile(AI_DELTA_FILE, PG_BINARY_A);
+	bool		ok = (f != NULL && ai_save_write(f, hdr, b) && fflush(f) == 0 &&
+					  pg_fsync(fileno(f)) == 0);
+
+	if (f != NULL && FreeFile(f) != 0)
+		ok = false;
+	if (!ok)
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("ai_ratelimit could not save its counters: could not write file \"%s\": %m",
+						AI_DELTA_FILE),
+				 errhint("Free space in the data directory; until a save succeeds, a crash or restart loses the counts since the last good save.")));
+	return ok;
+}
+
 /*
- * Write the file.  Copies one partition at a time, so a check waits at most
- * for the copy of its own partition, never for the whole table or the
- * write.  Caller must hold no partition lock.  Returns false (with a LOG
- * message) when the file could not be written; the old one stays.
+ * Save: a delta of what changed, or a new base when `whole` (or when the
+ * deltas have grown, tombstones were lost, or this process has written no
+ * base yet).  Visits one partition at a time, so a check waits at most for
+ * the visit of its own partition, never for the whole table or the write.
+ * Caller must hold no partition lock.  Returns false (with a LOG message)
+ * when the files could not be written; the next save is then whole.
  */
 static bool
-ai_save(void)
+ai_save(bool whole, bool at_shutdown)
 {
 	AiSaveHeader hdr;
 	AiSaveBuf	b;
 	TimestampTz now = GetCurrentTimestamp();
 	AiCalendar	cal;
-	pg_crc32c	crc;
-	FILE	   *f;
+	bool		ok;
 
 	if (ai_shared == NULL || ai_table == NULL)
 		return false;
 
 	ai_calendar_at(now, &cal);
 	memset(&b, 0, sizeof(b));
-	b.maxentries = Max(ai_entry_count(), 1024);
+	b.tomb = palloc_extended(sizeof(AiKey) * AI_TOMB_MAX, MCXT_ALLOC_HUGE);
+	/* removals from now on go to the next save */
+	if (ai_save_take_tombstones(&b) || base_id == 0 ||
+		delta_bytes > Max(base_bytes, AI_DELTA_MIN_BYTES))
+		whole = true;
+	if (whole)
+		b.ntomb = 0;			/* the new base simply leaves them out */
+	b.maxentries = whole ? Max(ai_entry_count(), 1024) : 4096;
 	b.entries = palloc_extended(sizeof(AiSavedEntry) * b.maxentries, MCXT_ALLOC_HUGE);
 	b.maxresv = Max(ai_max_reservations, 1);
 	b.resv = palloc_extended(sizeof(AiSavedResv) * b.maxresv, MCXT_ALLOC_HUGE);
@@ -198,70 +350,194 @@ ai_save(void)
 	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
 	{
 		/* the unlocked count only sizes the buffer; the copy checks again */
-		while (!ai_save_copy_partition(&b, p, now, cal.day))
-			ai_save_buf_grow(&b, (uint32) ai_table->part_count[p] + 64);
+		while (!ai_save_copy_partition(&b, p, whole, now, cal.day))
+			ai_save_buf_grow(&b, (uint32) ai_table->part_count[p] + 64);	/* enough for either */
 		if (b.maxresv - b.nresv < (uint32) ai_max_reservations)
 			ai_save_buf_grow(&b, 0);
 	}
 
 	memset(&hdr, 0, sizeof(hdr));
-	hdr.magic = AI_SAVE_MAGIC;
+	hdr.magic = whole ? AI_SAVE_MAGIC : AI_DELTA_MAGIC;
 	hdr.version = AI_SAVE_VERSION;
 	hdr.ring = AI_BURST_RING;
 	hdr.nentries = b.nentries;
 	hdr.nresv = b.nresv;
+	hdr.ntomb = b.ntomb;
+	hdr.base_id = whole ? ((uint64) now << 16) ^ (uint64) MyProcPid : base_id;
 	hdr.written_at = now;
+	hdr.at_shutdown = at_shutdown ? 1 : 0;
 
-	INIT_CRC32C(crc);
-	COMP_CRC32C(crc, &hdr, sizeof(hdr));
-	COMP_CRC32C(crc, b.entries, sizeof(AiSavedEntry) * b.nentries);
-	COMP_CRC32C(crc, b.resv, sizeof(AiSavedResv) * b.nresv);
-	FIN_CRC32C(crc);
-
-	f = AllocateFile(AI_SAVE_TMP, PG_BINARY_W);
-	if (f == NULL ||
-		fwrite(&hdr, sizeof(hdr), 1, f) != 1 ||
-		(b.nentries > 0 && fwrite(b.entries, sizeof(AiSavedEntry), b.nentries, f) != b.nentries) ||
-		(b.nresv > 0 && fwrite(b.resv, sizeof(AiSavedResv), b.nresv, f) != b.nresv) ||
-		fwrite(&crc, sizeof(crc), 1, f) != 1 ||
-		FreeFile(f) != 0)
+	ok = whole ? ai_save_base(&hdr, &b) : ai_save_delta(&hdr, &b);
+	if (ok)
 	{
-		ereport(LOG,
-				(errcode_for_file_access(),
-				 errmsg("could not write file \"%s\": %m", AI_SAVE_TMP)));
-		if (f)
-			FreeFile(f);
-		unlink(AI_SAVE_TMP);
-		pfree(b.entries);
-		pfree(b.resv);
+		uint64		bytes = sizeof(hdr) + sizeof(AiSavedEntry) * (uint64) b.nentries +
+			sizeof(AiSavedResv) * (uint64) b.nresv + sizeof(AiKey) * (uint64) b.ntomb;
+
+		if (whole)
+		{
+			base_id = hdr.base_id;
+			base_bytes = bytes;
+			delta_bytes = 0;
+		}
+		else
+			delta_bytes += bytes;
+		pg_atomic_write_u64(&ai_shared->last_save, (uint64) now);
+	}
+	else
+	{
+		/* what was taken from shared memory is not on disk: start over */
+		base_id = 0;
 		pg_atomic_write_u32(&ai_shared->dirty, 1);
-		return false;
+		pg_atomic_fetch_add_u64(&ai_shared->save_failures, 1);
 	}
 	pfree(b.entries);
 	pfree(b.resv);
-	/* fsyncs the file and the directory: a crash keeps old or new, whole */
-	if (durable_rename(AI_SAVE_TMP, AI_SAVE_FILE, LOG) != 0)
-		return false;
-	return true;
+	pfree(b.tomb);
+	return ok;
+}
+
+/* ---- loading ---- */
+
+/* Give an entry the state of a saved one. */
+static void
+ai_load_entry(const AiSavedEntry *se, TimestampTz now)
+{
+	AiEntry    *e = ai_entry_lookup(&se->key, ai_key_hash(&se->key), true, now,
+									se->id_prefix, se->id_len);
+
+	if (e == NULL)
+		return;					/* max_keys was lowered: keep what fits */
+	/* a delta replaces the entry's reservations with its own */
+	while (e->resv_head >= 0)
+		ai_resv_free(e, e->resv_head);
+	e->burst_head = se->burst_head;
+	e->burst_window_ms = se->burst_window_ms;
+	memcpy(e->burst, se->burst, sizeof(e->burst));
+	e->day = se->day;
+	e->daily_count = se->daily_count;
+	e->tokens_head = se->tokens_head;
+	memcpy(e->tokens, se->tokens, sizeof(e->tokens));
+	e->plan_hash = se->plan_hash;
+	e->id_len = se->id_len;
+	e->save_flags |= AI_SAVE_IN_FILE;	/* dirty too, maybe: the first save is whole */
 }
 
 /*
- * Read the file into freshly created shared memory.  Called from the shmem
- * startup hook in the postmaster, before any backend runs.
- * A missing file is normal; a damaged one is reported and ignored.
+ * Apply a base or a delta block that has been read whole and checked:
+ * tombstones first (they happened before the block's entries were
+ * copied), then entries, then their reservations, under their own ids.
+ * Returns how many reservations came back.
+ */
+static uint32
+ai_load_apply(const AiSaveHeader *hdr, const char *data, TimestampTz now)
+{
+	const AiSavedEntry *entries = (const AiSavedEntry *) data;
+	const AiSavedResv *resv = (const AiSavedResv *) (entries + hdr->nentries);
+	const AiKey *tomb = (const AiKey *) (resv + hdr->nresv);
+	uint32		restored = 0;
+
+	for (uint32 i = 0; i < hdr->ntomb; i++)
+	{
+		AiEntry    *e = ai_entry_lookup(&tomb[i], ai_key_hash(&tomb[i]), false, now, NULL, 0);
+
+		if (e != NULL)
+			ai_entry_forget(e);
+	}
+	for (uint32 i = 0; i < hdr->nentries; i++)
+		ai_load_entry(&entries[i], now);
+	for (uint32 i = 0; i < hdr->nresv; i++)
+	{
+		AiEntry    *e;
+
+		if (resv[i].expires_at <= now)
+			continue;
+		e = ai_entry_lookup(&resv[i].key, ai_key_hash(&resv[i].key), false, now, NULL, 0);
+		if (e != NULL && ai_resv_restore(e, resv[i].id, resv[i].amount, resv[i].expires_at) != 0)
+			restored++;
+	}
+	return restored;
+}
+
+/*
+ * After a crash, a restored reservation may have been settled by an
+ * ai_record_usage that committed after the last save: mark every user with
+ * reservations, so that its first check or record looks in ai_usage first
+ * (ai_resv_drop_settled).  Postmaster only, before any backend runs.
+ */
+static void
+ai_mark_restored_reservations(void)
+{
+	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
+	{
+		AiPartIter	it;
+		AiEntry    *e;
+
+		ai_part_iter_init(&it, p);
+		while ((e = ai_part_iter_next(&it)) != NULL)
+			if (e->resv_head >= 0)
+				e->resv_restored = 1;
+	}
+}
+
+/*
+ * Read the next base or delta block of a file whole: its header into *hdr
+ * and the rest into a palloc'd buffer, checked against its CRC.  NULL at
+ * the end of the file or on a damaged or torn block.
+ */
+static char *
+ai_load_block(FILE *f, uint32 magic, AiSaveHeader *hdr)
+{
+	size_t		len;
+	char	   *data;
+	pg_crc32c	crc;
+	pg_crc32c	file_crc;
+
+	if (fread(hdr, sizeof(*hdr), 1, f) != 1 || hdr->magic != magic ||
+		hdr->version != AI_SAVE_VERSION || hdr->ring != AI_BURST_RING)
+		return NULL;
+	len = sizeof(AiSavedEntry) * (size_t) hdr->nentries +
+		sizeof(AiSavedResv) * (size_t) hdr->nresv + sizeof(AiKey) * (size_t) hdr->ntomb;
+	data = palloc_extended(Max(len, 1), MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
+	if (data == NULL)
+		return NULL;
+	if ((len > 0 && fread(data, 1, len, f) != len) ||
+		fread(&file_crc, sizeof(file_crc), 1, f) != 1)
+	{
+		pfree(data);
+		return NULL;
+	}
+	INIT_CRC32C(crc);
+	COMP_CRC32C(crc, hdr, sizeof(*hdr));
+	COMP_CRC32C(crc, data, len);
+	FIN_CRC32C(crc);
+	if (!EQ_CRC32C(crc, file_crc))
+	{
+		pfree(data);
+		return NULL;
+	}
+	return data;
+}
+
+/*
+ * Read the files into freshly created shared memory: the base, then every
+ * complete delta block of that base.  Called from the shmem startup hook
+ * in the postmaster, before any backend runs.  Missing files are normal; a
+ * damaged base is reported and ignored, and so is a damaged delta block
+ * and everything after it.
  */
 void
 ai_load(void)
 {
 	FILE	   *f;
 	AiSaveHeader hdr;
-	AiSavedEntry se;
-	AiSavedResv sr;
-	pg_crc32c	crc;
-	pg_crc32c	file_crc;
+	char	   *data;
 	TimestampTz now = GetCurrentTimestamp();
-	uint32		loaded = 0;
-	long		data_start;
+	uint64		id;
+	uint32		blocks = 0;
+	uint32		restored;
+	bool		at_shutdown;
+	TimestampTz saved_at;
+	bool		clean = ai_shut_down_cleanly();
 
 	f = AllocateFile(AI_SAVE_FILE, PG_BINARY_R);
 	if (f == NULL)
@@ -272,87 +548,86 @@ ai_load(void)
 					 errmsg("could not read file \"%s\": %m", AI_SAVE_FILE)));
 		return;
 	}
-
-	/* first pass: check the whole file */
-	if (fread(&hdr, sizeof(hdr), 1, f) != 1 ||
-		hdr.magic != AI_SAVE_MAGIC || hdr.version != AI_SAVE_VERSION ||
-		hdr.ring != AI_BURST_RING)
-		goto bad;
-	data_start = ftell(f);
-	INIT_CRC32C(crc);
-	COMP_CRC32C(crc, &hdr, sizeof(hdr));
-	for (uint32 i = 0; i < hdr.nentries; i++)
-	{
-		if (fread(&se, sizeof(se), 1, f) != 1)
-			goto bad;
-		COMP_CRC32C(crc, &se, sizeof(se));
-	}
-	for (uint32 i = 0; i < hdr.nresv; i++)
-	{
-		if (fread(&sr, sizeof(sr), 1, f) != 1)
-			goto bad;
-		COMP_CRC32C(crc, &sr, sizeof(sr));
-	}
-	FIN_CRC32C(crc);
-	if (fread(&file_crc, sizeof(file_crc), 1, f) != 1 || !EQ_CRC32C(crc, file_crc))
-		goto bad;
-
-	/* second pass: load */
-	if (fseek(f, data_start, SEEK_SET) != 0)
-		goto bad;
-	for (uint32 i = 0; i < hdr.nentries; i++)
-	{
-		AiEntry    *e;
-
-		if (fread(&se, sizeof(se), 1, f) != 1)
-			goto bad;
-		e = ai_entry_lookup(&se.key, ai_key_hash(&se.key), true, now,
-							se.id_prefix, se.id_len);
-		if (e == NULL)
-			break;				/* max_keys was lowered: keep what fits */
-		e->burst_head = se.burst_head;
-		e->burst_window_ms = se.burst_window_ms;
-		memcpy(e->burst, se.burst, sizeof(e->burst));
-		e->day = se.day;
-		e->daily_count = se.daily_count;
-		e->tokens_head = se.tokens_head;
-		memcpy(e->tokens, se.tokens, sizeof(e->tokens));
-		e->plan_hash = se.plan_hash;
-		e->id_len = se.id_len;
-		loaded++;
-	}
-	for (uint32 i = 0; i < hdr.nresv; i++)
-	{
-		AiEntry    *e;
-
-		if (fread(&sr, sizeof(sr), 1, f) != 1)
-			goto bad;
-		if (sr.expires_at <= now)
-			continue;
-		e = ai_entry_lookup(&sr.key, ai_key_hash(&sr.key), false, now, NULL, 0);
-		if (e != NULL)
-			ai_resv_create(e, sr.amount, sr.expires_at);
-	}
+	data = ai_load_block(f, AI_SAVE_MAGIC, &hdr);
 	FreeFile(f);
+	if (data == NULL)
+	{
+		ereport(LOG,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("ignoring damaged ai_ratelimit file \"%s\"", AI_SAVE_FILE)));
+		return;
+	}
+	id = hdr.base_id;
+	at_shutdown = hdr.at_shutdown != 0;
+	saved_at = hdr.written_at;
+	restored = ai_load_apply(&hdr, data, now);
+	pfree(data);
+
+	f = AllocateFile(AI_DELTA_FILE, PG_BINARY_R);
+	if (f != NULL)
+	{
+		while ((data = ai_load_block(f, AI_DELTA_MAGIC, &hdr)) != NULL)
+		{
+			if (hdr.base_id == id)
+			{
+				restored += ai_load_apply(&hdr, data, now);
+				saved_at = hdr.written_at;
+				blocks++;
+			}
+			pfree(data);
+		}
+		FreeFile(f);
+	}
+	pg_atomic_write_u64(&ai_shared->last_save, (uint64) saved_at);
 	ereport(LOG,
 			(errmsg("ai_ratelimit restored the counters of %u users and %u reservations",
-					loaded, hdr.nresv)));
-	return;
-
-bad:
-	ereport(LOG,
-			(errcode(ERRCODE_DATA_CORRUPTED),
-			 errmsg("ignoring damaged ai_ratelimit file \"%s\"", AI_SAVE_FILE)));
-	FreeFile(f);
+					ai_entry_count(), restored),
+			 errdetail("From the saved counters and %u later changes.", blocks)));
+	if (clean && !at_shutdown)
+	{
+		/* the server stopped cleanly, but its save at shutdown is missing */
+		pg_atomic_write_u64(&ai_shared->save_failures, 1);
+		ereport(WARNING,
+				(errmsg("ai_ratelimit restored counters saved at %s, not at the last shutdown",
+						timestamptz_to_str(saved_at)),
+				 errdetail("The save at shutdown failed: burst places and daily counts taken after that time are not counted.")));
+	}
+	if (!clean)
+		ai_mark_restored_reservations();
 }
 
-/* Postmaster exit: save unless this is a crash. */
+/*
+ * Did the server shut down cleanly (smart or fast: a shutdown checkpoint
+ * was written)?  An immediate stop also ends the postmaster with status 0,
+ * but leaves the control file "in production", like a crash.
+ */
+static bool
+ai_shut_down_cleanly(void)
+{
+	bool		crc_ok;
+	ControlFileData *cf = get_controlfile(DataDir, &crc_ok);
+	bool		clean = crc_ok && (cf->state == DB_SHUTDOWNED ||
+								   cf->state == DB_SHUTDOWNED_IN_RECOVERY);
+
+	pfree(cf);
+	return clean;
+}
+
+/*
+ * Postmaster exit: after a clean shutdown, save everything, as a base that
+ * says so.  After an immediate stop or a crash, save nothing: the counters
+ * may hold what transactions that never committed took, so the next start
+ * reads the last periodic save, as after a crash.
+ */
 void
 ai_save_at_exit(int code, Datum arg)
 {
-	if (code != 0)
+	if (code != 0 || !ai_shut_down_cleanly())
 		return;
-	ai_save();
+	if (!ai_save(true, true))
+		ereport(WARNING,
+				(errmsg("ai_ratelimit could not save its counters at shutdown"),
+				 errdetail("The next start will restore the counters of the last good save and say so.")));
 }
 
 void
@@ -406,7 +681,7 @@ ai_saver_main(Datum arg)
 		if (ai_save_interval > 0 && pg_atomic_read_u32(&ai_shared->dirty) != 0 &&
 			now - last_save >= (int64) ai_save_interval * 1000)
 		{
-			ai_save();
+			ai_save(false, false);
 			last_save = now;
 		}
 	}

@@ -44,7 +44,7 @@
 
 #define AI_TRANCHE				"ai_ratelimit"
 
-/* A sweep that freed nothing is not repeated on that partition for 1 s. */
+/* A sweep that freed nothing is not repeated on that partition for at least 1 s. */
 #define AI_SWEEP_IDLE_USECS		USECS_PER_SEC
 /*
  * A new user meeting a full table sweeps whole partitions until one frees
@@ -101,12 +101,17 @@ ai_table_init(void)
 {
 	ai_table->nbuckets = ai_table_nbuckets();
 	SpinLockInit(&ai_table->free_mutex);
+	SpinLockInit(&ai_table->tomb_mutex);
+	ai_table->ntomb = 0;
+	ai_table->tomb_overflow = false;
 	pg_atomic_init_u32(&ai_table->nentries, 0);
 	pg_atomic_init_u32(&ai_table->sweep_hand, 0);
 	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
 	{
 		ai_table->part_count[p] = 0;
 		ai_table->part_idle_until[p] = 0;
+		ai_table->part_idle_day[p] = -1;
+		ai_table->dirty_head[p] = -1;
 	}
 	for (int32 b = 0; b < ai_table->nbuckets; b++)
 		ai_table->buckets[b] = -1;
@@ -148,7 +153,10 @@ ai_shmem_startup(void)
 		pg_atomic_init_u64(&ai_shared->users_seq, 0);
 		pg_atomic_init_u32(&ai_shared->prices_gen, 1);
 		pg_atomic_init_u32(&ai_shared->usage_gen, 1);
+		pg_atomic_init_u32(&ai_shared->ext_gen, 1);
 		pg_atomic_init_u32(&ai_shared->dirty, 0);
+		pg_atomic_init_u64(&ai_shared->last_save, 0);
+		pg_atomic_init_u64(&ai_shared->save_failures, 0);
 		pg_atomic_init_u64(&ai_shared->evictions, 0);
 		pg_atomic_init_u64(&ai_shared->full_refusals, 0);
 		ai_shared->resv_seq = 1;
@@ -157,8 +165,9 @@ ai_shmem_startup(void)
 		{
 			ai_shared->resv[i].id = 0;
 			ai_shared->resv[i].state = AI_RESV_FREE;
+			/* the free list is linked both ways, so a slot can leave it */
 			ai_shared->resv[i].next = (i + 1 < ai_max_reservations) ? i + 1 : -1;
-			ai_shared->resv[i].prev = -1;
+			ai_shared->resv[i].prev = i - 1;
 		}
 		ai_shared->resv_free = ai_max_reservations > 0 ? 0 : -1;
 	}
@@ -303,6 +312,9 @@ ai_entry_init(AiEntry *e, const char *id, int idlen)
 	e->alerts_sent = 0;
 	e->tokens_head = 0;
 	memset(e->tokens, 0, sizeof(e->tokens));
+	e->save_flags = 0;
+	e->dirty_next = -2;
+	e->resv_restored = 0;
 	e->plan_hash = 0;
 	e->id_len = (uint8) Min(idlen, 255);
 	memcpy(e->id_prefix, id, Min(idlen, AI_ID_PREFIX_LEN));
@@ -362,10 +374,74 @@ ai_entry_remove(AiEntry *e, uint32 hashcode)
 	ai_table->part_count[hashcode % AI_NUM_PARTITIONS]--;
 	pg_atomic_fetch_sub_u32(&ai_table->nentries, 1);
 
+	/* out of the dirty list too: the slot may serve another user next */
+	if (e->save_flags & AI_SAVE_DIRTY)
+	{
+		link = &ai_table->dirty_head[hashcode % AI_NUM_PARTITIONS];
+		while (*link != slot)
+			link = &ai_entries[*link].dirty_next;
+		*link = e->dirty_next;
+		e->dirty_next = -2;
+	}
+
+	/* a saved entry must not come back at the next start */
+	if (e->save_flags & AI_SAVE_IN_FILE)
+	{
+		SpinLockAcquire(&ai_table->tomb_mutex);
+		if (ai_table->ntomb < AI_TOMB_MAX)
+			ai_table->tomb[ai_table->ntomb++] = e->key;
+		else
+			ai_table->tomb_overflow = true;
+		SpinLockRelease(&ai_table->tomb_mutex);
+		if (pg_atomic_read_u32(&ai_shared->dirty) == 0)
+			pg_atomic_write_u32(&ai_shared->dirty, 1);
+	}
+
 	SpinLockAcquire(&ai_table->free_mutex);
 	e->next = ai_table->free_head;
 	ai_table->free_head = slot;
 	SpinLockRelease(&ai_table->free_mutex);
+}
+
+/*
+ * Remove an entry and every reservation it holds.  Caller must hold the
+ * key's partition lock exclusively (or be the postmaster, loading).
+ */
+void
+ai_entry_forget(AiEntry *e)
+{
+	while (e->resv_head >= 0)
+		ai_resv_free(e, e->resv_head);
+	ai_entry_remove(e, ai_key_hash(&e->key));
+}
+
+/*
+ * Forget every counter, reservation and cached spend of a database (its
+ * DROP EXTENSION committed), one partition at a time.  Caller holds no
+ * partition lock.
+ */
+void
+ai_forget_database(Oid dbid)
+{
+	uint64		removed = 0;
+
+	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
+	{
+		AiPartIter	it;
+		AiEntry    *e;
+
+		LWLockAcquire(&ai_locks[p].lock, LW_EXCLUSIVE);
+		ai_part_iter_init(&it, p);
+		while ((e = ai_part_iter_next(&it)) != NULL)
+			if (e->key.dbid == dbid)
+			{
+				ai_entry_forget(e);
+				removed++;
+			}
+		LWLockRelease(&ai_locks[p].lock);
+	}
+	if (removed > 0 && pg_atomic_read_u32(&ai_shared->dirty) == 0)
+		pg_atomic_write_u32(&ai_shared->dirty, 1);
 }
 
 /*
@@ -409,6 +485,34 @@ ai_entry_is_live(AiEntry *e, TimestampTz now, int32 today)
  * entries were removed.  Takes the partition lock exclusively; caller must
  * hold no partition lock.
  */
+/*
+ * The earliest time at which a live entry could hold nothing live, if
+ * nothing else happens to it: the latest of the end of its burst window,
+ * its day and its minute of tokens, and its reservations' expiry.  A record
+ * in flight or a reservation being settled may end any moment.
+ */
+static TimestampTz
+ai_entry_dies_at(AiEntry *e, TimestampTz now, const AiCalendar *cal)
+{
+	TimestampTz t = now;
+
+	if (e->inflight > 0)
+		return now + AI_SWEEP_IDLE_USECS;
+	for (int32 s = e->resv_head; s >= 0; s = ai_shared->resv[s].next)
+	{
+		if (ai_shared->resv[s].state == AI_RESV_SETTLING)
+			return now + AI_SWEEP_IDLE_USECS;
+		t = Max(t, ai_shared->resv[s].expires_at);
+	}
+	if (e->day == cal->day && e->daily_count > 0)
+		t = Max(t, cal->day_end);
+	if (e->burst_window_ms > 0)
+		t = Max(t, ai_burst_all_leave(e));
+	if (ai_tokens_count(e, now) > 0)
+		t = Max(t, now + (int64) AI_TOKEN_BUCKET_SECS * AI_TOKEN_RING * USECS_PER_SEC);
+	return t;
+}
+
 int
 ai_sweep_partition(int partition, TimestampTz now, bool reclaim, int *visited)
 {
@@ -416,6 +520,7 @@ ai_sweep_partition(int partition, TimestampTz now, bool reclaim, int *visited)
 	AiPartIter	it;
 	AiEntry    *e;
 	int			removed = 0;
+	TimestampTz next_death = DT_NOEND;
 
 	ai_calendar_at(now, &cal);
 	LWLockAcquire(&ai_locks[partition].lock, LW_EXCLUSIVE);
@@ -425,14 +530,22 @@ ai_sweep_partition(int partition, TimestampTz now, bool reclaim, int *visited)
 		(*visited)++;
 		if (e->resv_head >= 0)
 			(void) ai_resv_open_amount(e, now);
-		if (reclaim && !ai_entry_is_live(e, now, cal.day))
+		if (!reclaim)
+			continue;
+		if (!ai_entry_is_live(e, now, cal.day))
 		{
 			ai_entry_remove(e, ai_key_hash(&e->key));
 			removed++;
 		}
+		else
+			next_death = Min(next_death, ai_entry_dies_at(e, now, &cal));
 	}
 	if (reclaim && removed == 0)
-		ai_table->part_idle_until[partition] = now + AI_SWEEP_IDLE_USECS;
+	{
+		/* in vain: nothing here can be freed before the first entry dies */
+		ai_table->part_idle_until[partition] = Max(next_death, now + AI_SWEEP_IDLE_USECS);
+		ai_table->part_idle_day[partition] = cal.day;
+	}
 	LWLockRelease(&ai_locks[partition].lock);
 
 	if (removed > 0)
@@ -443,10 +556,11 @@ ai_sweep_partition(int partition, TimestampTz now, bool reclaim, int *visited)
 /*
  * The table is full: sweep partitions from the clock hand on, one at a
  * time, until one frees an entry or AI_SWEEP_MAX_ENTRIES entries were
- * visited (a small table gets a whole pass, a large one a slice).
- * Partitions swept in vain during the last second are skipped, so a flood
- * of new users meeting a table of live entries costs at most one pass over
- * the table per second, never more than one partition lock at a time.
+ * visited (a small table gets a whole pass, a large one a slice).  A
+ * partition swept in vain rests until its first entry could die (at least
+ * a second; a reset or a rollback there ends the rest), so a flood of new
+ * users meeting a table of live entries costs about one pass over the
+ * table, never more than one partition lock at a time.
  * Returns true when something was freed.  Caller holds no partition lock.
  */
 static bool
@@ -454,12 +568,19 @@ ai_make_room(TimestampTz now)
 {
 	int			visited = 0;
 
+	AiCalendar	cal;
+
+	ai_calendar_at(now, &cal);
 	for (int i = 0; i < AI_NUM_PARTITIONS && visited < AI_SWEEP_MAX_ENTRIES; i++)
 	{
 		int			p = pg_atomic_fetch_add_u32(&ai_table->sweep_hand, 1) % AI_NUM_PARTITIONS;
 
-		/* an unlocked look: a stale answer only skips or repeats a sweep */
-		if (ai_table->part_idle_until[p] > now)
+		/*
+		 * An unlocked look: a stale answer only skips or repeats a sweep.
+		 * A change of local day (midnight, or ai_ratelimit.timezone)
+		 * ends every rest.
+		 */
+		if (ai_table->part_idle_until[p] > now && ai_table->part_idle_day[p] == cal.day)
 			continue;
 		if (ai_sweep_partition(p, now, true, &visited) > 0)
 			return true;
@@ -544,28 +665,11 @@ ai_resv_slot(int64 id)
 	return &ai_shared->resv[slot];
 }
 
-/*
- * Make an open reservation for the entry and return its id, or 0 when the
- * pool is full.  Caller must hold the entry's partition lock exclusively.
- */
-int64
-ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz expires_at)
+/* Link a slot taken from the pool into the entry's list, open. */
+static int64
+ai_resv_link(AiEntry *entry, int32 slot, AiMoney amount, TimestampTz expires_at)
 {
-	int32		slot;
-	AiReservation *r;
-
-	LWLockAcquire(ai_shared->resv_lock, LW_EXCLUSIVE);
-	slot = ai_shared->resv_free;
-	if (slot < 0)
-	{
-		LWLockRelease(ai_shared->resv_lock);
-		return 0;
-	}
-	r = &ai_shared->resv[slot];
-	ai_shared->resv_free = r->next;
-	ai_shared->resv_used++;
-	r->id = (ai_shared->resv_seq++ << AI_RESV_SLOT_BITS) | slot;
-	LWLockRelease(ai_shared->resv_lock);
+	AiReservation *r = &ai_shared->resv[slot];
 
 	r->key = entry->key;
 	r->amount = amount;
@@ -579,7 +683,72 @@ ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz expires_at)
 		entry->resv_head = slot;
 	entry->resv_tail = slot;
 	entry->reserved = ai_money_add(entry->reserved, amount);
+	ai_entry_changed(entry);
 	return r->id;
+}
+
+/* Take a free slot out of the free list.  Caller holds resv_lock. */
+static void
+ai_resv_unfree(int32 slot)
+{
+	AiReservation *r = &ai_shared->resv[slot];
+
+	if (r->prev >= 0)
+		ai_shared->resv[r->prev].next = r->next;
+	else
+		ai_shared->resv_free = r->next;
+	if (r->next >= 0)
+		ai_shared->resv[r->next].prev = r->prev;
+	ai_shared->resv_used++;
+}
+
+/*
+ * Make an open reservation for the entry and return its id, or 0 when the
+ * pool is full.  Caller must hold the entry's partition lock exclusively.
+ */
+int64
+ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz expires_at)
+{
+	int32		slot;
+
+	LWLockAcquire(ai_shared->resv_lock, LW_EXCLUSIVE);
+	slot = ai_shared->resv_free;
+	if (slot < 0)
+	{
+		LWLockRelease(ai_shared->resv_lock);
+		return 0;
+	}
+	ai_resv_unfree(slot);
+	ai_shared->resv[slot].id = (ai_shared->resv_seq++ << AI_RESV_SLOT_BITS) | slot;
+	LWLockRelease(ai_shared->resv_lock);
+	return ai_resv_link(entry, slot, amount, expires_at);
+}
+
+/*
+ * Bring a saved reservation back under its own id, so the application can
+ * still settle it; when its slot is taken or out of range (max_reservations
+ * was lowered), under a new one.  Returns the id, or 0 when the pool is
+ * full.  Caller must hold the entry's partition lock exclusively.
+ */
+int64
+ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampTz expires_at)
+{
+	int64		slot = id & AI_RESV_SLOT_MASK;
+
+	if (id <= 0 || slot >= ai_max_reservations)
+		return ai_resv_create(entry, amount, expires_at);
+	LWLockAcquire(ai_shared->resv_lock, LW_EXCLUSIVE);
+	if (ai_shared->resv[slot].state != AI_RESV_FREE)
+	{
+		LWLockRelease(ai_shared->resv_lock);
+		return ai_resv_create(entry, amount, expires_at);
+	}
+	ai_resv_unfree((int32) slot);
+	ai_shared->resv[slot].id = id;
+	/* new ids continue after every restored one */
+	ai_shared->resv_seq = Max(ai_shared->resv_seq, (id >> AI_RESV_SLOT_BITS) + 1);
+	LWLockRelease(ai_shared->resv_lock);
+	return ai_resv_link(entry, (int32) slot, amount, expires_at);
 }
 
 /*
@@ -594,6 +763,7 @@ ai_resv_free(AiEntry *entry, int32 slot)
 
 	if (r->state == AI_RESV_OPEN)
 		entry->reserved -= r->amount;
+	ai_entry_changed(entry);
 	if (r->prev >= 0)
 		ai_shared->resv[r->prev].next = r->next;
 	else
@@ -608,6 +778,8 @@ ai_resv_free(AiEntry *entry, int32 slot)
 	r->state = AI_RESV_FREE;
 	r->prev = -1;
 	r->next = ai_shared->resv_free;
+	if (r->next >= 0)
+		ai_shared->resv[r->next].prev = slot;
 	ai_shared->resv_free = slot;
 	ai_shared->resv_used--;
 	LWLockRelease(ai_shared->resv_lock);

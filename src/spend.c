@@ -15,10 +15,14 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
 #include "ai_ratelimit.h"
@@ -165,4 +169,193 @@ ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id, int idle
 								 (AiMoney) ((uint64) e->recorded_total - (uint64) total0));
 	LWLockRelease(lock);
 	return false;
+}
+
+/* Nothing restored is left to check for this user. */
+static void
+ai_resv_drop_settled_done(const AiKey *key, uint32 hashcode)
+{
+	LWLock	   *lock = ai_partition_lock(hashcode);
+	AiEntry    *e;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = ai_entry_lookup(key, hashcode, false, 0, NULL, 0);
+	if (e != NULL)
+		e->resv_restored = 0;
+	LWLockRelease(lock);
+}
+
+/*
+ * A user's reservations were restored after a crash (resv_restored): drop
+ * those that a committed ai_record_usage settled after the last save, found
+ * by their id in ai_usage, so that no settled estimate is held twice.
+ * Caller must hold no partition lock.
+ */
+void
+ai_resv_drop_settled(const AiKey *key, uint32 hashcode, const char *user_id, int idlen)
+{
+	LWLock	   *lock = ai_partition_lock(hashcode);
+	AiEntry    *e;
+	Datum	   *ids;
+	int			n = 0;
+	Oid			types[2] = {TEXTOID, INT8ARRAYOID};
+	Datum		vals[2];
+	AiInternalState st;
+	int			rc;
+	int			len = 0;
+	bool		restored;
+
+	/* most calls: no reservation restored after a crash */
+	LWLockAcquire(lock, LW_SHARED);
+	e = ai_entry_lookup(key, hashcode, false, 0, NULL, 0);
+	restored = (e != NULL && e->resv_restored);
+	if (restored)
+		for (int32 s = e->resv_head; s >= 0 && len < ai_max_reservations; s = ai_shared->resv[s].next)
+			len++;
+	LWLockRelease(lock);
+	if (!restored)
+		return;
+	if (len == 0)
+	{
+		ai_resv_drop_settled_done(key, hashcode);
+		return;
+	}
+
+	ids = palloc(sizeof(Datum) * (len + 16));
+	LWLockAcquire(lock, LW_SHARED);
+	e = ai_entry_lookup(key, hashcode, false, 0, NULL, 0);
+	if (e != NULL)
+		for (int32 s = e->resv_head; s >= 0 && n < len + 16; s = ai_shared->resv[s].next)
+			ids[n++] = Int64GetDatum(ai_shared->resv[s].id);
+	LWLockRelease(lock);
+
+	if (n > 0)
+	{
+		vals[0] = PointerGetDatum(cstring_to_text_with_len(user_id, idlen));
+		vals[1] = PointerGetDatum(construct_array(ids, n, INT8OID, sizeof(int64), true, TYPALIGN_DOUBLE));
+		SPI_connect();
+		ai_internal_begin(&st);
+		PushActiveSnapshot(GetLatestSnapshot());
+		rc = SPI_execute_with_args(psprintf("SELECT reservation_id FROM %s.ai_usage"
+											" WHERE user_id OPERATOR(pg_catalog.=) $1"
+											" AND reservation_id OPERATOR(pg_catalog.=) ANY ($2)",
+											ai_ext_schema()),
+								   2, types, vals, NULL, true, 0);
+		PopActiveSnapshot();
+		ai_internal_end(&st);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "ai_ratelimit: reservation query failed: %s", SPI_result_code_string(rc));
+		n = 0;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+
+			if (!isnull)
+				ids[n++] = d;
+		}
+		SPI_finish();
+	}
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = ai_entry_lookup(key, hashcode, false, 0, NULL, 0);
+	if (e != NULL)
+	{
+		for (int i = 0; i < n; i++)
+		{
+			int64		id = DatumGetInt64(ids[i]);
+			AiReservation *r = ai_resv_slot(id);
+
+			if (r && r->id == id && r->state == AI_RESV_OPEN &&
+				memcmp(&r->key, key, sizeof(AiKey)) == 0)
+				ai_resv_free(e, (int32) (id & AI_RESV_SLOT_MASK));
+		}
+		e->resv_restored = 0;
+	}
+	LWLockRelease(lock);
+	pfree(ids);
+}
+
+/* ---- usage rows that ai_record_usage did not write ---- */
+
+PG_FUNCTION_INFO_V1(ai_ratelimit_usage_inserted);
+
+/* More users than this in one transaction: every cached spend reloads. */
+#define AI_STALE_MAX			1024
+
+static AiKey *stale = NULL;
+static int	nstale = 0;
+static bool stale_all = false;
+
+/* Make a user's cached spend load again from the tables at its next check. */
+static void
+ai_spend_invalidate(const AiKey *key)
+{
+	uint32		hashcode = ai_key_hash(key);
+	LWLock	   *lock = ai_partition_lock(hashcode);
+	AiEntry    *e;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = ai_entry_lookup(key, hashcode, false, 0, NULL, 0);
+	if (e != NULL)
+	{
+		e->spend_state = AI_SPEND_UNKNOWN;
+		e->change_seq++;		/* a load in progress must not be trusted */
+	}
+	LWLockRelease(lock);
+}
+
+/*
+ * Row trigger on ai_usage (1.3): a row inserted by anything but
+ * ai_record_usage (INSERT, COPY, a restore, replication apply) makes its
+ * user's spend reload: now, for this transaction's own checks, and when the
+ * transaction commits, for everyone's.
+ */
+Datum
+ai_ratelimit_usage_inserted(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	int			col;
+	bool		isnull;
+	Datum		d;
+	text	   *t;
+	AiKey		key;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("ai_ratelimit_usage_inserted() must be called as a row trigger")));
+	if (ai_shared == NULL || ai_recording_usage())
+		return PointerGetDatum(NULL);
+	col = SPI_fnumber(trigdata->tg_relation->rd_att, "user_id");
+	if (col <= 0)
+		return PointerGetDatum(NULL);
+	d = heap_getattr(trigdata->tg_trigtuple, col, trigdata->tg_relation->rd_att, &isnull);
+	if (isnull)
+		return PointerGetDatum(NULL);
+	t = DatumGetTextPP(d);
+	ai_make_key(&key, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+	ai_spend_invalidate(&key);
+	if (nstale >= AI_STALE_MAX)
+		stale_all = true;
+	else
+	{
+		if (stale == NULL)
+			stale = MemoryContextAlloc(TopMemoryContext, sizeof(AiKey) * AI_STALE_MAX);
+		stale[nstale++] = key;
+	}
+	return PointerGetDatum(NULL);
+}
+
+/* The transaction ends: on commit, the users it inserted rows for reload. */
+void
+ai_spend_xact_end(bool commit)
+{
+	if (commit && stale_all)
+		pg_atomic_fetch_add_u32(&ai_shared->usage_gen, 1);
+	else if (commit)
+		for (int i = 0; i < nstale; i++)
+			ai_spend_invalidate(&stale[i]);
+	nstale = 0;
+	stale_all = false;
 }

@@ -11,6 +11,7 @@
 
 #include "access/htup_details.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
@@ -30,6 +31,7 @@ PG_FUNCTION_INFO_V1(ai_ratelimit_verify);
 PG_FUNCTION_INFO_V1(ai_ratelimit_status);
 PG_FUNCTION_INFO_V1(ai_ratelimit_stats);
 PG_FUNCTION_INFO_V1(ai_ratelimit_reset_stats);
+PG_FUNCTION_INFO_V1(ai_ratelimit_saves);
 
 #define RESULT_NATTS 7
 
@@ -421,7 +423,9 @@ ai_status_row(ReturnSetInfo *rsinfo, AiStatusCopy *c, TimestampTz now, const AiC
 	TimestampTz leaves = burst > 0 ? ai_burst_oldest_leaves(e, now) : 0;
 	const char *plan = ai_plan_name_by_hash(e->plan_hash);
 	char		idbuf[AI_ID_PREFIX_LEN + 4];
-	int			shown = Min(e->id_len, AI_ID_PREFIX_LEN);
+	/* the first bytes of the id, cut at a character boundary */
+	int			shown = pg_mbcliplen(e->id_prefix, Min(e->id_len, AI_ID_PREFIX_LEN),
+									 AI_ID_PREFIX_LEN);
 
 	memcpy(idbuf, e->id_prefix, shown);
 	idbuf[shown] = '\0';
@@ -582,4 +586,25 @@ ai_ratelimit_reset_stats(PG_FUNCTION_ARGS)
 	ai_require_loaded();
 	ai_stats_reset();
 	PG_RETURN_VOID();
+}
+
+/* ai_ratelimit_saves(): the last good save of the counters and the failures */
+Datum
+ai_ratelimit_saves(PG_FUNCTION_ARGS)
+{
+	TupleDesc	td;
+	Datum		values[2];
+	bool		nulls[2] = {0};
+	TimestampTz last = (TimestampTz) pg_atomic_read_u64(&ai_shared->last_save);
+
+	ai_require_loaded();
+	if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "ai_ratelimit_saves must return a composite type");
+	td = BlessTupleDesc(td);
+	if (last != 0)
+		values[0] = TimestampTzGetDatum(last);
+	else
+		nulls[0] = true;
+	values[1] = Int64GetDatum((int64) pg_atomic_read_u64(&ai_shared->save_failures));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(td, values, nulls)));
 }

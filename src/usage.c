@@ -53,6 +53,22 @@ ai_notify_alert(const char *user_id, const AiPlan *plan, int pct,
 	Async_Notify("ai_ratelimit", buf.data);
 }
 
+/* True while ai_record_usage inserts its row (the row trigger skips it). */
+static bool recording = false;
+
+bool
+ai_recording_usage(void)
+{
+	return recording;
+}
+
+/* The transaction ends: an error may have left the flag set. */
+void
+ai_record_xact_end(void)
+{
+	recording = false;
+}
+
 /* One ai_record_usage call. */
 typedef struct AiRecordCall
 {
@@ -162,7 +178,9 @@ ai_insert_usage(const AiRecordCall *r, Datum cost_num)
 	if (!r->has_resv)
 		nulls[9] = 'n';
 	ai_as_owner_begin(&st);
+	recording = true;
 	rc = SPI_execute_plan(plan, vals, nulls, false, 0);
+	recording = false;
 	ai_as_owner_end(&st);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "ai_ratelimit: usage insert failed: %s", SPI_result_code_string(rc));
@@ -261,6 +279,7 @@ ai_count_call(const AiRecordCall *r, AiEntry *e, AiCharge *charge)
 	e->inflight_cost = ai_money_add(e->inflight_cost, r->cost);
 	e->recorded_total = (AiMoney) ((uint64) e->recorded_total + (uint64) r->cost);
 	e->change_seq++;
+	ai_entry_changed(e);
 }
 
 /*
@@ -306,6 +325,8 @@ ai_record(const char *user_id, int idlen, const char *model,
 		want_alerts = ai_ensure_spend(&key, hashcode, user_id, idlen, &r.cal,
 									  r.now, &ignored);
 	}
+	/* after a crash: drop reservations settled since the last save first */
+	ai_resv_drop_settled(&key, hashcode, user_id, idlen);
 	ai_insert_usage(&r, cost_num);
 
 	memset(&charge, 0, sizeof(charge));

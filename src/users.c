@@ -262,7 +262,9 @@ ai_user_config(const char *user_id, int len, bool need_plan)
 		return u;
 
 	ai_users_query(user_id, len, &fresh);
-	if (hash_get_num_entries(user_cache) >= ai_user_cache_size)
+	if (hash_get_num_entries(user_cache) > ai_user_cache_size)
+		ai_users_reset_cache();	/* the bound was lowered: give the memory back */
+	else if (hash_get_num_entries(user_cache) == ai_user_cache_size)
 		ai_users_evict();
 	u = hash_search(user_cache, &key, HASH_ENTER, NULL);
 	u->plan = fresh.plan;

@@ -301,6 +301,15 @@ ai_burst_retry_at(AiEntry *e, uint32 limit, TimestampTz now)
  * When the oldest counted burst bucket leaves the window: the time at which
  * burst_used next goes down.  Caller must hold the entry's partition lock.
  */
+/* When every place counted in the burst window has left it. */
+TimestampTz
+ai_burst_all_leave(AiEntry *e)
+{
+	AiRing		r = ai_burst_ring(e);
+
+	return (r.head + 1) * r.width + r.window;
+}
+
 TimestampTz
 ai_burst_oldest_leaves(AiEntry *e, TimestampTz now)
 {
