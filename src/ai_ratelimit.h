@@ -455,6 +455,14 @@ typedef struct AiUserLimits
 	TimestampTz blocked_until;	/* DT_NOEND: until lifted */
 } AiUserLimits;
 
+/* A prepared plan kept for the backend's life (ai_kept_plan). */
+typedef struct AiKeptPlan
+{
+	void	   *plan;			/* SPIPlanPtr */
+	char	   *sql;			/* the text it was prepared from */
+} AiKeptPlan;
+
+extern void *ai_kept_plan(AiKeptPlan *kp, const char *sql, int nargs, Oid *types);
 extern void ai_internal_begin(AiInternalState *st);
 extern void ai_internal_end(AiInternalState *st);
 extern void ai_as_owner_begin(AiInternalState *st);

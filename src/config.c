@@ -212,6 +212,37 @@ ai_internal_end(AiInternalState *st)
 }
 
 /*
+ * A plan kept for the backend's life: prepared with search_path pinned
+ * (the plan cache keeps that path for any later replanning, so executing it
+ * needs only ai_as_owner_begin), and prepared again when its text changes
+ * (the extension's schema, or the script version).  Caller must be
+ * connected to SPI.
+ */
+void *
+ai_kept_plan(AiKeptPlan *kp, const char *sql, int nargs, Oid *types)
+{
+	AiInternalState st;
+	SPIPlanPtr	p;
+
+	if (kp->plan != NULL && strcmp(kp->sql, sql) == 0)
+		return kp->plan;
+	ai_internal_begin(&st);
+	p = SPI_prepare(sql, nargs, types);
+	if (p == NULL)
+		elog(ERROR, "ai_ratelimit: could not prepare \"%s\": %s", sql,
+			 SPI_result_code_string(SPI_result));
+	SPI_keepplan(p);
+	ai_internal_end(&st);
+	if (kp->plan)
+		SPI_freeplan(kp->plan);
+	if (kp->sql)
+		pfree(kp->sql);
+	kp->plan = p;
+	kp->sql = MemoryContextStrdup(TopMemoryContext, sql);
+	return p;
+}
+
+/*
  * Run a read-only query with the latest snapshot, as the extension owner.
  * Caller must be connected to SPI.
  */

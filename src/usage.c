@@ -131,39 +131,17 @@ ai_insert_usage(const AiRecordCall *r, Datum cost_num)
 	"INSERT INTO %s.ai_usage (created_at, day, user_id, model, priced_as,"
 	" input_tokens, output_tokens, cached_input_tokens, cost_cents, reservation_id)"
 	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-	static SPIPlanPtr plan = NULL;
-	static char *plan_schema = NULL;
-	const char *schema = ai_ext_schema();
+	static AiKeptPlan kept;
+	static Oid	types[10] = {TIMESTAMPTZOID, DATEOID, TEXTOID, TEXTOID, TEXTOID,
+	INT8OID, INT8OID, INT8OID, NUMERICOID, INT8OID};
+	SPIPlanPtr	plan;
 	Datum		vals[10];
 	char		nulls[10];
 	AiInternalState st;
 	int			rc;
 
 	SPI_connect();
-	if (plan == NULL || strcmp(plan_schema, schema) != 0)
-	{
-		/*
-		 * Prepared with search_path pinned: the plan cache keeps that path
-		 * for any later replanning, so executing it needs no pinning.
-		 */
-		Oid			types[10] = {TIMESTAMPTZOID, DATEOID, TEXTOID, TEXTOID, TEXTOID,
-		INT8OID, INT8OID, INT8OID, NUMERICOID, INT8OID};
-		SPIPlanPtr	p;
-
-		ai_internal_begin(&st);
-		p = SPI_prepare(psprintf(ins, schema), 10, types);
-		if (p == NULL)
-			elog(ERROR, "ai_ratelimit: could not prepare usage insert: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		if (plan)
-			SPI_freeplan(plan);
-		plan = p;
-		if (plan_schema)
-			pfree(plan_schema);
-		plan_schema = MemoryContextStrdup(TopMemoryContext, schema);
-		ai_internal_end(&st);
-	}
+	plan = ai_kept_plan(&kept, psprintf(ins, ai_ext_schema()), 10, types);
 	memset(nulls, ' ', sizeof(nulls));
 	vals[0] = TimestampTzGetDatum(r->now);
 	vals[1] = DateADTGetDatum(r->cal.day_date);

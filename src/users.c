@@ -162,48 +162,27 @@ ai_users_evict(void)
 static void
 ai_users_query(const char *user_id, int len, UserConfig *u)
 {
-	static SPIPlanPtr plan = NULL;
-	static char *plan_schema = NULL;
-	static bool plan_has_limits = false;
+	static AiKeptPlan kept;
 	const char *schema = ai_ext_schema();
-	bool		has_limits = ai_ext_has_user_limits();
 	Oid			types[1] = {TEXTOID};
 	Datum		vals[1];
 	AiInternalState st;
+	SPIPlanPtr	plan;
+	char	   *sql;
 	int			rc;
 
+	if (ai_ext_has_user_limits())
+		sql = psprintf("SELECT up.plan, l.user_id IS NOT NULL, " AI_LIMIT_COLS_OF("l") ", l.blocked_until"
+					   " FROM (SELECT $1 AS user_id) u"
+					   " LEFT JOIN %s.ai_user_plans up ON up.user_id OPERATOR(pg_catalog.=) u.user_id"
+					   " LEFT JOIN %s.ai_user_limits l ON l.user_id OPERATOR(pg_catalog.=) u.user_id",
+					   "l.tokens_per_minute", schema, schema);
+	else
+		sql = psprintf("SELECT up.plan, false FROM (SELECT $1 AS user_id) u"
+					   " LEFT JOIN %s.ai_user_plans up ON up.user_id OPERATOR(pg_catalog.=) u.user_id",
+					   schema);
 	SPI_connect();
-	if (plan == NULL || strcmp(plan_schema, schema) != 0 || plan_has_limits != has_limits)
-	{
-		char	   *sql;
-		SPIPlanPtr	p;
-
-		if (has_limits)
-			sql = psprintf("SELECT up.plan, l.user_id IS NOT NULL, " AI_LIMIT_COLS_OF("l") ", l.blocked_until"
-						   " FROM (SELECT $1 AS user_id) u"
-						   " LEFT JOIN %s.ai_user_plans up ON up.user_id OPERATOR(pg_catalog.=) u.user_id"
-						   " LEFT JOIN %s.ai_user_limits l ON l.user_id OPERATOR(pg_catalog.=) u.user_id",
-						   "l.tokens_per_minute", schema, schema);
-		else
-			sql = psprintf("SELECT up.plan, false FROM (SELECT $1 AS user_id) u"
-						   " LEFT JOIN %s.ai_user_plans up ON up.user_id OPERATOR(pg_catalog.=) u.user_id",
-						   schema);
-		/* prepared with search_path pinned, which the plan keeps */
-		ai_internal_begin(&st);
-		p = SPI_prepare(sql, 1, types);
-		if (p == NULL)
-			elog(ERROR, "ai_ratelimit: could not prepare the user lookup: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		ai_internal_end(&st);
-		if (plan)
-			SPI_freeplan(plan);
-		plan = p;
-		if (plan_schema)
-			pfree(plan_schema);
-		plan_schema = MemoryContextStrdup(TopMemoryContext, schema);
-		plan_has_limits = has_limits;
-	}
+	plan = ai_kept_plan(&kept, sql, 1, types);
 
 	vals[0] = PointerGetDatum(cstring_to_text_with_len(user_id, len));
 	ai_as_owner_begin(&st);
