@@ -62,7 +62,7 @@
 #define AI_DELTA_MIN_BYTES	(8 * 1024 * 1024)
 
 PGDLLEXPORT void ai_saver_main(Datum arg);
-static bool ai_shut_down_cleanly(void);
+static bool ai_shut_down_cleanly(TimestampTz *checkpoint_at);
 
 /* The head of a base file and of each delta block. */
 typedef struct AiSaveHeader
@@ -537,7 +537,8 @@ ai_load(void)
 	uint32		restored;
 	bool		at_shutdown;
 	TimestampTz saved_at;
-	bool		clean = ai_shut_down_cleanly();
+	TimestampTz shutdown_at;
+	bool		clean = ai_shut_down_cleanly(&shutdown_at);
 
 	f = AllocateFile(AI_SAVE_FILE, PG_BINARY_R);
 	if (f == NULL)
@@ -583,9 +584,13 @@ ai_load(void)
 			(errmsg("ai_ratelimit restored the counters of %u users and %u reservations",
 					ai_entry_count(), restored),
 			 errdetail("From the saved counters and %u later changes.", blocks)));
-	if (clean && !at_shutdown)
+	/*
+	 * The save at a clean shutdown comes after its checkpoint (whole
+	 * seconds in the control file): anything older, or a base that was not
+	 * written at a shutdown, means that save failed.
+	 */
+	if (clean && (!at_shutdown || saved_at < shutdown_at))
 	{
-		/* the server stopped cleanly, but its save at shutdown is missing */
 		pg_atomic_write_u64(&ai_shared->save_failures, 1);
 		ereport(WARNING,
 				(errmsg("ai_ratelimit restored counters saved at %s, not at the last shutdown",
@@ -602,13 +607,15 @@ ai_load(void)
  * but leaves the control file "in production", like a crash.
  */
 static bool
-ai_shut_down_cleanly(void)
+ai_shut_down_cleanly(TimestampTz *checkpoint_at)
 {
 	bool		crc_ok;
 	ControlFileData *cf = get_controlfile(DataDir, &crc_ok);
 	bool		clean = crc_ok && (cf->state == DB_SHUTDOWNED ||
 								   cf->state == DB_SHUTDOWNED_IN_RECOVERY);
 
+	if (checkpoint_at)
+		*checkpoint_at = time_t_to_timestamptz(cf->checkPointCopy.time);
 	pfree(cf);
 	return clean;
 }
@@ -622,7 +629,7 @@ ai_shut_down_cleanly(void)
 void
 ai_save_at_exit(int code, Datum arg)
 {
-	if (code != 0 || !ai_shut_down_cleanly())
+	if (code != 0 || !ai_shut_down_cleanly(NULL))
 		return;
 	if (!ai_save(true, true))
 		ereport(WARNING,
