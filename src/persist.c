@@ -62,7 +62,7 @@
 #define AI_DELTA_MIN_BYTES	(8 * 1024 * 1024)
 
 PGDLLEXPORT void ai_saver_main(Datum arg);
-static bool ai_shut_down_cleanly(TimestampTz *checkpoint_at);
+static bool ai_shut_down_cleanly(uint64 *checkpoint);
 
 /* The head of a base file and of each delta block. */
 typedef struct AiSaveHeader
@@ -75,8 +75,8 @@ typedef struct AiSaveHeader
 	uint32		ntomb;			/* delta: tombstones (keys); base: 0 */
 	uint64		base_id;		/* the base this is, or follows */
 	TimestampTz written_at;
-	uint32		at_shutdown;	/* base: written by a clean shutdown */
-	uint32		pad;
+	uint64		shutdown_lsn;	/* base written at a clean shutdown: its
+								 * checkpoint; otherwise 0 */
 } AiSaveHeader;
 
 typedef struct AiSavedEntry
@@ -321,7 +321,7 @@ ai_save_delta(AiSaveHeader *hdr, AiSaveBuf *b)
  * when the files could not be written; the next save is then whole.
  */
 static bool
-ai_save(bool whole, bool at_shutdown)
+ai_save(bool whole, uint64 shutdown_lsn)
 {
 	AiSaveHeader hdr;
 	AiSaveBuf	b;
@@ -365,7 +365,7 @@ ai_save(bool whole, bool at_shutdown)
 	hdr.ntomb = b.ntomb;
 	hdr.base_id = whole ? ((uint64) now << 16) ^ (uint64) MyProcPid : base_id;
 	hdr.written_at = now;
-	hdr.at_shutdown = at_shutdown ? 1 : 0;
+	hdr.shutdown_lsn = shutdown_lsn;
 
 	ok = whole ? ai_save_base(&hdr, &b) : ai_save_delta(&hdr, &b);
 	if (ok)
@@ -535,10 +535,10 @@ ai_load(void)
 	uint64		id;
 	uint32		blocks = 0;
 	uint32		restored;
-	bool		at_shutdown;
 	TimestampTz saved_at;
-	TimestampTz shutdown_at;
-	bool		clean = ai_shut_down_cleanly(&shutdown_at);
+	uint64		checkpoint;
+	bool		clean = ai_shut_down_cleanly(&checkpoint);
+	uint64		base_checkpoint;
 
 	f = AllocateFile(AI_SAVE_FILE, PG_BINARY_R);
 	if (f == NULL)
@@ -559,7 +559,7 @@ ai_load(void)
 		return;
 	}
 	id = hdr.base_id;
-	at_shutdown = hdr.at_shutdown != 0;
+	base_checkpoint = hdr.shutdown_lsn;
 	saved_at = hdr.written_at;
 	restored = ai_load_apply(&hdr, data, now);
 	pfree(data);
@@ -585,11 +585,10 @@ ai_load(void)
 					ai_entry_count(), restored),
 			 errdetail("From the saved counters and %u later changes.", blocks)));
 	/*
-	 * The save at a clean shutdown comes after its checkpoint (whole
-	 * seconds in the control file): anything older, or a base that was not
-	 * written at a shutdown, means that save failed.
+	 * After a clean shutdown the base must be the one written then, which
+	 * names that shutdown's checkpoint; any other means that save failed.
 	 */
-	if (clean && (!at_shutdown || saved_at < shutdown_at))
+	if (clean && base_checkpoint != checkpoint)
 	{
 		pg_atomic_write_u64(&ai_shared->save_failures, 1);
 		ereport(WARNING,
@@ -607,15 +606,14 @@ ai_load(void)
  * but leaves the control file "in production", like a crash.
  */
 static bool
-ai_shut_down_cleanly(TimestampTz *checkpoint_at)
+ai_shut_down_cleanly(uint64 *checkpoint)
 {
 	bool		crc_ok;
 	ControlFileData *cf = get_controlfile(DataDir, &crc_ok);
 	bool		clean = crc_ok && (cf->state == DB_SHUTDOWNED ||
 								   cf->state == DB_SHUTDOWNED_IN_RECOVERY);
 
-	if (checkpoint_at)
-		*checkpoint_at = time_t_to_timestamptz(cf->checkPointCopy.time);
+	*checkpoint = (uint64) cf->checkPoint;
 	pfree(cf);
 	return clean;
 }
@@ -629,9 +627,11 @@ ai_shut_down_cleanly(TimestampTz *checkpoint_at)
 void
 ai_save_at_exit(int code, Datum arg)
 {
-	if (code != 0 || !ai_shut_down_cleanly(NULL))
+	uint64		checkpoint;
+
+	if (code != 0 || !ai_shut_down_cleanly(&checkpoint))
 		return;
-	if (!ai_save(true, true))
+	if (!ai_save(true, checkpoint))
 		ereport(WARNING,
 				(errmsg("ai_ratelimit could not save its counters at shutdown"),
 				 errdetail("The next start will restore the counters of the last good save and say so.")));
@@ -688,7 +688,7 @@ ai_saver_main(Datum arg)
 		if (ai_save_interval > 0 && pg_atomic_read_u32(&ai_shared->dirty) != 0 &&
 			now - last_save >= (int64) ai_save_interval * 1000)
 		{
-			ai_save(false, false);
+			ai_save(false, 0);
 			last_save = now;
 		}
 	}
