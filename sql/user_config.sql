@@ -56,7 +56,7 @@ SELECT count(*) FILTER (WHERE remaining = 498) AS on_pro FROM generate_series(1,
 -- users take a few MB at the default, and far less once the bound is lowered
 CREATE FUNCTION user_cache_kb() RETURNS bigint LANGUAGE sql AS $$
     SELECT sum(total_bytes) / 1024 FROM pg_backend_memory_contexts
-    WHERE 'ai_ratelimit users' IN (name, parent) $$;
+    WHERE 'ai_ratelimit user configuration' IN (name, ident) OR name = 'ai_ratelimit users' $$;
 SELECT count(*) FILTER (WHERE allowed) FROM generate_series(1, 20000) g,
     LATERAL ai_check_limit('many-' || g);
 SELECT user_cache_kb() > 1024 AS grows_with_users;
