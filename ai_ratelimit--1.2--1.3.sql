@@ -51,3 +51,13 @@ LANGUAGE C VOLATILE PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.ai_ratelimit_saves() IS
     'when the counters were last saved to disk, and how many saves failed since start';
 REVOKE ALL ON FUNCTION @extschema@.ai_ratelimit_saves() FROM PUBLIC;
+
+-- Comments that say what each function does (\df+), as the README does.
+COMMENT ON FUNCTION @extschema@.ai_reset_limits(text) IS
+    'forget one user''s burst and daily counts and drop its open reservations; recorded spend stays (operators only)';
+COMMENT ON FUNCTION @extschema@.ai_ratelimit_status() IS
+    'the rows of the view ai_ratelimit_status: live counters of each user of this database';
+COMMENT ON FUNCTION @extschema@.ai_ratelimit_stats() IS
+    'the rows of the view ai_ratelimit_stats: checks by plan and outcome since the last reset or server start';
+COMMENT ON FUNCTION @extschema@.ai_ratelimit_reset_stats() IS
+    'start the counts of ai_ratelimit_stats over';

@@ -351,6 +351,8 @@ ai_ratelimit_usage_inserted(PG_FUNCTION_ARGS)
 void
 ai_spend_xact_end(bool commit)
 {
+	if (ai_shared == NULL)
+		return;					/* not preloaded: nothing is cached */
 	if (commit && stale_all)
 		pg_atomic_fetch_add_u32(&ai_shared->usage_gen, 1);
 	else if (commit)

@@ -595,9 +595,10 @@ ai_ratelimit_saves(PG_FUNCTION_ARGS)
 	TupleDesc	td;
 	Datum		values[2];
 	bool		nulls[2] = {0};
-	TimestampTz last = (TimestampTz) pg_atomic_read_u64(&ai_shared->last_save);
+	TimestampTz last;
 
 	ai_require_loaded();
+	last = (TimestampTz) pg_atomic_read_u64(&ai_shared->last_save);
 	if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "ai_ratelimit_saves must return a composite type");
 	td = BlessTupleDesc(td);

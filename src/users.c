@@ -328,7 +328,8 @@ ai_users_all_changed(bool limits)
 		pending_limits = true;
 	if (user_cache != NULL)
 		ai_users_reset_cache();
-	limits_gen_seen = pg_atomic_read_u32(&ai_shared->limits_gen) - 1;
+	if (ai_shared != NULL)		/* not preloaded: nothing is cached */
+		limits_gen_seen = pg_atomic_read_u32(&ai_shared->limits_gen) - 1;
 }
 
 /* The transaction ends, committed or not: tell every backend what changed. */

@@ -19,7 +19,10 @@ foreach my $call (
 	"SELECT * FROM ai_peek_limit('user-42', 'pro')",
 	"SELECT ai_reset_limits('user-42')",
 	"SELECT ai_record_usage('user-42', 'gpt-4o', 1, 1)",
-	"SELECT ai_monthly_spend('user-42')")
+	"SELECT ai_monthly_spend('user-42')",
+	"SELECT * FROM ai_ratelimit_status",
+	"SELECT * FROM ai_ratelimit_capacity()",
+	"SELECT * FROM ai_ratelimit_saves()")
 {
 	my ($ret, $out, $err) = $node->psql('postgres', $call,
 		extra_params => [ '-v', 'VERBOSITY=verbose' ]);
@@ -31,6 +34,18 @@ foreach my $call (
 }
 is($node->safe_psql('postgres', 'SELECT count(*) FROM ai_usage'), '0',
 	'nothing recorded');
+# what touches only tables works without the counters
+is($node->safe_psql('postgres', q{
+	INSERT INTO ai_user_plans VALUES ('user-42', 'pro');
+	INSERT INTO ai_user_limits (user_id, daily_limit) VALUES ('user-42', 7);
+	UPDATE ai_plans SET daily_limit = 600 WHERE plan = 'pro';
+	UPDATE ai_model_prices SET output_usd_per_mtok = 11 WHERE model = 'gpt-4o';
+	INSERT INTO ai_usage (created_at, day, user_id, model, priced_as, input_tokens, output_tokens,
+		cached_input_tokens, cost_cents) VALUES (now() - interval '100 days',
+		current_date - 100, 'old', 'gpt-4o', 'gpt-4o', 1, 1, 0, 1);
+	SELECT ai_purge_usage('90 days');
+	TRUNCATE ai_user_plans;}), '1',
+	'without preload, writing the configuration tables and ai_purge_usage work');
 is($node->safe_psql('postgres', 'SELECT 1'), '1', 'server unharmed');
 
 # preload it, with a time zone far from UTC
