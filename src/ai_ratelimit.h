@@ -295,7 +295,6 @@ extern LWLock *ai_partition_lock_at(int partition);
 extern void ai_part_iter_init(AiPartIter *it, int partition);
 extern AiEntry *ai_part_iter_next(AiPartIter *it);
 extern uint32 ai_entry_count(void);
-extern int	ai_sweep_partition(int partition, TimestampTz now, bool reclaim, int *visited);
 extern void ai_sweep_background(TimestampTz now);
 extern void ai_partition_changed(uint32 hashcode);
 extern int32 ai_resv_open_count(TimestampTz now);
@@ -316,9 +315,17 @@ extern void ai_entry_forget(AiEntry *e);
 extern void ai_resv_free(AiEntry *entry, int32 slot);
 extern AiMoney ai_resv_open_amount(AiEntry *entry, TimestampTz now);
 
+/* Note that something to save changed, for the saver (persist.c). */
+static inline void
+ai_mark_dirty(void)
+{
+	if (pg_atomic_read_u32(&ai_shared->dirty) == 0)
+		pg_atomic_write_u32(&ai_shared->dirty, 1);
+}
+
 /*
- * Note that an entry's saved state changed, for the saver (persist.c).
- * Caller holds the entry's partition lock exclusively.
+ * Note that an entry's saved state changed: it joins its partition's dirty
+ * list.  Caller holds the entry's partition lock exclusively.
  */
 static inline void
 ai_entry_changed(AiEntry *e)
@@ -331,8 +338,7 @@ ai_entry_changed(AiEntry *e)
 		e->dirty_next = *head;
 		*head = (int32) (e - ai_entries);
 	}
-	if (pg_atomic_read_u32(&ai_shared->dirty) == 0)
-		pg_atomic_write_u32(&ai_shared->dirty, 1);
+	ai_mark_dirty();
 }
 
 /* stats.c */

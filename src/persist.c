@@ -387,7 +387,7 @@ ai_save(bool whole, uint64 shutdown_lsn)
 	{
 		/* what was taken from shared memory is not on disk: start over */
 		base_id = 0;
-		pg_atomic_write_u32(&ai_shared->dirty, 1);
+		ai_mark_dirty();
 		pg_atomic_fetch_add_u64(&ai_shared->save_failures, 1);
 	}
 	pfree(b.entries);

@@ -393,8 +393,7 @@ ai_entry_remove(AiEntry *e, uint32 hashcode)
 		else
 			ai_table->tomb_overflow = true;
 		SpinLockRelease(&ai_table->tomb_mutex);
-		if (pg_atomic_read_u32(&ai_shared->dirty) == 0)
-			pg_atomic_write_u32(&ai_shared->dirty, 1);
+		ai_mark_dirty();
 	}
 
 	SpinLockAcquire(&ai_table->free_mutex);
@@ -440,8 +439,8 @@ ai_forget_database(Oid dbid)
 			}
 		LWLockRelease(&ai_locks[p].lock);
 	}
-	if (removed > 0 && pg_atomic_read_u32(&ai_shared->dirty) == 0)
-		pg_atomic_write_u32(&ai_shared->dirty, 1);
+	if (removed > 0)
+		ai_mark_dirty();
 }
 
 /*
@@ -480,12 +479,6 @@ ai_entry_is_live(AiEntry *e, TimestampTz now, int32 today)
 }
 
 /*
- * Sweep one partition: free the expired reservations of its users and, with
- * reclaim, remove the entries that hold nothing live.  Returns how many
- * entries were removed.  Takes the partition lock exclusively; caller must
- * hold no partition lock.
- */
-/*
  * The earliest time at which a live entry could hold nothing live, if
  * nothing else happens to it: the latest of the end of its burst window,
  * its day and its minute of tokens, and its reservations' expiry.  A record
@@ -513,16 +506,22 @@ ai_entry_dies_at(AiEntry *e, TimestampTz now, const AiCalendar *cal)
 	return t;
 }
 
-int
-ai_sweep_partition(int partition, TimestampTz now, bool reclaim, int *visited)
+/*
+ * Sweep one partition: free the expired reservations of its users (so that
+ * an entry held only by them can go) and remove the entries that hold
+ * nothing live.  When nothing could be removed, the partition rests until
+ * its first entry could die.  Returns how many entries were removed and
+ * adds the entries visited to *visited.  Takes the partition lock
+ * exclusively; caller must hold no partition lock.
+ */
+static int
+ai_sweep_partition(int partition, TimestampTz now, const AiCalendar *cal, int *visited)
 {
-	AiCalendar	cal;
 	AiPartIter	it;
 	AiEntry    *e;
 	int			removed = 0;
 	TimestampTz next_death = DT_NOEND;
 
-	ai_calendar_at(now, &cal);
 	LWLockAcquire(&ai_locks[partition].lock, LW_EXCLUSIVE);
 	ai_part_iter_init(&it, partition);
 	while ((e = ai_part_iter_next(&it)) != NULL)
@@ -530,21 +529,19 @@ ai_sweep_partition(int partition, TimestampTz now, bool reclaim, int *visited)
 		(*visited)++;
 		if (e->resv_head >= 0)
 			(void) ai_resv_open_amount(e, now);
-		if (!reclaim)
-			continue;
-		if (!ai_entry_is_live(e, now, cal.day))
+		if (!ai_entry_is_live(e, now, cal->day))
 		{
 			ai_entry_remove(e, ai_key_hash(&e->key));
 			removed++;
 		}
 		else
-			next_death = Min(next_death, ai_entry_dies_at(e, now, &cal));
+			next_death = Min(next_death, ai_entry_dies_at(e, now, cal));
 	}
-	if (reclaim && removed == 0)
+	if (removed == 0)
 	{
 		/* in vain: nothing here can be freed before the first entry dies */
 		ai_table->part_idle_until[partition] = Max(next_death, now + AI_SWEEP_IDLE_USECS);
-		ai_table->part_idle_day[partition] = cal.day;
+		ai_table->part_idle_day[partition] = cal->day;
 	}
 	LWLockRelease(&ai_locks[partition].lock);
 
@@ -567,7 +564,6 @@ static bool
 ai_make_room(TimestampTz now)
 {
 	int			visited = 0;
-
 	AiCalendar	cal;
 
 	ai_calendar_at(now, &cal);
@@ -582,7 +578,7 @@ ai_make_room(TimestampTz now)
 		 */
 		if (ai_table->part_idle_until[p] > now && ai_table->part_idle_day[p] == cal.day)
 			continue;
-		if (ai_sweep_partition(p, now, true, &visited) > 0)
+		if (ai_sweep_partition(p, now, &cal, &visited) > 0)
 			return true;
 	}
 	return false;

@@ -200,8 +200,6 @@ ai_resv_drop_settled(const AiKey *key, uint32 hashcode, const char *user_id, int
 	int			n = 0;
 	Oid			types[2] = {TEXTOID, INT8ARRAYOID};
 	Datum		vals[2];
-	AiInternalState st;
-	int			rc;
 	int			len = 0;
 	bool		restored;
 
@@ -234,17 +232,11 @@ ai_resv_drop_settled(const AiKey *key, uint32 hashcode, const char *user_id, int
 		vals[0] = PointerGetDatum(cstring_to_text_with_len(user_id, idlen));
 		vals[1] = PointerGetDatum(construct_array(ids, n, INT8OID, sizeof(int64), true, TYPALIGN_DOUBLE));
 		SPI_connect();
-		ai_internal_begin(&st);
-		PushActiveSnapshot(GetLatestSnapshot());
-		rc = SPI_execute_with_args(psprintf("SELECT reservation_id FROM %s.ai_usage"
-											" WHERE user_id OPERATOR(pg_catalog.=) $1"
-											" AND reservation_id OPERATOR(pg_catalog.=) ANY ($2)",
-											ai_ext_schema()),
-								   2, types, vals, NULL, true, 0);
-		PopActiveSnapshot();
-		ai_internal_end(&st);
-		if (rc != SPI_OK_SELECT)
-			elog(ERROR, "ai_ratelimit: reservation query failed: %s", SPI_result_code_string(rc));
+		ai_spi_read(psprintf("SELECT reservation_id FROM %s.ai_usage"
+							 " WHERE user_id OPERATOR(pg_catalog.=) $1"
+							 " AND reservation_id OPERATOR(pg_catalog.=) ANY ($2)",
+							 ai_ext_schema()),
+					2, types, vals);
 		n = 0;
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
