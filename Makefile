@@ -14,6 +14,7 @@ OBJS = \
 	src/limits.o \
 	src/money.o \
 	src/persist.o \
+	src/replica.o \
 	src/shmem.o \
 	src/spend.o \
 	src/stats.o \

@@ -134,6 +134,7 @@ _PG_init(void)
 	MarkGUCPrefixReserved("ai_ratelimit");
 
 	ai_register_saver();
+	ai_register_rmgr();
 	ai_config_init_hooks();
 
 	prev_shmem_request_hook = shmem_request_hook;

@@ -9,6 +9,7 @@
  *                   reservation pool (all locking rules are stated there)
  *   persist.c       saving the counters to disk and loading them at start;
  *                   the background worker that saves
+ *   replica.c       the counters in the WAL, for standbys; what runs where
  *   stats.c         counts of allowed and refused requests per plan
  *   windows.c       time arithmetic: burst buckets, calendar day and month
  *                   in ai_ratelimit.timezone
@@ -195,6 +196,7 @@ typedef struct AiShared
 	pg_atomic_uint32 prices_gen;	/* bumped when ai_model_prices changes */
 	pg_atomic_uint32 usage_gen; /* bumped when ai_usage rows are deleted */
 	pg_atomic_uint32 ext_gen;	/* bumped when the extension is dropped somewhere */
+	pg_atomic_uint32 caches_fresh;	/* generations bumped since recovery ended (replica.c) */
 	pg_atomic_uint32 dirty;		/* counters changed since the last save */
 	pg_atomic_uint64 last_save;	/* TimestampTz of the last good save, 0: none */
 	pg_atomic_uint64 save_failures;	/* saves that failed since start */
@@ -348,10 +350,63 @@ extern AiStats *ai_stats_for(const char *plan);
 extern void ai_stats_reset(void);
 extern const char *ai_outcome_name(AiOutcome o);
 
+/*
+ * persist.c: what a save writes, to the files and (replica.c) to the WAL.
+ * A base, a delta block and a WAL record are each a header followed by
+ * nentries AiSavedEntry, nresv AiSavedResv and ntomb AiKey.
+ */
+#define AI_SAVE_VERSION			3	/* of this layout */
+
+/* The head of a base, a delta block or a WAL record. */
+typedef struct AiSaveHeader
+{
+	uint32		magic;
+	uint32		version;
+	uint32		ring;			/* AI_BURST_RING of the writer */
+	uint32		nentries;
+	uint32		nresv;
+	uint32		ntomb;			/* delta: tombstones (keys); base: 0 */
+	uint64		base_id;		/* the base this is, or follows */
+	TimestampTz written_at;
+	uint64		shutdown_lsn;	/* base written at a clean shutdown: its
+								 * checkpoint; otherwise 0 */
+} AiSaveHeader;
+
+typedef struct AiSavedEntry
+{
+	AiKey		key;
+	int64		burst_head;
+	int32		burst_window_ms;
+	uint32		burst[AI_BURST_RING];
+	int32		day;
+	uint32		daily_count;
+	int32		tokens_head;
+	uint32		tokens[AI_TOKEN_RING];
+	uint16		plan_hash;
+	uint8		id_len;
+	char		id_prefix[AI_ID_PREFIX_LEN];
+} AiSavedEntry;
+
+typedef struct AiSavedResv
+{
+	int64		id;
+	AiKey		key;
+	AiMoney		amount;
+	TimestampTz expires_at;
+} AiSavedResv;
+
 /* persist.c */
+extern uint32 ai_apply_saved(const AiSaveHeader *hdr, const char *data, TimestampTz now,
+							 bool replay);
 extern void ai_load(void);
 extern void ai_save_at_exit(int code, Datum arg);
 extern void ai_register_saver(void);
+
+/* replica.c */
+extern void ai_register_rmgr(void);
+extern void ai_wal_log_save(const AiSaveHeader *hdr, const AiSavedEntry *entries,
+							const AiSavedResv *resv, const AiKey *tomb);
+extern void ai_require_primary(const char *func);
 
 /* windows.c */
 typedef struct AiCalendar

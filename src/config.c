@@ -20,6 +20,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/objectaccess.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
@@ -408,7 +409,8 @@ ai_plan_name_by_hash(uint16 h)
 
 	if (h == 0)
 		return NULL;
-	if (plan_cache_gen != pg_atomic_read_u32(&ai_shared->plans_gen))
+	/* a standby replays plan changes without a trigger: read them each time */
+	if (plan_cache_gen != pg_atomic_read_u32(&ai_shared->plans_gen) || RecoveryInProgress())
 		ai_reload_plans();
 	hash_seq_init(&st, plan_cache);
 	while ((p = hash_seq_search(&st)) != NULL)

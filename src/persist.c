@@ -23,10 +23,16 @@
  * saved: it is reloaded from the usage tables.  Reservations come back with
  * their ids, so an application can still settle them.
  *
+ * On a primary, the saver logs each periodic save to the WAL first, for
+ * standbys and crash recovery (replica.c); with save_interval 0 it still
+ * does so every second, to the WAL only.  A standby's saver writes its own
+ * files from what replay applied, so a restarted standby resumes from them.
+ *
  * Locking: the writer visits one partition at a time, holding only that
  * partition's lock (exclusively: it empties the partition's dirty list,
  * which entries join when they change, see ai_entry_changed), then writes
- * without locks.  Loading runs in the postmaster
+ * without locks.  Replay takes the partition lock of each key it applies.
+ * Loading runs in the postmaster
  * before any backend exists: it takes no partition lock (nothing else can
  * touch the hash yet), and ai_resv_create takes resv_lock, uncontended.
  *
@@ -36,6 +42,7 @@
 
 #include <unistd.h>
 
+#include "access/xlog.h"
 #include "catalog/pg_control.h"
 #include "common/controldata_utils.h"
 #include "miscadmin.h"
@@ -57,50 +64,11 @@
 #define AI_DELTA_FILE		"pg_stat/ai_ratelimit.delta"
 #define AI_SAVE_MAGIC		0x4149524C	/* "AIRL": a base */
 #define AI_DELTA_MAGIC		0x41495244	/* "AIRD": a delta block */
-#define AI_SAVE_VERSION		3
 /* a new base once the deltas outgrow it (and this much) */
 #define AI_DELTA_MIN_BYTES	(8 * 1024 * 1024)
 
 PGDLLEXPORT void ai_saver_main(Datum arg);
 static bool ai_shut_down_cleanly(uint64 *checkpoint);
-
-/* The head of a base file and of each delta block. */
-typedef struct AiSaveHeader
-{
-	uint32		magic;
-	uint32		version;
-	uint32		ring;			/* AI_BURST_RING of the writer */
-	uint32		nentries;
-	uint32		nresv;
-	uint32		ntomb;			/* delta: tombstones (keys); base: 0 */
-	uint64		base_id;		/* the base this is, or follows */
-	TimestampTz written_at;
-	uint64		shutdown_lsn;	/* base written at a clean shutdown: its
-								 * checkpoint; otherwise 0 */
-} AiSaveHeader;
-
-typedef struct AiSavedEntry
-{
-	AiKey		key;
-	int64		burst_head;
-	int32		burst_window_ms;
-	uint32		burst[AI_BURST_RING];
-	int32		day;
-	uint32		daily_count;
-	int32		tokens_head;
-	uint32		tokens[AI_TOKEN_RING];
-	uint16		plan_hash;
-	uint8		id_len;
-	char		id_prefix[AI_ID_PREFIX_LEN];
-} AiSavedEntry;
-
-typedef struct AiSavedResv
-{
-	int64		id;
-	AiKey		key;
-	AiMoney		amount;
-	TimestampTz expires_at;
-} AiSavedResv;
 
 /* What a save copies out of shared memory; grown only between partitions. */
 typedef struct AiSaveBuf
@@ -317,17 +285,21 @@ ai_save_delta(AiSaveHeader *hdr, AiSaveBuf *b)
  * deltas have grown, tombstones were lost, or this process has written no
  * base yet).  Visits one partition at a time, so a check waits at most for
  * the visit of its own partition, never for the whole table or the write.
- * Caller must hold no partition lock.  Returns false (with a LOG message)
- * when the files could not be written; the next save is then whole.
+ *
+ * to_wal: log the same entries, reservations and tombstones to the WAL
+ * first (replica.c), for standbys and crash recovery.  to_file: write the
+ * files; without it (save_interval = 0) only the WAL gets the changes.
+ * Caller must hold no partition lock.  Returns false (with a WARNING) when
+ * the files could not be written; the next save is then whole.
  */
 static bool
-ai_save(bool whole, uint64 shutdown_lsn)
+ai_save(bool whole, uint64 shutdown_lsn, bool to_file, bool to_wal)
 {
 	AiSaveHeader hdr;
 	AiSaveBuf	b;
 	TimestampTz now = GetCurrentTimestamp();
 	AiCalendar	cal;
-	bool		ok;
+	bool		ok = true;
 
 	if (ai_shared == NULL || ai_table == NULL)
 		return false;
@@ -336,11 +308,10 @@ ai_save(bool whole, uint64 shutdown_lsn)
 	memset(&b, 0, sizeof(b));
 	b.tomb = palloc_extended(sizeof(AiKey) * AI_TOMB_MAX, MCXT_ALLOC_HUGE);
 	/* removals from now on go to the next save */
-	if (ai_save_take_tombstones(&b) || base_id == 0 ||
-		delta_bytes > Max(base_bytes, AI_DELTA_MIN_BYTES))
+	if (ai_save_take_tombstones(&b) && to_file)
 		whole = true;
-	if (whole)
-		b.ntomb = 0;			/* the new base simply leaves them out */
+	if (to_file && (base_id == 0 || delta_bytes > Max(base_bytes, AI_DELTA_MIN_BYTES)))
+		whole = true;
 	b.maxentries = whole ? Max(ai_entry_count(), 1024) : 4096;
 	b.entries = palloc_extended(sizeof(AiSavedEntry) * b.maxentries, MCXT_ALLOC_HUGE);
 	b.maxresv = Max(ai_max_reservations, 1);
@@ -367,11 +338,19 @@ ai_save(bool whole, uint64 shutdown_lsn)
 	hdr.written_at = now;
 	hdr.shutdown_lsn = shutdown_lsn;
 
-	ok = whole ? ai_save_base(&hdr, &b) : ai_save_delta(&hdr, &b);
-	if (ok)
+	/* WAL first: a crash after it replays what the files may lack */
+	if (to_wal)
+		ai_wal_log_save(&hdr, b.entries, b.resv, b.tomb);
+	if (to_file)
+	{
+		if (whole)
+			hdr.ntomb = 0;		/* the new base simply leaves them out */
+		ok = whole ? ai_save_base(&hdr, &b) : ai_save_delta(&hdr, &b);
+	}
+	if (to_file && ok)
 	{
 		uint64		bytes = sizeof(hdr) + sizeof(AiSavedEntry) * (uint64) b.nentries +
-			sizeof(AiSavedResv) * (uint64) b.nresv + sizeof(AiKey) * (uint64) b.ntomb;
+			sizeof(AiSavedResv) * (uint64) b.nresv + sizeof(AiKey) * (uint64) hdr.ntomb;
 
 		if (whole)
 		{
@@ -383,7 +362,7 @@ ai_save(bool whole, uint64 shutdown_lsn)
 			delta_bytes += bytes;
 		pg_atomic_write_u64(&ai_shared->last_save, (uint64) now);
 	}
-	else
+	else if (!ok)
 	{
 		/* what was taken from shared memory is not on disk: start over */
 		base_id = 0;
@@ -398,15 +377,47 @@ ai_save(bool whole, uint64 shutdown_lsn)
 
 /* ---- loading ---- */
 
-/* Give an entry the state of a saved one. */
-static void
-ai_load_entry(const AiSavedEntry *se, TimestampTz now)
+/*
+ * Take the partition lock of a key when replaying WAL; loading in the
+ * postmaster takes none (nothing else can touch the table yet).
+ */
+static LWLock *
+ai_apply_lock(const AiKey *key, bool replay)
 {
-	AiEntry    *e = ai_entry_lookup(&se->key, ai_key_hash(&se->key), true, now,
-									se->id_prefix, se->id_len);
+	LWLock	   *lock;
 
+	if (!replay)
+		return NULL;
+	lock = ai_partition_lock(ai_key_hash(key));
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	return lock;
+}
+
+static void
+ai_apply_unlock(LWLock *lock)
+{
+	if (lock != NULL)
+		LWLockRelease(lock);
+}
+
+/*
+ * Give an entry the state of a saved one.  Returns false when there is no
+ * room for it (max_keys is lower here than where it was saved).
+ */
+static bool
+ai_load_entry(const AiSavedEntry *se, TimestampTz now, bool replay)
+{
+	uint32		hashcode = ai_key_hash(&se->key);
+	LWLock	   *lock = ai_apply_lock(&se->key, replay);
+	AiEntry    *e;
+
+	e = replay ? ai_entry_get(&se->key, hashcode, lock, now, se->id_prefix, se->id_len) :
+		ai_entry_lookup(&se->key, hashcode, true, now, se->id_prefix, se->id_len);
 	if (e == NULL)
-		return;					/* max_keys was lowered: keep what fits */
+	{
+		ai_apply_unlock(lock);
+		return false;
+	}
 	/* a delta replaces the entry's reservations with its own */
 	while (e->resv_head >= 0)
 		ai_resv_free(e, e->resv_head);
@@ -419,42 +430,66 @@ ai_load_entry(const AiSavedEntry *se, TimestampTz now)
 	memcpy(e->tokens, se->tokens, sizeof(e->tokens));
 	e->plan_hash = se->plan_hash;
 	e->id_len = se->id_len;
-	e->save_flags |= AI_SAVE_IN_FILE;	/* dirty too, maybe: the first save is whole */
+	if (replay)
+		ai_entry_changed(e);	/* for this server's own saves */
+	else
+		e->save_flags |= AI_SAVE_IN_FILE;	/* dirty too, maybe: the first save is whole */
+	ai_apply_unlock(lock);
+	return true;
 }
 
 /*
- * Apply a base or a delta block that has been read whole and checked:
- * tombstones first (they happened before the block's entries were
- * copied), then entries, then their reservations, under their own ids.
+ * Apply a base, a delta block or a replayed WAL record (replay: under the
+ * partition locks, as standby sessions may read the table): tombstones
+ * first (they happened before the block's entries were copied), then
+ * entries, then their reservations, under their own ids.  A replayed
+ * reservation marks its user, like one restored after a crash: it may have
+ * been settled by a record that committed after it was logged
+ * (ai_resv_drop_settled looks at the user's first check after promotion).
  * Returns how many reservations came back.
  */
-static uint32
-ai_load_apply(const AiSaveHeader *hdr, const char *data, TimestampTz now)
+uint32
+ai_apply_saved(const AiSaveHeader *hdr, const char *data, TimestampTz now, bool replay)
 {
 	const AiSavedEntry *entries = (const AiSavedEntry *) data;
 	const AiSavedResv *resv = (const AiSavedResv *) (entries + hdr->nentries);
 	const AiKey *tomb = (const AiKey *) (resv + hdr->nresv);
 	uint32		restored = 0;
+	uint32		no_room = 0;
 
 	for (uint32 i = 0; i < hdr->ntomb; i++)
 	{
+		LWLock	   *lock = ai_apply_lock(&tomb[i], replay);
 		AiEntry    *e = ai_entry_lookup(&tomb[i], ai_key_hash(&tomb[i]), false, now, NULL, 0);
 
 		if (e != NULL)
 			ai_entry_forget(e);
+		ai_apply_unlock(lock);
 	}
 	for (uint32 i = 0; i < hdr->nentries; i++)
-		ai_load_entry(&entries[i], now);
+		if (!ai_load_entry(&entries[i], now, replay))
+			no_room++;
 	for (uint32 i = 0; i < hdr->nresv; i++)
 	{
+		LWLock	   *lock;
 		AiEntry    *e;
 
 		if (resv[i].expires_at <= now)
 			continue;
+		lock = ai_apply_lock(&resv[i].key, replay);
 		e = ai_entry_lookup(&resv[i].key, ai_key_hash(&resv[i].key), false, now, NULL, 0);
 		if (e != NULL && ai_resv_restore(e, resv[i].id, resv[i].amount, resv[i].expires_at) != 0)
+		{
 			restored++;
+			if (replay)
+				e->resv_restored = 1;
+		}
+		ai_apply_unlock(lock);
 	}
+	if (no_room > 0)
+		ereport(WARNING,
+				(errmsg("ai_ratelimit could not keep the counters of %u users: every counter is in use", no_room),
+				 errhint("Give this server an ai_ratelimit.max_keys at least as large as the primary's.")));
 	return restored;
 }
 
@@ -561,7 +596,7 @@ ai_load(void)
 	id = hdr.base_id;
 	base_checkpoint = hdr.shutdown_lsn;
 	saved_at = hdr.written_at;
-	restored = ai_load_apply(&hdr, data, now);
+	restored = ai_apply_saved(&hdr, data, now, false);
 	pfree(data);
 
 	f = AllocateFile(AI_DELTA_FILE, PG_BINARY_R);
@@ -571,7 +606,7 @@ ai_load(void)
 		{
 			if (hdr.base_id == id)
 			{
-				restored += ai_load_apply(&hdr, data, now);
+				restored += ai_apply_saved(&hdr, data, now, false);
 				saved_at = hdr.written_at;
 				blocks++;
 			}
@@ -631,7 +666,7 @@ ai_save_at_exit(int code, Datum arg)
 
 	if (code != 0 || !ai_shut_down_cleanly(&checkpoint))
 		return;
-	if (!ai_save(true, checkpoint))
+	if (!ai_save(true, checkpoint, true, false))
 		ereport(WARNING,
 				(errmsg("ai_ratelimit could not save its counters at shutdown"),
 				 errdetail("The next start will restore the counters of the last good save and say so.")));
@@ -654,9 +689,26 @@ ai_register_saver(void)
 }
 
 /*
+ * One periodic save, when something changed: to the files (unless
+ * save_interval is 0) and, on a primary whose wal_level allows standbys, to
+ * the WAL.
+ */
+static void
+ai_save_changes(void)
+{
+	bool		to_file = ai_save_interval > 0;
+	bool		to_wal = !RecoveryInProgress() && XLogStandbyInfoActive();
+
+	if ((to_file || to_wal) && pg_atomic_read_u32(&ai_shared->dirty) != 0)
+		(void) ai_save(false, 0, to_file, to_wal);
+}
+
+/*
  * The background worker: every second, sweep (expired reservations, dead
- * entries when the table is nearly full); every save_interval, save when
- * something changed.
+ * entries when the table is nearly full); every save_interval (every
+ * second when it is 0), save what changed.  Asked to stop, it saves once
+ * more, so that a clean shutdown sends the standbys everything (the
+ * postmaster writes the files again after the shutdown checkpoint).
  */
 void
 ai_saver_main(Datum arg)
@@ -670,14 +722,17 @@ ai_saver_main(Datum arg)
 	for (;;)
 	{
 		TimestampTz now;
-		int			tick = ai_save_interval > 0 ? Min(ai_save_interval, 1000) : 1000;
+		int			interval = ai_save_interval > 0 ? ai_save_interval : 1000;
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 tick, PG_WAIT_EXTENSION);
+						 Min(interval, 1000), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		if (ShutdownRequestPending)
+		{
+			ai_save_changes();
 			break;
+		}
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
@@ -685,10 +740,9 @@ ai_saver_main(Datum arg)
 		}
 		now = GetCurrentTimestamp();
 		ai_sweep_background(now);
-		if (ai_save_interval > 0 && pg_atomic_read_u32(&ai_shared->dirty) != 0 &&
-			now - last_save >= (int64) ai_save_interval * 1000)
+		if (now - last_save >= (int64) interval * 1000)
 		{
-			ai_save(false, 0);
+			ai_save_changes();
 			last_save = now;
 		}
 	}

@@ -154,6 +154,7 @@ ai_shmem_startup(void)
 		pg_atomic_init_u32(&ai_shared->prices_gen, 1);
 		pg_atomic_init_u32(&ai_shared->usage_gen, 1);
 		pg_atomic_init_u32(&ai_shared->ext_gen, 1);
+		pg_atomic_init_u32(&ai_shared->caches_fresh, 0);
 		pg_atomic_init_u32(&ai_shared->dirty, 0);
 		pg_atomic_init_u64(&ai_shared->last_save, 0);
 		pg_atomic_init_u64(&ai_shared->save_failures, 0);

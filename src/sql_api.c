@@ -168,7 +168,8 @@ ai_decision_datum(FunctionCallInfo fcinfo, const AiDecision *d)
 }
 
 static void
-ai_run_check(FunctionCallInfo fcinfo, bool consume, bool with_estimate, AiDecision *d)
+ai_run_check(FunctionCallInfo fcinfo, const char *func, bool consume, bool with_estimate,
+			 AiDecision *d)
 {
 	int			len;
 	char	   *user_id;
@@ -177,6 +178,7 @@ ai_run_check(FunctionCallInfo fcinfo, bool consume, bool with_estimate, AiDecisi
 	int64		est_tokens = 0;
 
 	ai_require_loaded();
+	ai_require_primary(func);
 	user_id = ai_arg_user_id(fcinfo, 0, &len);
 	ai_arg_plan(fcinfo, 1, user_id, len, &plan);
 	if (with_estimate && PG_NARGS() > 3 && !PG_ARGISNULL(3))
@@ -202,7 +204,7 @@ ai_check_limit(PG_FUNCTION_ARGS)
 {
 	AiDecision	d;
 
-	ai_run_check(fcinfo, true, true, &d);
+	ai_run_check(fcinfo, "ai_check_limit", true, true, &d);
 	return ai_decision_datum(fcinfo, &d);
 }
 
@@ -212,7 +214,7 @@ ai_enforce_limit(PG_FUNCTION_ARGS)
 {
 	AiDecision	d;
 
-	ai_run_check(fcinfo, true, true, &d);
+	ai_run_check(fcinfo, "ai_enforce_limit", true, true, &d);
 	if (!d.allowed)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -230,7 +232,7 @@ ai_peek_limit(PG_FUNCTION_ARGS)
 {
 	AiDecision	d;
 
-	ai_run_check(fcinfo, false, false, &d);
+	ai_run_check(fcinfo, "ai_peek_limit", false, false, &d);
 	return ai_decision_datum(fcinfo, &d);
 }
 
@@ -245,6 +247,7 @@ ai_reset_limits(PG_FUNCTION_ARGS)
 	char	   *user_id;
 
 	ai_require_loaded();
+	ai_require_primary("ai_reset_limits");
 	user_id = ai_arg_user_id(fcinfo, 0, &len);
 	ai_reset_user(user_id, len);
 	PG_RETURN_VOID();
@@ -292,6 +295,7 @@ ai_record_usage(PG_FUNCTION_ARGS)
 	bool		has_resv = false;
 
 	ai_require_loaded();
+	ai_require_primary("ai_record_usage");
 	user_id = ai_arg_user_id(fcinfo, 0, &len);
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,

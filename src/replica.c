@@ -1,0 +1,203 @@
+/*-------------------------------------------------------------------------
+ *
+ * replica.c
+ *		The counters on streaming standbys, and what a promotion must redo.
+ *
+ * A primary's saver logs every periodic save to the WAL as well as to its
+ * files: the entries that changed (burst buckets, the day's count, tokens),
+ * their open reservations and the tombstones of removed entries, in records
+ * of a custom resource manager, "ai_ratelimit" (id AI_RMGR_ID).  Each record
+ * states whole entries, not increments, so replaying a record twice, or an
+ * older one before a newer one, ends in the newer state.  The startup process
+ * of every standby (and of a primary recovering from a crash) applies them
+ * to its own table under the partition locks, so a standby holds the
+ * primary's counters as of its last save, and a standby made by
+ * pg_basebackup starts from the copied files plus every record since the
+ * backup began.
+ *
+ * A standby never counts: every function that consumes or resets refuses
+ * in recovery (ai_require_primary).  When a standby is promoted, caches it
+ * may hold from before are dropped once, by the first call that finds
+ * recovery over: per-session plans, prices and users, and the month's
+ * spend cached in the shared entries (replayed ai_usage rows fire no
+ * trigger), which is then read again from the tables.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xlog.h"
+#include "access/xlog_internal.h"
+#include "access/xloginsert.h"
+#include "access/xlogreader.h"
+#include "miscadmin.h"
+#include "utils/timestamp.h"
+
+#include "ai_ratelimit.h"
+
+/*
+ * PostgreSQL's id for extensions that have not reserved one of their own
+ * (https://wiki.postgresql.org/wiki/CustomWALResourceManagers); another
+ * preloaded library that registers it too makes the server refuse to start.
+ */
+#define AI_RMGR_ID				RM_EXPERIMENTAL_ID
+
+#define XLOG_AI_SAVE			0x00	/* entries, reservations, tombstones */
+
+/* Entries per record: about 160 bytes each, so records stay under 1 MB. */
+#define AI_WAL_CHUNK			4096
+
+static void ai_rmgr_redo(XLogReaderState *record);
+static void ai_rmgr_desc(StringInfo buf, XLogReaderState *record);
+static const char *ai_rmgr_identify(uint8 info);
+
+static RmgrData ai_rmgr = {
+	.rm_name = "ai_ratelimit",
+	.rm_redo = ai_rmgr_redo,
+	.rm_desc = ai_rmgr_desc,
+	.rm_identify = ai_rmgr_identify
+};
+
+/* From _PG_init, while shared_preload_libraries are loaded. */
+void
+ai_register_rmgr(void)
+{
+	RegisterCustomRmgr(AI_RMGR_ID, &ai_rmgr);
+}
+
+/* Log one record: entries [0, nentries), their reservations, tombstones. */
+static void
+ai_wal_log_chunk(const AiSaveHeader *save, const AiSavedEntry *entries, uint32 nentries,
+				 const AiSavedResv *resv, uint32 nresv, const AiKey *tomb, uint32 ntomb)
+{
+	AiSaveHeader hdr = *save;
+
+	hdr.nentries = nentries;
+	hdr.nresv = nresv;
+	hdr.ntomb = ntomb;
+	XLogBeginInsert();
+	XLogRegisterData((char *) &hdr, sizeof(hdr));
+	if (nentries > 0)
+		XLogRegisterData((char *) entries, sizeof(AiSavedEntry) * nentries);
+	if (nresv > 0)
+		XLogRegisterData((char *) resv, sizeof(AiSavedResv) * nresv);
+	if (ntomb > 0)
+		XLogRegisterData((char *) tomb, sizeof(AiKey) * ntomb);
+	(void) XLogInsert(AI_RMGR_ID, XLOG_AI_SAVE);
+}
+
+/*
+ * Log what a save copied (hdr counts the arrays), AI_WAL_CHUNK entries to a
+ * record, each with its reservations (they follow their entry in the
+ * save's order), the tombstones in the first, and wait until it is flushed
+ * so that the walsenders send it now.  Never in recovery.
+ */
+void
+ai_wal_log_save(const AiSaveHeader *hdr, const AiSavedEntry *entries,
+				const AiSavedResv *resv, const AiKey *tomb)
+{
+	uint32		e = 0;
+	uint32		r = 0;
+	uint32		ntomb = hdr->ntomb;
+
+	while (e < hdr->nentries || ntomb > 0)
+	{
+		uint32		ne = Min(hdr->nentries - e, AI_WAL_CHUNK);
+		uint32		r0 = r;
+
+		for (uint32 i = e; i < e + ne; i++)
+			while (r < hdr->nresv && memcmp(&resv[r].key, &entries[i].key, sizeof(AiKey)) == 0)
+				r++;
+		ai_wal_log_chunk(hdr, entries + e, ne, resv + r0, r - r0, tomb, ntomb);
+		e += ne;
+		ntomb = 0;
+	}
+	XLogFlush(GetXLogInsertRecPtr());
+}
+
+static void
+ai_rmgr_redo(XLogReaderState *record)
+{
+	uint8		info = XLogRecGetInfo(record) & ~XLR_INFO_MASK;
+	AiSaveHeader hdr;
+
+	if (info != XLOG_AI_SAVE)
+		elog(PANIC, "ai_ratelimit redo: unknown op code %u", info);
+	memcpy(&hdr, XLogRecGetData(record), sizeof(hdr));
+	if (hdr.ring != AI_BURST_RING || hdr.version != AI_SAVE_VERSION)
+	{
+		ereport(WARNING,
+				(errmsg("ai_ratelimit skipped counters logged by another version of the extension"),
+				 errhint("Run the same ai_ratelimit version on the primary and its standbys.")));
+		return;
+	}
+	(void) ai_apply_saved(&hdr, XLogRecGetData(record) + sizeof(hdr),
+						  GetCurrentTimestamp(), true);
+}
+
+static void
+ai_rmgr_desc(StringInfo buf, XLogReaderState *record)
+{
+	AiSaveHeader hdr;
+
+	if ((XLogRecGetInfo(record) & ~XLR_INFO_MASK) != XLOG_AI_SAVE ||
+		XLogRecGetDataLen(record) < sizeof(hdr))
+		return;
+	memcpy(&hdr, XLogRecGetData(record), sizeof(hdr));
+	appendStringInfo(buf, "users %u, reservations %u, removed %u, saved at %s",
+					 hdr.nentries, hdr.nresv, hdr.ntomb, timestamptz_to_str(hdr.written_at));
+}
+
+static const char *
+ai_rmgr_identify(uint8 info)
+{
+	return (info & ~XLR_INFO_MASK) == XLOG_AI_SAVE ? "SAVE" : NULL;
+}
+
+/*
+ * Once per server start, by the first call that finds recovery over:
+ * every cache that replay may have left stale is dropped.  The flag is set
+ * only after the generations moved, so a session that sees it set never
+ * uses a cache from before.
+ */
+static void
+ai_after_recovery(void)
+{
+	if (pg_atomic_read_u32(&ai_shared->caches_fresh) != 0)
+		return;
+	LWLockAcquire(ai_shared->users_lock, LW_EXCLUSIVE);
+	if (pg_atomic_read_u32(&ai_shared->caches_fresh) == 0)
+	{
+		pg_atomic_fetch_add_u32(&ai_shared->plans_gen, 1);
+		pg_atomic_fetch_add_u32(&ai_shared->prices_gen, 1);
+		pg_atomic_fetch_add_u32(&ai_shared->users_gen, 1);
+		pg_atomic_fetch_add_u32(&ai_shared->limits_gen, 1);
+		pg_atomic_fetch_add_u32(&ai_shared->usage_gen, 1);
+		pg_atomic_fetch_add_u32(&ai_shared->ext_gen, 1);
+		pg_write_barrier();
+		pg_atomic_write_u32(&ai_shared->caches_fresh, 1);
+	}
+	LWLockRelease(ai_shared->users_lock);
+}
+
+/*
+ * Every function that counts, consumes or resets calls this first: a
+ * standby's counters are a copy, up to one save interval old, and what it
+ * took would be lost anyway.  Cheap once the session has seen a primary.
+ */
+void
+ai_require_primary(const char *func)
+{
+	static bool primary = false;
+
+	if (likely(primary))
+		return;
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("%s must run on the primary: this server is a standby", func),
+				 errdetail("A standby's ai_ratelimit counters are a copy of the primary's, as of its last save; checks run on the primary, where they count."),
+				 errhint("Connect to the primary for checks and records (for example with target_session_attrs=read-write).")));
+	ai_after_recovery();
+	primary = true;
+}
