@@ -6,12 +6,14 @@
 # refuses a used-up daily limit and a used-up budget, settles a reservation
 # made on the old primary under its id, and a session opened on the standby
 # before the promotion sees plan and price changes made on the old primary.
+# A switchover (clean stop, then promotion) loses no count.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
+use Time::HiRes qw(sleep);
 
 my $primary = PostgreSQL::Test::Cluster->new('primary');
 $primary->init(allows_streaming => 1);
@@ -173,6 +175,20 @@ is(daily_on($standby2, 'dora'), 3, 'second standby: counts from before the failo
 
 $in .= "\\q\n";
 $session->finish;
+
+# switchover: counts taken just before a clean stop of the primary are not
+# lost (with saves an hour apart, only the saver's last save at the stop
+# can carry them)
+sql($standby, q{ALTER SYSTEM SET ai_ratelimit.save_interval = '1h'; SELECT pg_reload_conf()});
+sleep(1);
+sql($standby, q{SELECT allowed FROM ai_check_limit('max', 'tight')}) for 1 .. 2;
+$standby->stop('fast');
+$standby2->promote;
+$standby2->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()')
+  or die 'the second standby was not promoted';
+is(daily_on($standby2, 'max'), 2,
+	'switchover: the counts taken just before the clean stop are all there');
+is(sql($standby2, q{SELECT limited_by FROM ai_check_limit('max', 'tight')}), 'daily',
+	'switchover: ... and the next check is refused');
 $standby2->stop;
-$standby->stop;
 done_testing();
