@@ -166,8 +166,8 @@ $standby->backup('b2');
 my $standby2 = PostgreSQL::Test::Cluster->new('standby2');
 $standby2->init_from_backup($standby, 'b2', has_streaming => 1);
 $standby2->start;
-$standby->wait_for_catchup($standby2, 'replay', $standby->lsn('insert'));
 sql($standby, q{SELECT allowed FROM ai_check_limit('lou', 'tight')});
+$standby->wait_for_catchup($standby2);
 ok($standby2->poll_query_until('postgres',
 		q{SELECT count(*) FROM ai_ratelimit_status WHERE user_id = 'lou' AND daily_used = 1}, '1'),
 	'second standby: counts of the new primary arrive');
