@@ -213,13 +213,24 @@ ai_refused_by_tokens(AiCheck *c, AiVerdict *v)
 }
 
 /*
- * Earliest time at which the open reservations that are still there leave
- * room for `need` more under `budget`, given `spend`.
+ * When only open reservations stand in the way, a retry is worth making
+ * this soon: requests in flight usually settle within seconds, for less
+ * than they reserved.
+ */
+#define AI_INFLIGHT_RETRY_SECS	5
+
+/*
+ * When a retry can succeed, given `spend` and the user's open reservations:
+ * the end of the month when the spend alone leaves no room for `need`;
+ * otherwise the earliest expiry of reservations that leaves room, but no
+ * later than AI_INFLIGHT_RETRY_SECS from now, since reservations are
+ * usually settled long before they expire.
  */
 static TimestampTz
 ai_budget_retry_at(AiEntry *e, AiMoney spend, AiMoney need, AiMoney budget,
-				   const AiCalendar *cal)
+				   const AiCalendar *cal, TimestampTz now)
 {
+	TimestampTz soon = now + AI_INFLIGHT_RETRY_SECS * USECS_PER_SEC;
 	TimestampTz best = cal->month_end;
 	int			n = 0;
 
@@ -241,7 +252,7 @@ ai_budget_retry_at(AiEntry *e, AiMoney spend, AiMoney need, AiMoney budget,
 		if (ai_money_add(ai_money_add(spend, later), need) <= budget)
 			best = t;
 	}
-	return best;
+	return Min(best, soon);
 }
 
 /* Spend this month, open reservations and the estimate, against the budget. */
@@ -263,7 +274,7 @@ ai_refused_by_budget(AiCheck *c, AiVerdict *v)
 	if (ai_money_add(ai_money_add(spend, reserved), c->est) <= plan->budget)
 		return false;
 	return ai_refuse(v, AI_OUT_BUDGET, false,
-					 ai_budget_retry_at(e, spend, c->est, plan->budget, &c->cal));
+					 ai_budget_retry_at(e, spend, c->est, plan->budget, &c->cal, c->now));
 }
 
 /*
@@ -331,6 +342,29 @@ ai_window_words(int32 ms)
 	return psprintf("%d ms", ms);
 }
 
+/*
+ * A time as a person reads it: to the second, rounded up (a block that ends
+ * at 11:18:01.26 is still in force at 11:18:01), in ai_ratelimit.timezone,
+ * with the zone's abbreviation.  reset_at keeps the exact value.
+ */
+static char *
+ai_local_time_words(TimestampTz t)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	int			tz;
+	const char *tzn = NULL;
+	int64		part = t % USECS_PER_SEC;
+
+	if (part != 0)
+		t += (part > 0 ? USECS_PER_SEC : 0) - part;
+	if (timestamp2tm(t, &tz, &tm, &fsec, &tzn, ai_timezone) != 0)
+		return pstrdup(timestamptz_to_str(t));
+	return psprintf("%04d-%02d-%02d %02d:%02d:%02d%s%s",
+					tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+					tzn ? " " : "", tzn ? tzn : "");
+}
+
 /* The message of a refusal, in the article's words. */
 static char *
 ai_refusal_message(AiOutcome outcome, const AiPlan *plan)
@@ -341,7 +375,7 @@ ai_refusal_message(AiOutcome outcome, const AiPlan *plan)
 			if (TIMESTAMP_NOT_FINITE(plan->blocked_until))
 				return pstrdup("AI access blocked for this user");
 			return psprintf("AI access blocked for this user until %s",
-							timestamptz_to_str(plan->blocked_until));
+							ai_local_time_words(plan->blocked_until));
 		case AI_OUT_BURST:
 			return psprintf("Rate limit: %d requests/%s on %s plan",
 							plan->burst_limit,
