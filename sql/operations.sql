@@ -53,6 +53,13 @@ UPDATE ai_user_limits SET blocked_until = now() + interval '1 hour' WHERE user_i
 SELECT allowed, error LIKE 'AI access blocked for this user until %' AS message, limited_by,
        retry_after BETWEEN 3590 AND 3600 AS retry_in_an_hour
 FROM ai_check_limit('ops-5', 'enterprise');
+-- the message names the end to the second (rounded up) in ai_ratelimit.timezone;
+-- reset_at keeps the exact time
+UPDATE ai_user_limits SET blocked_until = '2099-03-04 05:06:07.262579+00' WHERE user_id = 'ops-5';
+SELECT error, reset_at = '2099-03-04 05:06:07.262579+00' AS exact_reset_at
+FROM ai_check_limit('ops-5', 'enterprise');
+UPDATE ai_user_limits SET blocked_until = '2099-03-04 05:06:07+00' WHERE user_id = 'ops-5';
+SELECT error FROM ai_check_limit('ops-5', 'enterprise');
 -- a block that has passed blocks nothing
 UPDATE ai_user_limits SET blocked_until = now() - interval '1 second' WHERE user_id = 'ops-5';
 SELECT allowed, limited_by FROM ai_check_limit('ops-5', 'enterprise');
