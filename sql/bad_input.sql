@@ -75,3 +75,11 @@ DELETE FROM ai_plans WHERE plan = 'pro';
 \set VERBOSITY default
 -- the server is unharmed
 SELECT allowed FROM ai_check_limit('bad-5', 'free');
+-- a user without a row in ai_user_plans is on 'free': without that plan the
+-- error says so
+BEGIN;
+DELETE FROM ai_user_plans WHERE plan = 'free';
+DELETE FROM ai_plans WHERE plan = 'free';
+SELECT allowed FROM ai_check_limit('bad-6', NULL);
+ROLLBACK;
+SELECT allowed FROM ai_check_limit('bad-6', NULL);
