@@ -44,12 +44,19 @@ install_deps() {
 
 # Build with warnings as errors (our builds only: a user's `make` does not
 # set WERROR) and install into the Debian PostgreSQL.
+# Build in a temporary copy of the tree (the work tree keeps no build
+# outputs and is never cleaned) and install into $PG_BIN's PostgreSQL.
+# Arguments are extra make variables (memcheck's sanitizer flags).
 build_install() {
 	log "building ai_ratelimit for PostgreSQL $PG_MAJOR"
-	make -C "$REPO" -s clean >/dev/null
-	make -C "$REPO" -s PG_CONFIG=$PG_BIN/pg_config WERROR=-Werror
-	make -C "$REPO" -s PG_CONFIG=$PG_BIN/pg_config install >/dev/null
-	make -C "$REPO" -s clean >/dev/null
+	local build
+	build=$(mktemp -d /tmp/ai_ratelimit-build.XXXXXX)
+	rsync -a --exclude .git --exclude node_modules --exclude '*.o' --exclude '*.so' \
+		--exclude '*.bc' "$REPO"/ "$build"/
+	make -C "$build" -s PG_CONFIG=$PG_BIN/pg_config WERROR=-Werror "$@" &&
+		make -C "$build" -s PG_CONFIG=$PG_BIN/pg_config "$@" install >/dev/null ||
+		{ rm -rf "$build"; return 1; }
+	rm -rf "$build"
 }
 
 # A copy of the work tree that the postgres user owns, in $WORK.

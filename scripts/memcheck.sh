@@ -11,10 +11,7 @@ UBSAN="-fsanitize=undefined -fno-sanitize-recover=undefined -fno-omit-frame-poin
 
 install_deps valgrind
 log "building with $UBSAN"
-make -C "$REPO" -s clean >/dev/null
-make -C "$REPO" -s PG_CONFIG=$PG_BIN/pg_config WERROR=-Werror PG_CFLAGS_EXTRA="$UBSAN" \
-	SHLIB_LINK_EXTRA="-fsanitize=undefined" install >/dev/null
-make -C "$REPO" -s clean >/dev/null
+build_install PG_CFLAGS_EXTRA="$UBSAN" SHLIB_LINK_EXTRA="-fsanitize=undefined"
 postgres_workdir
 PGDATA=$WORK/data
 PORT=${MEMCHECK_PORT:-54349}
