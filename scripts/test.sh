@@ -9,8 +9,8 @@
 # For each major: installs the packages, builds with -Werror, installs, and
 # runs `make installcheck` (regression, isolation and TAP tests, each on its
 # own temporary server with the extension preloaded; the TAP tests include
-# the node-postgres client test) as the postgres user.  PostgreSQL 15 runs
-# on this machine; 17 and 18 run in Debian roots (scripts/pgroot.sh),
+# the node-postgres client test, and the psycopg 3 one, directly and through
+# PgBouncer) as the postgres user.  PostgreSQL 15 runs on this machine; 17 and 18 run in Debian roots (scripts/pgroot.sh),
 # prepared once and cached under /var/tmp.
 source "$(dirname "$0")/common.sh"
 source "$(dirname "$0")/pgroot.sh"
@@ -50,7 +50,8 @@ done
 # prepared root).
 run_here() {
 	use_pg "$1"
-	install_deps
+	# psycopg 3 and PgBouncer for the second client test (t/012)
+	install_deps python3-psycopg pgbouncer
 	# node and npm for the node-postgres client test (test/client)
 	command -v node >/dev/null && command -v npm >/dev/null ||
 		apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null

@@ -1,0 +1,84 @@
+# A second real client, psycopg 3 (test/psycopg/route_test.py): the article's
+# route from 16 threads with estimates and exact spend, exact counts under
+# contention and rollback give-back, first on direct connections, then
+# through a real PgBouncer in transaction mode with fewer server connections
+# than client threads (prepare_threshold=None, as the README says).
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Cwd qw(abs_path);
+
+my $script = abs_path('test/psycopg/route_test.py');
+BAIL_OUT('python3 with psycopg 3 is missing: install python3-psycopg (scripts/test.sh does)')
+  unless system('python3', '-c', 'import psycopg') == 0;
+my $pgbouncer = (grep { -x } '/usr/sbin/pgbouncer', '/usr/bin/pgbouncer')[0];
+BAIL_OUT('pgbouncer is missing: install pgbouncer (scripts/test.sh does)') unless $pgbouncer;
+
+my $node = PostgreSQL::Test::Cluster->new('psycopg');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'ai_ratelimit'
+ai_ratelimit.timezone = 'UTC'
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION ai_ratelimit');
+my $user = scalar getpwuid($<);
+
+# run the client; its TAP lines become notes, its verdicts tests here
+sub run_client
+{
+	my ($label, %env) = @_;
+	local @ENV{ keys %env } = values %env;
+	local $ENV{PGDATABASE} = 'postgres';
+	local $ENV{PGUSER} = $user;
+	my ($out, $err) = ('', '');
+	my $ok = IPC::Run::run([ 'python3', $script ], '>', \$out, '2>', \$err);
+	note($out);
+	note($err) if $err;
+	ok($ok, "$label: route_test.py passes");
+	my @failed = $out =~ /^not ok \d+ - (.*)$/mg;
+	is_deeply(\@failed, [], "$label: no client test failed");
+	like($out, qr/^1\.\.9$/m, "$label: all 9 client tests ran");
+}
+
+run_client('direct', PGHOST => $node->host, PGPORT => $node->port);
+
+# PgBouncer, transaction mode, 4 server connections for 16 client threads
+my $dir = PostgreSQL::Test::Utils::tempdir;
+my $port = PostgreSQL::Test::Cluster::get_free_port();
+my ($host, $pgport) = ($node->host, $node->port);
+open my $fh, '>', "$dir/userlist.txt" or die;
+print $fh qq{"$user" ""\n};
+close $fh;
+open $fh, '>', "$dir/pgbouncer.ini" or die;
+print $fh <<"INI";
+[databases]
+postgres = host=$host port=$pgport dbname=postgres
+[pgbouncer]
+unix_socket_dir = $dir
+listen_port = $port
+auth_type = trust
+auth_file = $dir/userlist.txt
+pool_mode = transaction
+default_pool_size = 4
+max_client_conn = 100
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+INI
+close $fh;
+system($pgbouncer, '-d', "$dir/pgbouncer.ini") == 0 or BAIL_OUT('pgbouncer did not start');
+my $t = time;
+sleep(1) until -S "$dir/.s.PGSQL.$port" || time - $t > 30;
+
+run_client('through PgBouncer', PGHOST => $dir, PGPORT => $port, AI_VIA_PGBOUNCER => '1');
+my $servers = $node->safe_psql('postgres',
+	q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()});
+ok($servers >= 1 && $servers <= 4, "PgBouncer multiplexed 16 threads over $servers server connections (at most 4)");
+
+kill 'TERM', slurp_file("$dir/pgbouncer.pid") =~ s/\s+//gr;
+is($node->safe_psql('postgres', 'SELECT count(*) FROM ai_ratelimit_verify()'), '0',
+	'the shared state is consistent after both runs');
+$node->stop;
+done_testing();
