@@ -10,8 +10,9 @@
 # runs `make installcheck` (regression, isolation and TAP tests, each on its
 # own temporary server with the extension preloaded; the TAP tests include
 # the node-postgres client test, and the psycopg 3 one, directly and through
-# PgBouncer) as the postgres user.  PostgreSQL 15 runs on this machine; 17 and 18 run in Debian roots (scripts/pgroot.sh),
-# prepared once and cached under /var/tmp.
+# PgBouncer) as the postgres user.  PostgreSQL 15 runs on this machine; 17
+# and 18 run in Debian roots (scripts/pgroot.sh), prepared once and cached
+# under /var/tmp.
 source "$(dirname "$0")/common.sh"
 source "$(dirname "$0")/pgroot.sh"
 
