@@ -1,0 +1,64 @@
+# The README's pg_cron recipe, as written: pg_cron preloaded beside
+# ai_ratelimit, jobs run as background workers (no password), its metadata
+# in the postgres database, and ai_purge_usage scheduled into the database
+# where ai_ratelimit lives with cron.schedule_in_database.  The job runs,
+# succeeds, moves the old usage rows into the archive, and the month's
+# spend stays exact.  Needs Debian's postgresql-NN-cron (scripts/test.sh
+# installs it where Debian has it).
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('cron');
+my $pkglib = $node->config_data('--pkglibdir');
+plan skip_all => "pg_cron is not installed for this PostgreSQL ($pkglib)"
+  unless -f "$pkglib/pg_cron.so";
+
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'ai_ratelimit,pg_cron'
+cron.database_name = 'postgres'
+cron.use_background_workers = on
+max_worker_processes = 20
+ai_ratelimit.timezone = 'UTC'
+});
+$node->start;
+
+$node->safe_psql('postgres', 'CREATE DATABASE app');
+$node->safe_psql('app', q{
+CREATE EXTENSION ai_ratelimit;
+-- 100 days ago and today: one old row to purge, one to keep
+INSERT INTO ai_usage (created_at, day, user_id, model, priced_as, input_tokens, output_tokens,
+                      cached_input_tokens, cost_cents)
+VALUES (now() - interval '100 days', (now() - interval '100 days')::date, 'cron-1', 'gpt-4o',
+        'gpt-4o', 1000, 1000, 0, 1.25);
+SELECT ai_record_usage('cron-1', 'gpt-4o', 1000, 1000);
+});
+my $spend = $node->safe_psql('app', "SELECT ai_monthly_spend('cron-1')");
+my $old_spend = $node->safe_psql('app',
+	"SELECT ai_monthly_spend('cron-1', (now() - interval '100 days')::date)");
+is($old_spend, '1.25', 'the old month has its spend');
+
+$node->safe_psql('postgres', q{
+CREATE EXTENSION pg_cron;
+SELECT cron.schedule_in_database('ai-purge-usage', '* * * * *',
+                                 $$SELECT ai_purge_usage('90 days')$$, 'app');
+});
+# pg_cron 1.4 schedules by the minute: the job runs at the next minute
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) > 0 FROM cron.job_run_details WHERE status IN ('succeeded', 'failed')}),
+	'the job ran within a minute or two');
+is($node->safe_psql('postgres', q{SELECT status || ' ' || coalesce(return_message, '')
+	FROM cron.job_run_details ORDER BY runid LIMIT 1}), 'succeeded SELECT 1',
+	'it succeeded in the app database');
+is($node->safe_psql('app', 'SELECT count(*) FROM ai_usage'), '1', 'the old row left ai_usage');
+is($node->safe_psql('app', "SELECT calls || ' ' || cost_cents FROM ai_usage_archive"), '1 1.25',
+	'... into the per-day totals');
+is($node->safe_psql('app', "SELECT ai_monthly_spend('cron-1')"), $spend,
+	"this month's spend is unchanged ($spend)");
+is($node->safe_psql('app', "SELECT ai_monthly_spend('cron-1', (now() - interval '100 days')::date)"),
+	'1.25', 'and the old month\'s spend is read from the archive');
+$node->stop;
+done_testing();
