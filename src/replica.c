@@ -123,8 +123,13 @@ ai_rmgr_redo(XLogReaderState *record)
 
 	if (info != XLOG_AI_SAVE)
 		elog(PANIC, "ai_ratelimit redo: unknown op code %u", info);
-	memcpy(&hdr, XLogRecGetData(record), sizeof(hdr));
-	if (hdr.ring != AI_BURST_RING || hdr.version != AI_SAVE_VERSION)
+	memset(&hdr, 0, sizeof(hdr));
+	if (XLogRecGetDataLen(record) >= sizeof(hdr))
+		memcpy(&hdr, XLogRecGetData(record), sizeof(hdr));
+	/* a layout this library does not know: the version or the sizes differ */
+	if (XLogRecGetDataLen(record) != sizeof(hdr) + sizeof(AiSavedEntry) * (uint64) hdr.nentries +
+		sizeof(AiSavedResv) * (uint64) hdr.nresv + sizeof(AiKey) * (uint64) hdr.ntomb ||
+		hdr.ring != AI_BURST_RING || hdr.version != AI_SAVE_VERSION)
 	{
 		ereport(WARNING,
 				(errmsg("ai_ratelimit skipped counters logged by another version of the extension"),
