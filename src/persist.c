@@ -107,6 +107,18 @@ ai_save_buf_grow(AiSaveBuf *b, uint32 entries)
 	}
 }
 
+/* An empty buffer for `entries` entries and every reservation. */
+static void
+ai_save_buf_init(AiSaveBuf *b, uint32 entries)
+{
+	b->nentries = 0;
+	b->maxentries = entries;
+	b->entries = palloc_extended(sizeof(AiSavedEntry) * entries, MCXT_ALLOC_HUGE);
+	b->nresv = 0;
+	b->maxresv = Max(ai_max_reservations, 1);
+	b->resv = palloc_extended(sizeof(AiSavedResv) * b->maxresv, MCXT_ALLOC_HUGE);
+}
+
 /* Copy an entry and its unexpired reservations into the buffer. */
 static void
 ai_save_copy_entry(AiSaveBuf *b, AiEntry *e, TimestampTz now)
@@ -144,12 +156,15 @@ ai_save_copy_entry(AiSaveBuf *b, AiEntry *e, TimestampTz now)
 /*
  * Copy one partition, holding its lock alone: for a base, every live entry
  * (a visit of the whole partition); for a delta, the entries on its dirty
- * list, live or not (a visit of those alone).  Each entry copied is marked
- * as in the files and clean, and the dirty list is emptied.  Returns false,
- * copying nothing, when the buffer is too small for what it must copy.
+ * list, live or not (a visit of those alone).  With `changed` (a base that
+ * also goes to the WAL), the entries on the dirty list are copied there
+ * too: the WAL gets what changed, not the whole base.  Each entry copied is
+ * marked as saved and clean, and the dirty list is emptied.  Returns false,
+ * copying nothing, when a buffer is too small for what it must copy.
  */
 static bool
-ai_save_copy_partition(AiSaveBuf *b, int partition, bool whole, TimestampTz now, int32 today)
+ai_save_copy_partition(AiSaveBuf *b, AiSaveBuf *changed, int partition, bool whole,
+					   TimestampTz now, int32 today)
 {
 	LWLock	   *lock = ai_partition_lock_at(partition);
 	int32	   *dirty = &ai_table->dirty_head[partition];
@@ -158,10 +173,10 @@ ai_save_copy_partition(AiSaveBuf *b, int partition, bool whole, TimestampTz now,
 	uint32		ndirty = 0;
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	if (!whole)
-		for (int32 s = *dirty; s >= 0; s = ai_entries[s].dirty_next)
-			ndirty++;
-	if ((whole ? (uint32) ai_table->part_count[partition] : ndirty) > b->maxentries - b->nentries)
+	for (int32 s = *dirty; s >= 0; s = ai_entries[s].dirty_next)
+		ndirty++;
+	if ((whole ? (uint32) ai_table->part_count[partition] : ndirty) > b->maxentries - b->nentries ||
+		(changed != NULL && ndirty > changed->maxentries - changed->nentries))
 	{
 		LWLockRelease(lock);
 		return false;
@@ -182,6 +197,8 @@ ai_save_copy_partition(AiSaveBuf *b, int partition, bool whole, TimestampTz now,
 	ai_part_iter_init(&it, partition);
 	while ((e = ai_part_iter_next(&it)) != NULL)
 	{
+		if (changed != NULL && (e->save_flags & AI_SAVE_DIRTY))
+			ai_save_copy_entry(changed, e, now);
 		e->dirty_next = -2;
 		if (!ai_entry_is_live(e, now, today))
 		{
@@ -297,6 +314,8 @@ ai_save(bool whole, uint64 shutdown_lsn, bool to_file, bool to_wal)
 {
 	AiSaveHeader hdr;
 	AiSaveBuf	b;
+	AiSaveBuf	changed;
+	AiSaveBuf  *wal = NULL;
 	TimestampTz now = GetCurrentTimestamp();
 	AiCalendar	cal;
 	bool		ok = true;
@@ -312,19 +331,29 @@ ai_save(bool whole, uint64 shutdown_lsn, bool to_file, bool to_wal)
 		whole = true;
 	if (to_file && (base_id == 0 || delta_bytes > Max(base_bytes, AI_DELTA_MIN_BYTES)))
 		whole = true;
-	b.maxentries = whole ? Max(ai_entry_count(), 1024) : 4096;
-	b.entries = palloc_extended(sizeof(AiSavedEntry) * b.maxentries, MCXT_ALLOC_HUGE);
-	b.maxresv = Max(ai_max_reservations, 1);
-	b.resv = palloc_extended(sizeof(AiSavedResv) * b.maxresv, MCXT_ALLOC_HUGE);
+	ai_save_buf_init(&b, whole ? Max(ai_entry_count(), 1024) : 4096);
+	/* a base for the files: what changed goes to the WAL on its own */
+	if (whole && to_wal)
+	{
+		memset(&changed, 0, sizeof(changed));
+		ai_save_buf_init(&changed, 4096);
+		wal = &changed;
+	}
 
 	pg_atomic_write_u32(&ai_shared->dirty, 0);
 	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
 	{
-		/* the unlocked count only sizes the buffer; the copy checks again */
-		while (!ai_save_copy_partition(&b, p, whole, now, cal.day))
+		/* the unlocked count only sizes the buffers; the copy checks again */
+		while (!ai_save_copy_partition(&b, wal, p, whole, now, cal.day))
+		{
 			ai_save_buf_grow(&b, (uint32) ai_table->part_count[p] + 64);	/* enough for either */
+			if (wal != NULL)
+				ai_save_buf_grow(wal, (uint32) ai_table->part_count[p] + 64);
+		}
 		if (b.maxresv - b.nresv < (uint32) ai_max_reservations)
 			ai_save_buf_grow(&b, 0);
+		if (wal != NULL && wal->maxresv - wal->nresv < (uint32) ai_max_reservations)
+			ai_save_buf_grow(wal, 0);
 	}
 
 	memset(&hdr, 0, sizeof(hdr));
@@ -339,7 +368,17 @@ ai_save(bool whole, uint64 shutdown_lsn, bool to_file, bool to_wal)
 	hdr.shutdown_lsn = shutdown_lsn;
 
 	/* WAL first: a crash after it replays what the files may lack */
-	if (to_wal)
+	if (wal != NULL)
+	{
+		AiSaveHeader whdr = hdr;
+
+		whdr.nentries = wal->nentries;
+		whdr.nresv = wal->nresv;
+		ai_wal_log_save(&whdr, wal->entries, wal->resv, b.tomb);
+		pfree(wal->entries);
+		pfree(wal->resv);
+	}
+	else if (to_wal)
 		ai_wal_log_save(&hdr, b.entries, b.resv, b.tomb);
 	if (to_file)
 	{

@@ -100,6 +100,14 @@ ok($standby->poll_query_until('postgres',
 	'standby: a reset arrives');
 sql($primary, q{SELECT allowed FROM ai_check_limit('dora', 'tight')}) for 1 .. 3;
 
+# a restart of the primary: its saver's first save is a whole base for the
+# files, and the WAL still gets what changed
+$primary->restart;
+sql($primary, q{SELECT allowed FROM ai_check_limit('nia', 'tight')}) for 1 .. 2;
+ok($standby->poll_query_until('postgres',
+		q{SELECT count(*) FROM ai_ratelimit_status WHERE user_id = 'nia' AND daily_used = 2}, '1'),
+	'standby: counts taken after the primary restarted arrive (its first save is whole)');
+
 # a session opened on the standby, alive across the promotion
 my ($in, $out, $err) = ('', '', '');
 my $session = IPC::Run::start([ 'psql', '-XAtq', '-d', $standby->connstr('postgres'), '-f', '-' ],
