@@ -61,3 +61,20 @@ COMMENT ON FUNCTION @extschema@.ai_ratelimit_stats() IS
     'the rows of the view ai_ratelimit_stats: checks by plan and outcome since the last reset or server start';
 COMMENT ON FUNCTION @extschema@.ai_ratelimit_reset_stats() IS
     'start the counts of ai_ratelimit_stats over';
+-- The functions behind triggers and dumps, so that every member says what it is.
+COMMENT ON FUNCTION @extschema@.ai_ratelimit_config_changed() IS
+    'trigger: tells every session that plans, prices, user plans, overrides or usage rows changed, so caches reload';
+COMMENT ON FUNCTION @extschema@.ai_model_prices_keep_fallback() IS
+    'trigger: refuses to delete or rename the fallback price row ''*'', which prices unlisted models';
+COMMENT ON FUNCTION @extschema@.ai_plan_is_seed(@extschema@.ai_plans) IS
+    'true for a seeded plan still as installed, which pg_dump leaves out';
+COMMENT ON FUNCTION @extschema@.ai_price_is_seed(@extschema@.ai_model_prices) IS
+    'true for a seeded price still as installed, which pg_dump leaves out';
+COMMENT ON FUNCTION @extschema@.ai_replace_seed() IS
+    'trigger: an inserted plan or price whose key is a seed still as installed replaces that seed (how a restore brings back an edited seed)';
+COMMENT ON FUNCTION @extschema@.ai_seed_removed() IS
+    'trigger: remembers a deleted seeded plan or price in ai_removed_seeds, so a restore deletes it too';
+COMMENT ON FUNCTION @extschema@.ai_remove_seed_again() IS
+    'trigger: a restored row of ai_removed_seeds deletes the seed that the restore''s CREATE EXTENSION made';
+COMMENT ON SEQUENCE @extschema@.ai_usage_id_seq IS
+    'ai_ratelimit: ids of ai_usage rows (kept by pg_dump)';

@@ -147,3 +147,11 @@ SELECT count(*) FROM ai_usage;
 RESET ROLE;
 DROP OWNED BY regress_ai_monitor;
 DROP ROLE regress_ai_monitor;
+
+-- every function, view and table of the extension says what it is (\df+, \d+)
+SELECT pg_describe_object(d.classid, d.objid, 0) AS without_comment
+FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+WHERE d.refclassid = 'pg_extension'::regclass AND e.extname = 'ai_ratelimit' AND d.deptype = 'e'
+  AND d.classid IN ('pg_proc'::regclass, 'pg_class'::regclass)
+  AND obj_description(d.objid, d.classid::regclass::text) IS NULL
+ORDER BY 1;
