@@ -406,7 +406,21 @@ extern void ai_register_saver(void);
 extern void ai_register_rmgr(void);
 extern void ai_wal_log_save(const AiSaveHeader *hdr, const AiSavedEntry *entries,
 							const AiSavedResv *resv, const AiKey *tomb);
-extern void ai_require_primary(const char *func);
+extern bool ai_on_primary;
+extern void ai_require_primary_slow(const char *func);
+
+/*
+ * Every function that counts, consumes or resets calls this first: it
+ * fails on a standby (25006).  A session that has seen a primary once never
+ * sees a standby again (a primary does not go back into recovery).
+ */
+static inline void
+ai_require_primary(const char *func)
+{
+	if (likely(ai_on_primary))
+		return;
+	ai_require_primary_slow(func);
+}
 
 /* windows.c */
 typedef struct AiCalendar

@@ -185,18 +185,17 @@ ai_after_recovery(void)
 	LWLockRelease(ai_shared->users_lock);
 }
 
+/* Has this session seen its server out of recovery (ai_require_primary)? */
+bool		ai_on_primary = false;
+
 /*
- * Every function that counts, consumes or resets calls this first: a
- * standby's counters are a copy, up to one save interval old, and what it
- * took would be lost anyway.  Cheap once the session has seen a primary.
+ * The first check of ai_require_primary() in a session, and every check on
+ * a standby: a standby's counters are a copy, up to one save interval old,
+ * and what it took would be lost anyway.
  */
 void
-ai_require_primary(const char *func)
+ai_require_primary_slow(const char *func)
 {
-	static bool primary = false;
-
-	if (likely(primary))
-		return;
 	if (RecoveryInProgress())
 		ereport(ERROR,
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
@@ -204,5 +203,5 @@ ai_require_primary(const char *func)
 				 errdetail("A standby's ai_ratelimit counters are a copy of the primary's, as of its last save; checks run on the primary, where they count."),
 				 errhint("Connect to the primary for checks and records (for example with target_session_attrs=read-write).")));
 	ai_after_recovery();
-	primary = true;
+	ai_on_primary = true;
 }
