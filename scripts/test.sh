@@ -53,8 +53,7 @@ run_here() {
 	use_pg "$1"
 	# psycopg 3 and PgBouncer for the second client test (t/012)
 	install_deps python3-psycopg pgbouncer
-	# pg_cron for the README's recipe (t/013), on this machine (Debian 12's
-	# postgresql-15-cron); the test skips where pg_cron is not installed
+	# pg_cron for the README's recipe (t/013); the roots have it already
 	in_prepared_root ||
 		apt-get install -y -qq --no-install-recommends postgresql-$PG_MAJOR-cron >/dev/null
 	# node and npm for the node-postgres client test (test/client)

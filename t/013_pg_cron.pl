@@ -4,7 +4,7 @@
 # where ai_ratelimit lives with cron.schedule_in_database.  The job runs,
 # succeeds, moves the old usage rows into the archive, and the month's
 # spend stays exact.  Needs Debian's postgresql-NN-cron (scripts/test.sh
-# installs it where Debian has it).
+# installs it; the Debian roots of 17 and 18 have it).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
