@@ -167,6 +167,10 @@ root_cache() {
 	log "caching the prepared root as $tarball"
 	tar -C "$tmp" -cf "$tarball.part" .
 	mv "$tarball.part" "$tarball"
+	# roots of this major prepared from an older package list are stale
+	for old in "$ROOTS_DIR"/pg"$major"-*.tar; do
+		[ "$old" = "$tarball" ] || rm -f "$old"
+	done
 	root_remove "$tmp"
 	ROOT_CLEANUP=
 }
