@@ -154,7 +154,7 @@ root_remove() {
 # Bootstrap the root of PostgreSQL $1 and cache it as a tarball, unless it
 # is cached already.
 root_cache() {
-	local major=$1 tarball tmp
+	local major=$1 tarball tmp old
 	tarball=$(root_tarball "$major")
 	[ -f "$tarball" ] && return 0
 	mkdir -p "$ROOTS_DIR"
