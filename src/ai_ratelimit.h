@@ -395,6 +395,14 @@ typedef struct AiSavedResv
 	TimestampTz expires_at;
 } AiSavedResv;
 
+/* Bytes that follow a header: its entries, reservations and tombstones. */
+static inline uint64
+ai_saved_bytes(const AiSaveHeader *hdr)
+{
+	return sizeof(AiSavedEntry) * (uint64) hdr->nentries +
+		sizeof(AiSavedResv) * (uint64) hdr->nresv + sizeof(AiKey) * (uint64) hdr->ntomb;
+}
+
 /* persist.c */
 extern uint32 ai_apply_saved(const AiSaveHeader *hdr, const char *data, TimestampTz now,
 							 bool replay);

@@ -350,9 +350,9 @@ ai_save(bool whole, uint64 shutdown_lsn, bool to_file, bool to_wal)
 			if (wal != NULL)
 				ai_save_buf_grow(wal, (uint32) ai_table->part_count[p] + 64);
 		}
-		if (b.maxresv - b.nresv < (uint32) ai_max_reservations)
-			ai_save_buf_grow(&b, 0);
-		if (wal != NULL && wal->maxresv - wal->nresv < (uint32) ai_max_reservations)
+		/* room for every reservation again (grows only when it must) */
+		ai_save_buf_grow(&b, 0);
+		if (wal != NULL)
 			ai_save_buf_grow(wal, 0);
 	}
 
@@ -388,8 +388,7 @@ ai_save(bool whole, uint64 shutdown_lsn, bool to_file, bool to_wal)
 	}
 	if (to_file && ok)
 	{
-		uint64		bytes = sizeof(hdr) + sizeof(AiSavedEntry) * (uint64) b.nentries +
-			sizeof(AiSavedResv) * (uint64) b.nresv + sizeof(AiKey) * (uint64) hdr.ntomb;
+		uint64		bytes = sizeof(hdr) + ai_saved_bytes(&hdr);
 
 		if (whole)
 		{
@@ -569,8 +568,7 @@ ai_load_block(FILE *f, uint32 magic, AiSaveHeader *hdr)
 	if (fread(hdr, sizeof(*hdr), 1, f) != 1 || hdr->magic != magic ||
 		hdr->version != AI_SAVE_VERSION || hdr->ring != AI_BURST_RING)
 		return NULL;
-	len = sizeof(AiSavedEntry) * (size_t) hdr->nentries +
-		sizeof(AiSavedResv) * (size_t) hdr->nresv + sizeof(AiKey) * (size_t) hdr->ntomb;
+	len = (size_t) ai_saved_bytes(hdr);
 	data = palloc_extended(Max(len, 1), MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
 	if (data == NULL)
 		return NULL;

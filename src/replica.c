@@ -127,8 +127,7 @@ ai_rmgr_redo(XLogReaderState *record)
 	if (XLogRecGetDataLen(record) >= sizeof(hdr))
 		memcpy(&hdr, XLogRecGetData(record), sizeof(hdr));
 	/* a layout this library does not know: the version or the sizes differ */
-	if (XLogRecGetDataLen(record) != sizeof(hdr) + sizeof(AiSavedEntry) * (uint64) hdr.nentries +
-		sizeof(AiSavedResv) * (uint64) hdr.nresv + sizeof(AiKey) * (uint64) hdr.ntomb ||
+	if (XLogRecGetDataLen(record) != sizeof(hdr) + ai_saved_bytes(&hdr) ||
 		hdr.ring != AI_BURST_RING || hdr.version != AI_SAVE_VERSION)
 	{
 		ereport(WARNING,
