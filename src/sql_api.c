@@ -122,17 +122,16 @@ ai_arg_plan(FunctionCallInfo fcinfo, int argno, const char *user_id, int len, Ai
 		name = text_to_cstring(PG_GETARG_TEXT_PP(argno));
 
 	plan = ai_plan_lookup(name);
-	if (plan == NULL && PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unknown plan \"%s\"", name),
-				 errdetail("User \"%s\" has no row in ai_user_plans, and users without one are on the plan \"free\".",
-						   user_id),
-				 errhint("Add a plan named \"free\" to ai_plans, or give the user a row in ai_user_plans.")));
+	/* with no plan named, the user's default: say where "free" came from */
 	if (plan == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown plan \"%s\"", name),
+				 PG_ARGISNULL(argno) ?
+				 errdetail("User \"%s\" has no row in ai_user_plans, and users without one are on the plan \"free\".",
+						   user_id) : 0,
+				 PG_ARGISNULL(argno) ?
+				 errhint("Add a plan named \"free\" to ai_plans, or give the user a row in ai_user_plans.") :
 				 errhint("Plans are the rows of ai_plans.")));
 	*out = *plan;
 	ai_apply_user_limits(user_id, len, out);
