@@ -662,6 +662,23 @@ ai_resv_slot(int64 id)
 	return &ai_shared->resv[slot];
 }
 
+/*
+ * Take a slot out of a list linked both ways through the pool (the free
+ * list, or a user's reservations); `tail` is NULL for a list without one.
+ */
+static void
+ai_resv_unlink(AiReservation *r, int32 *head, int32 *tail)
+{
+	if (r->prev >= 0)
+		ai_shared->resv[r->prev].next = r->next;
+	else
+		*head = r->next;
+	if (r->next >= 0)
+		ai_shared->resv[r->next].prev = r->prev;
+	else if (tail != NULL)
+		*tail = r->prev;
+}
+
 /* Link a slot taken from the pool into the entry's list, open. */
 static int64
 ai_resv_link(AiEntry *entry, int32 slot, AiMoney amount, TimestampTz expires_at)
@@ -688,14 +705,7 @@ ai_resv_link(AiEntry *entry, int32 slot, AiMoney amount, TimestampTz expires_at)
 static void
 ai_resv_unfree(int32 slot)
 {
-	AiReservation *r = &ai_shared->resv[slot];
-
-	if (r->prev >= 0)
-		ai_shared->resv[r->prev].next = r->next;
-	else
-		ai_shared->resv_free = r->next;
-	if (r->next >= 0)
-		ai_shared->resv[r->next].prev = r->prev;
+	ai_resv_unlink(&ai_shared->resv[slot], &ai_shared->resv_free, NULL);
 	ai_shared->resv_used++;
 }
 
@@ -761,14 +771,7 @@ ai_resv_free(AiEntry *entry, int32 slot)
 	if (r->state == AI_RESV_OPEN)
 		entry->reserved -= r->amount;
 	ai_entry_changed(entry);
-	if (r->prev >= 0)
-		ai_shared->resv[r->prev].next = r->next;
-	else
-		entry->resv_head = r->next;
-	if (r->next >= 0)
-		ai_shared->resv[r->next].prev = r->prev;
-	else
-		entry->resv_tail = r->prev;
+	ai_resv_unlink(r, &entry->resv_head, &entry->resv_tail);
 
 	LWLockAcquire(ai_shared->resv_lock, LW_EXCLUSIVE);
 	r->id = 0;
