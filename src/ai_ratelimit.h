@@ -560,6 +560,7 @@ extern void ai_limits_apply(const AiLimitCols *l, AiPlan *plan);
 extern const AiPlan *ai_plan_lookup(const char *plan);
 extern bool ai_plans_have_alerts(void);
 extern const char *ai_plan_name_by_hash(uint16 h);
+extern void ai_plans_refresh_in_recovery(void);
 extern void ai_price_lookup(const char *model, AiPrice *price);
 extern void ai_config_init(void);
 

@@ -398,6 +398,18 @@ ai_reload_plans(void)
 	plan_cache_gen = gen;
 }
 
+/*
+ * On a standby, plan changes arrive by replay, which fires no trigger: a
+ * reader that needs them current (a status call) forgets the cached plans
+ * once, and the next lookup reads them again.
+ */
+void
+ai_plans_refresh_in_recovery(void)
+{
+	if (RecoveryInProgress())
+		plan_cache_gen = 0;
+}
+
 /* The name of the plan in this database whose name hashes to h, if one. */
 const char *
 ai_plan_name_by_hash(uint16 h)
@@ -409,8 +421,7 @@ ai_plan_name_by_hash(uint16 h)
 
 	if (h == 0)
 		return NULL;
-	/* a standby replays plan changes without a trigger: read them each time */
-	if (plan_cache_gen != pg_atomic_read_u32(&ai_shared->plans_gen) || RecoveryInProgress())
+	if (plan_cache_gen != pg_atomic_read_u32(&ai_shared->plans_gen))
 		ai_reload_plans();
 	hash_seq_init(&st, plan_cache);
 	while ((p = hash_seq_search(&st)) != NULL)
