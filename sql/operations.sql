@@ -5,10 +5,15 @@
 
 -- ai_ratelimit_status: one row per live user of this database
 SELECT ai_reset_limits('ops-1');
+-- the oldest place leaves when its bucket (3 s of a minute) has wholly
+-- left the window: after the first check's time plus a minute, at most a
+-- bucket later
+SELECT clock_timestamp() AS first_check \gset
 SELECT count(*) FROM checks('ops-1', 'pro', 3);
+SELECT clock_timestamp() AS last_check \gset
 SELECT user_id, user_id_truncated, plan, burst_used,
-       burst_resets_at BETWEEN clock_timestamp() + interval '56 seconds'
-                           AND clock_timestamp() + interval '64 seconds' AS resets_in_a_minute,
+       burst_resets_at > :'first_check'::timestamptz + interval '60 seconds'
+       AND burst_resets_at <= :'last_check'::timestamptz + interval '63 seconds' AS resets_in_a_minute,
        daily_used, tokens_last_minute, reserved_cents, open_reservations, in_flight_cents
 FROM ai_ratelimit_status WHERE user_id = 'ops-1';
 -- long ids are shown by their first 16 bytes
@@ -25,11 +30,13 @@ SELECT reserved_cents, open_reservations, in_flight_cents, month_spend_cents
 FROM ai_ratelimit_status WHERE user_id = 'ops-2';
 
 -- ai_ratelimit_stats: requests by plan and outcome since the last reset
+SELECT clock_timestamp() AS before_reset \gset
 SELECT ai_ratelimit_reset_stats();
 SELECT * FROM ai_ratelimit_stats WHERE plan IS NOT NULL;
 SELECT count(*) FROM checks('ops-3', 'free', 7);
 SELECT allowed FROM ai_check_limit('ops-3', 'capped');
-SELECT plan, limited_by, requests, since <= now() AS since_reset
+SELECT plan, limited_by, requests,
+       since >= :'before_reset'::timestamptz AND since <= clock_timestamp() AS since_reset
 FROM ai_ratelimit_stats ORDER BY plan NULLS LAST, limited_by NULLS FIRST;
 
 -- per-user overrides: a column that is not NULL replaces the plan's limit

@@ -298,10 +298,10 @@ ai_burst_retry_at(AiEntry *e, uint32 limit, TimestampTz now)
 }
 
 /*
- * When the oldest counted burst bucket leaves the window: the time at which
- * burst_used next goes down.  Caller must hold the entry's partition lock.
+ * When every place counted in the burst window has left it.  Bucket j
+ * counts while now - window < (j + 1) * width.  Caller must hold the
+ * entry's partition lock.
  */
-/* When every place counted in the burst window has left it. */
 TimestampTz
 ai_burst_all_leave(AiEntry *e)
 {
@@ -310,6 +310,11 @@ ai_burst_all_leave(AiEntry *e)
 	return (r.head + 1) * r.width + r.window;
 }
 
+/*
+ * When the oldest counted burst bucket leaves the window: the time at which
+ * burst_used next goes down; 0 when nothing counts.  Caller must hold the
+ * entry's partition lock.
+ */
 TimestampTz
 ai_burst_oldest_leaves(AiEntry *e, TimestampTz now)
 {
@@ -317,7 +322,7 @@ ai_burst_oldest_leaves(AiEntry *e, TimestampTz now)
 
 	for (int64 j = ai_ring_lowest(&r, now); j <= r.head; j++)
 		if (r.slot[j % r.len] > 0)
-			return j * r.width + r.window;
+			return (j + 1) * r.width + r.window;
 	return 0;
 }
 
