@@ -65,6 +65,20 @@ SELECT count(*) FILTER (WHERE allowed) FROM generate_series(20001, 40000) g,
     LATERAL ai_check_limit('many-' || g);
 SELECT user_cache_kb() < 512 AS bounded;
 RESET ai_ratelimit.user_cache_size;
+-- lowering the bound while the cache holds users with a plan row: the
+-- next user's plan is read after the cache gave its memory back, and
+-- every user keeps the plan of its row
+INSERT INTO ai_user_plans SELECT 'planned-' || g, 'pro' FROM generate_series(1, 3000) g;
+SELECT count(*) FILTER (WHERE remaining = 499) AS on_pro FROM generate_series(1, 3000) g,
+    LATERAL ai_check_limit('planned-' || g);
+SET ai_ratelimit.user_cache_size = 1024;
+INSERT INTO ai_user_plans SELECT 'planned-late-' || g, 'enterprise' FROM generate_series(1, 3) g;
+SELECT g, allowed, remaining FROM generate_series(1, 3) g,
+    LATERAL ai_check_limit('planned-late-' || g);
+SELECT count(*) FILTER (WHERE remaining = 498) AS still_on_pro FROM generate_series(1, 3000) g,
+    LATERAL ai_check_limit('planned-' || g);
+RESET ai_ratelimit.user_cache_size;
+DELETE FROM ai_user_plans WHERE user_id LIKE 'planned-%';
 
 SELECT dblink_disconnect('other');
 DELETE FROM ai_user_plans WHERE user_id LIKE 'bulk-%';

@@ -240,11 +240,15 @@ ai_user_config(const char *user_id, int len, bool need_plan)
 	if (u != NULL)
 		return u;
 
-	ai_users_query(user_id, len, &fresh);
+	/*
+	 * Make room before the lookup: the plan name it interns lives in the
+	 * cache's memory, which a reset gives back.
+	 */
 	if (hash_get_num_entries(user_cache) > ai_user_cache_size)
 		ai_users_reset_cache();	/* the bound was lowered: give the memory back */
-	else if (hash_get_num_entries(user_cache) == ai_user_cache_size)
+	else if (hash_get_num_entries(user_cache) >= ai_user_cache_size)
 		ai_users_evict();
+	ai_users_query(user_id, len, &fresh);
 	u = hash_search(user_cache, &key, HASH_ENTER, NULL);
 	u->plan = fresh.plan;
 	u->limits = fresh.limits;
