@@ -15,6 +15,7 @@ OBJS = \
 	src/money.o \
 	src/persist.o \
 	src/replica.o \
+	src/resvid.o \
 	src/shmem.o \
 	src/spend.o \
 	src/stats.o \
@@ -25,10 +26,10 @@ OBJS = \
 	src/xact.o
 
 DATA = ai_ratelimit--1.0.sql ai_ratelimit--1.0--1.1.sql ai_ratelimit--1.1--1.2.sql \
-	ai_ratelimit--1.2--1.3.sql
+	ai_ratelimit--1.2--1.3.sql ai_ratelimit--1.3--1.4.sql
 PGFILEDESC = "ai_ratelimit - per-user AI rate limits and budgets"
 
-REGRESS = setup plans limits usage bad_input security upgrade operations user_config shared_state
+REGRESS = setup plans limits usage bad_input security upgrade operations user_config money_guard shared_state
 REGRESS_OPTS = --temp-config=$(srcdir)/test/ai_ratelimit.conf --temp-instance=./tmp_check
 
 ISOLATION = no_wait budget

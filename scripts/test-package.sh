@@ -64,7 +64,7 @@ CONF
 	psql -c \"SELECT 'spend=' || ai_monthly_spend('pkg-user')\"
 ") || fail "the installed package did not work"
 echo "$OUT"
-echo "$OUT" | grep -qx 'version=1.3' || fail "extension version is not 1.3"
+echo "$OUT" | grep -qx 'version=1.4' || fail "extension version is not 1.4"
 echo "$OUT" | grep -q "^server=${MAJOR}0" || fail "the server is not PostgreSQL $MAJOR"
 echo "$OUT" | grep -qx 'check=true,19' || fail "the first check of a free user did not answer allowed with 19 of 20 left"
 echo "$OUT" | grep -qx 'cost=1.25' || fail "the recorded call did not cost 1.25 cents"

@@ -124,7 +124,7 @@ _PG_init(void)
 	DefineCustomIntVariable("ai_ratelimit.max_reservations",
 							"Budget reservations held at once (all databases).",
 							NULL,
-							&ai_max_reservations, 100000, 16, (int) AI_RESV_SLOT_MASK,
+							&ai_max_reservations, 100000, 16, AI_RESV_MAX_SLOTS,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("ai_ratelimit.save_interval",
 							"How often changed counters are saved to disk; 0 saves only at shutdown.",

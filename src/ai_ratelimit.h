@@ -6,7 +6,9 @@
  * The extension is split by concern:
  *   ai_ratelimit.c  module load, GUCs, shared-memory hooks
  *   shmem.c         the shared hash of per-user counters and the
- *                   reservation pool (all locking rules are stated there)
+ *                   reservation pool, with the locking rules of both
+ *   resvid.c        reservation ids: made so that no server of a cluster
+ *                   ever issues one twice; their durable ceiling
  *   persist.c       saving the counters to disk and loading them at start;
  *                   the background worker that saves
  *   replica.c       the counters in the WAL, for standbys; what runs where
@@ -36,6 +38,7 @@
 #include "datatype/timestamp.h"
 #include "access/htup.h"
 #include "access/tupdesc.h"
+#include "common/int128.h"
 #include "fmgr.h"
 #include "nodes/pg_list.h"
 #include "pgtime.h"
@@ -130,9 +133,11 @@ typedef struct AiEntry
 	uint32		change_seq;		/* bumped by every record and settle */
 	uint32		inflight;		/* ai_record_usage calls not yet ended */
 	AiMoney		committed_spend;	/* committed cost this month */
-	AiMoney		inflight_cost;	/* cost recorded by open transactions */
+	INT128		inflight_cost;	/* cost recorded by open transactions, exact
+								 * (ai_inflight_cost() reads it) */
 	AiMoney		recorded_total; /* every cost ever recorded (wraps) */
-	AiMoney		reserved;		/* open reservations, expired or not */
+	AiMoney		reserved;		/* open reservations, expired or not; when it
+								 * saturated, counted again as they leave */
 	int32		resv_head;		/* oldest reservation slot, or -1 */
 	int32		resv_tail;		/* newest reservation slot, or -1 */
 	uint32		alerts_sent;	/* budget alert thresholds notified in spend_month */
@@ -152,6 +157,17 @@ typedef struct AiEntry
 #define AI_SAVE_DIRTY			0x1 /* changed since it was last saved */
 #define AI_SAVE_IN_FILE			0x2 /* in the save files: removing it needs a tombstone */
 
+/* What records in flight hold, at most AI_MONEY_MAX.  Caller holds the lock. */
+static inline AiMoney
+ai_inflight_cost(const AiEntry *e)
+{
+	if (int128_compare(e->inflight_cost, int64_to_int128(AI_MONEY_MAX)) >= 0)
+		return AI_MONEY_MAX;
+	if (int128_compare(e->inflight_cost, int64_to_int128(0)) <= 0)
+		return 0;
+	return int128_to_int64(e->inflight_cost);
+}
+
 /* Is the entry's cached spend exact for this month?  Caller holds its lock. */
 static inline bool
 ai_spend_is_cached(const AiEntry *e, int32 month)
@@ -169,7 +185,7 @@ typedef enum AiResvState
 /* A budget reservation, in a fixed pool of slots. */
 typedef struct AiReservation
 {
-	int64		id;				/* (sequence << 24) | slot; 0 when free */
+	int64		id;				/* see resvid.c; 0 when free */
 	AiKey		key;			/* owner */
 	AiMoney		amount;
 	TimestampTz expires_at;
@@ -178,8 +194,8 @@ typedef struct AiReservation
 	uint8		state;			/* AiResvState */
 } AiReservation;
 
-#define AI_RESV_SLOT_BITS		24
-#define AI_RESV_SLOT_MASK		((INT64CONST(1) << AI_RESV_SLOT_BITS) - 1)
+/* Most reservation slots a server may have (ai_ratelimit.max_reservations). */
+#define AI_RESV_MAX_SLOTS		((1 << 24) - 1)
 
 /* Users whose configuration changed, remembered for the caches (users.c). */
 #define AI_USERS_RING			4096
@@ -199,14 +215,25 @@ typedef struct AiShared
 	pg_atomic_uint32 caches_fresh;	/* generations bumped since recovery ended (replica.c) */
 	pg_atomic_uint32 dirty;		/* counters changed since the last save */
 	pg_atomic_uint64 last_save;	/* TimestampTz of the last good save, 0: none */
+	pg_atomic_uint64 last_wal;	/* TimestampTz counters last went to the WAL */
+	pg_atomic_uint32 saver_pid;	/* the saver's process, 0: not running */
+	pg_atomic_uint64 saver_started;	/* TimestampTz the saver last started */
+	pg_atomic_uint32 saver_starts;	/* times it started since the server did */
 	pg_atomic_uint64 save_failures;	/* saves that failed since start */
 	pg_atomic_uint64 evictions;
 	pg_atomic_uint64 full_refusals;
 	TimestampTz stats_reset;	/* guarded by stats_lock */
 	LWLock	   *stats_lock;		/* guards adding plans to ai_stats */
 	int32		nstats;
-	/* reservation pool, protected by resv_lock */
-	int64		resv_seq;
+	/* reservation ids (resvid.c) */
+	LWLock	   *ids_lock;		/* serialises raising the ceiling */
+	pg_atomic_uint64 ids_ceiling;	/* no id of this or a later ms is issued
+									 * until the file says so (ms) */
+	pg_atomic_uint64 ids_saved_at;	/* TimestampTz the ceiling was last saved */
+	/* reservation pool and the last id, protected by resv_lock */
+	int64		ids_last_ms;	/* ms part of the last id issued, or a floor */
+	uint32		ids_last_seq;
+	uint32		ids_last_tli;	/* 0: none issued at ids_last_ms (a floor) */
 	int32		resv_free;		/* head of the free list */
 	int32		resv_used;
 	AiReservation resv[FLEXIBLE_ARRAY_MEMBER];
@@ -310,11 +337,13 @@ extern void ai_lock_all(LWLockMode mode);
 extern void ai_verify(List **problems);
 extern void ai_forget_database(Oid dbid);
 extern void ai_unlock_all(void);
-extern AiReservation *ai_resv_slot(int64 id);
-extern int64 ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz expires_at);
-extern int64 ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampTz expires_at);
+extern int32 ai_resv_find(const AiEntry *entry, int64 id);
+extern int64 ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz now,
+							TimestampTz expires_at, int32 *slot);
+extern bool ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampTz expires_at);
 extern void ai_entry_forget(AiEntry *e);
 extern void ai_resv_free(AiEntry *entry, int32 slot);
+extern void ai_resv_unreserve(AiEntry *entry, AiMoney amount);
 extern AiMoney ai_resv_open_amount(AiEntry *entry, TimestampTz now);
 
 /* Note that something to save changed, for the saver (persist.c). */
@@ -430,6 +459,21 @@ ai_require_primary(const char *func)
 	ai_require_primary_slow(func);
 }
 
+/* resvid.c: reservation ids */
+#define AI_ID_NEED_CEILING		(-1)	/* ai_id_next: raise the ceiling first */
+extern void ai_ids_load(void);
+typedef enum AiIdsMode
+{
+	AI_IDS_CHECK,				/* a check that may issue an id */
+	AI_IDS_FORCE,				/* ai_id_next met the ceiling */
+	AI_IDS_SAVER				/* the saver, ahead of time */
+} AiIdsMode;
+extern void ai_ids_ensure(TimestampTz now, AiIdsMode mode);
+extern int64 ai_id_next(TimestampTz now);
+extern void ai_ids_floor_id(int64 id);
+extern void ai_ids_redo(const char *data, uint32 len);
+extern void ai_ids_wal_log(int64 ceiling_ms);
+
 /* windows.c */
 typedef struct AiCalendar
 {
@@ -460,6 +504,7 @@ extern int32 ai_seconds_until(TimestampTz from, TimestampTz to);
 extern AiMoney ai_money_from_numeric(Datum num, bool round_up, const char *what);
 extern Datum ai_money_to_numeric(AiMoney m);
 extern AiMoney ai_money_add(AiMoney a, AiMoney b);
+extern AiMoney ai_money_percent(AiMoney m, int32 pct);
 
 /* config.c */
 #define AI_MAX_ALERTS			8
@@ -594,6 +639,7 @@ typedef struct AiCharge
 	int64		burst_bucket;	/* -1 when no burst count was taken */
 	int32		day;			/* -1 when no daily count was taken */
 	int64		resv_id;		/* reservation made (check) or settled (record) */
+	int32		resv_slot;		/* its slot, when resv_id > 0 */
 	int32		month;			/* record: month of the cost */
 	AiMoney		cost;			/* record: cost added to inflight_cost */
 	int32		token_bucket;	/* record: bucket charged with tokens, or -1 */
@@ -628,7 +674,7 @@ extern void ai_reset_user(const char *user_id, int idlen);
 /* spend.c */
 extern bool ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id,
 							int idlen, const AiCalendar *cal, TimestampTz now,
-							AiMoney *fallback);
+							bool create, AiMoney *fallback);
 extern Datum ai_spend_in_month(const char *user_id, DateADT month);
 extern void ai_resv_drop_settled(const AiKey *key, uint32 hashcode, const char *user_id, int idlen);
 extern void ai_spend_xact_end(bool commit);

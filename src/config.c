@@ -51,6 +51,7 @@ static uint32 price_cache_gen = 0;
 static char *ext_schema = NULL;	/* quoted schema name */
 static uint32 ext_gen_seen = 0;	/* ext_gen when they were read */
 static bool drop_at_commit = false;	/* this transaction drops the extension */
+static SubTransactionId drop_subxid = InvalidSubTransactionId;	/* ... in this one */
 static object_access_hook_type prev_object_access_hook = NULL;
 static Oid	ext_owner = InvalidOid;
 static bool ext_has_1_2 = false;	/* ai_user_limits and the 1.2 plan columns */
@@ -605,7 +606,29 @@ ai_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 		prev_object_access_hook(access, classId, objectId, subId, arg);
 	if (access == OAT_DROP && classId == ExtensionRelationId &&
 		objectId == get_extension_oid("ai_ratelimit", true))
+	{
 		drop_at_commit = true;
+		drop_subxid = GetCurrentSubTransactionId();
+	}
+}
+
+/*
+ * A subtransaction ends: a DROP EXTENSION that it made is undone by its
+ * abort (ROLLBACK TO SAVEPOINT), and passes to its parent by its commit.
+ */
+static void
+ai_config_subxact(SubXactEvent event, SubTransactionId mySubid,
+				  SubTransactionId parentSubid, void *arg)
+{
+	if (!drop_at_commit || drop_subxid != mySubid)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		drop_at_commit = false;
+		drop_subxid = InvalidSubTransactionId;
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		drop_subxid = parentSubid;
 }
 
 void
@@ -613,6 +636,7 @@ ai_config_init_hooks(void)
 {
 	prev_object_access_hook = object_access_hook;
 	object_access_hook = ai_object_access;
+	RegisterSubXactCallback(ai_config_subxact, NULL);
 }
 
 Datum

@@ -80,7 +80,8 @@ ai_check_blank(AiCheck *c)
 /*
  * Load the spend when the plan has a budget, then take the partition lock
  * and find the user's entry: made when consuming, looked up when peeking (a
- * user with no entry reads as the blank one).  Returns true with the lock
+ * user with no entry reads as the blank one; a peek makes no entry, and
+ * so never takes a counter from another user).  Returns true with the lock
  * held; false, with the lock released, when a consuming check meets a full
  * hash.
  */
@@ -93,7 +94,7 @@ ai_check_lock_entry(AiCheck *c)
 	{
 		if (plan->has_budget)
 			c->spend_exact = ai_ensure_spend(&c->key, c->hashcode, c->user_id,
-											 c->idlen, &c->cal, c->now,
+											 c->idlen, &c->cal, c->now, c->consume,
 											 &c->fallback_spend);
 		LWLockAcquire(c->lock, LW_EXCLUSIVE);
 		if (c->consume)
@@ -109,7 +110,7 @@ ai_check_lock_entry(AiCheck *c)
 		c->live = (c->entry != NULL);
 		if (!c->live)
 			ai_check_blank(c);
-		else if (c->entry->resv_restored)
+		else if (c->entry->resv_restored && c->consume)
 		{
 			/* after a crash: drop what was settled since the last save */
 			LWLockRelease(c->lock);
@@ -132,7 +133,7 @@ ai_check_lock_entry(AiCheck *c)
 							c->user_id),
 					 errhint("Retry the request.")));
 	}
-	if (c->live && c->entry->plan_hash != plan->name_hash)
+	if (c->live && c->consume && c->entry->plan_hash != plan->name_hash)
 		c->entry->plan_hash = plan->name_hash;
 	return true;
 }
@@ -268,7 +269,7 @@ ai_refused_by_budget(AiCheck *c, AiVerdict *v)
 		return false;
 	reserved = c->live ? ai_resv_open_amount(e, c->now) : 0;
 	if (c->spend_exact && ai_spend_is_cached(e, c->cal.month))
-		spend = ai_money_add(e->committed_spend, e->inflight_cost);
+		spend = ai_money_add(e->committed_spend, ai_inflight_cost(e));
 	else
 		spend = c->fallback_spend;
 	if (ai_money_add(ai_money_add(spend, reserved), c->est) <= plan->budget)
@@ -277,14 +278,22 @@ ai_refused_by_budget(AiCheck *c, AiVerdict *v)
 					 ai_budget_retry_at(e, spend, c->est, plan->budget, &c->cal, c->now));
 }
 
+/* What ai_take_charge did. */
+typedef enum AiTaken
+{
+	AI_TAKEN,					/* charged */
+	AI_TAKEN_POOL_FULL,			/* nothing taken: no reservation slot is free */
+	AI_TAKEN_NEED_IDS			/* nothing taken: the id ceiling must be raised */
+} AiTaken;
+
 /*
  * Charge an allowed request: a burst place, the day's count (under every
  * plan, so a change of plan mid-day is exact) and, with an estimate and a
  * budget, a reservation.  Fills c->charge and the decision's reservation
- * id.  Returns false, having taken nothing, when the reservation pool is
- * full.  Caller holds the partition lock.
+ * id.  Takes nothing when no reservation can be made.  Caller holds the
+ * partition lock.
  */
-static bool
+static AiTaken
 ai_take_charge(AiCheck *c, AiDecision *d)
 {
 	AiEntry    *e = c->entry;
@@ -299,10 +308,13 @@ ai_take_charge(AiCheck *c, AiDecision *d)
 	{
 		TimestampTz expires = c->now + (int64) ai_reservation_ttl * USECS_PER_SEC;
 
-		d->reservation_id = ai_resv_create(e, c->est, expires);
-		if (d->reservation_id == 0)
-			return false;
-		charge->resv_id = d->reservation_id;
+		int64		id = ai_resv_create(e, c->est, c->now, expires, &charge->resv_slot);
+
+		if (id == 0)
+			return AI_TAKEN_POOL_FULL;
+		if (id == AI_ID_NEED_CEILING)
+			return AI_TAKEN_NEED_IDS;
+		d->reservation_id = charge->resv_id = id;
 	}
 	if (c->plan->has_burst)
 	{
@@ -316,7 +328,7 @@ ai_take_charge(AiCheck *c, AiDecision *d)
 	}
 	e->daily_count++;
 	ai_entry_changed(e);
-	return true;
+	return AI_TAKEN;
 }
 
 /* ---- after the lock ---- */
@@ -429,11 +441,11 @@ ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 		  bool consume, AiDecision *d)
 {
 	AiCheck		c;
-	AiVerdict	v = {AI_OUT_ALLOWED, false, 0};
+	AiVerdict	v;
 	bool		locked;
 	bool		charged = false;
+	AiTaken		taken;
 
-	memset(d, 0, sizeof(*d));
 	memset(&c, 0, sizeof(c));
 	c.user_id = user_id;
 	c.idlen = idlen;
@@ -450,7 +462,15 @@ ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 	c.lock = ai_partition_lock(c.hashcode);
 	if (consume)
 		ai_charge_reserve();
+	/* an id must be promised durably before it is issued (resvid.c) */
+	if (consume && c.est > 0 && plan->has_budget)
+		ai_ids_ensure(c.now, AI_IDS_CHECK);
 
+again:
+	memset(d, 0, sizeof(*d));
+	v.outcome = AI_OUT_ALLOWED;
+	v.retry_never = false;
+	v.retry_at = 0;
 	locked = ai_check_lock_entry(&c);
 	if (!locked)
 		ai_check_untracked(&c, &v);
@@ -461,8 +481,16 @@ ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 			 !ai_refused_by_budget(&c, &v) &&
 			 consume)
 	{
-		charged = ai_take_charge(&c, d);
-		if (!charged)
+		taken = ai_take_charge(&c, d);
+		charged = (taken == AI_TAKEN);
+		if (taken == AI_TAKEN_NEED_IDS)
+		{
+			/* nothing was taken: raise the ceiling and decide again */
+			LWLockRelease(c.lock);
+			ai_ids_ensure(c.now, AI_IDS_FORCE);
+			goto again;
+		}
+		if (taken == AI_TAKEN_POOL_FULL)
 		{
 			LWLockRelease(c.lock);
 			ereport(ERROR,
@@ -502,8 +530,10 @@ ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 }
 
 /*
- * Forget one user's burst and daily counts and open reservations in this
- * database.  Recorded spend stays: it is in the usage tables.
+ * Forget one user's burst, daily and token counts in this database.
+ * Recorded spend stays (it is in the usage tables), and so do the estimates
+ * of requests in flight: they are held until their record, their release
+ * or their expiry, so a reset never hands out money they hold.
  */
 void
 ai_reset_user(const char *user_id, int idlen)
@@ -520,19 +550,9 @@ ai_reset_user(const char *user_id, int idlen)
 	e = ai_entry_lookup(&key, hashcode, false, 0, NULL, 0);
 	if (e != NULL)
 	{
-		int32		slot = e->resv_head;
-
 		memset(e->burst, 0, sizeof(e->burst));
 		e->daily_count = 0;
-		/* open reservations go; those being settled belong to their record */
-		while (slot >= 0)
-		{
-			int32		next = ai_shared->resv[slot].next;
-
-			if (ai_shared->resv[slot].state == AI_RESV_OPEN)
-				ai_resv_free(e, slot);
-			slot = next;
-		}
+		memset(e->tokens, 0, sizeof(e->tokens));
 		ai_partition_changed(hashcode);
 		ai_entry_changed(e);
 	}

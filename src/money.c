@@ -102,3 +102,22 @@ ai_money_add(AiMoney a, AiMoney b)
 		return (b > 0) ? AI_MONEY_MAX : PG_INT64_MIN;
 	return r;
 }
+
+/*
+ * pct percent of an amount (pct >= 0), rounded down, exact for every
+ * amount and percent: AI_MONEY_MAX when it does not fit.
+ */
+AiMoney
+ai_money_percent(AiMoney m, int32 pct)
+{
+	INT128		t = int64_to_int128(0);
+
+	if (m <= 0 || pct <= 0)
+		return 0;
+	/* m * pct / 100 = (m / 100) * pct + (m % 100) * pct / 100 */
+	int128_add_int64_mul_int64(&t, m / 100, pct);
+	int128_add_int64(&t, (m % 100) * (int64) pct / 100);
+	if (int128_compare(t, int64_to_int128(AI_MONEY_MAX)) >= 0)
+		return AI_MONEY_MAX;
+	return int128_to_int64(t);
+}

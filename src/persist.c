@@ -64,6 +64,8 @@
 #define AI_DELTA_FILE		"pg_stat/ai_ratelimit.delta"
 #define AI_SAVE_MAGIC		0x4149524C	/* "AIRL": a base */
 #define AI_DELTA_MAGIC		0x41495244	/* "AIRD": a delta block */
+/* the postmaster starts a saver that ended (or was terminated) this soon */
+#define AI_SAVER_RESTART_SECS	5
 /* a new base once the deltas outgrow it (and this much) */
 #define AI_DELTA_MIN_BYTES	(8 * 1024 * 1024)
 
@@ -368,6 +370,8 @@ ai_save(bool whole, uint64 shutdown_lsn, bool to_file, bool to_wal)
 	hdr.shutdown_lsn = shutdown_lsn;
 
 	/* WAL first: a crash after it replays what the files may lack */
+	if (to_wal)
+		pg_atomic_write_u64(&ai_shared->last_wal, (uint64) now);
 	if (wal != NULL)
 	{
 		AiSaveHeader whdr = hdr;
@@ -516,7 +520,7 @@ ai_apply_saved(const AiSaveHeader *hdr, const char *data, TimestampTz now, bool 
 			continue;
 		lock = ai_apply_lock(&resv[i].key, replay);
 		e = ai_entry_lookup(&resv[i].key, ai_key_hash(&resv[i].key), false, now, NULL, 0);
-		if (e != NULL && ai_resv_restore(e, resv[i].id, resv[i].amount, resv[i].expires_at) != 0)
+		if (e != NULL && ai_resv_restore(e, resv[i].id, resv[i].amount, resv[i].expires_at))
 		{
 			restored++;
 			if (replay)
@@ -553,20 +557,98 @@ ai_mark_restored_reservations(void)
 }
 
 /*
+ * The head of a base in layout version 2 (release 1.2): no tombstones, no
+ * base id, no shutdown checkpoint; its entries and reservations are laid
+ * out as in version 3, and it had no deltas.
+ */
+#define AI_SAVE_VERSION_V2		2
+
+typedef struct AiSaveHeaderV2
+{
+	uint32		magic;
+	uint32		version;
+	uint32		ring;
+	uint32		nentries;
+	uint32		nresv;
+	TimestampTz written_at;
+} AiSaveHeaderV2;
+
+/*
+ * Read the header of the next block into *hdr and *raw (its bytes as
+ * written, for the CRC); *rawlen is their length.  A version 2 base is
+ * read as a version 3 one.  False at the end of the file, on damage, and
+ * (with a LOG that says why) on a layout this library cannot read.
+ */
+static bool
+ai_load_header(FILE *f, uint32 magic, AiSaveHeader *hdr, char *raw, size_t *rawlen,
+			   bool *foreign)
+{
+	uint32		head[2];
+
+	if (fread(head, sizeof(head), 1, f) != 1 || head[0] != magic)
+		return false;
+	memcpy(raw, head, sizeof(head));
+	if (head[1] == AI_SAVE_VERSION)
+	{
+		*rawlen = sizeof(AiSaveHeader);
+		if (fread(raw + sizeof(head), *rawlen - sizeof(head), 1, f) != 1)
+			return false;
+		memcpy(hdr, raw, sizeof(*hdr));
+	}
+	else if (head[1] == AI_SAVE_VERSION_V2 && magic == AI_SAVE_MAGIC)
+	{
+		AiSaveHeaderV2 v2;
+
+		*rawlen = sizeof(AiSaveHeaderV2);
+		if (fread(raw + sizeof(head), *rawlen - sizeof(head), 1, f) != 1)
+			return false;
+		memcpy(&v2, raw, sizeof(v2));
+		memset(hdr, 0, sizeof(*hdr));
+		hdr->magic = v2.magic;
+		hdr->version = v2.version;
+		hdr->ring = v2.ring;
+		hdr->nentries = v2.nentries;
+		hdr->nresv = v2.nresv;
+		hdr->written_at = v2.written_at;
+	}
+	else
+	{
+		/* not damage: another build wrote it; say so and what it means */
+		ereport(LOG,
+				(errmsg("ignoring ai_ratelimit counters saved in layout version %u: this library reads versions %d and %d",
+						head[1], AI_SAVE_VERSION_V2, AI_SAVE_VERSION),
+				 errdetail("Burst places, daily counts and reservations saved before this start are not restored; recorded spend is in the usage tables and counts as before.")));
+		*foreign = true;
+		return false;
+	}
+	if (hdr->ring != AI_BURST_RING)
+	{
+		ereport(LOG,
+				(errmsg("ignoring ai_ratelimit counters saved with %u burst buckets: this library keeps %d",
+						hdr->ring, AI_BURST_RING)));
+		*foreign = true;
+		return false;
+	}
+	return true;
+}
+
+/*
  * Read the next base or delta block of a file whole: its header into *hdr
  * and the rest into a palloc'd buffer, checked against its CRC.  NULL at
- * the end of the file or on a damaged or torn block.
+ * the end of the file, on a damaged or torn block, or on a layout that
+ * this library does not read (ai_load_header says so).
  */
 static char *
-ai_load_block(FILE *f, uint32 magic, AiSaveHeader *hdr)
+ai_load_block(FILE *f, uint32 magic, AiSaveHeader *hdr, bool *foreign)
 {
 	size_t		len;
 	char	   *data;
+	char		raw[Max(sizeof(AiSaveHeader), sizeof(AiSaveHeaderV2))];
+	size_t		rawlen;
 	pg_crc32c	crc;
 	pg_crc32c	file_crc;
 
-	if (fread(hdr, sizeof(*hdr), 1, f) != 1 || hdr->magic != magic ||
-		hdr->version != AI_SAVE_VERSION || hdr->ring != AI_BURST_RING)
+	if (!ai_load_header(f, magic, hdr, raw, &rawlen, foreign))
 		return NULL;
 	len = (size_t) ai_saved_bytes(hdr);
 	data = palloc_extended(Max(len, 1), MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
@@ -579,7 +661,7 @@ ai_load_block(FILE *f, uint32 magic, AiSaveHeader *hdr)
 		return NULL;
 	}
 	INIT_CRC32C(crc);
-	COMP_CRC32C(crc, hdr, sizeof(*hdr));
+	COMP_CRC32C(crc, raw, rawlen);
 	COMP_CRC32C(crc, data, len);
 	FIN_CRC32C(crc);
 	if (!EQ_CRC32C(crc, file_crc))
@@ -611,6 +693,8 @@ ai_load(void)
 	uint64		checkpoint;
 	bool		clean = ai_shut_down_cleanly(&checkpoint);
 	uint64		base_checkpoint;
+	bool		older_layout;
+	bool		foreign = false;
 
 	f = AllocateFile(AI_SAVE_FILE, PG_BINARY_R);
 	if (f == NULL)
@@ -621,8 +705,10 @@ ai_load(void)
 					 errmsg("could not read file \"%s\": %m", AI_SAVE_FILE)));
 		return;
 	}
-	data = ai_load_block(f, AI_SAVE_MAGIC, &hdr);
+	data = ai_load_block(f, AI_SAVE_MAGIC, &hdr, &foreign);
 	FreeFile(f);
+	if (data == NULL && foreign)
+		return;
 	if (data == NULL)
 	{
 		ereport(LOG,
@@ -630,6 +716,11 @@ ai_load(void)
 				 errmsg("ignoring damaged ai_ratelimit file \"%s\"", AI_SAVE_FILE)));
 		return;
 	}
+	if (hdr.version != AI_SAVE_VERSION)
+		ereport(LOG,
+				(errmsg("ai_ratelimit is reading counters saved in layout version %u", hdr.version),
+				 errdetail("The next save writes version %d.", AI_SAVE_VERSION)));
+	older_layout = (hdr.version != AI_SAVE_VERSION);
 	id = hdr.base_id;
 	base_checkpoint = hdr.shutdown_lsn;
 	saved_at = hdr.written_at;
@@ -639,7 +730,7 @@ ai_load(void)
 	f = AllocateFile(AI_DELTA_FILE, PG_BINARY_R);
 	if (f != NULL)
 	{
-		while ((data = ai_load_block(f, AI_DELTA_MAGIC, &hdr)) != NULL)
+		while ((data = ai_load_block(f, AI_DELTA_MAGIC, &hdr, &foreign)) != NULL)
 		{
 			if (hdr.base_id == id)
 			{
@@ -660,7 +751,7 @@ ai_load(void)
 	 * After a clean shutdown the base must be the one written then, which
 	 * names that shutdown's checkpoint; any other means that save failed.
 	 */
-	if (clean && base_checkpoint != checkpoint)
+	if (clean && !older_layout && base_checkpoint != checkpoint)
 	{
 		pg_atomic_write_u64(&ai_shared->save_failures, 1);
 		ereport(WARNING,
@@ -717,7 +808,7 @@ ai_register_saver(void)
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
 	worker.bgw_start_time = BgWorkerStart_PostmasterStart;
-	worker.bgw_restart_time = 10;
+	worker.bgw_restart_time = AI_SAVER_RESTART_SECS;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "ai_ratelimit");
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "ai_saver_main");
 	snprintf(worker.bgw_name, BGW_MAXLEN, "ai_ratelimit saver");
@@ -740,12 +831,22 @@ ai_save_changes(void)
 		(void) ai_save(false, 0, to_file, to_wal);
 }
 
+/* The saver's exit: it is no longer running (ai_ratelimit_saves shows it). */
+static void
+ai_saver_exit(int code, Datum arg)
+{
+	pg_atomic_write_u32(&ai_shared->saver_pid, 0);
+}
+
 /*
  * The background worker: every second, sweep (expired reservations, dead
- * entries when the table is nearly full); every save_interval (every
- * second when it is 0), save what changed.  Asked to stop, it saves once
- * more, so that a clean shutdown sends the standbys everything (the
- * postmaster writes the files again after the shutdown checkpoint).
+ * entries when the table is nearly full) and keep the reservation id
+ * ceiling ahead (resvid.c); every save_interval (every second when it is
+ * 0), save what changed.  Asked to stop (a shutdown, or a SIGTERM of its
+ * own), it saves once more, so that a clean shutdown sends
+ * the standbys everything (the postmaster writes the files again after the
+ * shutdown checkpoint), and exits with status 1: the postmaster starts it
+ * again after AI_SAVER_RESTART_SECS unless the server is stopping.
  */
 void
 ai_saver_main(Datum arg)
@@ -755,6 +856,10 @@ ai_saver_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
+	before_shmem_exit(ai_saver_exit, (Datum) 0);
+	pg_atomic_write_u64(&ai_shared->saver_started, (uint64) last_save);
+	pg_atomic_fetch_add_u32(&ai_shared->saver_starts, 1);
+	pg_atomic_write_u32(&ai_shared->saver_pid, (uint32) MyProcPid);
 
 	for (;;)
 	{
@@ -777,11 +882,13 @@ ai_saver_main(Datum arg)
 		}
 		now = GetCurrentTimestamp();
 		ai_sweep_background(now);
+		if (!RecoveryInProgress())
+			ai_ids_ensure(now, AI_IDS_SAVER);
 		if (now - last_save >= (int64) interval * 1000)
 		{
 			ai_save_changes();
 			last_save = now;
 		}
 	}
-	proc_exit(0);
+	proc_exit(1);
 }

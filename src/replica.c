@@ -43,6 +43,7 @@
 #define AI_RMGR_ID				RM_EXPERIMENTAL_ID
 
 #define XLOG_AI_SAVE			0x00	/* entries, reservations, tombstones */
+#define XLOG_AI_IDS				0x10	/* a reservation id ceiling (resvid.c) */
 
 /* Entries per record: about 160 bytes each, so records stay under 1 MB. */
 #define AI_WAL_CHUNK			4096
@@ -115,14 +116,38 @@ ai_wal_log_save(const AiSaveHeader *hdr, const AiSavedEntry *entries,
 	XLogFlush(GetXLogInsertRecPtr());
 }
 
+/*
+ * Log a reservation id ceiling: a standby, or this server after a crash,
+ * then issues ids only above it.  Not flushed: nothing is lost if it is not
+ * (resvid.c says why).
+ */
+void
+ai_ids_wal_log(int64 ceiling_ms)
+{
+	XLogBeginInsert();
+	XLogRegisterData((char *) &ceiling_ms, sizeof(ceiling_ms));
+	(void) XLogInsert(AI_RMGR_ID, XLOG_AI_IDS);
+}
+
 static void
 ai_rmgr_redo(XLogReaderState *record)
 {
 	uint8		info = XLogRecGetInfo(record) & ~XLR_INFO_MASK;
 	AiSaveHeader hdr;
 
+	if (info == XLOG_AI_IDS)
+	{
+		ai_ids_redo(XLogRecGetData(record), XLogRecGetDataLen(record));
+		return;
+	}
 	if (info != XLOG_AI_SAVE)
-		elog(PANIC, "ai_ratelimit redo: unknown op code %u", info);
+	{
+		/* a later version's record: skip it, as one of another layout */
+		ereport(WARNING,
+				(errmsg("ai_ratelimit skipped a WAL record of unknown kind %u", info),
+				 errhint("Run the same ai_ratelimit version on the primary and its standbys.")));
+		return;
+	}
 	memset(&hdr, 0, sizeof(hdr));
 	if (XLogRecGetDataLen(record) >= sizeof(hdr))
 		memcpy(&hdr, XLogRecGetData(record), sizeof(hdr));
@@ -144,6 +169,15 @@ ai_rmgr_desc(StringInfo buf, XLogReaderState *record)
 {
 	AiSaveHeader hdr;
 
+	if ((XLogRecGetInfo(record) & ~XLR_INFO_MASK) == XLOG_AI_IDS &&
+		XLogRecGetDataLen(record) == sizeof(int64))
+	{
+		int64		ceiling;
+
+		memcpy(&ceiling, XLogRecGetData(record), sizeof(ceiling));
+		appendStringInfo(buf, "reservation ids below ms " INT64_FORMAT, ceiling);
+		return;
+	}
 	if ((XLogRecGetInfo(record) & ~XLR_INFO_MASK) != XLOG_AI_SAVE ||
 		XLogRecGetDataLen(record) < sizeof(hdr))
 		return;
@@ -155,7 +189,15 @@ ai_rmgr_desc(StringInfo buf, XLogReaderState *record)
 static const char *
 ai_rmgr_identify(uint8 info)
 {
-	return (info & ~XLR_INFO_MASK) == XLOG_AI_SAVE ? "SAVE" : NULL;
+	switch (info & ~XLR_INFO_MASK)
+	{
+		case XLOG_AI_SAVE:
+			return "SAVE";
+		case XLOG_AI_IDS:
+			return "IDS";
+		default:
+			return NULL;
+	}
 }
 
 /*

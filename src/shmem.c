@@ -23,9 +23,10 @@
  * background worker sweeps too, and frees expired reservations.
  *
  * The reservation pool (ai_resv_* below): a slot in use belongs to one user
- * and is read and changed only under that user's partition lock.  The free list, the slot
- * counters and the id sequence are guarded by resv_lock, always taken after
- * a partition lock, never before.
+ * and is read and changed only under that user's partition lock.  The free
+ * list, the slot counters, the index of ids and the last id issued
+ * (resvid.c) are guarded by resv_lock, always taken after a partition lock,
+ * never before.  ids_lock (resvid.c) is taken with no other lock held.
  *
  * None of these locks is a transaction lock: they are held for a bounded,
  * short time and never across a wait for another transaction.
@@ -59,6 +60,23 @@ AiTable    *ai_table = NULL;
 AiEntry    *ai_entries = NULL;
 static LWLockPadded *ai_locks = NULL;
 
+/*
+ * The index of reservation ids: open addressing with linear probing over
+ * a power of 2 of at least twice max_reservations cells, each a slot
+ * number or -1.  Guarded by resv_lock.
+ */
+static int32 *ai_resv_index = NULL;
+static uint32 ai_resv_index_mask = 0;
+
+/*
+ * ai_ratelimit_verify takes every partition lock and resv_lock at once;
+ * PostgreSQL holds at most 200 LWLocks at a time (MAX_SIMUL_LWLOCKS in
+ * lwlock.c, not exported), and a caller may hold a few of its own.
+ */
+#define AI_LWLOCKS_HELD_MAX		200
+StaticAssertDecl(AI_NUM_PARTITIONS + 1 <= AI_LWLOCKS_HELD_MAX - 16,
+				 "too many partitions to take them all at once");
+
 static void ai_entry_remove(AiEntry *e, uint32 hashcode);
 
 static Size
@@ -78,6 +96,16 @@ ai_table_nbuckets(void)
 	return n;
 }
 
+static uint32
+ai_resv_index_cells(void)
+{
+	uint32		n = 64;
+
+	while (n < 2 * (uint32) ai_max_reservations)
+		n *= 2;
+	return n;
+}
+
 static Size
 ai_table_size(void)
 {
@@ -91,6 +119,7 @@ ai_shmem_size(void)
 	Size		size = MAXALIGN(ai_resv_pool_size());
 
 	size = add_size(size, MAXALIGN(ai_stats_size()));
+	size = add_size(size, MAXALIGN(mul_size(ai_resv_index_cells(), sizeof(int32))));
 	size = add_size(size, MAXALIGN(ai_table_size()));
 	return add_size(size, mul_size(ai_max_keys, sizeof(AiEntry)));
 }
@@ -125,7 +154,7 @@ void
 ai_shmem_request(void)
 {
 	RequestAddinShmemSpace(ai_shmem_size());
-	RequestNamedLWLockTranche(AI_TRANCHE, AI_NUM_PARTITIONS + 3);
+	RequestNamedLWLockTranche(AI_TRANCHE, AI_NUM_PARTITIONS + 4);
 }
 
 /* Called from shmem_startup_hook; takes AddinShmemInitLock itself. */
@@ -134,6 +163,7 @@ ai_shmem_startup(void)
 {
 	bool		found;
 	bool		table_found;
+	bool		index_found;
 
 	ai_shared = NULL;
 	ai_table = NULL;
@@ -147,6 +177,12 @@ ai_shmem_startup(void)
 		ai_shared->resv_lock = &ai_locks[AI_NUM_PARTITIONS].lock;
 		ai_shared->stats_lock = &ai_locks[AI_NUM_PARTITIONS + 1].lock;
 		ai_shared->users_lock = &ai_locks[AI_NUM_PARTITIONS + 2].lock;
+		ai_shared->ids_lock = &ai_locks[AI_NUM_PARTITIONS + 3].lock;
+		pg_atomic_init_u64(&ai_shared->ids_ceiling, 0);
+		pg_atomic_init_u64(&ai_shared->ids_saved_at, 0);
+		ai_shared->ids_last_ms = 0;
+		ai_shared->ids_last_seq = 0;
+		ai_shared->ids_last_tli = 0;
 		pg_atomic_init_u32(&ai_shared->plans_gen, 1);
 		pg_atomic_init_u32(&ai_shared->users_gen, 1);
 		pg_atomic_init_u32(&ai_shared->limits_gen, 1);
@@ -157,10 +193,13 @@ ai_shmem_startup(void)
 		pg_atomic_init_u32(&ai_shared->caches_fresh, 0);
 		pg_atomic_init_u32(&ai_shared->dirty, 0);
 		pg_atomic_init_u64(&ai_shared->last_save, 0);
+		pg_atomic_init_u64(&ai_shared->last_wal, 0);
+		pg_atomic_init_u32(&ai_shared->saver_pid, 0);
+		pg_atomic_init_u64(&ai_shared->saver_started, 0);
+		pg_atomic_init_u32(&ai_shared->saver_starts, 0);
 		pg_atomic_init_u64(&ai_shared->save_failures, 0);
 		pg_atomic_init_u64(&ai_shared->evictions, 0);
 		pg_atomic_init_u64(&ai_shared->full_refusals, 0);
-		ai_shared->resv_seq = 1;
 		ai_shared->resv_used = 0;
 		for (int i = 0; i < ai_max_reservations; i++)
 		{
@@ -174,6 +213,14 @@ ai_shmem_startup(void)
 	}
 
 	ai_stats_init(found);
+
+	ai_resv_index_mask = ai_resv_index_cells() - 1;
+	ai_resv_index = ShmemInitStruct("ai_ratelimit reservation index",
+									mul_size(ai_resv_index_cells(), sizeof(int32)),
+									&index_found);
+	if (!index_found)
+		for (uint32 i = 0; i <= ai_resv_index_mask; i++)
+			ai_resv_index[i] = -1;
 
 	ai_table = ShmemInitStruct("ai_ratelimit table", ai_table_size(), &table_found);
 	ai_entries = ShmemInitStruct("ai_ratelimit entries",
@@ -190,7 +237,10 @@ ai_shmem_startup(void)
 	if (!IsUnderPostmaster)
 	{
 		if (!found)
+		{
+			ai_ids_load();
 			ai_load();
+		}
 		on_shmem_exit(ai_save_at_exit, (Datum) 0);
 	}
 }
@@ -305,7 +355,7 @@ ai_entry_init(AiEntry *e, const char *id, int idlen)
 	e->inflight = 0;
 	e->spend_state = AI_SPEND_UNKNOWN;
 	e->committed_spend = 0;
-	e->inflight_cost = 0;
+	e->inflight_cost = int64_to_int128(0);
 	e->recorded_total = 0;
 	e->reserved = 0;
 	e->resv_head = -1;
@@ -648,18 +698,95 @@ ai_sweep_background(TimestampTz now)
 
 /* ---- reservation pool ---- */
 
-/* The slot an id names, or NULL when the id cannot be ours. */
-AiReservation *
-ai_resv_slot(int64 id)
+/* Where an id's search in the index starts. */
+static inline uint32
+ai_resv_index_home(int64 id)
 {
-	int64		slot;
+	return murmurhash32((uint32) id ^ murmurhash32((uint32) ((uint64) id >> 32))) &
+		ai_resv_index_mask;
+}
+
+/* The cell of an id in the index, or -1.  Caller holds resv_lock. */
+static int32
+ai_resv_index_cell(int64 id)
+{
+	for (uint32 c = ai_resv_index_home(id);; c = (c + 1) & ai_resv_index_mask)
+	{
+		int32		slot = ai_resv_index[c];
+
+		if (slot < 0)
+			return -1;
+		if (ai_shared->resv[slot].id == id)
+			return (int32) c;
+	}
+}
+
+/* Index a slot under its id.  Caller holds resv_lock exclusively. */
+static void
+ai_resv_index_add(int32 slot)
+{
+	uint32		c = ai_resv_index_home(ai_shared->resv[slot].id);
+
+	/* at most half full: a free cell is always found */
+	while (ai_resv_index[c] >= 0)
+		c = (c + 1) & ai_resv_index_mask;
+	ai_resv_index[c] = slot;
+}
+
+/*
+ * Take an id out of the index: empty its cell and move back each later
+ * entry of the run that the hole now separates from its home.  Caller
+ * holds resv_lock exclusively.
+ */
+static void
+ai_resv_index_remove(int64 id)
+{
+	int32		hole = ai_resv_index_cell(id);
+	uint32		c;
+
+	if (hole < 0)
+		return;
+	c = (uint32) hole;
+	for (;;)
+	{
+		uint32		home;
+
+		c = (c + 1) & ai_resv_index_mask;
+		if (ai_resv_index[c] < 0)
+			break;
+		home = ai_resv_index_home(ai_shared->resv[ai_resv_index[c]].id);
+		/* the entry at c may fill the hole unless its home lies in (hole, c] */
+		if (((c - home) & ai_resv_index_mask) >= ((c - (uint32) hole) & ai_resv_index_mask))
+		{
+			ai_resv_index[hole] = ai_resv_index[c];
+			hole = (int32) c;
+		}
+	}
+	ai_resv_index[hole] = -1;
+}
+
+/*
+ * The slot of the entry's reservation with this id, or -1 when it has
+ * none (freed, never made, or another user's).  Caller holds the entry's
+ * partition lock, so a slot found stays the entry's.
+ */
+int32
+ai_resv_find(const AiEntry *entry, int64 id)
+{
+	int32		cell;
+	int32		slot = -1;
 
 	if (id <= 0)
-		return NULL;
-	slot = id & AI_RESV_SLOT_MASK;
-	if (slot >= ai_max_reservations)
-		return NULL;
-	return &ai_shared->resv[slot];
+		return -1;
+	LWLockAcquire(ai_shared->resv_lock, LW_SHARED);
+	cell = ai_resv_index_cell(id);
+	if (cell >= 0)
+		slot = ai_resv_index[cell];
+	LWLockRelease(ai_shared->resv_lock);
+	if (slot < 0 || ai_shared->resv[slot].state == AI_RESV_FREE ||
+		memcmp(&ai_shared->resv[slot].key, &entry->key, sizeof(AiKey)) != 0)
+		return -1;
+	return slot;
 }
 
 /*
@@ -677,6 +804,29 @@ ai_resv_unlink(AiReservation *r, int32 *head, int32 *tail)
 		ai_shared->resv[r->next].prev = r->prev;
 	else if (tail != NULL)
 		*tail = r->prev;
+}
+
+/*
+ * An amount leaves the entry's open reservations (freed, or being
+ * settled; the slot is no longer open).  While the sum fits, it is taken
+ * off; a sum that saturated is counted again from the slots still open,
+ * so it never falls below what they hold.  Caller holds the entry's
+ * partition lock exclusively.
+ */
+void
+ai_resv_unreserve(AiEntry *entry, AiMoney amount)
+{
+	AiMoney		sum = 0;
+
+	if (entry->reserved < AI_MONEY_MAX)
+	{
+		entry->reserved -= amount;
+		return;
+	}
+	for (int32 s = entry->resv_head; s >= 0; s = ai_shared->resv[s].next)
+		if (ai_shared->resv[s].state == AI_RESV_OPEN)
+			sum = ai_money_add(sum, ai_shared->resv[s].amount);
+	entry->reserved = sum;
 }
 
 /* Link a slot taken from the pool into the entry's list, open. */
@@ -710,52 +860,67 @@ ai_resv_unfree(int32 slot)
 }
 
 /*
- * Make an open reservation for the entry and return its id, or 0 when the
- * pool is full.  Caller must hold the entry's partition lock exclusively.
+ * Make an open reservation for the entry: returns its id and sets *slot;
+ * 0 when the pool is full; AI_ID_NEED_CEILING when no id can be issued
+ * until the caller, with its locks released, has called ai_ids_ensure.
+ * Caller must hold the entry's partition lock exclusively, on a primary.
  */
 int64
-ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz expires_at)
+ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz now, TimestampTz expires_at,
+			   int32 *slot)
 {
-	int32		slot;
+	int32		s;
+	int64		id;
 
 	LWLockAcquire(ai_shared->resv_lock, LW_EXCLUSIVE);
-	slot = ai_shared->resv_free;
-	if (slot < 0)
+	s = ai_shared->resv_free;
+	if (s < 0)
 	{
 		LWLockRelease(ai_shared->resv_lock);
 		return 0;
 	}
-	ai_resv_unfree(slot);
-	ai_shared->resv[slot].id = (ai_shared->resv_seq++ << AI_RESV_SLOT_BITS) | slot;
+	id = ai_id_next(now);
+	if (id == AI_ID_NEED_CEILING)
+	{
+		LWLockRelease(ai_shared->resv_lock);
+		return id;
+	}
+	ai_resv_unfree(s);
+	ai_shared->resv[s].id = id;
+	ai_resv_index_add(s);
 	LWLockRelease(ai_shared->resv_lock);
-	return ai_resv_link(entry, slot, amount, expires_at);
+	*slot = s;
+	return ai_resv_link(entry, s, amount, expires_at);
 }
 
 /*
- * Bring a saved reservation back under its own id, so the application can
- * still settle it; when its slot is taken or out of range (max_reservations
- * was lowered), under a new one.  Returns the id, or 0 when the pool is
- * full.  Caller must hold the entry's partition lock exclusively.
+ * Bring a saved or replayed reservation back under its own id, so the
+ * application can still settle it, in any free slot; every id issued later
+ * is above it.  Returns false when the pool is full, or the id is already
+ * held.  Caller must hold the entry's partition lock exclusively (or be the
+ * postmaster, loading).
  */
-int64
+bool
 ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampTz expires_at)
 {
-	int64		slot = id & AI_RESV_SLOT_MASK;
+	int32		s;
 
-	if (id <= 0 || slot >= ai_max_reservations)
-		return ai_resv_create(entry, amount, expires_at);
+	if (id <= 0)
+		return false;
 	LWLockAcquire(ai_shared->resv_lock, LW_EXCLUSIVE);
-	if (ai_shared->resv[slot].state != AI_RESV_FREE)
+	ai_ids_floor_id(id);
+	s = ai_shared->resv_free;
+	if (s < 0 || ai_resv_index_cell(id) >= 0)
 	{
 		LWLockRelease(ai_shared->resv_lock);
-		return ai_resv_create(entry, amount, expires_at);
+		return false;
 	}
-	ai_resv_unfree((int32) slot);
-	ai_shared->resv[slot].id = id;
-	/* new ids continue after every restored one */
-	ai_shared->resv_seq = Max(ai_shared->resv_seq, (id >> AI_RESV_SLOT_BITS) + 1);
+	ai_resv_unfree(s);
+	ai_shared->resv[s].id = id;
+	ai_resv_index_add(s);
 	LWLockRelease(ai_shared->resv_lock);
-	return ai_resv_link(entry, (int32) slot, amount, expires_at);
+	(void) ai_resv_link(entry, s, amount, expires_at);
+	return true;
 }
 
 /*
@@ -768,12 +933,15 @@ ai_resv_free(AiEntry *entry, int32 slot)
 {
 	AiReservation *r = &ai_shared->resv[slot];
 
-	if (r->state == AI_RESV_OPEN)
-		entry->reserved -= r->amount;
+	bool		was_open = (r->state == AI_RESV_OPEN);
+
 	ai_entry_changed(entry);
 	ai_resv_unlink(r, &entry->resv_head, &entry->resv_tail);
+	if (was_open)
+		ai_resv_unreserve(entry, r->amount);
 
 	LWLockAcquire(ai_shared->resv_lock, LW_EXCLUSIVE);
+	ai_resv_index_remove(r->id);
 	r->id = 0;
 	r->state = AI_RESV_FREE;
 	r->prev = -1;
@@ -827,12 +995,40 @@ ai_resv_open_count(TimestampTz now)
 }
 
 /*
+ * Problems found by ai_verify, written into a buffer allocated before it
+ * takes every lock (no allocation, hence no error, under them).
+ */
+#define AI_VERIFY_MAX_PROBLEMS	64
+
+typedef struct AiVerifyProblems
+{
+	int			n;
+	char		msg[AI_VERIFY_MAX_PROBLEMS][128];
+} AiVerifyProblems;
+
+static void ai_verify_problem(AiVerifyProblems *p, const char *fmt,...) pg_attribute_printf(2, 3);
+
+static void
+ai_verify_problem(AiVerifyProblems *p, const char *fmt,...)
+{
+	va_list		ap;
+
+	if (p->n < AI_VERIFY_MAX_PROBLEMS)
+	{
+		va_start(ap, fmt);
+		vsnprintf(p->msg[p->n], sizeof(p->msg[p->n]), fmt, ap);
+		va_end(ap);
+	}
+	p->n++;
+}
+
+/*
  * ai_verify for one entry: its reservation list links back and forth, every
  * slot in it belongs to it, its reserved sum is its open slots' sum, and no
  * record of it is in flight.  Counts the linked slots in *linked.
  */
 static void
-ai_verify_entry(AiEntry *e, List **problems, int64 *linked)
+ai_verify_entry(AiEntry *e, AiVerifyProblems *problems, int64 *linked)
 {
 	AiMoney		open_sum = 0;
 	int32		prev = -1;
@@ -844,29 +1040,27 @@ ai_verify_entry(AiEntry *e, List **problems, int64 *linked)
 
 		if (++n > ai_max_reservations)
 		{
-			*problems = lappend(*problems, psprintf("reservation list of a user loops"));
+			ai_verify_problem(problems, "reservation list of a user loops");
 			break;
 		}
 		if (r->state == AI_RESV_FREE)
-			*problems = lappend(*problems, psprintf("free reservation slot %d is linked to a user", s));
+			ai_verify_problem(problems, "free reservation slot %d is linked to a user", s);
 		if (memcmp(&r->key, &e->key, sizeof(AiKey)) != 0)
-			*problems = lappend(*problems, psprintf("reservation slot %d is linked to the wrong user", s));
+			ai_verify_problem(problems, "reservation slot %d is linked to the wrong user", s);
 		if (r->prev != prev)
-			*problems = lappend(*problems, psprintf("reservation slot %d has a broken back link", s));
+			ai_verify_problem(problems, "reservation slot %d has a broken back link", s);
 		if (r->state == AI_RESV_OPEN)
 			open_sum += r->amount;
 		prev = s;
 		(*linked)++;
 	}
 	if (prev != e->resv_tail)
-		*problems = lappend(*problems, psprintf("a user's reservation tail is wrong"));
+		ai_verify_problem(problems, "a user's reservation tail is wrong");
 	if (open_sum != e->reserved)
-		*problems = lappend(*problems,
-							psprintf("a user's reserved sum is " INT64_FORMAT " but its open reservations hold " INT64_FORMAT,
-									 e->reserved, open_sum));
-	if (e->inflight != 0 || e->inflight_cost != 0)
-		*problems = lappend(*problems,
-							psprintf("%u recorded calls of a user are still in flight", e->inflight));
+		ai_verify_problem(problems, "a user's reserved sum is " INT64_FORMAT " but its open reservations hold " INT64_FORMAT,
+						  e->reserved, open_sum);
+	if (e->inflight != 0 || ai_inflight_cost(e) != 0)
+		ai_verify_problem(problems, "%u recorded calls of a user are still in flight", e->inflight);
 }
 
 /*
@@ -876,26 +1070,30 @@ ai_verify_entry(AiEntry *e, List **problems, int64 *linked)
  * caller runs this when no other transaction is open); every slot of the
  * table is in use or free, once; every entry is in its partition and
  * counted.  Appends one message per problem to *problems.  Takes every
- * partition lock and resv_lock, in shared mode.
+ * partition lock and resv_lock, in shared mode, and allocates nothing
+ * while it holds them.
  */
 void
-ai_verify(List **problems)
+ai_verify(List **problems_out)
 {
+	AiVerifyProblems *problems = palloc(sizeof(AiVerifyProblems));
 	AiPartIter	it;
 	AiEntry    *e;
+	int64		indexed = 0;
 	int64		linked = 0;
 	int64		free_len = 0;
 	int64		counted = 0;
 	int64		free_slots = 0;
 
+	problems->n = 0;
 	ai_lock_all(LW_SHARED);
 	LWLockAcquire(ai_shared->resv_lock, LW_SHARED);
 	/* slots move on and off the free list only under an exclusive lock */
 	for (int32 s = ai_table->free_head; s >= 0 && free_slots <= ai_max_keys; s = ai_entries[s].next)
 		free_slots++;
 	if (free_slots + ai_entry_count() != (uint32) ai_max_keys)
-		*problems = lappend(*problems, psprintf("entry slots leaked: " INT64_FORMAT " free + %u in use of %d",
-												free_slots, ai_entry_count(), ai_max_keys));
+		ai_verify_problem(problems, "entry slots leaked: " INT64_FORMAT " free + %u in use of %d",
+						  free_slots, ai_entry_count(), ai_max_keys);
 
 	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
 	{
@@ -905,29 +1103,49 @@ ai_verify(List **problems)
 		while ((e = ai_part_iter_next(&it)) != NULL)
 		{
 			if ((ai_key_hash(&e->key) % AI_NUM_PARTITIONS) != (uint32) p)
-				*problems = lappend(*problems, psprintf("an entry is in the wrong partition"));
+				ai_verify_problem(problems, "an entry is in the wrong partition");
 			in_part++;
 			ai_verify_entry(e, problems, &linked);
 		}
 		if (in_part != ai_table->part_count[p])
-			*problems = lappend(*problems, psprintf("partition %d counts %d entries but holds %d",
-													p, ai_table->part_count[p], in_part));
+			ai_verify_problem(problems, "partition %d counts %d entries but holds %d",
+							  p, ai_table->part_count[p], in_part);
 		counted += in_part;
 	}
 	if (counted != ai_entry_count())
-		*problems = lappend(*problems, psprintf("the table counts %u entries but holds " INT64_FORMAT,
-												ai_entry_count(), counted));
+		ai_verify_problem(problems, "the table counts %u entries but holds " INT64_FORMAT,
+						  ai_entry_count(), counted);
 	for (int32 s = ai_shared->resv_free; s >= 0 && free_len <= ai_max_reservations; s = ai_shared->resv[s].next)
 		free_len++;
+	/* every slot in use is found by its id, and the index holds nothing else */
+	for (int32 s = 0; s < ai_max_reservations; s++)
+	{
+		int32		cell = ai_shared->resv[s].state == AI_RESV_FREE ? -1 :
+			ai_resv_index_cell(ai_shared->resv[s].id);
+
+		if (ai_shared->resv[s].state != AI_RESV_FREE && (cell < 0 || ai_resv_index[cell] != s))
+			ai_verify_problem(problems, "reservation slot %d is not found by its id", s);
+	}
+	for (uint32 c = 0; c <= ai_resv_index_mask; c++)
+		if (ai_resv_index[c] >= 0)
+			indexed++;
+	if (indexed != ai_shared->resv_used)
+		ai_verify_problem(problems, "the id index holds " INT64_FORMAT " reservations but %d are in use",
+						  indexed, ai_shared->resv_used);
 	if (linked != ai_shared->resv_used)
-		*problems = lappend(*problems,
-							psprintf(INT64_FORMAT " reservation slots are linked to users but %d are in use",
-									 linked, ai_shared->resv_used));
+		ai_verify_problem(problems, INT64_FORMAT " reservation slots are linked to users but %d are in use",
+						  linked, ai_shared->resv_used);
 	if (free_len + ai_shared->resv_used != ai_max_reservations)
-		*problems = lappend(*problems,
-							psprintf("reservation slots leaked: " INT64_FORMAT " free + %d in use of %d",
-									 free_len, ai_shared->resv_used, ai_max_reservations));
+		ai_verify_problem(problems, "reservation slots leaked: " INT64_FORMAT " free + %d in use of %d",
+						  free_len, ai_shared->resv_used, ai_max_reservations);
 
 	LWLockRelease(ai_shared->resv_lock);
 	ai_unlock_all();
+
+	for (int i = 0; i < Min(problems->n, AI_VERIFY_MAX_PROBLEMS); i++)
+		*problems_out = lappend(*problems_out, pstrdup(problems->msg[i]));
+	if (problems->n > AI_VERIFY_MAX_PROBLEMS)
+		*problems_out = lappend(*problems_out,
+								psprintf("%d more problems", problems->n - AI_VERIFY_MAX_PROBLEMS));
+	pfree(problems);
 }

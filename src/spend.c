@@ -106,11 +106,14 @@ ai_spend_in_month(const char *user_id, DateADT month)
  * whatever was recorded since; a record can be counted twice there, never
  * missed.
  *
+ * Without create (a peek), a user with no entry gets none: the sum is read
+ * into *fallback.
+ *
  * Caller must hold no partition lock.
  */
 bool
 ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id, int idlen,
-				const AiCalendar *cal, TimestampTz now, AiMoney *fallback)
+				const AiCalendar *cal, TimestampTz now, bool create, AiMoney *fallback)
 {
 	LWLock	   *lock = ai_partition_lock(hashcode);
 	AiEntry    *e;
@@ -122,7 +125,8 @@ ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id, int idle
 	AiMoney		sum;
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = ai_entry_get(key, hashcode, lock, now, user_id, idlen);
+	e = create ? ai_entry_get(key, hashcode, lock, now, user_id, idlen) :
+		ai_entry_lookup(key, hashcode, false, now, NULL, 0);
 	if (e == NULL)
 	{
 		/* no counter: read the tables, never lower than the truth */
@@ -146,7 +150,7 @@ ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id, int idle
 	}
 	seq = e->change_seq;
 	quiet = (e->inflight == 0);
-	inflight0 = e->inflight_cost;
+	inflight0 = ai_inflight_cost(e);
 	total0 = e->recorded_total;
 	LWLockRelease(lock);
 
@@ -255,12 +259,10 @@ ai_resv_drop_settled(const AiKey *key, uint32 hashcode, const char *user_id, int
 	{
 		for (int i = 0; i < n; i++)
 		{
-			int64		id = DatumGetInt64(ids[i]);
-			AiReservation *r = ai_resv_slot(id);
+			int32		s = ai_resv_find(e, DatumGetInt64(ids[i]));
 
-			if (r && r->id == id && r->state == AI_RESV_OPEN &&
-				memcmp(&r->key, key, sizeof(AiKey)) == 0)
-				ai_resv_free(e, (int32) (id & AI_RESV_SLOT_MASK));
+			if (s >= 0 && ai_shared->resv[s].state == AI_RESV_OPEN)
+				ai_resv_free(e, s);
 		}
 		e->resv_restored = 0;
 	}

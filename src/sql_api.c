@@ -35,14 +35,20 @@ PG_FUNCTION_INFO_V1(ai_ratelimit_saves);
 
 #define RESULT_NATTS 7
 
-/* Result row descriptors, per function oid, kept for the backend's life. */
+/*
+ * Result row descriptors of the check functions, one per function oid
+ * called in this backend, built at its first call and kept for the
+ * backend's life: the array grows with the functions, never with the calls.
+ */
 typedef struct ResultDesc
 {
 	Oid			fn_oid;
 	TupleDesc	desc;
 } ResultDesc;
 
-static ResultDesc result_descs[4];
+static ResultDesc *result_descs = NULL;
+static int	nresult_descs = 0;
+static int	maxresult_descs = 0;
 
 static TupleDesc
 ai_result_desc(FunctionCallInfo fcinfo)
@@ -50,27 +56,28 @@ ai_result_desc(FunctionCallInfo fcinfo)
 	Oid			fn = fcinfo->flinfo->fn_oid;
 	TupleDesc	td;
 	MemoryContext old;
-	int			slot = -1;
 
-	for (int i = 0; i < (int) lengthof(result_descs); i++)
-	{
+	for (int i = 0; i < nresult_descs; i++)
 		if (result_descs[i].fn_oid == fn)
 			return result_descs[i].desc;
-		if (slot < 0 && result_descs[i].fn_oid == InvalidOid)
-			slot = i;
-	}
 	if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "ai_ratelimit: function must return a composite type");
 	if (td->natts != RESULT_NATTS)
 		elog(ERROR, "ai_ratelimit: result type has %d columns, expected %d",
 			 td->natts, RESULT_NATTS);
+	if (nresult_descs == maxresult_descs)
+	{
+		maxresult_descs = Max(8, maxresult_descs * 2);
+		result_descs = result_descs == NULL ?
+			MemoryContextAlloc(TopMemoryContext, sizeof(ResultDesc) * maxresult_descs) :
+			repalloc(result_descs, sizeof(ResultDesc) * maxresult_descs);
+	}
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	td = BlessTupleDesc(CreateTupleDescCopy(td));
 	MemoryContextSwitchTo(old);
-	if (slot < 0)
-		slot = 0;				/* more callers than slots: reuse */
-	result_descs[slot].fn_oid = fn;
-	result_descs[slot].desc = td;
+	result_descs[nresult_descs].fn_oid = fn;
+	result_descs[nresult_descs].desc = td;
+	nresult_descs++;
 	return td;
 }
 
@@ -456,9 +463,9 @@ ai_status_row(ReturnSetInfo *rsinfo, AiStatusCopy *c, TimestampTz now, const AiC
 	v[6] = Int64GetDatum((int64) ai_tokens_count(e, now));
 	v[7] = ai_money_to_numeric(c->reserved);
 	v[8] = Int32GetDatum(c->nresv);
-	v[9] = ai_money_to_numeric(e->inflight_cost);
+	v[9] = ai_money_to_numeric(ai_inflight_cost(e));
 	if (ai_spend_is_cached(e, cal->month))
-		v[10] = ai_money_to_numeric(ai_money_add(e->committed_spend, e->inflight_cost));
+		v[10] = ai_money_to_numeric(ai_money_add(e->committed_spend, ai_inflight_cost(e)));
 	else
 		nl[10] = true;
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
@@ -599,24 +606,44 @@ ai_ratelimit_reset_stats(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* ai_ratelimit_saves(): the last good save of the counters and the failures */
+/*
+ * ai_ratelimit_saves(): the last good save of the counters, the failures,
+ * the last time counters went to the WAL, the saver process (NULL when it
+ * is not running), when it started and how often, and when the reservation
+ * id ceiling was last saved.  A 1.3 definition asks for the first two.
+ */
 Datum
 ai_ratelimit_saves(PG_FUNCTION_ARGS)
 {
 	TupleDesc	td;
-	Datum		values[2];
-	bool		nulls[2] = {0};
-	TimestampTz last;
+	Datum		values[7];
+	bool		nulls[7] = {0};
+	TimestampTz times[4];
+	uint32		pid;
 
 	ai_require_loaded();
-	last = (TimestampTz) pg_atomic_read_u64(&ai_shared->last_save);
 	if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "ai_ratelimit_saves must return a composite type");
+	if (td->natts != 2 && td->natts != 7)
+		elog(ERROR, "ai_ratelimit_saves: result type has %d columns", td->natts);
 	td = BlessTupleDesc(td);
-	if (last != 0)
-		values[0] = TimestampTzGetDatum(last);
-	else
-		nulls[0] = true;
+	times[0] = (TimestampTz) pg_atomic_read_u64(&ai_shared->last_save);
+	times[1] = (TimestampTz) pg_atomic_read_u64(&ai_shared->last_wal);
+	times[2] = (TimestampTz) pg_atomic_read_u64(&ai_shared->saver_started);
+	times[3] = (TimestampTz) pg_atomic_read_u64(&ai_shared->ids_saved_at);
+	pid = pg_atomic_read_u32(&ai_shared->saver_pid);
+
+	values[0] = TimestampTzGetDatum(times[0]);
+	nulls[0] = (times[0] == 0);
 	values[1] = Int64GetDatum((int64) pg_atomic_read_u64(&ai_shared->save_failures));
+	values[2] = TimestampTzGetDatum(times[1]);
+	nulls[2] = (times[1] == 0);
+	values[3] = Int32GetDatum((int32) pid);
+	nulls[3] = (pid == 0);
+	values[4] = TimestampTzGetDatum(times[2]);
+	nulls[4] = (times[2] == 0);
+	values[5] = Int32GetDatum((int32) pg_atomic_read_u32(&ai_shared->saver_starts));
+	values[6] = TimestampTzGetDatum(times[3]);
+	nulls[6] = (times[3] == 0);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(td, values, nulls)));
 }

@@ -156,9 +156,17 @@ ai_insert_usage(const AiRecordCall *r, Datum cost_num)
 	if (!r->has_resv)
 		nulls[9] = 'n';
 	ai_as_owner_begin(&st);
+	/* the flag must not outlive the insert, even one that fails */
 	recording = true;
-	rc = SPI_execute_plan(plan, vals, nulls, false, 0);
-	recording = false;
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(plan, vals, nulls, false, 0);
+	}
+	PG_FINALLY();
+	{
+		recording = false;
+	}
+	PG_END_TRY();
 	ai_as_owner_end(&st);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "ai_ratelimit: usage insert failed: %s", SPI_result_code_string(rc));
@@ -171,37 +179,34 @@ ai_insert_usage(const AiRecordCall *r, Datum cost_num)
  * named one is not open.  Caller holds the partition lock.
  */
 static int64
-ai_settle_begin(const AiRecordCall *r, AiEntry *e, bool *missing)
+ai_settle_begin(const AiRecordCall *r, AiEntry *e, int32 *slot, bool *missing)
 {
-	int64		settle_id = 0;
+	int32		s = -1;
 	AiReservation *res;
 
 	if (r->has_resv)
 	{
-		res = ai_resv_slot(r->resv_id);
-		if (res && res->id == r->resv_id && res->state == AI_RESV_OPEN &&
-			memcmp(&res->key, &e->key, sizeof(AiKey)) == 0)
-			settle_id = r->resv_id;
-		else
+		s = ai_resv_find(e, r->resv_id);
+		if (s < 0 || ai_shared->resv[s].state != AI_RESV_OPEN)
+		{
 			*missing = true;
+			return 0;
+		}
 	}
 	else
 	{
-		for (int32 s = e->resv_head; s >= 0; s = ai_shared->resv[s].next)
+		for (s = e->resv_head; s >= 0; s = ai_shared->resv[s].next)
 			if (ai_shared->resv[s].state == AI_RESV_OPEN &&
 				ai_shared->resv[s].expires_at > r->now)
-			{
-				settle_id = ai_shared->resv[s].id;
 				break;
-			}
+		if (s < 0)
+			return 0;
 	}
-	if (settle_id > 0)
-	{
-		res = ai_resv_slot(settle_id);
-		res->state = AI_RESV_SETTLING;
-		e->reserved -= res->amount;
-	}
-	return settle_id;
+	res = &ai_shared->resv[s];
+	res->state = AI_RESV_SETTLING;
+	ai_resv_unreserve(e, res->amount);
+	*slot = s;
+	return res->id;
 }
 
 /*
@@ -219,12 +224,12 @@ ai_alerts_crossed(const AiRecordCall *r, AiEntry *e, const AiPlan *eff,
 
 	if (!ai_spend_is_cached(e, r->cal.month))
 		return 0;
-	before = ai_money_add(e->committed_spend, e->inflight_cost);
+	before = ai_money_add(e->committed_spend, ai_inflight_cost(e));
 	*after = ai_money_add(before, r->cost);
 	for (int k = 0; k < eff->nalerts; k++)
 	{
 		int32		pct = eff->alert_percent[k];
-		AiMoney		t = (eff->budget / 100) * pct + (eff->budget % 100) * pct / 100;
+		AiMoney		t = ai_money_percent(eff->budget, pct);
 
 		if (pct > 0 && before < t && *after >= t && (e->alerts_sent & (1U << k)) == 0)
 		{
@@ -254,7 +259,7 @@ ai_count_call(const AiRecordCall *r, AiEntry *e, AiCharge *charge)
 	*bucket += charge->tokens;
 
 	e->inflight++;
-	e->inflight_cost = ai_money_add(e->inflight_cost, r->cost);
+	int128_add_int64(&e->inflight_cost, r->cost);
 	e->recorded_total = (AiMoney) ((uint64) e->recorded_total + (uint64) r->cost);
 	e->change_seq++;
 	ai_entry_changed(e);
@@ -301,7 +306,7 @@ ai_record(const char *user_id, int idlen, const char *model,
 		 * before the row is inserted, so the load cannot count it.
 		 */
 		want_alerts = ai_ensure_spend(&key, hashcode, user_id, idlen, &r.cal,
-									  r.now, &ignored);
+									  r.now, true, &ignored);
 	}
 	/* after a crash: drop reservations settled since the last save first */
 	ai_resv_drop_settled(&key, hashcode, user_id, idlen);
@@ -325,7 +330,7 @@ ai_record(const char *user_id, int idlen, const char *model,
 		ai_config_bump_at_end(AI_GEN_USAGE);
 		return cost_num;
 	}
-	charge.resv_id = ai_settle_begin(&r, e, &resv_missing);
+	charge.resv_id = ai_settle_begin(&r, e, &charge.resv_slot, &resv_missing);
 	if (want_alerts)
 		nfired = ai_alerts_crossed(&r, e, &eff, &charge.alert_bits, fired, &spend_after);
 	ai_count_call(&r, e, &charge);

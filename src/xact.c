@@ -85,20 +85,15 @@ ai_charge_end(AiCharge *c, bool commit)
 				e->burst[c->burst_bucket % AI_BURST_RING]--;
 			if (c->day >= 0 && e->day == c->day && e->daily_count > 0)
 				e->daily_count--;
-			if (c->resv_id > 0)
-			{
-				AiReservation *r = ai_resv_slot(c->resv_id);
-
-				if (r && r->id == c->resv_id)
-					ai_resv_free(e, (int32) (c->resv_id & AI_RESV_SLOT_MASK));
-			}
+			if (c->resv_id > 0 && ai_shared->resv[c->resv_slot].id == c->resv_id)
+				ai_resv_free(e, c->resv_slot);
 		}
 	}
 	else
 	{
 		ai_partition_changed(hashcode);	/* a settled reservation may free it */
 		e->inflight--;
-		e->inflight_cost -= c->cost;
+		int128_add_int64(&e->inflight_cost, -c->cost);
 		e->change_seq++;
 		if (!commit)
 		{
@@ -113,12 +108,12 @@ ai_charge_end(AiCharge *c, bool commit)
 			e->committed_spend = ai_money_add(e->committed_spend, c->cost);
 		if (c->resv_id > 0)
 		{
-			AiReservation *r = ai_resv_slot(c->resv_id);
+			AiReservation *r = &ai_shared->resv[c->resv_slot];
 
-			if (r && r->id == c->resv_id && r->state == AI_RESV_SETTLING)
+			if (r->id == c->resv_id && r->state == AI_RESV_SETTLING)
 			{
 				if (commit)
-					ai_resv_free(e, (int32) (c->resv_id & AI_RESV_SLOT_MASK));
+					ai_resv_free(e, c->resv_slot);
 				else
 				{
 					r->state = AI_RESV_OPEN;

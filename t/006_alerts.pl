@@ -75,6 +75,17 @@ foreach my $i (1 .. 2)
 }
 is(scalar(@all), 1, 'two calls that together cross 50% send one alert');
 
+# a threshold above 100% of a budget near the top of the money range:
+# 256% of 72,057,594.037927937 dollars is past what 64 bits hold, so the
+# threshold is out of reach (it once wrapped to a fraction of a cent)
+$node->safe_psql('postgres', q{
+INSERT INTO ai_plans (plan, monthly_budget_cents, alert_percents)
+VALUES ('vast', 7205759403.7927937, '{256}');
+INSERT INTO ai_user_plans VALUES ('dee', 'vast');
+});
+@got = listen_and_run("SELECT ai_record_usage('dee', 'gpt-4o', 0, 1000);");
+is(scalar(@got), 0, 'a threshold past the money range never fires on a 1-cent call');
+
 is($node->safe_psql('postgres', 'SELECT count(*) FROM ai_ratelimit_verify()'), '0',
 	'the shared state is consistent');
 $node->stop;
