@@ -72,8 +72,10 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
                             det = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
-    RAISE NOTICE 'sqlstate %, message "%", detail matches: %, hint "%"',
-        st, msg, (regexp_match(det, '^retry after (\d+) seconds$'))[1]::int BETWEEN 1 AND 63, hint;
+    RAISE NOTICE 'sqlstate %, message "%", detail matches: %, hint: limited by %, limit %, used %, retryable %, retry_after as in detail: %',
+        st, msg, (regexp_match(det, '^retry after (\d+) seconds$'))[1]::int BETWEEN 1 AND 63,
+        hint::json->>'limited_by', hint::json->>'limit', hint::json->>'used', hint::json->>'retryable',
+        (hint::json->>'retry_after') = (regexp_match(det, '^retry after (\d+) seconds$'))[1];
 END $$;
 -- the caller's transaction is aborted
 BEGIN;

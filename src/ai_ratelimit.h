@@ -344,6 +344,16 @@ extern bool ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampT
 extern void ai_entry_forget(AiEntry *e);
 extern void ai_resv_free(AiEntry *entry, int32 slot);
 extern void ai_resv_unreserve(AiEntry *entry, AiMoney amount);
+
+/* What ai_resv_release found. */
+typedef enum AiReleaseResult
+{
+	AI_RELEASE_DONE,			/* it was open: its estimate is given back */
+	AI_RELEASE_EXPIRED,			/* it had expired (held nothing): freed */
+	AI_RELEASE_SETTLING,		/* a record in an open transaction settles it */
+	AI_RELEASE_NOT_FOUND		/* released, settled, expired and swept, or never ours */
+} AiReleaseResult;
+extern AiReleaseResult ai_resv_release(int64 id, TimestampTz now);
 extern AiMoney ai_resv_open_amount(AiEntry *entry, TimestampTz now);
 
 /* Note that something to save changed, for the saver (persist.c). */
@@ -598,6 +608,7 @@ extern void ai_as_owner_end(AiInternalState *st);
 extern const char *ai_ext_schema(void);
 extern Oid	ai_ext_owner(void);
 extern bool ai_ext_has_user_limits(void);
+extern bool ai_ext_has_relation(const char *name);
 extern void ai_spi_read(const char *sql, int nargs, Oid *types, Datum *values);
 extern bool ai_spi_col(HeapTuple tup, TupleDesc td, int col, Datum *d);
 extern void ai_decode_limits(HeapTuple tup, TupleDesc td, int first, AiLimitCols *l);
@@ -658,7 +669,14 @@ typedef struct AiDecision
 	const char *limited_by;		/* NULL, or the refusing layer's name */
 	AiOutcome	outcome;
 	char	   *error;
-	int32		retry_after;	/* seconds, when denied */
+	int32		retry_after;	/* seconds, when denied; -1: a retry cannot succeed */
+	bool		retryable;		/* denied: can a retry succeed, in this window or later */
+	/* denied: the refusing layer's numbers (no numbers for a block) */
+	bool		has_facts;
+	bool		facts_money;	/* in money units (budget), else requests or tokens */
+	int64		fact_limit;
+	int64		fact_used;
+	int64		fact_held;		/* budget: held by requests in flight */
 	bool		has_remaining;
 	int32		remaining;
 	TimestampTz reset_at;

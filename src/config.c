@@ -54,6 +54,7 @@ static bool drop_at_commit = false;	/* this transaction drops the extension */
 static SubTransactionId drop_subxid = InvalidSubTransactionId;	/* ... in this one */
 static object_access_hook_type prev_object_access_hook = NULL;
 static Oid	ext_owner = InvalidOid;
+static Oid	ext_nsp = InvalidOid;	/* the extension's schema */
 static bool ext_has_1_2 = false;	/* ai_user_limits and the 1.2 plan columns */
 
 typedef struct PriceEntry
@@ -91,6 +92,7 @@ ai_load_extension_info(void)
 	nsp = ((Form_pg_extension) GETSTRUCT(tup))->extnamespace;
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
+	ext_nsp = nsp;
 
 	if (ext_schema)
 		pfree(ext_schema);
@@ -124,6 +126,18 @@ ai_ext_owner(void)
 	if (!OidIsValid(ext_owner) || ai_ext_info_stale())
 		ai_load_extension_info();
 	return ext_owner;
+}
+
+/*
+ * Does the extension's schema hold this relation now?  For rare paths of a
+ * later script version (ai_alerts, 1.4); not cached.
+ */
+bool
+ai_ext_has_relation(const char *name)
+{
+	if (ai_ext_info_stale())
+		ai_load_extension_info();
+	return OidIsValid(get_relname_relid(name, ext_nsp));
 }
 
 /* Does this database's version of the extension have ai_user_limits (1.2)? */

@@ -52,7 +52,15 @@ typedef struct AiVerdict
 {
 	AiOutcome	outcome;		/* AI_OUT_ALLOWED, or the refusing layer */
 	bool		retry_never;	/* no retry can succeed under this plan */
+	bool		held_only;		/* budget: only requests in flight stand in the way */
 	TimestampTz retry_at;		/* otherwise: the earliest retry that may */
+	bool		retryable;		/* a retry can succeed (later in this window or after it) */
+	/* the refusing layer's limit, what is used and held (none for a block) */
+	bool		has_facts;
+	bool		facts_money;
+	int64		limit;
+	int64		used;
+	int64		held;
 } AiVerdict;
 
 static bool
@@ -61,7 +69,21 @@ ai_refuse(AiVerdict *v, AiOutcome outcome, bool never, TimestampTz retry_at)
 	v->outcome = outcome;
 	v->retry_never = never;
 	v->retry_at = retry_at;
+	v->retryable = !never;
 	return true;
+}
+
+/* The numbers behind a refusal, for a program to act on. */
+static bool
+ai_refuse_with(AiVerdict *v, AiOutcome outcome, bool never, TimestampTz retry_at,
+			   int64 limit, int64 used, int64 held, bool money)
+{
+	v->has_facts = true;
+	v->facts_money = money;
+	v->limit = limit;
+	v->used = used;
+	v->held = held;
+	return ai_refuse(v, outcome, never, retry_at);
 }
 
 /* A user with no counters: the check reads an all-zero entry of its own. */
@@ -148,8 +170,11 @@ ai_refused_by_block(const AiCheck *c, AiVerdict *v)
 
 	if (!plan->blocked || plan->blocked_until <= c->now)
 		return false;
-	return ai_refuse(v, AI_OUT_BLOCKED, TIMESTAMP_NOT_FINITE(plan->blocked_until),
+	(void) ai_refuse(v, AI_OUT_BLOCKED, TIMESTAMP_NOT_FINITE(plan->blocked_until),
 					 plan->blocked_until);
+	/* a block is an operator's decision: no retry is worth making */
+	v->retryable = false;
+	return true;
 }
 
 static bool
@@ -163,11 +188,12 @@ ai_refused_by_burst(AiCheck *c, AiVerdict *v)
 	if (c->live)
 		ai_burst_advance(e, plan->burst_window_ms, c->now);
 	if (plan->burst_limit <= 0)
-		return ai_refuse(v, AI_OUT_BURST, true, 0);
+		return ai_refuse_with(v, AI_OUT_BURST, true, 0, 0, 0, 0, false);
 	if (e->burst_window_ms == plan->burst_window_ms &&
 		ai_burst_count(e, c->now) >= (uint32) plan->burst_limit)
-		return ai_refuse(v, AI_OUT_BURST, false,
-						 ai_burst_retry_at(e, plan->burst_limit, c->now));
+		return ai_refuse_with(v, AI_OUT_BURST, false,
+							  ai_burst_retry_at(e, plan->burst_limit, c->now),
+							  plan->burst_limit, ai_burst_count(e, c->now), 0, false);
 	return false;
 }
 
@@ -182,7 +208,8 @@ ai_refused_by_daily(const AiCheck *c, AiVerdict *v, AiDecision *d)
 		return false;
 	used = (c->entry->day == c->cal.day) ? c->entry->daily_count : 0;
 	if (used >= (uint32) Max(plan->daily_limit, 0))
-		return ai_refuse(v, AI_OUT_DAILY, plan->daily_limit <= 0, c->cal.day_end);
+		return ai_refuse_with(v, AI_OUT_DAILY, plan->daily_limit <= 0, c->cal.day_end,
+							  Max(plan->daily_limit, 0), used, 0, false);
 	d->has_remaining = true;
 	d->remaining = plan->daily_limit - (int32) used - 1;
 	return false;
@@ -207,10 +234,11 @@ ai_refused_by_tokens(AiCheck *c, AiVerdict *v)
 		!(c->est_tokens == 0 && used >= limit))
 		return false;
 	if (limit == 0 || (uint64) c->est_tokens > limit)
-		return ai_refuse(v, AI_OUT_TOKENS, true, 0);
-	return ai_refuse(v, AI_OUT_TOKENS, false,
-					 ai_tokens_retry_at(c->entry, limit,
-										(uint64) Max(c->est_tokens, 1), c->now));
+		return ai_refuse_with(v, AI_OUT_TOKENS, true, 0, (int64) limit, (int64) used, 0, false);
+	return ai_refuse_with(v, AI_OUT_TOKENS, false,
+						  ai_tokens_retry_at(c->entry, limit,
+											 (uint64) Max(c->est_tokens, 1), c->now),
+						  (int64) limit, (int64) used, 0, false);
 }
 
 /*
@@ -272,10 +300,18 @@ ai_refused_by_budget(AiCheck *c, AiVerdict *v)
 		spend = ai_money_add(e->committed_spend, ai_inflight_cost(e));
 	else
 		spend = c->fallback_spend;
+	/* a budget of 0 cuts the user off, with or without an estimate */
+	if (plan->budget <= 0)
+		return ai_refuse_with(v, AI_OUT_BUDGET, true, 0, 0, spend, reserved, true);
 	if (ai_money_add(ai_money_add(spend, reserved), c->est) <= plan->budget)
 		return false;
-	return ai_refuse(v, AI_OUT_BUDGET, false,
-					 ai_budget_retry_at(e, spend, c->est, plan->budget, &c->cal, c->now));
+	v->held_only = reserved > 0 && ai_money_add(spend, c->est) <= plan->budget;
+	(void) ai_refuse_with(v, AI_OUT_BUDGET, false,
+						  ai_budget_retry_at(e, spend, c->est, plan->budget, &c->cal, c->now),
+						  plan->budget, spend, reserved, true);
+	/* retry soon only when requests in flight hold the room; spent is spent */
+	v->retryable = v->held_only;
+	return true;
 }
 
 /* What ai_take_charge did. */
@@ -379,9 +415,9 @@ ai_local_time_words(TimestampTz t)
 
 /* The message of a refusal, in the article's words. */
 static char *
-ai_refusal_message(AiOutcome outcome, const AiPlan *plan)
+ai_refusal_message(const AiVerdict *v, const AiPlan *plan)
 {
-	switch (outcome)
+	switch (v->outcome)
 	{
 		case AI_OUT_BLOCKED:
 			if (TIMESTAMP_NOT_FINITE(plan->blocked_until))
@@ -399,6 +435,9 @@ ai_refusal_message(AiOutcome outcome, const AiPlan *plan)
 			return psprintf("Token limit: " INT64_FORMAT " tokens/minute on %s plan",
 							plan->tokens_per_minute, plan->name);
 		case AI_OUT_BUDGET:
+			/* what was recorded fits: say it is held, not exceeded */
+			if (v->held_only)
+				return pstrdup("Monthly AI budget held by requests in flight");
 			return pstrdup("Monthly AI budget exceeded");
 		default:
 			return NULL;
@@ -417,7 +456,7 @@ ai_check_untracked(AiCheck *c, AiVerdict *v)
 	pg_atomic_fetch_add_u64(&ai_shared->full_refusals, 1);
 	if (ai_on_full == AI_ON_FULL_REFUSE)
 		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 				 errmsg("ai_ratelimit cannot track another user: all %d counters are in use", ai_max_keys),
 				 errdetail("Every counter holds a live burst window, daily count or reservation."),
 				 errhint("Raise ai_ratelimit.max_keys and restart, or set ai_ratelimit.on_full = 'allow'.")));
@@ -425,7 +464,7 @@ ai_check_untracked(AiCheck *c, AiVerdict *v)
 	if (ai_refused_by_block(c, v) || ai_refused_by_budget(c, v))
 		return;
 	ereport(WARNING,
-			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 			 errmsg("ai_ratelimit allowed a request without counting it: all %d counters are in use", ai_max_keys),
 			 errdetail("Blocks and the monthly budget were checked; burst, daily and token limits were not."),
 			 errhint("Raise ai_ratelimit.max_keys and restart.")));
@@ -468,9 +507,8 @@ ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 
 again:
 	memset(d, 0, sizeof(*d));
+	memset(&v, 0, sizeof(v));
 	v.outcome = AI_OUT_ALLOWED;
-	v.retry_never = false;
-	v.retry_at = 0;
 	locked = ai_check_lock_entry(&c);
 	if (!locked)
 		ai_check_untracked(&c, &v);
@@ -494,10 +532,10 @@ again:
 		{
 			LWLockRelease(c.lock);
 			ereport(ERROR,
-					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 					 errmsg("ai_ratelimit cannot hold another reservation: all %d are in use",
 							ai_max_reservations),
-					 errhint("Settle reservations with ai_record_usage, or raise ai_ratelimit.max_reservations and restart.")));
+					 errhint("Settle reservations with ai_record_usage or give them back with ai_release_reservation, or raise ai_ratelimit.max_reservations and restart.")));
 		}
 	}
 	if (locked)
@@ -517,8 +555,14 @@ again:
 		return;
 	}
 	d->limited_by = ai_outcome_name(v.outcome);
-	d->error = ai_refusal_message(v.outcome, plan);
+	d->error = ai_refusal_message(&v, plan);
 	d->has_remaining = false;
+	d->retryable = v.retryable;
+	d->has_facts = v.has_facts;
+	d->facts_money = v.facts_money;
+	d->fact_limit = v.limit;
+	d->fact_used = v.used;
+	d->fact_held = v.held;
 	if (v.retry_never)
 		d->retry_after = -1;
 	else

@@ -954,6 +954,57 @@ ai_resv_free(AiEntry *entry, int32 slot)
 }
 
 /*
+ * Give back a reservation of this database by its id (ai_release_reservation):
+ * its slot is found by the index, then confirmed under its owner's
+ * partition lock.  Caller holds no lock.
+ */
+AiReleaseResult
+ai_resv_release(int64 id, TimestampTz now)
+{
+	int32		cell;
+	int32		slot = -1;
+	AiKey		key;
+	uint32		hashcode;
+	LWLock	   *lock;
+	AiEntry    *e;
+	AiReleaseResult result = AI_RELEASE_NOT_FOUND;
+
+	if (id <= 0)
+		return AI_RELEASE_NOT_FOUND;
+	LWLockAcquire(ai_shared->resv_lock, LW_SHARED);
+	cell = ai_resv_index_cell(id);
+	if (cell >= 0)
+	{
+		slot = ai_resv_index[cell];
+		key = ai_shared->resv[slot].key;
+	}
+	LWLockRelease(ai_shared->resv_lock);
+	if (slot < 0 || key.dbid != MyDatabaseId)
+		return AI_RELEASE_NOT_FOUND;
+
+	hashcode = ai_key_hash(&key);
+	lock = ai_partition_lock(hashcode);
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = ai_entry_lookup(&key, hashcode, false, now, NULL, 0);
+	/* the slot may have been freed and reused since the look */
+	if (e != NULL && ai_resv_find(e, id) == slot)
+	{
+		AiReservation *r = &ai_shared->resv[slot];
+
+		if (r->state == AI_RESV_SETTLING)
+			result = AI_RELEASE_SETTLING;
+		else
+		{
+			result = r->expires_at > now ? AI_RELEASE_DONE : AI_RELEASE_EXPIRED;
+			ai_resv_free(e, slot);
+			ai_partition_changed(hashcode);
+		}
+	}
+	LWLockRelease(lock);
+	return result;
+}
+
+/*
  * Drop the entry's expired open reservations and return what the rest
  * hold.  Caller must hold the entry's partition lock exclusively.
  */

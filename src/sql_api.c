@@ -15,6 +15,8 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
+#include "utils/datetime.h"
+#include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -32,8 +34,11 @@ PG_FUNCTION_INFO_V1(ai_ratelimit_status);
 PG_FUNCTION_INFO_V1(ai_ratelimit_stats);
 PG_FUNCTION_INFO_V1(ai_ratelimit_reset_stats);
 PG_FUNCTION_INFO_V1(ai_ratelimit_saves);
+PG_FUNCTION_INFO_V1(ai_release_reservation);
 
-#define RESULT_NATTS 7
+/* ai_limit_result: 7 columns up to 1.3; 1.4 adds limit_value, used, held, retryable */
+#define RESULT_NATTS_13 7
+#define RESULT_NATTS 11
 
 /*
  * Result row descriptors of the check functions, one per function oid
@@ -62,7 +67,7 @@ ai_result_desc(FunctionCallInfo fcinfo)
 			return result_descs[i].desc;
 	if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "ai_ratelimit: function must return a composite type");
-	if (td->natts != RESULT_NATTS)
+	if (td->natts != RESULT_NATTS && td->natts != RESULT_NATTS_13)
 		elog(ERROR, "ai_ratelimit: result type has %d columns, expected %d",
 			 td->natts, RESULT_NATTS);
 	if (nresult_descs == maxresult_descs)
@@ -144,11 +149,83 @@ ai_arg_plan(FunctionCallInfo fcinfo, int argno, const char *user_id, int len, Ai
 	ai_apply_user_limits(user_id, len, out);
 }
 
+/* A number of a refusal: cents for the budget, else requests or tokens. */
+static Datum
+ai_fact_numeric(const AiDecision *d, int64 v)
+{
+	if (d->facts_money)
+		return ai_money_to_numeric(v);
+	return DirectFunctionCall1(int8_numeric, Int64GetDatum(v));
+}
+
+/*
+ * A refusal in a stable form for programs, as JSON: the keys limited_by,
+ * limit, used, held, reset_at, retry_after and retryable, with null where a
+ * value does not apply.  ai_enforce_limit sends it as the error's HINT.
+ */
+static char *
+ai_refusal_json(const AiDecision *d)
+{
+	StringInfoData b;
+
+	initStringInfo(&b);
+	appendStringInfoString(&b, "{\"limited_by\": ");
+	escape_json(&b, d->limited_by);
+	if (d->has_facts)
+		appendStringInfo(&b, ", \"limit\": %s, \"used\": %s, \"held\": %s",
+						 DatumGetCString(DirectFunctionCall1(numeric_out, ai_fact_numeric(d, d->fact_limit))),
+						 DatumGetCString(DirectFunctionCall1(numeric_out, ai_fact_numeric(d, d->fact_used))),
+						 DatumGetCString(DirectFunctionCall1(numeric_out, ai_fact_numeric(d, d->fact_held))));
+	else
+		appendStringInfoString(&b, ", \"limit\": null, \"used\": null, \"held\": null");
+	appendStringInfoString(&b, ", \"reset_at\": ");
+	if (d->has_reset_at)
+	{
+		char		buf[MAXDATELEN + 1];
+		struct pg_tm tm;
+		fsec_t		fsec;
+
+		/* ISO 8601 in UTC, as JSON clients parse it */
+		if (timestamp2tm(d->reset_at, NULL, &tm, &fsec, NULL, NULL) == 0)
+		{
+			EncodeDateTime(&tm, fsec, false, 0, NULL, USE_XSD_DATES, buf);
+			appendStringInfo(&b, "\"%sZ\"", buf);
+		}
+		else
+			appendStringInfoString(&b, "null");
+	}
+	else
+		appendStringInfoString(&b, "null");
+	if (d->retry_after >= 0)
+		appendStringInfo(&b, ", \"retry_after\": %d", d->retry_after);
+	else
+		appendStringInfoString(&b, ", \"retry_after\": null");
+	appendStringInfo(&b, ", \"retryable\": %s}", d->retryable ? "true" : "false");
+	return b.data;
+}
+
+/* Why no retry can succeed, for ai_enforce_limit's DETAIL. */
+static const char *
+ai_never_words(const AiDecision *d)
+{
+	switch (d->outcome)
+	{
+		case AI_OUT_BLOCKED:
+			return "this user is blocked until the block is lifted: a retry cannot succeed";
+		case AI_OUT_BUDGET:
+			return "this user's monthly budget is 0: a retry cannot succeed";
+		case AI_OUT_TOKENS:
+			return "the request needs more tokens than this plan allows in a minute: a retry cannot succeed";
+		default:
+			return "this plan allows no requests: a retry cannot succeed";
+	}
+}
+
 static Datum
 ai_decision_datum(FunctionCallInfo fcinfo, const AiDecision *d)
 {
 	Datum		values[RESULT_NATTS];
-	bool		nulls[RESULT_NATTS];
+	bool		nulls[RESULT_NATTS];	/* a 1.3 type forms from the first 7 */
 	TupleDesc	td = ai_result_desc(fcinfo);
 
 	memset(nulls, 0, sizeof(nulls));
@@ -177,6 +254,17 @@ ai_decision_datum(FunctionCallInfo fcinfo, const AiDecision *d)
 		values[6] = Int64GetDatum(d->reservation_id);
 	else
 		nulls[6] = true;
+	/* the refusing layer's numbers and whether a retry can succeed */
+	if (d->has_facts)
+	{
+		values[7] = ai_fact_numeric(d, d->fact_limit);
+		values[8] = ai_fact_numeric(d, d->fact_used);
+		values[9] = ai_fact_numeric(d, d->fact_held);
+	}
+	else
+		nulls[7] = nulls[8] = nulls[9] = true;
+	values[10] = BoolGetDatum(d->retryable);
+	nulls[10] = d->allowed;
 	return HeapTupleGetDatum(heap_form_tuple(td, values, nulls));
 }
 
@@ -234,8 +322,9 @@ ai_enforce_limit(PG_FUNCTION_ARGS)
 				 errmsg("%s", d.error),
 				 d.retry_after >= 0 ?
 				 errdetail("retry after %d seconds", d.retry_after) :
-				 errdetail("this plan allows no requests: a retry cannot succeed"),
-				 errhint("limited by %s", d.limited_by)));
+				 errdetail("%s", ai_never_words(&d)),
+				 errhint("%s", ai_refusal_json(&d)),
+				 err_generic_string(PG_DIAG_CONSTRAINT_NAME, d.limited_by)));
 	return ai_decision_datum(fcinfo, &d);
 }
 
@@ -264,6 +353,49 @@ ai_reset_limits(PG_FUNCTION_ARGS)
 	user_id = ai_arg_user_id(fcinfo, 0, &len);
 	ai_reset_user(user_id, len);
 	PG_RETURN_VOID();
+}
+
+/*
+ * ai_release_reservation(reservation_id) returns boolean: give back the
+ * estimate of a request whose AI call failed or was abandoned, at once.
+ * True when it was held; otherwise false with a NOTICE that says why
+ * (released before, settled by a record, expired): never an error, so a
+ * client may release in every failure path; NULL (a check that reserved
+ * nothing) gives NULL.  Not undone by a rollback:
+ * the call it stood for did not happen either way.
+ */
+Datum
+ai_release_reservation(PG_FUNCTION_ARGS)
+{
+	int64		id;
+	AiReleaseResult r;
+
+	ai_require_loaded();
+	ai_require_primary("ai_release_reservation");
+	/* STRICT: a check that reserved nothing (NULL id) releases nothing */
+	id = PG_GETARG_INT64(0);
+	r = ai_resv_release(id, GetCurrentTimestamp());
+	switch (r)
+	{
+		case AI_RELEASE_DONE:
+			PG_RETURN_BOOL(true);
+		case AI_RELEASE_EXPIRED:
+			ereport(NOTICE,
+					(errmsg("reservation " INT64_FORMAT " had expired", id),
+					 errdetail("It held nothing any more; it is gone now.")));
+			break;
+		case AI_RELEASE_SETTLING:
+			ereport(NOTICE,
+					(errmsg("reservation " INT64_FORMAT " is being settled by ai_record_usage in an open transaction", id),
+					 errdetail("The record settles it when its transaction commits, and leaves it held if it rolls back.")));
+			break;
+		case AI_RELEASE_NOT_FOUND:
+			ereport(NOTICE,
+					(errmsg("reservation " INT64_FORMAT " is not open", id),
+					 errdetail("It was released or settled before, it expired, or it is not a reservation of this database; nothing was given back.")));
+			break;
+	}
+	PG_RETURN_BOOL(false);
 }
 
 static int64

@@ -53,6 +53,47 @@ ai_notify_alert(const char *user_id, const AiPlan *plan, int pct,
 	Async_Notify("ai_ratelimit", buf.data);
 }
 
+/*
+ * Keep a budget alert as a row of ai_alerts (1.4), in the recording
+ * transaction, once per user, month and threshold.  The shared alert bits
+ * let one transaction at a time fire a threshold, so the insert never waits
+ * for another's.
+ */
+static void
+ai_insert_alert(const char *user_id, int idlen, const AiPlan *plan, int pct,
+				AiMoney spend, const AiCalendar *cal, TimestampTz now)
+{
+	static const char *ins =
+	"INSERT INTO %s.ai_alerts (created_at, user_id, plan, month, threshold_percent,"
+	" spend_cents, budget_cents) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+	" ON CONFLICT ON CONSTRAINT ai_alerts_once DO NOTHING";
+	static AiKeptPlan kept;
+	static Oid	types[7] = {TIMESTAMPTZOID, TEXTOID, TEXTOID, DATEOID, INT4OID,
+	NUMERICOID, NUMERICOID};
+	Datum		vals[7];
+	AiInternalState st;
+	SPIPlanPtr	splan;
+	int			rc;
+
+	if (!ai_ext_has_relation("ai_alerts"))
+		return;					/* the database's extension is still 1.3 */
+	SPI_connect();
+	splan = ai_kept_plan(&kept, psprintf(ins, ai_ext_schema()), 7, types);
+	vals[0] = TimestampTzGetDatum(now);
+	vals[1] = PointerGetDatum(cstring_to_text_with_len(user_id, idlen));
+	vals[2] = CStringGetTextDatum(plan->name);
+	vals[3] = DateADTGetDatum(cal->month_start_date);
+	vals[4] = Int32GetDatum(pct);
+	vals[5] = ai_money_to_numeric(spend);
+	vals[6] = ai_money_to_numeric(plan->budget);
+	ai_as_owner_begin(&st);
+	rc = SPI_execute_plan(splan, vals, NULL, false, 0);
+	ai_as_owner_end(&st);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "ai_ratelimit: alert insert failed: %s", SPI_result_code_string(rc));
+	SPI_finish();
+}
+
 /* True while ai_record_usage inserts its row (the row trigger skips it). */
 static bool recording = false;
 
@@ -338,7 +379,10 @@ ai_record(const char *user_id, int idlen, const char *model,
 	ai_charge_add(&charge);
 
 	for (int k = 0; k < nfired; k++)
+	{
+		ai_insert_alert(user_id, idlen, &eff, fired[k], spend_after, &r.cal, r.now);
 		ai_notify_alert(user_id, &eff, fired[k], spend_after, &r.cal);
+	}
 	if (resv_missing)
 		ereport(WARNING,
 				(errcode(ERRCODE_WARNING),

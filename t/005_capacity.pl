@@ -33,8 +33,8 @@ is(sql("SELECT max_keys, tracked_keys, reclaimed, full_events FROM ai_ratelimit_
 my ($ret, $out, $err) = $node->psql('postgres', "SELECT * FROM ai_check_limit('u101', 'tiny')",
 	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
 isnt($ret, 0, 'a new user is refused when every counter is live');
-like($err, qr/ERROR:  53400: ai_ratelimit cannot track another user: all 100 counters are in use/,
-	'refused with SQLSTATE 53400 and a clear message');
+like($err, qr/ERROR:  53000: ai_ratelimit cannot track another user: all 100 counters are in use/,
+	'refused with SQLSTATE 53000 (insufficient resources, not a limit reached) and a clear message');
 like($err, qr/HINT:  Raise ai_ratelimit.max_keys/, 'the hint says what to do');
 is(sql(q{SELECT count(*) FROM generate_series(1, 100) g,
 	LATERAL ai_peek_limit('u' || g, 'tiny') p WHERE p.remaining = 998}),

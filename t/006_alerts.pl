@@ -86,6 +86,23 @@ INSERT INTO ai_user_plans VALUES ('dee', 'vast');
 @got = listen_and_run("SELECT ai_record_usage('dee', 'gpt-4o', 0, 1000);");
 is(scalar(@got), 0, 'a threshold past the money range never fires on a 1-cent call');
 
+# every alert is also a row, in the recording transaction: a listener that
+# was down polls them; a rolled-back record left none, repeats none
+is($node->safe_psql('postgres',
+		q{SELECT string_agg(user_id || ':' || threshold_percent || ':' || spend_cents || '/' || budget_cents, ' ' ORDER BY id) FROM ai_alerts}),
+	'ann:50:5/10 ann:80:11/10 ann:100:11/10 ben:50:51/100 cat:50:6/10',
+	'each alert is a row: user, threshold, spend and budget, once each');
+is($node->safe_psql('postgres',
+		q{SELECT count(*) FROM ai_alerts WHERE month = date_trunc('month', now() AT TIME ZONE 'UTC')::date AND plan IN ('alerting')}),
+	'5', 'with the month (first day) and the plan');
+$node->safe_psql('postgres',
+	q{UPDATE ai_alerts SET acknowledged_at = now() WHERE id IN (SELECT id FROM ai_alerts WHERE acknowledged_at IS NULL ORDER BY id LIMIT 3)});
+is($node->safe_psql('postgres', q{SELECT count(*) FROM ai_alerts WHERE acknowledged_at IS NULL}), '2',
+	'acknowledged rows leave the unhandled ones');
+@got = listen_and_run("SELECT ai_record_usage('ann', 'gpt-4o', 0, 1000);");
+is($node->safe_psql('postgres', q{SELECT count(*) FROM ai_alerts WHERE user_id = 'ann'}), '3',
+	'a later record of the month adds no row');
+
 is($node->safe_psql('postgres', 'SELECT count(*) FROM ai_ratelimit_verify()'), '0',
 	'the shared state is consistent');
 $node->stop;

@@ -30,7 +30,7 @@ my $ok = IPC::Run::run([ 'node', '--test', '--test-reporter=spec', "$dir/route.t
 note($stdout);
 note($stderr) if $stderr;
 ok($ok, 'node --test test/client/route.test.js passes');
-like($stdout, qr/pass 7/, 'all 7 client tests passed');
+like($stdout, qr/pass 8/, 'all 8 client tests passed');
 like($stdout, qr/fail 0/, 'none failed');
 
 is($node->safe_psql('postgres', 'SELECT count(*) FROM ai_ratelimit_verify()'), '0',

@@ -76,7 +76,8 @@ for my $call (q{SELECT ai_check_limit('dora', 'tight')},
 	q{SELECT ai_enforce_limit('dora', 'tight')},
 	q{SELECT ai_peek_limit('dora', 'tight')},
 	q{SELECT ai_reset_limits('dora')},
-	q{SELECT ai_record_usage('dora', 'm', 1, 1)})
+	q{SELECT ai_record_usage('dora', 'm', 1, 1)},
+	q{SELECT ai_release_reservation(1)})
 {
 	my ($fn) = $call =~ /SELECT (\w+)/;
 	like(sql($standby, "SELECT outcome(\$q\$$call\$q\$)"),

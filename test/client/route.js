@@ -5,11 +5,17 @@ import http from 'node:http'
 import pg from 'pg'
 
 // Stands in for `new Anthropic().messages.create(...)`: same response shape.
+// `failing` makes the next calls throw, like an outage of the vendor.
 export const stubModel = {
   calls: 0,
+  failing: 0,
   usage: { input_tokens: 812, output_tokens: 1045, cache_read_input_tokens: 0 },
   async create ({ model, messages }) {
     this.calls++
+    if (this.failing > 0) {
+      this.failing--
+      throw new Error('overloaded_error: the model is overloaded')
+    }
     return {
       model,
       content: [{ type: 'text', text: `echo: ${messages[0].content}` }],
@@ -50,11 +56,18 @@ export function createApp (pool, anthropic = stubModel) {
       for await (const chunk of req) body += chunk
       const { prompt } = JSON.parse(body || '{}')
 
-      const message = await anthropic.create({
-        model: MODEL,
-        max_tokens: 1024,
-        messages: [{ role: 'user', content: prompt }]
-      })
+      let message
+      try {
+        message = await anthropic.create({
+          model: MODEL,
+          max_tokens: 1024,
+          messages: [{ role: 'user', content: prompt }]
+        })
+      } catch (err) {
+        // the call failed: give its estimate back at once (NULL: nothing reserved)
+        await pool.query('SELECT ai_release_reservation($1)', [check.reservation_id])
+        return send(502, { error: err.message })
+      }
 
       // the exact cost, settling the reservation the check made
       const { rows: [rec] } = await pool.query(

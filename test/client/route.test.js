@@ -20,11 +20,12 @@ before(async () => {
         ai_check_limit(text, text, numeric), ai_check_limit(text, text, numeric, bigint),
         ai_enforce_limit(text, text, numeric), ai_peek_limit(text, text),
         ai_record_usage(text, text, bigint, bigint, bigint, bigint),
-        ai_monthly_spend(text, date)
+        ai_release_reservation(bigint), ai_monthly_spend(text, date)
     TO ai_app;
     INSERT INTO ai_plans (plan, burst_limit, daily_limit, monthly_budget_cents, alert_percents)
     VALUES ('capped', NULL, NULL, 5, '{50}');
-    INSERT INTO ai_user_plans VALUES ('script-1', 'capped'), ('watched', 'capped');`)
+    INSERT INTO ai_user_plans VALUES ('script-1', 'capped'), ('watched', 'capped'),
+                                     ('outage-1', 'capped');`)
   server = createApp(pool)
   await new Promise(resolve => server.listen(0, '127.0.0.1', resolve))
   base = `http://127.0.0.1:${server.address().port}`
@@ -96,6 +97,23 @@ test('a runaway script is stopped at its monthly budget, before the money is spe
   assert.equal(ok, 2)
   const spend = await fetch(`${base}/api/spend`, { headers: { 'x-user-id': 'script-1' } })
   assert.deepEqual(await spend.json(), { cents: '3.6222' })
+})
+
+test('failed model calls give their estimates back at once: no budget is held', async () => {
+  // a 5-cent cap and a 2-cent estimate: without the release, the third
+  // failure would already be refused for requests in flight
+  stubModel.failing = 5
+  for (let i = 0; i < 5; i++) {
+    const res = await generate('outage-1')
+    assert.equal(res.status, 502)
+  }
+  const { rows: [held] } = await admin.query(
+    "SELECT count(*)::int AS n FROM ai_ratelimit_status WHERE user_id = 'outage-1' AND reserved_cents > 0")
+  assert.equal(held.n, 0)
+  const res = await generate('outage-1')
+  assert.equal(res.status, 200)
+  const spend = await fetch(`${base}/api/spend`, { headers: { 'x-user-id': 'outage-1' } })
+  assert.deepEqual(await spend.json(), { cents: '1.8111' })
 })
 
 test('a LISTENing client receives the budget alert once', async () => {
