@@ -70,3 +70,17 @@ COMMENT ON SEQUENCE @extschema@.ai_alerts_id_seq IS
 REVOKE ALL ON @extschema@.ai_alerts FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.ai_alerts', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.ai_alerts_id_seq', '');
+
+-- Every limit that applies to a user now, counting nothing: for rate-limit
+-- headers (RateLimit-Policy, RateLimit, Retry-After), by the application
+-- role, without reading the configuration tables.
+CREATE FUNCTION @extschema@.ai_limit_state(
+    user_id text, plan text DEFAULT NULL,
+    OUT layer text, OUT limit_value numeric, OUT used numeric, OUT held numeric,
+    OUT remaining numeric, OUT reset_at timestamptz, OUT window_seconds integer)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'ai_limit_state'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.ai_limit_state(text, text) IS
+    'every limit that applies to a user now (limit, used, held, remaining, reset time, window), counting nothing: for rate-limit headers';
+REVOKE ALL ON FUNCTION @extschema@.ai_limit_state(text, text) FROM PUBLIC;

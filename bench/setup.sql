@@ -13,6 +13,16 @@ CREATE FUNCTION bench_floor(user_id text, plan text DEFAULT NULL,
 RETURNS ai_limit_result
 AS :'floor_so', 'ai_floor' LANGUAGE C VOLATILE;
 
+-- The 1.3 result shape (7 columns), answered by the same C function: the
+-- check through 1.4's result (11 columns) is compared with it.
+CREATE TYPE bench_result_13 AS (allowed boolean, error text, retry_after integer,
+                                remaining integer, limited_by text, reset_at timestamptz,
+                                reservation_id bigint);
+CREATE FUNCTION bench_check_13(user_id text, plan text DEFAULT NULL,
+                               estimated_cost_cents numeric DEFAULT 0)
+RETURNS bench_result_13
+AS 'ai_ratelimit', 'ai_check_limit' LANGUAGE C VOLATILE;
+
 -- The plain-SQL limiter: a burst row per user and minute, a daily row per
 -- user and day, each upserted under its primary key, in the caller's
 -- transaction.  The same two layers as ai_check_limit (fixed windows, which

@@ -128,3 +128,42 @@ SELECT state, detail, layer, hint->>'retryable' AS retryable, hint->>'retry_afte
 SELECT state, message, layer, hint->>'used' AS used, hint->>'held' AS held, hint->>'retryable' AS retryable
 FROM enforce_facts('ac-9', 'ten', 2);
 SELECT state IS NULL AS allowed FROM enforce_facts('ac-12', 'pro');
+
+-- ai_limit_state: every limit of a user now, counting nothing, for
+-- rate-limit headers (the application role needs no configuration table)
+INSERT INTO ai_plans (plan, burst_limit, burst_window, daily_limit, monthly_budget_cents, tokens_per_minute)
+VALUES ('ac-all', 10, '1 minute', 100, 50, 100000);
+SELECT allowed FROM checks('ac-13', 'ac-all', 3);
+SELECT allowed FROM ai_check_limit('ac-13', 'ac-all', 20);
+SELECT ai_record_usage('ac-13', 'gpt-4o', 0, 5000, 0, NULL);
+SELECT allowed FROM ai_check_limit('ac-13', 'ac-all', 7);
+SELECT layer, limit_value, used, held, remaining,
+       CASE WHEN layer = 'monthly_budget'
+            THEN window_seconds = extract(epoch FROM date_trunc('month', clock_timestamp() AT TIME ZONE 'UTC')
+                                          + interval '1 month' - date_trunc('month', clock_timestamp() AT TIME ZONE 'UTC'))
+            ELSE window_seconds IN (60, 86400) END AS window_ok,
+       CASE layer WHEN 'daily' THEN reset_at = next_midnight()
+                  WHEN 'monthly_budget' THEN reset_at = (date_trunc('month', clock_timestamp() AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC'
+                  -- the oldest counted bucket leaves: 3 s buckets for a minute of
+                  -- requests, 20 s buckets for a minute of tokens
+                  WHEN 'burst' THEN reset_at > clock_timestamp() + interval '57 seconds'
+                                    AND reset_at <= clock_timestamp() + interval '63 seconds'
+                  WHEN 'tokens' THEN reset_at > clock_timestamp() + interval '57 seconds'
+                                     AND reset_at <= clock_timestamp() + interval '80 seconds' END AS reset_ok
+FROM ai_limit_state('ac-13', 'ac-all');
+-- it counted nothing, and a user with no counters gets its limits, all unused
+SELECT used FROM ai_limit_state('ac-13', 'ac-all') WHERE layer = 'daily';
+SELECT layer, limit_value, used, remaining, reset_at IS NULL AS nothing_to_reset
+FROM ai_limit_state('ac-14', 'ac-all') WHERE layer <> 'daily' AND layer <> 'monthly_budget';
+SELECT count(*) AS counters FROM ai_ratelimit_status WHERE user_id = 'ac-14';
+-- the user's own plan and block, as a check would apply them
+SELECT layer, limit_value, remaining, reset_at IS NULL AS no_reset_time FROM ai_limit_state('ac-11');
+-- the headers an application sends, built from it (README)
+SELECT 'RateLimit-Policy: ' || string_agg(format('"%s";q=%s;w=%s', layer, limit_value, window_seconds), ', ')
+       AS policy_header
+FROM ai_limit_state('ac-13', 'ac-all') WHERE layer IN ('burst', 'daily');
+SELECT policy, rate ~ '^RateLimit: "burst";r=5;t=\d+, "daily";r=95;t=\d+$' AS rate_header_form
+FROM (SELECT 'RateLimit-Policy: ' || string_agg(format('"%s";q=%s;w=%s', layer, limit_value, window_seconds), ', ') AS policy,
+             'RateLimit: ' || string_agg(format('"%s";r=%s;t=%s', layer, remaining,
+                              coalesce(ceil(extract(epoch FROM reset_at - now()))::int, 0)), ', ') AS rate
+      FROM ai_limit_state('ac-13', 'ac-all') WHERE layer IN ('burst', 'daily')) h;

@@ -504,6 +504,7 @@ extern void ai_tokens_advance(AiEntry *e, TimestampTz now);
 extern uint64 ai_tokens_count(AiEntry *e, TimestampTz now);
 extern TimestampTz ai_tokens_retry_at(AiEntry *e, uint64 limit, uint64 need, TimestampTz now);
 extern TimestampTz ai_burst_oldest_leaves(AiEntry *e, TimestampTz now);
+extern TimestampTz ai_tokens_oldest_leave(AiEntry *e, TimestampTz now);
 extern TimestampTz ai_burst_all_leave(AiEntry *e);
 extern uint32 ai_burst_count(AiEntry *e, TimestampTz now);
 extern TimestampTz ai_burst_retry_at(AiEntry *e, uint32 limit, TimestampTz now);
@@ -688,6 +689,24 @@ extern void ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 					  Datum estimate, bool has_estimate, int64 est_tokens,
 					  bool consume, AiDecision *d);
 extern void ai_reset_user(const char *user_id, int idlen);
+
+/* One layer of a user's limits now, for rate-limit headers (ai_limit_state). */
+typedef struct AiLayerState
+{
+	const char *layer;			/* blocked, burst, daily, tokens, monthly_budget */
+	bool		money;			/* the numbers are money units (budget) */
+	bool		has_numbers;	/* false for a block */
+	int64		limit;
+	int64		used;
+	int64		held;
+	int64		remaining;
+	TimestampTz reset_at;		/* 0: nothing counts, nothing to reset */
+	int32		window_secs;
+} AiLayerState;
+
+#define AI_MAX_LAYERS			5
+extern int	ai_layer_states(const char *user_id, int idlen, const AiPlan *plan,
+							AiLayerState *out);
 
 /* spend.c */
 extern bool ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id,

@@ -574,6 +574,100 @@ again:
 }
 
 /*
+ * Every limit that applies to a user now, one AiLayerState per layer, in
+ * the order a check tests them; returns how many.  Reads only: no counter
+ * is made or changed (the lock is taken shared), so an application may
+ * call it for every response, to send rate-limit headers.
+ */
+int
+ai_layer_states(const char *user_id, int idlen, const AiPlan *plan, AiLayerState *out)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	AiCalendar	cal;
+	AiKey		key;
+	uint32		hashcode;
+	LWLock	   *lock;
+	AiEntry    *e;
+	AiMoney		spend = 0;
+	bool		spend_exact = true;
+	int			n = 0;
+
+	ai_calendar_at(now, &cal);
+	ai_make_key(&key, user_id, idlen);
+	hashcode = ai_key_hash(&key);
+	lock = ai_partition_lock(hashcode);
+	if (plan->has_budget)
+		spend_exact = ai_ensure_spend(&key, hashcode, user_id, idlen, &cal, now, false, &spend);
+
+	memset(out, 0, sizeof(AiLayerState) * AI_MAX_LAYERS);
+	LWLockAcquire(lock, LW_SHARED);
+	e = ai_entry_lookup(&key, hashcode, false, now, NULL, 0);
+	if (plan->blocked && plan->blocked_until > now)
+	{
+		out[n].layer = ai_outcome_name(AI_OUT_BLOCKED);
+		out[n].reset_at = TIMESTAMP_NOT_FINITE(plan->blocked_until) ? 0 : plan->blocked_until;
+		n++;
+	}
+	if (plan->has_burst)
+	{
+		AiLayerState *s = &out[n++];
+
+		s->layer = ai_outcome_name(AI_OUT_BURST);
+		s->has_numbers = true;
+		s->limit = Max(plan->burst_limit, 0);
+		s->used = (e && e->burst_window_ms > 0) ? ai_burst_count(e, now) : 0;
+		s->reset_at = s->used > 0 ? ai_burst_oldest_leaves(e, now) : 0;
+		s->window_secs = (plan->burst_window_ms + 999) / 1000;
+	}
+	if (plan->has_daily)
+	{
+		AiLayerState *s = &out[n++];
+
+		s->layer = ai_outcome_name(AI_OUT_DAILY);
+		s->has_numbers = true;
+		s->limit = Max(plan->daily_limit, 0);
+		s->used = (e && e->day == cal.day) ? e->daily_count : 0;
+		s->reset_at = cal.day_end;
+		s->window_secs = ai_seconds_until(cal.day_end - USECS_PER_DAY, cal.day_end);
+	}
+	if (plan->has_tpm)
+	{
+		AiLayerState *s = &out[n++];
+
+		s->layer = ai_outcome_name(AI_OUT_TOKENS);
+		s->has_numbers = true;
+		s->limit = Max(plan->tokens_per_minute, 0);
+		s->used = e ? (int64) ai_tokens_count(e, now) : 0;
+		s->reset_at = s->used > 0 ? ai_tokens_oldest_leave(e, now) : 0;
+		s->window_secs = 60;
+	}
+	if (plan->has_budget)
+	{
+		AiLayerState *s = &out[n++];
+
+		s->layer = ai_outcome_name(AI_OUT_BUDGET);
+		s->money = true;
+		s->has_numbers = true;
+		s->limit = Max(plan->budget, 0);
+		if (spend_exact && e && ai_spend_is_cached(e, cal.month))
+			spend = ai_money_add(e->committed_spend, ai_inflight_cost(e));
+		s->used = spend;
+		/* open and unexpired, without freeing the expired ones (shared lock) */
+		for (int32 sl = e ? e->resv_head : -1; sl >= 0; sl = ai_shared->resv[sl].next)
+			if (ai_shared->resv[sl].state == AI_RESV_OPEN && ai_shared->resv[sl].expires_at > now)
+				s->held = ai_money_add(s->held, ai_shared->resv[sl].amount);
+		s->reset_at = cal.month_end;
+		s->window_secs = ai_seconds_until(cal.month_start, cal.month_end);
+	}
+	LWLockRelease(lock);
+
+	for (int i = 0; i < n; i++)
+		if (out[i].has_numbers)
+			out[i].remaining = Max(out[i].limit - ai_money_add(out[i].used, out[i].held), 0);
+	return n;
+}
+
+/*
  * Forget one user's burst, daily and token counts in this database.
  * Recorded spend stays (it is in the usage tables), and so do the estimates
  * of requests in flight: they are held until their record, their release

@@ -35,6 +35,7 @@ PG_FUNCTION_INFO_V1(ai_ratelimit_stats);
 PG_FUNCTION_INFO_V1(ai_ratelimit_reset_stats);
 PG_FUNCTION_INFO_V1(ai_ratelimit_saves);
 PG_FUNCTION_INFO_V1(ai_release_reservation);
+PG_FUNCTION_INFO_V1(ai_limit_state);
 
 /* ai_limit_result: 7 columns up to 1.3; 1.4 adds limit_value, used, held, retryable */
 #define RESULT_NATTS_13 7
@@ -353,6 +354,56 @@ ai_reset_limits(PG_FUNCTION_ARGS)
 	user_id = ai_arg_user_id(fcinfo, 0, &len);
 	ai_reset_user(user_id, len);
 	PG_RETURN_VOID();
+}
+
+/*
+ * ai_limit_state(user_id, plan): one row per limit that applies to the user
+ * now (layer, limit_value, used, held, remaining, reset_at, window_seconds),
+ * read without counting anything: what an application needs for
+ * rate-limit headers.  Primary only, like a peek: a standby's counters are
+ * a copy.
+ */
+Datum
+ai_limit_state(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			len;
+	char	   *user_id;
+	AiPlan		plan;
+	AiLayerState st[AI_MAX_LAYERS];
+	int			n;
+
+	ai_require_loaded();
+	ai_require_primary("ai_limit_state");
+	user_id = ai_arg_user_id(fcinfo, 0, &len);
+	ai_arg_plan(fcinfo, 1, user_id, len, &plan);
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	n = ai_layer_states(user_id, len, &plan, st);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		v[7];
+		bool		nl[7] = {0};
+
+		v[0] = CStringGetTextDatum(st[i].layer);
+		if (st[i].has_numbers)
+		{
+			v[1] = st[i].money ? ai_money_to_numeric(st[i].limit) :
+				DirectFunctionCall1(int8_numeric, Int64GetDatum(st[i].limit));
+			v[2] = st[i].money ? ai_money_to_numeric(st[i].used) :
+				DirectFunctionCall1(int8_numeric, Int64GetDatum(st[i].used));
+			v[3] = st[i].money ? ai_money_to_numeric(st[i].held) :
+				DirectFunctionCall1(int8_numeric, Int64GetDatum(st[i].held));
+			v[4] = st[i].money ? ai_money_to_numeric(st[i].remaining) :
+				DirectFunctionCall1(int8_numeric, Int64GetDatum(st[i].remaining));
+			v[6] = Int32GetDatum(st[i].window_secs);
+		}
+		else
+			nl[1] = nl[2] = nl[3] = nl[4] = nl[6] = true;
+		v[5] = TimestampTzGetDatum(st[i].reset_at);
+		nl[5] = (st[i].reset_at == 0);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
+	}
+	return (Datum) 0;
 }
 
 /*

@@ -326,6 +326,21 @@ ai_burst_oldest_leaves(AiEntry *e, TimestampTz now)
 	return 0;
 }
 
+/*
+ * When the oldest tokens counted in the last minute leave it; 0 when none
+ * count.  Caller must hold the entry's partition lock.
+ */
+TimestampTz
+ai_tokens_oldest_leave(AiEntry *e, TimestampTz now)
+{
+	AiRing		r = ai_token_ring(e);
+
+	for (int64 j = ai_ring_lowest(&r, now); j <= r.head; j++)
+		if (r.slot[j % r.len] > 0)
+			return (j + 1) * r.width + r.window;
+	return 0;
+}
+
 /* Move the token ring to now.  Caller must hold the partition lock exclusively. */
 void
 ai_tokens_advance(AiEntry *e, TimestampTz now)
