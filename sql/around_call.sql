@@ -167,3 +167,39 @@ FROM (SELECT 'RateLimit-Policy: ' || string_agg(format('"%s";q=%s;w=%s', layer, 
              'RateLimit: ' || string_agg(format('"%s";r=%s;t=%s', layer, remaining,
                               coalesce(ceil(extract(epoch FROM reset_at - now()))::int, 0)), ', ') AS rate
       FROM ai_limit_state('ac-13', 'ac-all') WHERE layer IN ('burst', 'daily')) h;
+
+-- prompt-cache writes are priced exactly: the seeds carry the vendors'
+-- multipliers (Anthropic: 1.25x input for 5-minute writes, 2x for 1-hour)
+SELECT model, input_usd_per_mtok, cached_input_usd_per_mtok, cache_write_usd_per_mtok,
+       cache_write_1h_usd_per_mtok
+FROM ai_model_prices WHERE model IN ('claude-sonnet-4-6', 'gpt-4o', '*') ORDER BY model;
+-- (1,000 x 3 + 500 x 15 + 2,000 x 0.30 + 10,000 x 3.75 + 4,000 x 6) / 10^4 = 7.26 cents
+SELECT ai_record_usage('ac-15', 'claude-sonnet-4-6', 1000, 500, 2000, NULL, 10000, 4000);
+-- a price without cache writes bills them as input: 10,000 x 2.50 / 10^4
+SELECT ai_record_usage('ac-15', 'gpt-4o', 0, 0, 0, NULL, 10000, 0);
+-- the 6-argument form is unchanged and not ambiguous
+SELECT ai_record_usage('ac-15', 'gpt-4o', 1000, 0);
+SELECT model, cache_write_tokens, cache_write_1h_tokens, cost_cents FROM ai_usage
+WHERE user_id = 'ac-15' ORDER BY id;
+SELECT model, calls, cache_write_tokens, cache_write_1h_tokens, cost_cents FROM ai_usage_daily
+WHERE user_id = 'ac-15' ORDER BY model;
+-- retention keeps them in the per-day totals
+INSERT INTO ai_usage (created_at, day, user_id, model, priced_as, input_tokens, output_tokens,
+                      cached_input_tokens, cost_cents, cache_write_tokens, cache_write_1h_tokens)
+VALUES (now() - interval '40 days', ((now() - interval '40 days') AT TIME ZONE 'UTC')::date,
+        'ac-16', 'claude-sonnet-4-6', 'claude-sonnet-4-6', 0, 0, 0, 6, 8000, 1000);
+SELECT ai_purge_usage('30 days');
+SELECT calls, cache_write_tokens, cache_write_1h_tokens, cost_cents FROM ai_usage_archive WHERE user_id = 'ac-16';
+SELECT calls, cache_write_tokens, cache_write_1h_tokens, cost_cents FROM ai_usage_daily WHERE user_id = 'ac-16';
+-- bad counts are refused like the other token counts
+SELECT ai_record_usage('ac-15', 'gpt-4o', 0, 0, 0, NULL, -1, 0);
+SELECT ai_record_usage('ac-15', 'gpt-4o', 0, 0, 0, NULL, 0, 1000000001);
+
+-- a model without a price: a WARNING and the '*' price (the default), or,
+-- with ai_ratelimit.unknown_model = refuse, an ERROR and nothing recorded
+SET ai_ratelimit.unknown_model = 'refuse';
+SELECT ai_record_usage('ac-17', 'gpt-4o-mnii', 1000, 1000);
+SELECT count(*) AS recorded FROM ai_usage WHERE user_id = 'ac-17';
+RESET ai_ratelimit.unknown_model;
+SELECT ai_record_usage('ac-17', 'gpt-4o-mnii', 1000, 1000);
+SELECT priced_as FROM ai_usage WHERE user_id = 'ac-17';

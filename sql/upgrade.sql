@@ -40,6 +40,9 @@ SELECT max_keys > 0 AS has_max_keys, tracked_keys >= 1 AS tracks FROM ai_ratelim
 -- data and counters made under 1.0 are still there
 SELECT ai_monthly_spend('up-1');
 SELECT plan, burst_limit, ai_plan_is_seed(p) AS as_seeded FROM ai_plans p ORDER BY plan;
+-- 1.4: the seeded prices as installed get their cache write prices and stay seeds
+SELECT model, cache_write_usd_per_mtok, cache_write_1h_usd_per_mtok, ai_price_is_seed(p) AS as_seeded
+FROM ai_model_prices p ORDER BY model;
 SELECT allowed, remaining FROM ai_check_limit('up-1', 'pro');
 
 \c contrib_regression

@@ -26,10 +26,17 @@ int			ai_save_interval = 1000;
 char	   *ai_timezone_name = NULL;
 pg_tz	   *ai_timezone = NULL;
 int			ai_on_full = AI_ON_FULL_REFUSE;
+int			ai_unknown_model = AI_UNKNOWN_MODEL_WARN;
 
 static const struct config_enum_entry on_full_options[] = {
 	{"refuse", AI_ON_FULL_REFUSE, false},
 	{"allow", AI_ON_FULL_ALLOW, false},
+	{NULL, 0, false}
+};
+
+static const struct config_enum_entry unknown_model_options[] = {
+	{"warn", AI_UNKNOWN_MODEL_WARN, false},
+	{"refuse", AI_UNKNOWN_MODEL_REFUSE, false},
 	{NULL, 0, false}
 };
 
@@ -101,6 +108,11 @@ _PG_init(void)
 							 NULL,
 							 &ai_on_full, AI_ON_FULL_REFUSE, on_full_options,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomEnumVariable("ai_ratelimit.unknown_model",
+							 "What ai_record_usage does with a model that has no price: warn (and price it by the '*' row) or refuse.",
+							 NULL,
+							 &ai_unknown_model, AI_UNKNOWN_MODEL_WARN, unknown_model_options,
+							 PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("ai_ratelimit.user_cache_size",
 							"Users whose ai_user_plans and ai_user_limits rows a session keeps cached.",
 							"About 100 bytes each; when full, an eighth is dropped.",

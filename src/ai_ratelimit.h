@@ -313,6 +313,14 @@ extern char *ai_timezone_name;
 extern pg_tz *ai_timezone;
 extern int	ai_on_full;			/* AiOnFull */
 extern int	ai_user_cache_size; /* users, per backend */
+extern int	ai_unknown_model;	/* AiUnknownModel */
+
+/* What ai_record_usage does with a model that has no price (ai_ratelimit.unknown_model). */
+typedef enum AiUnknownModel
+{
+	AI_UNKNOWN_MODEL_WARN = 0,	/* price it by the '*' row, with a WARNING */
+	AI_UNKNOWN_MODEL_REFUSE		/* an ERROR: nothing is recorded */
+} AiUnknownModel;
 
 /* shmem.c */
 extern void ai_shmem_request(void);
@@ -545,6 +553,8 @@ typedef struct AiPrice
 	AiMoney		input;			/* per token, 1e-9 cent units */
 	AiMoney		output;
 	AiMoney		cached_input;
+	AiMoney		cache_write;	/* 5-minute prompt-cache writes */
+	AiMoney		cache_write_1h; /* 1-hour prompt-cache writes */
 	bool		fallback;		/* priced by the '*' row */
 	char		priced_as[AI_MAX_MODEL_LEN + 1];
 } AiPrice;
@@ -610,6 +620,7 @@ extern const char *ai_ext_schema(void);
 extern Oid	ai_ext_owner(void);
 extern bool ai_ext_has_user_limits(void);
 extern bool ai_ext_has_relation(const char *name);
+extern bool ai_ext_has_column(const char *rel, const char *column);
 extern void ai_spi_read(const char *sql, int nargs, Oid *types, Datum *values);
 extern bool ai_spi_col(HeapTuple tup, TupleDesc td, int col, Datum *d);
 extern void ai_decode_limits(HeapTuple tup, TupleDesc td, int first, AiLimitCols *l);
@@ -719,8 +730,17 @@ extern void ai_spend_xact_end(bool commit);
 /* usage.c */
 extern bool ai_recording_usage(void);
 extern void ai_record_xact_end(void);
+/* The tokens of one call, as vendors bill them. */
+typedef struct AiTokens
+{
+	int64		input;			/* uncached input */
+	int64		output;
+	int64		cached;			/* prompt-cache reads */
+	int64		cache_write;	/* prompt-cache writes, 5-minute */
+	int64		cache_write_1h; /* prompt-cache writes, 1-hour */
+} AiTokens;
+
 extern Datum ai_record(const char *user_id, int idlen, const char *model,
-					   int64 in_tok, int64 out_tok, int64 cached_tok,
-					   int64 resv_id, bool has_resv);
+					   const AiTokens *tokens, int64 resv_id, bool has_resv);
 
 #endif							/* AI_RATELIMIT_H */

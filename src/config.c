@@ -63,6 +63,8 @@ typedef struct PriceEntry
 	AiMoney		input;
 	AiMoney		output;
 	AiMoney		cached_input;
+	AiMoney		cache_write;
+	AiMoney		cache_write_1h;
 } PriceEntry;
 
 /* Find the extension's schema and owner.  Errors if it is not created. */
@@ -138,6 +140,18 @@ ai_ext_has_relation(const char *name)
 	if (ai_ext_info_stale())
 		ai_load_extension_info();
 	return OidIsValid(get_relname_relid(name, ext_nsp));
+}
+
+/* Does a relation of the extension have this column now?  Not cached. */
+bool
+ai_ext_has_column(const char *rel, const char *column)
+{
+	Oid			relid;
+
+	if (ai_ext_info_stale())
+		ai_load_extension_info();
+	relid = get_relname_relid(rel, ext_nsp);
+	return OidIsValid(relid) && get_attnum(relid, column) != InvalidAttrNumber;
 }
 
 /* Does this database's version of the extension have ai_user_limits (1.2)? */
@@ -497,7 +511,11 @@ ai_price_units(HeapTuple tup, TupleDesc td, int col)
 	return ai_money_from_numeric(scaled, false, "price") / AI_MONEY_UNITS_PER_CENT;
 }
 
-/* One row of ai_model_prices (model, input, output, cached input). */
+/*
+ * One row of ai_model_prices: model, input, output, cached input (NULL:
+ * the input price), then the cache write prices of 1.4 (NULL: the input
+ * price; the 1-hour one NULL: the 5-minute one), when the query has them.
+ */
 static void
 ai_cache_price_row(HeapTuple tup, TupleDesc td)
 {
@@ -511,6 +529,8 @@ ai_cache_price_row(HeapTuple tup, TupleDesc td)
 	p->input = ai_price_units(tup, td, 2);
 	p->output = ai_price_units(tup, td, 3);
 	p->cached_input = ai_price_units(tup, td, 4);
+	p->cache_write = td->natts >= 5 ? ai_price_units(tup, td, 5) : p->input;
+	p->cache_write_1h = td->natts >= 6 ? ai_price_units(tup, td, 6) : p->cache_write;
 }
 
 static void
@@ -524,10 +544,18 @@ ai_reload_prices(void)
 	price_cache_gen = 0;
 
 	SPI_connect();
-	ai_spi_each_row(psprintf("SELECT model, input_usd_per_mtok, output_usd_per_mtok, "
-							 "COALESCE(cached_input_usd_per_mtok, input_usd_per_mtok) "
-							 "FROM %s.ai_model_prices", ai_ext_schema()),
-					ai_cache_price_row);
+	if (ai_ext_has_column("ai_model_prices", "cache_write_usd_per_mtok"))
+		ai_spi_each_row(psprintf("SELECT model, input_usd_per_mtok, output_usd_per_mtok, "
+								 "COALESCE(cached_input_usd_per_mtok, input_usd_per_mtok), "
+								 "COALESCE(cache_write_usd_per_mtok, input_usd_per_mtok), "
+								 "COALESCE(cache_write_1h_usd_per_mtok, cache_write_usd_per_mtok, input_usd_per_mtok) "
+								 "FROM %s.ai_model_prices", ai_ext_schema()),
+						ai_cache_price_row);
+	else
+		ai_spi_each_row(psprintf("SELECT model, input_usd_per_mtok, output_usd_per_mtok, "
+								 "COALESCE(cached_input_usd_per_mtok, input_usd_per_mtok) "
+								 "FROM %s.ai_model_prices", ai_ext_schema()),
+						ai_cache_price_row);
 	SPI_finish();
 	price_cache_gen = gen;
 }
@@ -556,6 +584,8 @@ ai_price_lookup(const char *model, AiPrice *price)
 	price->input = p->input;
 	price->output = p->output;
 	price->cached_input = p->cached_input;
+	price->cache_write = p->cache_write;
+	price->cache_write_1h = p->cache_write_1h;
 	strlcpy(price->priced_as, p->model, sizeof(price->priced_as));
 }
 

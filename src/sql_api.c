@@ -475,7 +475,8 @@ ai_arg_tokens(FunctionCallInfo fcinfo, int argno, const char *name)
 
 /*
  * ai_record_usage(user_id, model, input_tokens, output_tokens,
- *				   cached_input_tokens, reservation_id) returns numeric cents
+ *				   cached_input_tokens, reservation_id
+ *				   [, cache_write_tokens, cache_write_1h_tokens]) returns numeric cents
  */
 Datum
 ai_record_usage(PG_FUNCTION_ARGS)
@@ -484,9 +485,7 @@ ai_record_usage(PG_FUNCTION_ARGS)
 	char	   *user_id;
 	char	   *model;
 	text	   *mt;
-	int64		in_tok,
-				out_tok,
-				cached_tok = 0;
+	AiTokens	tok;
 	int64		resv = 0;
 	bool		has_resv = false;
 
@@ -508,10 +507,17 @@ ai_record_usage(PG_FUNCTION_ARGS)
 				 errmsg("model name is too long"),
 				 errdetail("At most %d bytes are allowed.", AI_MAX_MODEL_LEN)));
 	model = text_to_cstring(mt);
-	in_tok = ai_arg_tokens(fcinfo, 2, "input_tokens");
-	out_tok = ai_arg_tokens(fcinfo, 3, "output_tokens");
+	memset(&tok, 0, sizeof(tok));
+	tok.input = ai_arg_tokens(fcinfo, 2, "input_tokens");
+	tok.output = ai_arg_tokens(fcinfo, 3, "output_tokens");
 	if (PG_NARGS() > 4)
-		cached_tok = ai_arg_tokens(fcinfo, 4, "cached_input_tokens");
+		tok.cached = ai_arg_tokens(fcinfo, 4, "cached_input_tokens");
+	/* 1.4: prompt-cache writes, 5-minute and 1-hour */
+	if (PG_NARGS() > 7)
+	{
+		tok.cache_write = ai_arg_tokens(fcinfo, 6, "cache_write_tokens");
+		tok.cache_write_1h = ai_arg_tokens(fcinfo, 7, "cache_write_1h_tokens");
+	}
 	if (PG_NARGS() > 5 && !PG_ARGISNULL(5))
 	{
 		resv = PG_GETARG_INT64(5);
@@ -522,7 +528,7 @@ ai_record_usage(PG_FUNCTION_ARGS)
 					 errmsg("reservation_id must be positive"),
 					 errhint("Pass the reservation_id returned by ai_check_limit, or NULL.")));
 	}
-	PG_RETURN_DATUM(ai_record(user_id, len, model, in_tok, out_tok, cached_tok, resv, has_resv));
+	PG_RETURN_DATUM(ai_record(user_id, len, model, &tok, resv, has_resv));
 }
 
 /* ai_monthly_spend(user_id, month date) returns numeric cents */

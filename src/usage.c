@@ -116,9 +116,7 @@ typedef struct AiRecordCall
 	const char *user_id;
 	int			idlen;
 	const char *model;
-	int64		in_tok;
-	int64		out_tok;
-	int64		cached_tok;
+	AiTokens	tok;
 	int64		resv_id;		/* the reservation to settle, when has_resv */
 	bool		has_resv;
 	TimestampTz now;
@@ -129,20 +127,31 @@ typedef struct AiRecordCall
 
 /*
  * The exact cost of a call: every product fits (tokens <= 1e9, per-token
- * price <= 1e9 units).  Warns when the model is priced by the '*' row.
+ * price <= 1e9 units) and the sum saturates.  A model priced by the '*'
+ * row is a WARNING, or an ERROR with ai_ratelimit.unknown_model = refuse.
  */
 static AiMoney
 ai_call_cost(AiRecordCall *r)
 {
+	const AiTokens *t = &r->tok;
+	AiMoney		cost;
+
 	ai_price_lookup(r->model, &r->price);
+	if (r->price.fallback && ai_unknown_model == AI_UNKNOWN_MODEL_REFUSE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model \"%s\" has no price in ai_model_prices", r->model),
+				 errdetail("ai_ratelimit.unknown_model is \"refuse\": nothing was recorded."),
+				 errhint("Add a row for the model to ai_model_prices, or fix the model's name.")));
 	if (r->price.fallback)
 		ereport(WARNING,
 				(errcode(ERRCODE_WARNING),
 				 errmsg("model \"%s\" has no price in ai_model_prices, priced as \"*\"", r->model),
-				 errhint("Add a row for the model to ai_model_prices.")));
-	return ai_money_add(ai_money_add(r->in_tok * r->price.input,
-									 r->out_tok * r->price.output),
-						r->cached_tok * r->price.cached_input);
+				 errhint("Add a row for the model to ai_model_prices, or set ai_ratelimit.unknown_model = 'refuse' to make this an error.")));
+	cost = ai_money_add(t->input * r->price.input, t->output * r->price.output);
+	cost = ai_money_add(cost, t->cached * r->price.cached_input);
+	cost = ai_money_add(cost, t->cache_write * r->price.cache_write);
+	return ai_money_add(cost, t->cache_write_1h * r->price.cache_write_1h);
 }
 
 /*
@@ -164,34 +173,47 @@ ai_alert_plan(const AiRecordCall *r, AiPlan *eff)
 	return eff->has_budget && eff->nalerts > 0 && eff->budget > 0;
 }
 
-/* Append the call's row to ai_usage, as the extension owner. */
+/*
+ * Append the call's row to ai_usage, as the extension owner.  Cache writes
+ * go to their 1.4 columns; a call without them inserts what every version
+ * has (the columns default to 0).
+ */
 static void
 ai_insert_usage(const AiRecordCall *r, Datum cost_num)
 {
 	static const char *ins =
 	"INSERT INTO %s.ai_usage (created_at, day, user_id, model, priced_as,"
-	" input_tokens, output_tokens, cached_input_tokens, cost_cents, reservation_id)"
-	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+	" input_tokens, output_tokens, cached_input_tokens, cost_cents, reservation_id%s)"
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10%s)";
 	static AiKeptPlan kept;
-	static Oid	types[10] = {TIMESTAMPTZOID, DATEOID, TEXTOID, TEXTOID, TEXTOID,
-	INT8OID, INT8OID, INT8OID, NUMERICOID, INT8OID};
+	static AiKeptPlan kept_writes;
+	static Oid	types[12] = {TIMESTAMPTZOID, DATEOID, TEXTOID, TEXTOID, TEXTOID,
+	INT8OID, INT8OID, INT8OID, NUMERICOID, INT8OID, INT8OID, INT8OID};
+	bool		writes = (r->tok.cache_write > 0 || r->tok.cache_write_1h > 0);
 	SPIPlanPtr	plan;
-	Datum		vals[10];
-	char		nulls[10];
+	Datum		vals[12];
+	char		nulls[12];
 	AiInternalState st;
 	int			rc;
 
 	SPI_connect();
-	plan = ai_kept_plan(&kept, psprintf(ins, ai_ext_schema()), 10, types);
+	if (writes)
+		plan = ai_kept_plan(&kept_writes,
+							psprintf(ins, ai_ext_schema(), ", cache_write_tokens, cache_write_1h_tokens",
+									 ", $11, $12"), 12, types);
+	else
+		plan = ai_kept_plan(&kept, psprintf(ins, ai_ext_schema(), "", ""), 10, types);
 	memset(nulls, ' ', sizeof(nulls));
 	vals[0] = TimestampTzGetDatum(r->now);
 	vals[1] = DateADTGetDatum(r->cal.day_date);
 	vals[2] = PointerGetDatum(cstring_to_text_with_len(r->user_id, r->idlen));
 	vals[3] = CStringGetTextDatum(r->model);
 	vals[4] = CStringGetTextDatum(r->price.priced_as);
-	vals[5] = Int64GetDatum(r->in_tok);
-	vals[6] = Int64GetDatum(r->out_tok);
-	vals[7] = Int64GetDatum(r->cached_tok);
+	vals[5] = Int64GetDatum(r->tok.input);
+	vals[6] = Int64GetDatum(r->tok.output);
+	vals[7] = Int64GetDatum(r->tok.cached);
+	vals[10] = Int64GetDatum(r->tok.cache_write);
+	vals[11] = Int64GetDatum(r->tok.cache_write_1h);
 	vals[8] = cost_num;
 	vals[9] = Int64GetDatum(r->resv_id);
 	if (!r->has_resv)
@@ -290,7 +312,8 @@ ai_alerts_crossed(const AiRecordCall *r, AiEntry *e, const AiPlan *eff,
 static void
 ai_count_call(const AiRecordCall *r, AiEntry *e, AiCharge *charge)
 {
-	uint64		total_tokens = (uint64) r->in_tok + (uint64) r->out_tok + (uint64) r->cached_tok;
+	uint64		total_tokens = (uint64) r->tok.input + (uint64) r->tok.output +
+		(uint64) r->tok.cached + (uint64) r->tok.cache_write + (uint64) r->tok.cache_write_1h;
 	uint32	   *bucket;
 
 	ai_tokens_advance(e, r->now);
@@ -313,11 +336,9 @@ ai_count_call(const AiRecordCall *r, AiEntry *e, AiCharge *charge)
  */
 Datum
 ai_record(const char *user_id, int idlen, const char *model,
-		  int64 in_tok, int64 out_tok, int64 cached_tok,
-		  int64 resv_id, bool has_resv)
+		  const AiTokens *tokens, int64 resv_id, bool has_resv)
 {
-	AiRecordCall r = {user_id, idlen, model, in_tok, out_tok, cached_tok,
-	resv_id, has_resv};
+	AiRecordCall r = {user_id, idlen, model, *tokens, resv_id, has_resv};
 	Datum		cost_num;
 	AiPlan		eff;
 	bool		want_alerts;
