@@ -252,3 +252,12 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION @extschema@.ai_record_usage(text, text, bigint, bigint, bigint, bigint, bigint, bigint) IS
     'record one AI call with its prompt-cache writes (5-minute and 1-hour) and return its exact cost in cents';
 REVOKE ALL ON FUNCTION @extschema@.ai_record_usage(text, text, bigint, bigint, bigint, bigint, bigint, bigint) FROM PUBLIC;
+
+-- The most a call can cost before it is made: the estimate for a check.
+CREATE FUNCTION @extschema@.ai_estimate_cost(model text, input_tokens bigint, max_output_tokens bigint)
+RETURNS numeric
+AS 'MODULE_PATHNAME', 'ai_estimate_cost'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.ai_estimate_cost(text, bigint, bigint) IS
+    'the most a call can cost: input tokens at the input price and every output token it may produce at the output price, in cents, from ai_model_prices';
+REVOKE ALL ON FUNCTION @extschema@.ai_estimate_cost(text, bigint, bigint) FROM PUBLIC;

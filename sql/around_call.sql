@@ -203,3 +203,9 @@ SELECT count(*) AS recorded FROM ai_usage WHERE user_id = 'ac-17';
 RESET ai_ratelimit.unknown_model;
 SELECT ai_record_usage('ac-17', 'gpt-4o-mnii', 1000, 1000);
 SELECT priced_as FROM ai_usage WHERE user_id = 'ac-17';
+
+-- the most a call can cost before it is made, from the price table: the
+-- estimate for a check (900 input tokens at $3, up to 1,024 output at $15)
+SELECT ai_estimate_cost('claude-sonnet-4-6', 900, 1024);
+SELECT ai_estimate_cost('no-such-model', 1000, 1000);
+SELECT ai_estimate_cost('gpt-4o', -1, 10);

@@ -36,6 +36,7 @@ PG_FUNCTION_INFO_V1(ai_ratelimit_reset_stats);
 PG_FUNCTION_INFO_V1(ai_ratelimit_saves);
 PG_FUNCTION_INFO_V1(ai_release_reservation);
 PG_FUNCTION_INFO_V1(ai_limit_state);
+PG_FUNCTION_INFO_V1(ai_estimate_cost);
 
 /* ai_limit_result: 7 columns up to 1.3; 1.4 adds limit_value, used, held, retryable */
 #define RESULT_NATTS_13 7
@@ -529,6 +530,50 @@ ai_record_usage(PG_FUNCTION_ARGS)
 					 errhint("Pass the reservation_id returned by ai_check_limit, or NULL.")));
 	}
 	PG_RETURN_DATUM(ai_record(user_id, len, model, &tok, resv, has_resv));
+}
+
+/*
+ * ai_estimate_cost(model, input_tokens, max_output_tokens) returns numeric:
+ * the most a call can cost before it is made (its input at the input price
+ * and every output token it may produce at the output price), exact, from
+ * ai_model_prices; the estimate to pass to ai_check_limit.  A model with no
+ * price is priced by '*' (refused under ai_ratelimit.unknown_model = refuse).
+ */
+Datum
+ai_estimate_cost(PG_FUNCTION_ARGS)
+{
+	text	   *mt;
+	char	   *model;
+	AiPrice		price;
+	int64		in_tok;
+	int64		out_tok;
+
+	ai_require_loaded();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("model must not be null")));
+	mt = PG_GETARG_TEXT_PP(0);
+	if (VARSIZE_ANY_EXHDR(mt) == 0 || VARSIZE_ANY_EXHDR(mt) > AI_MAX_MODEL_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model must have 1 to %d bytes", AI_MAX_MODEL_LEN)));
+	model = text_to_cstring(mt);
+	in_tok = ai_arg_tokens(fcinfo, 1, "input_tokens");
+	out_tok = ai_arg_tokens(fcinfo, 2, "max_output_tokens");
+	ai_price_lookup(model, &price);
+	if (price.fallback && ai_unknown_model == AI_UNKNOWN_MODEL_REFUSE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model \"%s\" has no price in ai_model_prices", model),
+				 errhint("Add a row for the model to ai_model_prices, or fix the model's name.")));
+	if (price.fallback)
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("model \"%s\" has no price in ai_model_prices, estimated as \"*\"", model),
+				 errhint("Add a row for the model to ai_model_prices.")));
+	PG_RETURN_DATUM(ai_money_to_numeric(ai_money_add(in_tok * price.input,
+													 out_tok * price.output)));
 }
 
 /* ai_monthly_spend(user_id, month date) returns numeric cents */

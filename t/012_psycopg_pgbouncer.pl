@@ -2,7 +2,10 @@
 # route from 16 threads with estimates and exact spend, exact counts under
 # contention and rollback give-back, first on direct connections, then
 # through a real PgBouncer in transaction mode with fewer server connections
-# than client threads (prepare_threshold=None, as the README says).
+# than client threads (prepare_threshold=None, as the README says).  The
+# client helpers (clients/python with psycopg, clients/node with pg) are
+# tested the same two ways (test/psycopg/helper_test.py,
+# test/client/helper.test.js).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -11,6 +14,11 @@ use Test::More;
 use Cwd qw(abs_path);
 
 my $script = abs_path('test/psycopg/route_test.py');
+my $helper_py = abs_path('test/psycopg/helper_test.py');
+my $helper_js = abs_path('test/client/helper.test.js');
+my $clients_py = abs_path('clients/python');
+BAIL_OUT('node is not installed: install nodejs and npm (scripts/test.sh does)')
+  unless `node --version 2>/dev/null` =~ /^v\d+/;
 BAIL_OUT('python3 with psycopg 3 is missing: install python3-psycopg (scripts/test.sh does)')
   unless system('python3', '-c', 'import psycopg') == 0;
 my $pgbouncer = (grep { -x } '/usr/sbin/pgbouncer', '/usr/bin/pgbouncer')[0];
@@ -41,6 +49,26 @@ sub run_client
 	my @failed = $out =~ /^not ok \d+ - (.*)$/mg;
 	is_deeply(\@failed, [], "$label: no client test failed");
 	like($out, qr/^1\.\.9$/m, "$label: all 9 client tests ran");
+
+	# the Python helper, from the repository's clients/python
+	local $ENV{PYTHONPATH} = $clients_py;
+	($out, $err) = ('', '');
+	$ok = IPC::Run::run([ 'python3', $helper_py ], '>', \$out, '2>', \$err);
+	note($out);
+	note($err) if $err;
+	ok($ok, "$label: helper_test.py (clients/python) passes");
+	@failed = $out =~ /^not ok \d+ - (.*)$/mg;
+	is_deeply(\@failed, [], "$label: no Python helper test failed");
+	like($out, qr/^1\.\.11$/m, "$label: all 11 Python helper tests ran");
+
+	# the node helper, from the repository's clients/node
+	($out, $err) = ('', '');
+	$ok = IPC::Run::run([ 'node', '--test', '--test-reporter=spec', $helper_js ],
+		'>', \$out, '2>', \$err);
+	note($out);
+	note($err) if $err;
+	ok($ok, "$label: helper.test.js (clients/node) passes");
+	like($out, qr/pass 5/, "$label: all 5 node helper tests passed");
 }
 
 run_client('direct', PGHOST => $node->host, PGPORT => $node->port);

@@ -1,0 +1,117 @@
+// ai-ratelimit: one AI call wrapped with the ai_ratelimit PostgreSQL
+// extension, for node-postgres.  check (with an estimate), run the caller's
+// function, record the real usage on success, give the estimate back on
+// failure, and turn a refusal into an HTTP answer.
+//
+//   import { createLimiter, Refused, anthropicUsage } from 'ai-ratelimit'
+//   const limiter = createLimiter(pool)            // a pg.Pool (or Client)
+//   try {
+//     const { result } = await limiter.call(userId, () => anthropic.messages.create(req),
+//       { model: req.model, inputTokens: 900, maxOutputTokens: req.max_tokens, usage: anthropicUsage })
+//   } catch (err) {
+//     if (err instanceof Refused) return res.status(err.status).set(err.headers).json(err.body)
+//     throw err
+//   }
+
+// A refusal, as the check answered it, with the HTTP answer that fits it.
+export class Refused extends Error {
+  constructor (row) {
+    super(row.error)
+    this.name = 'Refused'
+    this.limitedBy = row.limited_by
+    this.retryAfter = row.retry_after
+    this.retryable = row.retryable
+    Object.assign(this, httpAnswer(row))
+  }
+}
+
+// The HTTP answer for a check's row: 429 with Retry-After when a retry can
+// succeed; 402 for a spent monthly budget; 403 for a block or a limit that
+// allows nothing.
+export function httpAnswer (row) {
+  let status = 429
+  if (!row.retryable) status = row.limited_by === 'monthly_budget' ? 402 : 403
+  const headers = {}
+  if (row.retry_after !== null && row.retry_after !== undefined) headers['retry-after'] = String(row.retry_after)
+  return {
+    status,
+    headers,
+    body: {
+      error: row.error,
+      limited_by: row.limited_by,
+      limit: row.limit_value,
+      used: row.used,
+      held: row.held,
+      reset_at: row.reset_at,
+      retry_after: row.retry_after,
+      retryable: row.retryable
+    }
+  }
+}
+
+// Token counts of vendors' responses, as ai_record_usage takes them.
+export function anthropicUsage (message) {
+  const u = message.usage ?? {}
+  const c = u.cache_creation ?? {}
+  const writes = u.cache_creation_input_tokens ?? 0
+  const w1h = c.ephemeral_1h_input_tokens ?? 0
+  return {
+    input: u.input_tokens ?? 0,
+    output: u.output_tokens ?? 0,
+    cached: u.cache_read_input_tokens ?? 0,
+    cacheWrite: c.ephemeral_5m_input_tokens ?? Math.max(writes - w1h, 0),
+    cacheWrite1h: w1h
+  }
+}
+
+export function openaiUsage (response) {
+  const u = response.usage ?? {}
+  const cached = u.prompt_tokens_details?.cached_tokens ?? 0
+  return {
+    input: (u.prompt_tokens ?? 0) - cached,
+    output: u.completion_tokens ?? 0,
+    cached,
+    cacheWrite: 0,
+    cacheWrite1h: 0
+  }
+}
+
+// Numbers go as text and are cast in SQL, so no driver type can pick the
+// wrong function: an estimate of 2.5 is numeric, never double precision.
+const CHECK = 'SELECT * FROM ai_check_limit($1::text, $2::text, $3::numeric)'
+const ESTIMATE = 'SELECT ai_estimate_cost($1::text, $2::bigint, $3::bigint) AS cents'
+const RECORD = 'SELECT ai_record_usage($1::text, $2::text, $3::bigint, $4::bigint, $5::bigint,' +
+  ' $6::bigint, $7::bigint, $8::bigint) AS cost_cents'
+const RELEASE = 'SELECT ai_release_reservation($1::bigint)'
+
+export function createLimiter (db, defaults = {}) {
+  return {
+    // Runs fn() if the user may make the call; records its usage (usage(result)
+    // gives the token counts) and returns { result, costCents, check };
+    // releases the estimate and rethrows when fn() fails; throws Refused when
+    // the check refuses.
+    async call (userId, fn, opts = {}) {
+      const o = { ...defaults, ...opts }
+      if (!o.model) throw new TypeError('model is required')
+      if (typeof o.usage !== 'function') throw new TypeError('usage(result) is required')
+      let estimate = o.estimateCents
+      if (estimate === undefined && o.inputTokens !== undefined && o.maxOutputTokens !== undefined) {
+        const { rows: [e] } = await db.query(ESTIMATE, [o.model, String(o.inputTokens), String(o.maxOutputTokens)])
+        estimate = e.cents
+      }
+      const { rows: [check] } = await db.query(CHECK, [userId, o.plan ?? null, String(estimate ?? 0)])
+      if (!check.allowed) throw new Refused(check)
+      let result
+      try {
+        result = await fn()
+      } catch (err) {
+        if (check.reservation_id !== null) await db.query(RELEASE, [check.reservation_id])
+        throw err
+      }
+      const u = { input: 0, output: 0, cached: 0, cacheWrite: 0, cacheWrite1h: 0, ...o.usage(result) }
+      const { rows: [rec] } = await db.query(RECORD, [userId, o.model, String(u.input), String(u.output),
+        String(u.cached), check.reservation_id, String(u.cacheWrite), String(u.cacheWrite1h)])
+      return { result, costCents: rec.cost_cents, check }
+    }
+  }
+}

@@ -1,0 +1,118 @@
+"""The Python client helper (clients/python) against a server with ai_ratelimit.
+
+Connects with libpq's environment; with AI_VIA_PGBOUNCER=1 through PgBouncer
+in transaction mode (prepare_threshold=None).  Prints TAP and exits non-zero
+when a test fails.
+"""
+import os
+import sys
+import threading
+from decimal import Decimal
+
+import psycopg
+
+from ai_ratelimit_client import Limiter, Refused, anthropic_usage
+
+VIA_PGBOUNCER = os.environ.get("AI_VIA_PGBOUNCER") == "1"
+P = "hpgb-" if VIA_PGBOUNCER else "hpy-"
+results = []
+
+
+def connect():
+    return psycopg.connect(autocommit=True, prepare_threshold=None)
+
+
+def check(ok, name):
+    results.append(bool(ok))
+    print(f"{'ok' if ok else 'not ok'} {len(results)} - {name}", flush=True)
+
+
+def reply(in_tok=812, out_tok=1045, read=0, w5m=0, w1h=0):
+    """An Anthropic Messages response, as the SDK's dict form."""
+    return {"content": [{"type": "text", "text": "hi"}],
+            "usage": {"input_tokens": in_tok, "output_tokens": out_tok,
+                      "cache_read_input_tokens": read,
+                      "cache_creation_input_tokens": w5m + w1h,
+                      "cache_creation": {"ephemeral_5m_input_tokens": w5m,
+                                         "ephemeral_1h_input_tokens": w1h}}}
+
+
+admin = connect()
+admin.execute("INSERT INTO ai_plans (plan, burst_limit, monthly_budget_cents) VALUES"
+              " ('h-cap', NULL, 10), ('h-burst', 2, NULL) ON CONFLICT (plan) DO NOTHING")
+conn = connect()
+limiter = Limiter(conn)
+M = "claude-sonnet-4-6"
+
+# the estimate from tokens and the price: 900 in at $3, 1,024 out at $15
+check(limiter.estimate(M, 900, 1024) == Decimal("1.806"), "estimate from tokens and the price table")
+
+# a call: checked, run, recorded exactly (with its cache reads and writes)
+result, cost, row = limiter.call(P + "1", lambda: reply(1000, 500, 2000, 10000, 4000), model=M,
+                                 input_tokens=900, max_output_tokens=1024, usage=anthropic_usage,
+                                 plan="h-cap")
+check(result["content"][0]["text"] == "hi" and cost == Decimal("7.26"),
+      "a call is recorded at its exact cost, cache writes included (7.26 cents)")
+check(row["reservation_id"] is not None, "the estimate was reserved")
+
+# a failed call gives its estimate back at once and raises the caller's error
+held = "SELECT coalesce(sum(reserved_cents), 0) FROM ai_ratelimit_status WHERE user_id = %s"
+try:
+    limiter.call(P + "2", lambda: 1 / 0, model=M, estimate_cents=2.5, usage=anthropic_usage,
+                 plan="h-cap")
+    check(False, "the failure is raised")
+except ZeroDivisionError:
+    check(True, "the failure is raised")
+check(admin.execute(held, (P + "2",)).fetchone()[0] == 0, "and nothing stays held")
+check(admin.execute("SELECT count(*) FROM ai_usage WHERE user_id = %s", (P + "2",)).fetchone()[0] == 0,
+      "and nothing is recorded")
+
+# refusals become HTTP answers: 429 + Retry-After for a rate, 402 for a spent budget
+statuses = []
+for i in range(3):
+    try:
+        limiter.call(P + "3", reply, model=M, usage=anthropic_usage, plan="h-burst")
+        statuses.append(200)
+    except Refused as r:
+        statuses.append(r.status)
+        burst = r
+check(statuses == [200, 200, 429], "the third call in a burst of 2 is 429")
+check(burst.retryable and int(burst.headers["Retry-After"]) > 0 and burst.body["limited_by"] == "burst",
+      "with Retry-After and the layer in the body")
+admin.execute("SELECT ai_record_usage(%s, %s, 0, 1000000)", (P + "4", "gpt-4o"))  # 1,000 cents spent
+try:
+    limiter.call(P + "4", reply, model=M, usage=anthropic_usage, estimate_cents=1, plan="h-cap")
+    check(False, "a spent budget is refused")
+except Refused as r:
+    check(r.status == 402 and not r.retryable and r.body["used"] == "1000" and r.body["limit"] == "10",
+          "a spent budget is 402, not retryable, with its numbers")
+
+# 16 threads, a connection each, against a 10-cent cap with 2-cent estimates
+# of 1.8111-cent calls: the budget stops them exactly, never over
+spent = []
+lock = threading.Lock()
+
+
+def worker(n):
+    lim = Limiter(connect())
+    for _ in range(3):
+        try:
+            _, c, _ = lim.call(P + "5", reply, model=M, estimate_cents=2, usage=anthropic_usage,
+                               plan="h-cap")
+            with lock:
+                spent.append(c)
+        except Refused:
+            pass
+
+
+threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+total = admin.execute("SELECT ai_monthly_spend(%s)", (P + "5",)).fetchone()[0]
+check(total == sum(spent) and total <= 10, f"16 threads: spend {total} of a 10-cent cap, recorded exactly")
+check(len(spent) == 5, f"exactly 5 calls of 2-cent estimates fit ({len(spent)})")
+
+print(f"1..{len(results)}")
+sys.exit(0 if all(results) else 1)
