@@ -192,6 +192,19 @@ ai_ring_clear_to(const AiRing *r, int64 b)
 }
 
 /*
+ * When the oldest bucket that still counts leaves the window (bucket j
+ * counts while now - window < (j + 1) * width); 0 when none counts.
+ */
+static TimestampTz
+ai_ring_oldest_leaves(const AiRing *r, TimestampTz now)
+{
+	for (int64 j = ai_ring_lowest(r, now); j <= r->head; j++)
+		if (r->slot[j % r->len] > 0)
+			return (j + 1) * r->width + r->window;
+	return 0;
+}
+
+/*
  * Earliest time at which `need` more fit under `limit`, if nothing else is
  * counted before: drop buckets from the oldest until they do.
  */
@@ -320,10 +333,7 @@ ai_burst_oldest_leaves(AiEntry *e, TimestampTz now)
 {
 	AiRing		r = ai_burst_ring(e);
 
-	for (int64 j = ai_ring_lowest(&r, now); j <= r.head; j++)
-		if (r.slot[j % r.len] > 0)
-			return (j + 1) * r.width + r.window;
-	return 0;
+	return ai_ring_oldest_leaves(&r, now);
 }
 
 /*
@@ -335,10 +345,7 @@ ai_tokens_oldest_leave(AiEntry *e, TimestampTz now)
 {
 	AiRing		r = ai_token_ring(e);
 
-	for (int64 j = ai_ring_lowest(&r, now); j <= r.head; j++)
-		if (r.slot[j % r.len] > 0)
-			return (j + 1) * r.width + r.window;
-	return 0;
+	return ai_ring_oldest_leaves(&r, now);
 }
 
 /* Move the token ring to now.  Caller must hold the partition lock exclusively. */
