@@ -675,6 +675,20 @@ extern void ai_charge_reserve(void);
 extern void ai_charge_add(const AiCharge *c);
 
 /* limits.c */
+
+/*
+ * The numbers of one layer, for a program to act on: its limit, what is
+ * used and what requests in flight hold, in what the layer counts.
+ */
+typedef struct AiFacts
+{
+	bool		known;			/* false: no numbers (allowed, or a block) */
+	bool		money;			/* money units (the budget), else requests or tokens */
+	int64		limit;
+	int64		used;
+	int64		held;			/* the budget's open reservations; 0 elsewhere */
+} AiFacts;
+
 typedef struct AiDecision
 {
 	bool		allowed;
@@ -683,12 +697,7 @@ typedef struct AiDecision
 	char	   *error;
 	int32		retry_after;	/* seconds, when denied; -1: a retry cannot succeed */
 	bool		retryable;		/* denied: can a retry succeed, in this window or later */
-	/* denied: the refusing layer's numbers (no numbers for a block) */
-	bool		has_facts;
-	bool		facts_money;	/* in money units (budget), else requests or tokens */
-	int64		fact_limit;
-	int64		fact_used;
-	int64		fact_held;		/* budget: held by requests in flight */
+	AiFacts		facts;			/* denied: the refusing layer's numbers */
 	bool		has_remaining;
 	int32		remaining;
 	TimestampTz reset_at;
@@ -705,11 +714,7 @@ extern void ai_reset_user(const char *user_id, int idlen);
 typedef struct AiLayerState
 {
 	const char *layer;			/* blocked, burst, daily, tokens, monthly_budget */
-	bool		money;			/* the numbers are money units (budget) */
-	bool		has_numbers;	/* false for a block */
-	int64		limit;
-	int64		used;
-	int64		held;
+	AiFacts		facts;			/* none for a block */
 	int64		remaining;
 	TimestampTz reset_at;		/* 0: nothing counts, nothing to reset */
 	int32		window_secs;

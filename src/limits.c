@@ -55,12 +55,7 @@ typedef struct AiVerdict
 	bool		held_only;		/* budget: only requests in flight stand in the way */
 	TimestampTz retry_at;		/* otherwise: the earliest retry that may */
 	bool		retryable;		/* a retry can succeed (later in this window or after it) */
-	/* the refusing layer's limit, what is used and held (none for a block) */
-	bool		has_facts;
-	bool		facts_money;
-	int64		limit;
-	int64		used;
-	int64		held;
+	AiFacts		facts;			/* the refusing layer's numbers (none for a block) */
 } AiVerdict;
 
 static bool
@@ -78,11 +73,11 @@ static bool
 ai_refuse_with(AiVerdict *v, AiOutcome outcome, bool never, TimestampTz retry_at,
 			   int64 limit, int64 used, int64 held, bool money)
 {
-	v->has_facts = true;
-	v->facts_money = money;
-	v->limit = limit;
-	v->used = used;
-	v->held = held;
+	v->facts.known = true;
+	v->facts.money = money;
+	v->facts.limit = limit;
+	v->facts.used = used;
+	v->facts.held = held;
 	return ai_refuse(v, outcome, never, retry_at);
 }
 
@@ -558,11 +553,7 @@ again:
 	d->error = ai_refusal_message(&v, plan);
 	d->has_remaining = false;
 	d->retryable = v.retryable;
-	d->has_facts = v.has_facts;
-	d->facts_money = v.facts_money;
-	d->fact_limit = v.limit;
-	d->fact_used = v.used;
-	d->fact_held = v.held;
+	d->facts = v.facts;
 	if (v.retry_never)
 		d->retry_after = -1;
 	else
@@ -613,10 +604,10 @@ ai_layer_states(const char *user_id, int idlen, const AiPlan *plan, AiLayerState
 		AiLayerState *s = &out[n++];
 
 		s->layer = ai_outcome_name(AI_OUT_BURST);
-		s->has_numbers = true;
-		s->limit = Max(plan->burst_limit, 0);
-		s->used = (e && e->burst_window_ms > 0) ? ai_burst_count(e, now) : 0;
-		s->reset_at = s->used > 0 ? ai_burst_oldest_leaves(e, now) : 0;
+		s->facts.known = true;
+		s->facts.limit = Max(plan->burst_limit, 0);
+		s->facts.used = (e && e->burst_window_ms > 0) ? ai_burst_count(e, now) : 0;
+		s->reset_at = s->facts.used > 0 ? ai_burst_oldest_leaves(e, now) : 0;
 		s->window_secs = (plan->burst_window_ms + 999) / 1000;
 	}
 	if (plan->has_daily)
@@ -624,9 +615,9 @@ ai_layer_states(const char *user_id, int idlen, const AiPlan *plan, AiLayerState
 		AiLayerState *s = &out[n++];
 
 		s->layer = ai_outcome_name(AI_OUT_DAILY);
-		s->has_numbers = true;
-		s->limit = Max(plan->daily_limit, 0);
-		s->used = (e && e->day == cal.day) ? e->daily_count : 0;
+		s->facts.known = true;
+		s->facts.limit = Max(plan->daily_limit, 0);
+		s->facts.used = (e && e->day == cal.day) ? e->daily_count : 0;
 		s->reset_at = cal.day_end;
 		s->window_secs = ai_seconds_until(cal.day_end - USECS_PER_DAY, cal.day_end);
 	}
@@ -635,10 +626,10 @@ ai_layer_states(const char *user_id, int idlen, const AiPlan *plan, AiLayerState
 		AiLayerState *s = &out[n++];
 
 		s->layer = ai_outcome_name(AI_OUT_TOKENS);
-		s->has_numbers = true;
-		s->limit = Max(plan->tokens_per_minute, 0);
-		s->used = e ? (int64) ai_tokens_count(e, now) : 0;
-		s->reset_at = s->used > 0 ? ai_tokens_oldest_leave(e, now) : 0;
+		s->facts.known = true;
+		s->facts.limit = Max(plan->tokens_per_minute, 0);
+		s->facts.used = e ? (int64) ai_tokens_count(e, now) : 0;
+		s->reset_at = s->facts.used > 0 ? ai_tokens_oldest_leave(e, now) : 0;
 		s->window_secs = 60;
 	}
 	if (plan->has_budget)
@@ -646,24 +637,25 @@ ai_layer_states(const char *user_id, int idlen, const AiPlan *plan, AiLayerState
 		AiLayerState *s = &out[n++];
 
 		s->layer = ai_outcome_name(AI_OUT_BUDGET);
-		s->money = true;
-		s->has_numbers = true;
-		s->limit = Max(plan->budget, 0);
+		s->facts.money = true;
+		s->facts.known = true;
+		s->facts.limit = Max(plan->budget, 0);
 		if (spend_exact && e && ai_spend_is_cached(e, cal.month))
 			spend = ai_money_add(e->committed_spend, ai_inflight_cost(e));
-		s->used = spend;
+		s->facts.used = spend;
 		/* open and unexpired, without freeing the expired ones (shared lock) */
 		for (int32 sl = e ? e->resv_head : -1; sl >= 0; sl = ai_shared->resv[sl].next)
 			if (ai_shared->resv[sl].state == AI_RESV_OPEN && ai_shared->resv[sl].expires_at > now)
-				s->held = ai_money_add(s->held, ai_shared->resv[sl].amount);
+				s->facts.held = ai_money_add(s->facts.held, ai_shared->resv[sl].amount);
 		s->reset_at = cal.month_end;
 		s->window_secs = ai_seconds_until(cal.month_start, cal.month_end);
 	}
 	LWLockRelease(lock);
 
 	for (int i = 0; i < n; i++)
-		if (out[i].has_numbers)
-			out[i].remaining = Max(out[i].limit - ai_money_add(out[i].used, out[i].held), 0);
+		if (out[i].facts.known)
+			out[i].remaining = Max(out[i].facts.limit -
+								   ai_money_add(out[i].facts.used, out[i].facts.held), 0);
 	return n;
 }
 

@@ -151,13 +151,19 @@ ai_arg_plan(FunctionCallInfo fcinfo, int argno, const char *user_id, int len, Ai
 	ai_apply_user_limits(user_id, len, out);
 }
 
-/* A number of a refusal: cents for the budget, else requests or tokens. */
+/* A number of a layer as numeric: cents for the budget, else requests or tokens. */
 static Datum
-ai_fact_numeric(const AiDecision *d, int64 v)
+ai_fact_numeric(const AiFacts *f, int64 v)
 {
-	if (d->facts_money)
+	if (f->money)
 		return ai_money_to_numeric(v);
 	return DirectFunctionCall1(int8_numeric, Int64GetDatum(v));
+}
+
+static char *
+ai_fact_text(const AiFacts *f, int64 v)
+{
+	return DatumGetCString(DirectFunctionCall1(numeric_out, ai_fact_numeric(f, v)));
 }
 
 /*
@@ -173,11 +179,11 @@ ai_refusal_json(const AiDecision *d)
 	initStringInfo(&b);
 	appendStringInfoString(&b, "{\"limited_by\": ");
 	escape_json(&b, d->limited_by);
-	if (d->has_facts)
+	if (d->facts.known)
 		appendStringInfo(&b, ", \"limit\": %s, \"used\": %s, \"held\": %s",
-						 DatumGetCString(DirectFunctionCall1(numeric_out, ai_fact_numeric(d, d->fact_limit))),
-						 DatumGetCString(DirectFunctionCall1(numeric_out, ai_fact_numeric(d, d->fact_used))),
-						 DatumGetCString(DirectFunctionCall1(numeric_out, ai_fact_numeric(d, d->fact_held))));
+						 ai_fact_text(&d->facts, d->facts.limit),
+						 ai_fact_text(&d->facts, d->facts.used),
+						 ai_fact_text(&d->facts, d->facts.held));
 	else
 		appendStringInfoString(&b, ", \"limit\": null, \"used\": null, \"held\": null");
 	appendStringInfoString(&b, ", \"reset_at\": ");
@@ -257,11 +263,11 @@ ai_decision_datum(FunctionCallInfo fcinfo, const AiDecision *d)
 	else
 		nulls[6] = true;
 	/* the refusing layer's numbers and whether a retry can succeed */
-	if (d->has_facts)
+	if (d->facts.known)
 	{
-		values[7] = ai_fact_numeric(d, d->fact_limit);
-		values[8] = ai_fact_numeric(d, d->fact_used);
-		values[9] = ai_fact_numeric(d, d->fact_held);
+		values[7] = ai_fact_numeric(&d->facts, d->facts.limit);
+		values[8] = ai_fact_numeric(&d->facts, d->facts.used);
+		values[9] = ai_fact_numeric(&d->facts, d->facts.held);
 	}
 	else
 		nulls[7] = nulls[8] = nulls[9] = true;
@@ -386,16 +392,12 @@ ai_limit_state(PG_FUNCTION_ARGS)
 		bool		nl[7] = {0};
 
 		v[0] = CStringGetTextDatum(st[i].layer);
-		if (st[i].has_numbers)
+		if (st[i].facts.known)
 		{
-			v[1] = st[i].money ? ai_money_to_numeric(st[i].limit) :
-				DirectFunctionCall1(int8_numeric, Int64GetDatum(st[i].limit));
-			v[2] = st[i].money ? ai_money_to_numeric(st[i].used) :
-				DirectFunctionCall1(int8_numeric, Int64GetDatum(st[i].used));
-			v[3] = st[i].money ? ai_money_to_numeric(st[i].held) :
-				DirectFunctionCall1(int8_numeric, Int64GetDatum(st[i].held));
-			v[4] = st[i].money ? ai_money_to_numeric(st[i].remaining) :
-				DirectFunctionCall1(int8_numeric, Int64GetDatum(st[i].remaining));
+			v[1] = ai_fact_numeric(&st[i].facts, st[i].facts.limit);
+			v[2] = ai_fact_numeric(&st[i].facts, st[i].facts.used);
+			v[3] = ai_fact_numeric(&st[i].facts, st[i].facts.held);
+			v[4] = ai_fact_numeric(&st[i].facts, st[i].remaining);
 			v[6] = Int32GetDatum(st[i].window_secs);
 		}
 		else
