@@ -352,6 +352,7 @@ extern bool ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampT
 extern void ai_entry_forget(AiEntry *e);
 extern void ai_resv_free(AiEntry *entry, int32 slot);
 extern void ai_resv_unreserve(AiEntry *entry, AiMoney amount);
+extern AiMoney ai_resv_held(const AiEntry *entry, TimestampTz after, int32 *count);
 
 /* What ai_resv_release found. */
 typedef enum AiReleaseResult

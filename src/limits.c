@@ -644,9 +644,7 @@ ai_layer_states(const char *user_id, int idlen, const AiPlan *plan, AiLayerState
 			spend = ai_money_add(e->committed_spend, ai_inflight_cost(e));
 		s->facts.used = spend;
 		/* open and unexpired, without freeing the expired ones (shared lock) */
-		for (int32 sl = e ? e->resv_head : -1; sl >= 0; sl = ai_shared->resv[sl].next)
-			if (ai_shared->resv[sl].state == AI_RESV_OPEN && ai_shared->resv[sl].expires_at > now)
-				s->facts.held = ai_money_add(s->facts.held, ai_shared->resv[sl].amount);
+		s->facts.held = e ? ai_resv_held(e, now, NULL) : 0;
 		s->reset_at = cal.month_end;
 		s->window_secs = ai_seconds_until(cal.month_start, cal.month_end);
 	}

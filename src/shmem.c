@@ -816,17 +816,33 @@ ai_resv_unlink(AiReservation *r, int32 *head, int32 *tail)
 void
 ai_resv_unreserve(AiEntry *entry, AiMoney amount)
 {
-	AiMoney		sum = 0;
-
 	if (entry->reserved < AI_MONEY_MAX)
-	{
 		entry->reserved -= amount;
-		return;
-	}
+	else
+		entry->reserved = ai_resv_held(entry, DT_NOBEGIN, NULL);
+}
+
+/*
+ * What the entry's open reservations that expire after `after` hold
+ * (DT_NOBEGIN: every open one, expired or not), saturating; how many they
+ * are into *count unless it is NULL.  Reads only, so a shared lock will
+ * do: caller holds the entry's partition lock.
+ */
+AiMoney
+ai_resv_held(const AiEntry *entry, TimestampTz after, int32 *count)
+{
+	AiMoney		sum = 0;
+	int32		n = 0;
+
 	for (int32 s = entry->resv_head; s >= 0; s = ai_shared->resv[s].next)
-		if (ai_shared->resv[s].state == AI_RESV_OPEN)
+		if (ai_shared->resv[s].state == AI_RESV_OPEN && ai_shared->resv[s].expires_at > after)
+		{
 			sum = ai_money_add(sum, ai_shared->resv[s].amount);
-	entry->reserved = sum;
+			n++;
+		}
+	if (count != NULL)
+		*count = n;
+	return sum;
 }
 
 /* Link a slot taken from the pool into the entry's list, open. */

@@ -754,15 +754,7 @@ ai_ratelimit_status(PG_FUNCTION_ARGS)
 				continue;
 			copy[n].e = *e;
 			/* reservations live outside the entry: count the open ones now */
-			copy[n].nresv = 0;
-			copy[n].reserved = 0;
-			for (int32 sl = e->resv_head; sl >= 0; sl = ai_shared->resv[sl].next)
-				if (ai_shared->resv[sl].state == AI_RESV_OPEN &&
-					ai_shared->resv[sl].expires_at > now)
-				{
-					copy[n].nresv++;
-					copy[n].reserved = ai_money_add(copy[n].reserved, ai_shared->resv[sl].amount);
-				}
+			copy[n].reserved = ai_resv_held(e, now, &copy[n].nresv);
 			n++;
 		}
 		LWLockRelease(lock);
