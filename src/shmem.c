@@ -766,12 +766,12 @@ ai_resv_index_remove(int64 id)
 }
 
 /*
- * The slot of the entry's reservation with this id, or -1 when it has
- * none (freed, never made, or another user's).  Caller holds the entry's
- * partition lock, so a slot found stays the entry's.
+ * The slot an id is indexed under, or -1; its owner into *key unless it is
+ * NULL.  Takes resv_lock (shared) itself; what it read is confirmed under
+ * the owner's partition lock by the caller.
  */
-int32
-ai_resv_find(const AiEntry *entry, int64 id)
+static int32
+ai_resv_lookup(int64 id, AiKey *key)
 {
 	int32		cell;
 	int32		slot = -1;
@@ -781,8 +781,25 @@ ai_resv_find(const AiEntry *entry, int64 id)
 	LWLockAcquire(ai_shared->resv_lock, LW_SHARED);
 	cell = ai_resv_index_cell(id);
 	if (cell >= 0)
+	{
 		slot = ai_resv_index[cell];
+		if (key != NULL)
+			*key = ai_shared->resv[slot].key;
+	}
 	LWLockRelease(ai_shared->resv_lock);
+	return slot;
+}
+
+/*
+ * The slot of the entry's reservation with this id, or -1 when it has
+ * none (freed, never made, or another user's).  Caller holds the entry's
+ * partition lock, so a slot found stays the entry's.
+ */
+int32
+ai_resv_find(const AiEntry *entry, int64 id)
+{
+	int32		slot = ai_resv_lookup(id, NULL);
+
 	if (slot < 0 || ai_shared->resv[slot].state == AI_RESV_FREE ||
 		memcmp(&ai_shared->resv[slot].key, &entry->key, sizeof(AiKey)) != 0)
 		return -1;
@@ -867,12 +884,17 @@ ai_resv_link(AiEntry *entry, int32 slot, AiMoney amount, TimestampTz expires_at)
 	return r->id;
 }
 
-/* Take a free slot out of the free list.  Caller holds resv_lock. */
+/*
+ * Take a free slot out of the free list and index it under its id.
+ * Caller holds resv_lock exclusively.
+ */
 static void
-ai_resv_unfree(int32 slot)
+ai_resv_unfree(int32 slot, int64 id)
 {
 	ai_resv_unlink(&ai_shared->resv[slot], &ai_shared->resv_free, NULL);
 	ai_shared->resv_used++;
+	ai_shared->resv[slot].id = id;
+	ai_resv_index_add(slot);
 }
 
 /*
@@ -901,9 +923,7 @@ ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz now, TimestampTz expi
 		LWLockRelease(ai_shared->resv_lock);
 		return id;
 	}
-	ai_resv_unfree(s);
-	ai_shared->resv[s].id = id;
-	ai_resv_index_add(s);
+	ai_resv_unfree(s, id);
 	LWLockRelease(ai_shared->resv_lock);
 	*slot = s;
 	return ai_resv_link(entry, s, amount, expires_at);
@@ -931,9 +951,7 @@ ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampTz expires_at
 		LWLockRelease(ai_shared->resv_lock);
 		return false;
 	}
-	ai_resv_unfree(s);
-	ai_shared->resv[s].id = id;
-	ai_resv_index_add(s);
+	ai_resv_unfree(s, id);
 	LWLockRelease(ai_shared->resv_lock);
 	(void) ai_resv_link(entry, s, amount, expires_at);
 	return true;
@@ -977,24 +995,13 @@ ai_resv_free(AiEntry *entry, int32 slot)
 AiReleaseResult
 ai_resv_release(int64 id, TimestampTz now)
 {
-	int32		cell;
-	int32		slot = -1;
 	AiKey		key;
+	int32		slot = ai_resv_lookup(id, &key);
 	uint32		hashcode;
 	LWLock	   *lock;
 	AiEntry    *e;
 	AiReleaseResult result = AI_RELEASE_NOT_FOUND;
 
-	if (id <= 0)
-		return AI_RELEASE_NOT_FOUND;
-	LWLockAcquire(ai_shared->resv_lock, LW_SHARED);
-	cell = ai_resv_index_cell(id);
-	if (cell >= 0)
-	{
-		slot = ai_resv_index[cell];
-		key = ai_shared->resv[slot].key;
-	}
-	LWLockRelease(ai_shared->resv_lock);
 	if (slot < 0 || key.dbid != MyDatabaseId)
 		return AI_RELEASE_NOT_FOUND;
 
@@ -1002,8 +1009,9 @@ ai_resv_release(int64 id, TimestampTz now)
 	lock = ai_partition_lock(hashcode);
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	e = ai_entry_lookup(&key, hashcode, false, now, NULL, 0);
-	/* the slot may have been freed and reused since the look */
-	if (e != NULL && ai_resv_find(e, id) == slot)
+	/* the slot may have been freed and reused since the look: find it again */
+	slot = e != NULL ? ai_resv_find(e, id) : -1;
+	if (slot >= 0)
 	{
 		AiReservation *r = &ai_shared->resv[slot];
 
