@@ -630,7 +630,7 @@ extern const AiPlan *ai_plan_lookup(const char *plan);
 extern bool ai_plans_have_alerts(void);
 extern const char *ai_plan_name_by_hash(uint16 h);
 extern void ai_plans_refresh_in_recovery(void);
-extern void ai_price_lookup(const char *model, AiPrice *price);
+extern void ai_price_lookup(const char *model, AiPrice *price, bool recording);
 extern void ai_config_init(void);
 
 /* Generations of the caches, as bits for ai_config_bump_at_end(). */

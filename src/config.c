@@ -562,10 +562,12 @@ ai_reload_prices(void)
 
 /*
  * Prices of a model per token, in money units; the '*' row for models not
- * listed.  Errors when neither exists.
+ * listed, under ai_ratelimit.unknown_model: a WARNING (warn) or an ERROR
+ * (refuse), worded for a record or for an estimate.  Errors when neither
+ * row exists.
  */
 void
-ai_price_lookup(const char *model, AiPrice *price)
+ai_price_lookup(const char *model, AiPrice *price, bool recording)
 {
 	PriceEntry *p;
 
@@ -587,6 +589,22 @@ ai_price_lookup(const char *model, AiPrice *price)
 	price->cache_write = p->cache_write;
 	price->cache_write_1h = p->cache_write_1h;
 	strlcpy(price->priced_as, p->model, sizeof(price->priced_as));
+	if (!price->fallback)
+		return;
+	if (ai_unknown_model == AI_UNKNOWN_MODEL_REFUSE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model \"%s\" has no price in ai_model_prices", model),
+				 recording ?
+				 errdetail("ai_ratelimit.unknown_model is \"refuse\": nothing was recorded.") : 0,
+				 errhint("Add a row for the model to ai_model_prices, or fix the model's name.")));
+	ereport(WARNING,
+			(errcode(ERRCODE_WARNING),
+			 errmsg("model \"%s\" has no price in ai_model_prices, %s as \"*\"",
+					model, recording ? "priced" : "estimated"),
+			 recording ?
+			 errhint("Add a row for the model to ai_model_prices, or set ai_ratelimit.unknown_model = 'refuse' to make this an error.") :
+			 errhint("Add a row for the model to ai_model_prices.")));
 }
 
 /*

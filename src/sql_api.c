@@ -563,17 +563,7 @@ ai_estimate_cost(PG_FUNCTION_ARGS)
 	model = text_to_cstring(mt);
 	in_tok = ai_arg_tokens(fcinfo, 1, "input_tokens");
 	out_tok = ai_arg_tokens(fcinfo, 2, "max_output_tokens");
-	ai_price_lookup(model, &price);
-	if (price.fallback && ai_unknown_model == AI_UNKNOWN_MODEL_REFUSE)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("model \"%s\" has no price in ai_model_prices", model),
-				 errhint("Add a row for the model to ai_model_prices, or fix the model's name.")));
-	if (price.fallback)
-		ereport(WARNING,
-				(errcode(ERRCODE_WARNING),
-				 errmsg("model \"%s\" has no price in ai_model_prices, estimated as \"*\"", model),
-				 errhint("Add a row for the model to ai_model_prices.")));
+	ai_price_lookup(model, &price, false);
 	PG_RETURN_DATUM(ai_money_to_numeric(ai_money_add(in_tok * price.input,
 													 out_tok * price.output)));
 }

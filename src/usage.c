@@ -128,7 +128,8 @@ typedef struct AiRecordCall
 /*
  * The exact cost of a call: every product fits (tokens <= 1e9, per-token
  * price <= 1e9 units) and the sum saturates.  A model priced by the '*'
- * row is a WARNING, or an ERROR with ai_ratelimit.unknown_model = refuse.
+ * row is a WARNING, or an ERROR with ai_ratelimit.unknown_model = refuse
+ * (ai_price_lookup).
  */
 static AiMoney
 ai_call_cost(AiRecordCall *r)
@@ -136,18 +137,7 @@ ai_call_cost(AiRecordCall *r)
 	const AiTokens *t = &r->tok;
 	AiMoney		cost;
 
-	ai_price_lookup(r->model, &r->price);
-	if (r->price.fallback && ai_unknown_model == AI_UNKNOWN_MODEL_REFUSE)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("model \"%s\" has no price in ai_model_prices", r->model),
-				 errdetail("ai_ratelimit.unknown_model is \"refuse\": nothing was recorded."),
-				 errhint("Add a row for the model to ai_model_prices, or fix the model's name.")));
-	if (r->price.fallback)
-		ereport(WARNING,
-				(errcode(ERRCODE_WARNING),
-				 errmsg("model \"%s\" has no price in ai_model_prices, priced as \"*\"", r->model),
-				 errhint("Add a row for the model to ai_model_prices, or set ai_ratelimit.unknown_model = 'refuse' to make this an error.")));
+	ai_price_lookup(r->model, &r->price, true);
 	cost = ai_money_add(t->input * r->price.input, t->output * r->price.output);
 	cost = ai_money_add(cost, t->cached * r->price.cached_input);
 	cost = ai_money_add(cost, t->cache_write * r->price.cache_write);
