@@ -131,26 +131,29 @@ ai_ext_owner(void)
 }
 
 /*
- * Does the extension's schema hold this relation now?  For rare paths of a
- * later script version (ai_alerts, 1.4); not cached.
+ * The relation of this name in the extension's schema now, or InvalidOid.
+ * For the rare paths that depend on the script version of this database
+ * (ai_alerts and the cache-write prices are 1.4); not cached.
  */
+static Oid
+ai_ext_relid(const char *name)
+{
+	if (ai_ext_info_stale())
+		ai_load_extension_info();
+	return get_relname_relid(name, ext_nsp);
+}
+
 bool
 ai_ext_has_relation(const char *name)
 {
-	if (ai_ext_info_stale())
-		ai_load_extension_info();
-	return OidIsValid(get_relname_relid(name, ext_nsp));
+	return OidIsValid(ai_ext_relid(name));
 }
 
-/* Does a relation of the extension have this column now?  Not cached. */
 bool
 ai_ext_has_column(const char *rel, const char *column)
 {
-	Oid			relid;
+	Oid			relid = ai_ext_relid(rel);
 
-	if (ai_ext_info_stale())
-		ai_load_extension_info();
-	relid = get_relname_relid(rel, ext_nsp);
 	return OidIsValid(relid) && get_attnum(relid, column) != InvalidAttrNumber;
 }
 

@@ -177,6 +177,7 @@ ai_refused_by_burst(AiCheck *c, AiVerdict *v)
 {
 	const AiPlan *plan = c->plan;
 	AiEntry    *e = c->entry;
+	uint32		used;
 
 	if (!plan->has_burst)
 		return false;
@@ -184,11 +185,13 @@ ai_refused_by_burst(AiCheck *c, AiVerdict *v)
 		ai_burst_advance(e, plan->burst_window_ms, c->now);
 	if (plan->burst_limit <= 0)
 		return ai_refuse_with(v, AI_OUT_BURST, true, 0, 0, 0, 0, false);
-	if (e->burst_window_ms == plan->burst_window_ms &&
-		ai_burst_count(e, c->now) >= (uint32) plan->burst_limit)
+	if (e->burst_window_ms != plan->burst_window_ms)
+		return false;
+	used = ai_burst_count(e, c->now);
+	if (used >= (uint32) plan->burst_limit)
 		return ai_refuse_with(v, AI_OUT_BURST, false,
 							  ai_burst_retry_at(e, plan->burst_limit, c->now),
-							  plan->burst_limit, ai_burst_count(e, c->now), 0, false);
+							  plan->burst_limit, used, 0, false);
 	return false;
 }
 

@@ -716,11 +716,11 @@ ai_load(void)
 				 errmsg("ignoring damaged ai_ratelimit file \"%s\"", AI_SAVE_FILE)));
 		return;
 	}
-	if (hdr.version != AI_SAVE_VERSION)
+	older_layout = (hdr.version != AI_SAVE_VERSION);
+	if (older_layout)
 		ereport(LOG,
 				(errmsg("ai_ratelimit is reading counters saved in layout version %u", hdr.version),
 				 errdetail("The next save writes version %d.", AI_SAVE_VERSION)));
-	older_layout = (hdr.version != AI_SAVE_VERSION);
 	id = hdr.base_id;
 	base_checkpoint = hdr.shutdown_lsn;
 	saved_at = hdr.written_at;
