@@ -16,9 +16,25 @@ SELECT user_id, user_id_truncated, plan, burst_used,
        AND burst_resets_at <= :'last_check'::timestamptz + interval '63 seconds' AS resets_in_a_minute,
        daily_used, tokens_last_minute, reserved_cents, open_reservations, in_flight_cents
 FROM ai_ratelimit_status WHERE user_id = 'ops-1';
--- long ids are shown by their first 16 bytes
-SELECT allowed FROM ai_check_limit('ops-a-very-long-user-id-0123456789', 'pro');
+-- ids are kept whole up to 40 bytes: a UUID or an e-mail address finds its row
+SELECT allowed FROM ai_check_limit('f47ac10b-58cc-4372-a567-0e02b3c479d5', 'pro');
+SELECT allowed FROM ai_check_limit('ada.lovelace@analytical-engines.example', 'pro');
+SELECT user_id, user_id_truncated, daily_used FROM ai_ratelimit_status
+WHERE user_id IN ('f47ac10b-58cc-4372-a567-0e02b3c479d5', 'ada.lovelace@analytical-engines.example')
+ORDER BY user_id;
+-- a longer id is shown by its first 40 bytes
+SELECT allowed FROM ai_check_limit('ops-a-very-long-user-id-0123456789-and-then-some-more', 'pro');
 SELECT user_id, user_id_truncated FROM ai_ratelimit_status WHERE user_id LIKE 'ops-a-very%';
+-- a user whose spend is not cached (no budget in 'pro') shows the spend in the tables
+SELECT allowed FROM ai_check_limit('ops-spend', 'pro');
+INSERT INTO ai_usage (created_at, day, user_id, model, priced_as, input_tokens, output_tokens,
+                      cached_input_tokens, cost_cents)
+VALUES (now(), (now() AT TIME ZONE current_setting('ai_ratelimit.timezone'))::date,
+        'ops-spend', 'x', 'x', 0, 0, 0, 12.5),
+       (now(), (now() AT TIME ZONE current_setting('ai_ratelimit.timezone'))::date,
+        'ops-spend', 'x', 'x', 0, 0, 0, 0.25);
+SELECT month_spend_cents FROM ai_ratelimit_status WHERE user_id = 'ops-spend';
+SELECT month_spend_cents FROM ai_ratelimit_status WHERE user_id = 'ops-1';
 -- reservations and in-flight costs show up as they happen
 SELECT allowed FROM ai_check_limit('ops-2', 'ttl', 2.5);
 BEGIN;
@@ -99,7 +115,7 @@ SELECT allowed, limited_by FROM ai_check_limit('ops-7', 'tpm', 0, 2000);
 -- a per-user override of tokens per minute
 INSERT INTO ai_user_limits (user_id, tokens_per_minute) VALUES ('ops-7', 100);
 SELECT allowed, limited_by, error FROM ai_check_limit('ops-7', 'tpm', 0, 101);
-DELETE FROM ai_user_limits WHERE user_id = 'ops-7';
+DELETE FROM ai_user_limits WHERE user_id = 'ops-spend';
 
 -- retention: ai_purge_usage moves old log rows into per-day totals, and
 -- the rollup and the monthly spend stay exact

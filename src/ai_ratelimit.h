@@ -100,7 +100,11 @@ typedef enum AiSpendState
 	AI_SPEND_VALID				/* committed_spend is exact for spend_month */
 } AiSpendState;
 
-#define AI_ID_PREFIX_LEN		16
+/*
+ * Bytes of a user id kept in shared memory for the views: a UUID (36) and
+ * most e-mail addresses fit whole; a longer id shows its first bytes.
+ */
+#define AI_ID_PREFIX_LEN		40
 
 /* What a consuming check does when the hash is full (ai_ratelimit.on_full). */
 typedef enum AiOnFull
@@ -403,7 +407,7 @@ extern const char *ai_outcome_name(AiOutcome o);
  * A base, a delta block and a WAL record are each a header followed by
  * nentries AiSavedEntry, nresv AiSavedResv and ntomb AiKey.
  */
-#define AI_SAVE_VERSION			3	/* of this layout */
+#define AI_SAVE_VERSION			4	/* of this layout */
 
 /* The head of a base, a delta block or a WAL record. */
 typedef struct AiSaveHeader
@@ -435,6 +439,23 @@ typedef struct AiSavedEntry
 	char		id_prefix[AI_ID_PREFIX_LEN];
 } AiSavedEntry;
 
+/* An entry as layouts 2 and 3 (releases 1.2 to 1.4) saved it: 16 bytes of id. */
+#define AI_ID_PREFIX_LEN_V3		16
+typedef struct AiSavedEntryV3
+{
+	AiKey		key;
+	int64		burst_head;
+	int32		burst_window_ms;
+	uint32		burst[AI_BURST_RING];
+	int32		day;
+	uint32		daily_count;
+	int32		tokens_head;
+	uint32		tokens[AI_TOKEN_RING];
+	uint16		plan_hash;
+	uint8		id_len;
+	char		id_prefix[AI_ID_PREFIX_LEN_V3];
+} AiSavedEntryV3;
+
 typedef struct AiSavedResv
 {
 	int64		id;
@@ -447,7 +468,9 @@ typedef struct AiSavedResv
 static inline uint64
 ai_saved_bytes(const AiSaveHeader *hdr)
 {
-	return sizeof(AiSavedEntry) * (uint64) hdr->nentries +
+	Size		entry = hdr->version < 4 ? sizeof(AiSavedEntryV3) : sizeof(AiSavedEntry);
+
+	return entry * (uint64) hdr->nentries +
 		sizeof(AiSavedResv) * (uint64) hdr->nresv + sizeof(AiKey) * (uint64) hdr->ntomb;
 }
 

@@ -481,6 +481,45 @@ ai_load_entry(const AiSavedEntry *se, TimestampTz now, bool replay)
 }
 
 /*
+ * The entries, reservations and tombstones read after *hdr, in this
+ * build's layout: data itself when it was written in it; otherwise a
+ * palloc'd copy with each entry widened (layouts 2 and 3 kept 16 bytes of
+ * the id), and *hdr then says the current version.
+ */
+static char *
+ai_saved_in_this_layout(AiSaveHeader *hdr, char *data)
+{
+	const AiSavedEntryV3 *old = (const AiSavedEntryV3 *) data;
+	const char *rest = (const char *) (old + hdr->nentries);
+	Size		rest_len = ai_saved_bytes(hdr) - sizeof(AiSavedEntryV3) * (Size) hdr->nentries;
+	AiSavedEntry *entries;
+
+	if (hdr->version >= 4)
+		return data;
+	entries = palloc_extended(sizeof(AiSavedEntry) * (Size) hdr->nentries + rest_len + 1,
+							  MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
+	for (uint32 i = 0; i < hdr->nentries; i++)
+	{
+		AiSavedEntry *se = &entries[i];
+
+		se->key = old[i].key;
+		se->burst_head = old[i].burst_head;
+		se->burst_window_ms = old[i].burst_window_ms;
+		memcpy(se->burst, old[i].burst, sizeof(se->burst));
+		se->day = old[i].day;
+		se->daily_count = old[i].daily_count;
+		se->tokens_head = old[i].tokens_head;
+		memcpy(se->tokens, old[i].tokens, sizeof(se->tokens));
+		se->plan_hash = old[i].plan_hash;
+		se->id_len = old[i].id_len;
+		memcpy(se->id_prefix, old[i].id_prefix, sizeof(old[i].id_prefix));
+	}
+	memcpy(entries + hdr->nentries, rest, rest_len);
+	hdr->version = AI_SAVE_VERSION;
+	return (char *) entries;
+}
+
+/*
  * Apply a base, a delta block or a replayed WAL record (replay: under the
  * partition locks, as standby sessions may read the table): tombstones
  * first (they happened before the block's entries were copied), then
@@ -491,8 +530,11 @@ ai_load_entry(const AiSavedEntry *se, TimestampTz now, bool replay)
  * Returns how many reservations came back.
  */
 uint32
-ai_apply_saved(const AiSaveHeader *hdr, const char *data, TimestampTz now, bool replay)
+ai_apply_saved(const AiSaveHeader *saved_hdr, const char *saved, TimestampTz now, bool replay)
 {
+	AiSaveHeader h = *saved_hdr;
+	const AiSaveHeader *hdr = &h;
+	char	   *data = ai_saved_in_this_layout(&h, unconstify(char *, saved));
 	const AiSavedEntry *entries = (const AiSavedEntry *) data;
 	const AiSavedResv *resv = (const AiSavedResv *) (entries + hdr->nentries);
 	const AiKey *tomb = (const AiKey *) (resv + hdr->nresv);
@@ -528,6 +570,8 @@ ai_apply_saved(const AiSaveHeader *hdr, const char *data, TimestampTz now, bool 
 		}
 		ai_apply_unlock(lock);
 	}
+	if (data != saved)
+		pfree(data);
 	if (no_room > 0)
 		ereport(WARNING,
 				(errmsg("ai_ratelimit could not keep the counters of %u users: every counter is in use", no_room),
@@ -559,7 +603,8 @@ ai_mark_restored_reservations(void)
 /*
  * The head of a base in layout version 2 (release 1.2): no tombstones, no
  * base id, no shutdown checkpoint; its entries and reservations are laid
- * out as in version 3, and it had no deltas.
+ * out as in version 3, and it had no deltas.  Version 3 (releases 1.3 and
+ * 1.4) has this build's header, and entries with 16 bytes of the id.
  */
 #define AI_SAVE_VERSION_V2		2
 
@@ -576,7 +621,7 @@ typedef struct AiSaveHeaderV2
 /*
  * Read the header of the next block into *hdr and *raw (its bytes as
  * written, for the CRC); *rawlen is their length.  A version 2 base is
- * read as a version 3 one.  False at the end of the file, on damage, and
+ * read as a version 3 one; ai_apply_saved widens version 3 entries.  False at the end of the file, on damage, and
  * (with a LOG that says why) on a layout this library cannot read.
  */
 static bool
@@ -588,7 +633,7 @@ ai_load_header(FILE *f, uint32 magic, AiSaveHeader *hdr, char *raw, size_t *rawl
 	if (fread(head, sizeof(head), 1, f) != 1 || head[0] != magic)
 		return false;
 	memcpy(raw, head, sizeof(head));
-	if (head[1] == AI_SAVE_VERSION)
+	if (head[1] == AI_SAVE_VERSION || head[1] == AI_SAVE_VERSION - 1)
 	{
 		*rawlen = sizeof(AiSaveHeader);
 		if (fread(raw + sizeof(head), *rawlen - sizeof(head), 1, f) != 1)
@@ -615,7 +660,7 @@ ai_load_header(FILE *f, uint32 magic, AiSaveHeader *hdr, char *raw, size_t *rawl
 	{
 		/* not damage: another build wrote it; say so and what it means */
 		ereport(LOG,
-				(errmsg("ignoring ai_ratelimit counters saved in layout version %u: this library reads versions %d and %d",
+				(errmsg("ignoring ai_ratelimit counters saved in layout version %u: this library reads versions %d to %d",
 						head[1], AI_SAVE_VERSION_V2, AI_SAVE_VERSION),
 				 errdetail("Burst places, daily counts and reservations saved before this start are not restored; recorded spend is in the usage tables and counts as before.")));
 		*foreign = true;

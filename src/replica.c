@@ -153,7 +153,7 @@ ai_rmgr_redo(XLogReaderState *record)
 		memcpy(&hdr, XLogRecGetData(record), sizeof(hdr));
 	/* a layout this library does not know: the version or the sizes differ */
 	if (XLogRecGetDataLen(record) != sizeof(hdr) + ai_saved_bytes(&hdr) ||
-		hdr.ring != AI_BURST_RING || hdr.version != AI_SAVE_VERSION)
+		hdr.ring != AI_BURST_RING || hdr.version < 3 || hdr.version > AI_SAVE_VERSION)
 	{
 		ereport(WARNING,
 				(errmsg("ai_ratelimit skipped counters logged by another version of the extension"),

@@ -386,8 +386,16 @@ ai_entry_lookup(const AiKey *key, uint32 hashcode, bool create,
 	AiEntry    *e;
 
 	for (slot = *head; slot >= 0; slot = ai_entries[slot].next)
-		if (memcmp(&ai_entries[slot].key, key, sizeof(AiKey)) == 0)
-			return &ai_entries[slot];
+	{
+		e = &ai_entries[slot];
+		if (memcmp(&e->key, key, sizeof(AiKey)) != 0)
+			continue;
+		/* restored from a layout that kept 16 bytes of the id: complete it */
+		if (unlikely(create && e->id_len > AI_ID_PREFIX_LEN_V3 &&
+					 e->id_prefix[AI_ID_PREFIX_LEN_V3] == '\0'))
+			memcpy(e->id_prefix, id, Min(idlen, AI_ID_PREFIX_LEN));
+		return e;
+	}
 	if (!create)
 		return NULL;
 

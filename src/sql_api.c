@@ -11,6 +11,8 @@
 
 #include "access/htup_details.h"
 #include "funcapi.h"
+#include "catalog/pg_type_d.h"
+#include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -655,9 +657,68 @@ typedef struct AiStatusCopy
 	AiMoney		reserved;		/* what they hold */
 } AiStatusCopy;
 
-/* One row of ai_ratelimit_status from a copied entry. */
+/* A user's committed spend this month, by key, read from the usage tables. */
+typedef struct AiMonthSpend
+{
+	AiKey		key;
+	AiMoney		spend;
+} AiMonthSpend;
+
+/*
+ * The committed spend this month of every user of this database with usage
+ * in it, by key: for the users whose spend is not cached (a standby caches
+ * none).  One query, read with the latest snapshot.
+ */
+static HTAB *
+ai_month_spends(const AiCalendar *cal)
+{
+	static const char *q =
+	"SELECT user_id, pg_catalog.sum(cost_cents) FROM ("
+	" SELECT user_id, cost_cents FROM %s.ai_usage"
+	"  WHERE day OPERATOR(pg_catalog.>=) $1 AND day OPERATOR(pg_catalog.<) $2"
+	" UNION ALL"
+	" SELECT user_id, cost_cents FROM %s.ai_usage_archive"
+	"  WHERE day OPERATOR(pg_catalog.>=) $1 AND day OPERATOR(pg_catalog.<) $2) u"
+	" GROUP BY user_id";
+	HASHCTL		ctl;
+	HTAB	   *spends;
+	Oid			types[2] = {DATEOID, DATEOID};
+	Datum		vals[2];
+	const char *schema = ai_ext_schema();
+
+	ctl.keysize = sizeof(AiKey);
+	ctl.entrysize = sizeof(AiMonthSpend);
+	ctl.hcxt = CurrentMemoryContext;
+	spends = hash_create("ai_ratelimit spends this month", 1024, &ctl,
+						 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	vals[0] = DateADTGetDatum(cal->month_start_date);
+	vals[1] = DateADTGetDatum(cal->month_end_date);
+	SPI_connect();
+	ai_spi_read(psprintf(q, schema, schema), 2, types, vals);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		bool		isnull;
+		text	   *id = DatumGetTextPP(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
+		Datum		sum = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
+		AiKey		key;
+		AiMonthSpend *ms;
+
+		ai_make_key(&key, VARDATA_ANY(id), VARSIZE_ANY_EXHDR(id));
+		ms = hash_search(spends, &key, HASH_ENTER, NULL);
+		ms->spend = isnull ? 0 : ai_money_from_numeric(sum, false, "monthly spend");
+	}
+	SPI_finish();
+	return spends;
+}
+
+/*
+ * One row of ai_ratelimit_status from a copied entry.  *spends is read
+ * (ai_month_spends) at the first entry whose spend is not cached.
+ */
 static void
-ai_status_row(ReturnSetInfo *rsinfo, AiStatusCopy *c, TimestampTz now, const AiCalendar *cal)
+ai_status_row(ReturnSetInfo *rsinfo, AiStatusCopy *c, TimestampTz now, const AiCalendar *cal,
+			  HTAB **spends)
 {
 	Datum		v[11];
 	bool		nl[11] = {0};
@@ -666,16 +727,18 @@ ai_status_row(ReturnSetInfo *rsinfo, AiStatusCopy *c, TimestampTz now, const AiC
 	TimestampTz leaves = burst > 0 ? ai_burst_oldest_leaves(e, now) : 0;
 	const char *plan = ai_plan_name_by_hash(e->plan_hash);
 	char		idbuf[AI_ID_PREFIX_LEN + 4];
-	/* the first bytes of the id, cut at a character boundary */
-	int			shown = pg_mbcliplen(e->id_prefix, Min(e->id_len, AI_ID_PREFIX_LEN),
-									 AI_ID_PREFIX_LEN);
+	/* the bytes of the id kept (fewer if restored from an older layout) */
+	int			kept = strnlen(e->id_prefix, Min(e->id_len, AI_ID_PREFIX_LEN));
+	/* a cut id is cut at a character boundary */
+	int			shown = kept < e->id_len ?
+		pg_mbcliplen(e->id_prefix, kept, kept) : kept;
 
 	memcpy(idbuf, e->id_prefix, shown);
 	idbuf[shown] = '\0';
-	if (e->id_len > AI_ID_PREFIX_LEN)
+	if (shown < e->id_len)
 		strcat(idbuf, "\xe2\x80\xa6");	/* the id goes on: an ellipsis */
 	v[0] = CStringGetTextDatum(idbuf);
-	v[1] = BoolGetDatum(e->id_len > AI_ID_PREFIX_LEN);
+	v[1] = BoolGetDatum(shown < e->id_len);
 	if (plan)
 		v[2] = CStringGetTextDatum(plan);
 	else
@@ -693,7 +756,14 @@ ai_status_row(ReturnSetInfo *rsinfo, AiStatusCopy *c, TimestampTz now, const AiC
 	if (ai_spend_is_cached(e, cal->month))
 		v[10] = ai_money_to_numeric(ai_money_add(e->committed_spend, ai_inflight_cost(e)));
 	else
-		nl[10] = true;
+	{
+		AiMonthSpend *ms;
+
+		if (*spends == NULL)
+			*spends = ai_month_spends(cal);
+		ms = hash_search(*spends, &e->key, HASH_FIND, NULL);
+		v[10] = ai_money_to_numeric(ai_money_add(ms ? ms->spend : 0, ai_inflight_cost(e)));
+	}
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
 }
 
@@ -710,6 +780,7 @@ ai_ratelimit_status(PG_FUNCTION_ARGS)
 	AiCalendar	cal;
 	AiStatusCopy *copy = NULL;
 	int32		max = 0;
+	HTAB	   *spends = NULL;
 
 	ai_require_loaded();
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
@@ -749,7 +820,7 @@ ai_ratelimit_status(PG_FUNCTION_ARGS)
 		}
 		LWLockRelease(lock);
 		for (int32 i = 0; i < n; i++)
-			ai_status_row(rsinfo, &copy[i], now, &cal);
+			ai_status_row(rsinfo, &copy[i], now, &cal, &spends);
 	}
 	return (Datum) 0;
 }

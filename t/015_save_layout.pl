@@ -1,6 +1,8 @@
 # Counters saved by an earlier release are read after an upgrade: release
-# 1.2 wrote layout version 2 (a shorter header, no deltas), which this
-# library still reads, reservations under their own ids.  A layout this
+# 1.2 wrote layout version 2 (a shorter header, no deltas) and releases 1.3
+# and 1.4 version 3 (16 bytes of each user id), which this library still
+# reads, reservations under their own ids.  Ids are saved whole up to 40
+# bytes, so a UUID finds its row in ai_ratelimit_status after a restart.  A layout this
 # library does not know is left alone with a LOG that says why, not called
 # damaged.  The files are made here from what this build saved, rewritten
 # byte for byte in the older layout, with the CRC-32C they carry.
@@ -39,6 +41,11 @@ INSERT INTO ai_plans (plan, daily_limit, monthly_budget_cents) VALUES ('cap', 10
 sql("SELECT allowed FROM ai_check_limit('ivy', 'cap')") for 1 .. 4;
 my $id = sql("SELECT reservation_id FROM ai_check_limit('ivy', 'cap', 70)");
 like($id, qr/^\d+$/, 'ivy holds 70 cents');
+my $uuid = 'f47ac10b-58cc-4372-a567-0e02b3c479d5';
+sql("SELECT allowed FROM ai_check_limit('$uuid', 'cap')") for 1 .. 2;
+$node->restart;
+is(sql("SELECT daily_used || ' ' || user_id_truncated FROM ai_ratelimit_status WHERE user_id = '$uuid'"),
+	'2 false', 'after a restart a UUID finds its row, whole');
 $node->stop;
 
 my $base = $node->data_dir . '/pg_stat/ai_ratelimit.dat';
@@ -49,7 +56,14 @@ my $bytes = slurp_file($base);
 my ($magic, $version, $ring, $nentries, $nresv, $ntomb, $base_id, $written, $lsn) =
   unpack('L6 Q q Q', substr($bytes, 0, 48));
 my $body = substr($bytes, 48, length($bytes) - 52);
-is($version, 3, 'this build saves layout version 3');
+is($version, 4, 'this build saves layout version 4');
+# an entry: 147 bytes of counters, then the id: 40 bytes in version 4 (192
+# with padding), 16 in version 3 (168); a reservation is 40 bytes, a
+# tombstone 16
+my $entries = length($body) - 40 * $nresv - 16 * $ntomb;
+is($entries, 192 * $nentries, 'its entries are 192 bytes each');
+$body = join('', map { substr($body, 192 * $_, 163) . "\0" x 5 } 0 .. $nentries - 1)
+  . substr($body, $entries);
 is(unpack('L', substr($bytes, -4)), crc32c(substr($bytes, 0, -4)),
 	'the CRC-32C here is the one the file carries');
 
@@ -62,10 +76,27 @@ sub write_base
 	unlink($node->data_dir . '/pg_stat/ai_ratelimit.delta');
 }
 
+# layout version 3: this build's header, entries with 16 bytes of the id
+write_base(pack('L6 Q q Q', $magic, 3, $ring, $nentries, $nresv, $ntomb, $base_id, $written, $lsn));
+my $log = -s $node->logfile;
+$node->start;
+ok($node->log_contains(qr/ai_ratelimit is reading counters saved in layout version 3/, $log),
+	'a version 3 base is read, and the log says so');
+ok(!$node->log_contains(qr/ignoring damaged|not at the last shutdown/, $log),
+	'not called damaged, nor a failed shutdown save');
+is(sql("SELECT daily_used FROM ai_ratelimit_status WHERE user_id = 'ivy'"), '5',
+	'its daily count is back');
+is(sql("SELECT daily_used || ' ' || length(user_id) || ' ' || user_id_truncated FROM ai_ratelimit_status WHERE user_id LIKE 'f47ac10b-58cc-43%'"),
+	'2 17 true', 'a UUID it cut to 16 bytes shows them and an ellipsis, marked cut');
+sql("SELECT allowed FROM ai_check_limit('$uuid', 'cap')");
+is(sql("SELECT daily_used || ' ' || user_id_truncated FROM ai_ratelimit_status WHERE user_id = '$uuid'"),
+	'3 false', 'and its next check makes it whole');
+$node->stop;
+
 # layout version 2: magic, version, ring, nentries, nresv, 4 bytes of
 # padding, written at: 32 bytes
 write_base(pack('L5 x4 q', $magic, 2, $ring, $nentries, $nresv, $written));
-my $log = -s $node->logfile;
+$log = -s $node->logfile;
 $node->start;
 ok($node->log_contains(qr/ai_ratelimit is reading counters saved in layout version 2/, $log),
 	'a version 2 base is read, and the log says so');
@@ -86,7 +117,7 @@ $node->stop;
 write_base(pack('L6 Q q Q', $magic, 99, $ring, $nentries, $nresv, $ntomb, $base_id, $written, $lsn));
 $log = -s $node->logfile;
 $node->start;
-ok($node->log_contains(qr/ignoring ai_ratelimit counters saved in layout version 99: this library reads versions 2 and 3/, $log),
+ok($node->log_contains(qr/ignoring ai_ratelimit counters saved in layout version 99: this library reads versions 2 to 4/, $log),
 	'a base of an unknown version is ignored with a LOG saying why');
 ok(!$node->log_contains(qr/ignoring damaged/, $log), 'not called damaged');
 is(sql("SELECT count(*) FROM ai_ratelimit_status"), '0', 'no counter came from it');
