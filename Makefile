@@ -10,19 +10,20 @@ EXTENSION = ai_ratelimit
 MODULE_big = ai_ratelimit
 OBJS = \
 	src/ai_ratelimit.o \
+	src/calendar.o \
 	src/config.o \
 	src/limits.o \
 	src/money.o \
 	src/persist.o \
 	src/replica.o \
 	src/resvid.o \
+	src/rings.o \
 	src/shmem.o \
 	src/spend.o \
 	src/stats.o \
 	src/sql_api.o \
 	src/usage.o \
 	src/users.o \
-	src/windows.o \
 	src/xact.o
 
 DATA = ai_ratelimit--1.0.sql ai_ratelimit--1.0--1.1.sql ai_ratelimit--1.1--1.2.sql \

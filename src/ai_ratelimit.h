@@ -13,8 +13,9 @@
  *                   the background worker that saves
  *   replica.c       the counters in the WAL, for standbys; what runs where
  *   stats.c         counts of allowed and refused requests per plan
- *   windows.c       time arithmetic: burst buckets, calendar day and month
- *                   in ai_ratelimit.timezone
+ *   calendar.c      the calendar day and month in ai_ratelimit.timezone
+ *   rings.c         sliding windows cut into buckets: burst, tokens per
+ *                   minute
  *   money.c         exact fixed-point money (1e-9 cent units) <-> numeric
  *   config.c        backend-local caches of ai_plans and ai_model_prices,
  *                   invalidated through shared generations; the config
@@ -121,7 +122,7 @@ typedef struct AiEntry
 {
 	AiKey		key;			/* hash key: must be first */
 
-	/* what every check reads and writes comes first: two cache lines */
+	/* what every check reads and writes comes first: the first 128 bytes */
 	int64		burst_head;		/* bucket index of the newest bucket */
 	int32		burst_window_ms;	/* window the buckets were cut for */
 	int32		day;			/* local day number of daily_count */
@@ -516,7 +517,7 @@ extern void ai_ids_floor_id(int64 id);
 extern void ai_ids_redo(const char *data, uint32 len);
 extern void ai_ids_wal_log(int64 ceiling_ms);
 
-/* windows.c */
+/* calendar.c */
 typedef struct AiCalendar
 {
 	int32		day;			/* local day number (days since 2000-01-01) */
@@ -531,6 +532,9 @@ typedef struct AiCalendar
 
 extern void ai_calendar_at(TimestampTz now, AiCalendar *cal);
 extern void ai_calendar_for_date(DateADT d, AiCalendar *cal);
+extern int32 ai_seconds_until(TimestampTz from, TimestampTz to);
+
+/* rings.c */
 extern void ai_burst_advance(AiEntry *e, int32 window_ms, TimestampTz now);
 extern void ai_tokens_advance(AiEntry *e, TimestampTz now);
 extern uint64 ai_tokens_count(AiEntry *e, TimestampTz now);
@@ -541,7 +545,6 @@ extern TimestampTz ai_burst_all_leave(AiEntry *e);
 extern uint32 ai_burst_count(AiEntry *e, TimestampTz now);
 extern TimestampTz ai_burst_retry_at(AiEntry *e, uint32 limit, TimestampTz now);
 extern int64 ai_burst_bucket(AiEntry *e, TimestampTz now);
-extern int32 ai_seconds_until(TimestampTz from, TimestampTz to);
 
 /* money.c */
 extern AiMoney ai_money_from_numeric(Datum num, bool round_up, const char *what);

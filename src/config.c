@@ -4,7 +4,9 @@
  *		Backend-local caches of ai_plans and ai_model_prices, and the
  *		trigger that tells every backend the configuration changed.
  *
- * A check must not run a query: it reads plans from a local cache.  Each
+ * A check reads plans and prices from these caches, not from the tables
+ * (it queries only for a user's configuration and spend it has not cached,
+ * users.c and spend.c).  Each
  * cache is stamped with a generation number kept in shared memory; the
  * trigger ai_ratelimit_config_changed() on the configuration tables bumps it
  * when a statement changes them, and again when that transaction ends, so a

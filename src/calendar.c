@@ -1,0 +1,113 @@
+/*-------------------------------------------------------------------------
+ *
+ * calendar.c
+ *		The calendar day and month in ai_ratelimit.timezone.
+ *
+ * Days and months are local to ai_ratelimit.timezone; their boundaries are
+ * computed with the server's time zone library (daylight saving
+ * transitions included) and cached until the day ends.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "utils/date.h"
+#include "utils/datetime.h"
+#include "utils/timestamp.h"
+
+#include "ai_ratelimit.h"
+
+static AiCalendar cal_cache;
+static TimestampTz cal_day_start = DT_NOEND;
+static pg_tz *cal_tz = NULL;
+
+/* The instant of local midnight starting the given local day number. */
+static TimestampTz
+ai_local_midnight(int32 day)
+{
+	struct pg_tm tm;
+	int			tzoff;
+	TimestampTz result;
+
+	memset(&tm, 0, sizeof(tm));
+	j2date(day + POSTGRES_EPOCH_JDATE, &tm.tm_year, &tm.tm_mon, &tm.tm_mday);
+	tzoff = DetermineTimeZoneOffset(&tm, ai_timezone);
+	if (tm2timestamp(&tm, 0, &tzoff, &result) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));
+	return result;
+}
+
+/* Fill the month fields of cal for the month containing local day `day`. */
+static void
+ai_fill_month(int32 day, AiCalendar *cal)
+{
+	int			y,
+				m,
+				d;
+
+	j2date(day + POSTGRES_EPOCH_JDATE, &y, &m, &d);
+	cal->month = y * 12 + (m - 1);
+	cal->month_start_date = date2j(y, m, 1) - POSTGRES_EPOCH_JDATE;
+	if (m == 12)
+		cal->month_end_date = date2j(y + 1, 1, 1) - POSTGRES_EPOCH_JDATE;
+	else
+		cal->month_end_date = date2j(y, m + 1, 1) - POSTGRES_EPOCH_JDATE;
+}
+
+/* The local day, month and their boundaries at `now`. */
+void
+ai_calendar_at(TimestampTz now, AiCalendar *cal)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	int			tz;
+	int32		day;
+
+	if (cal_tz == ai_timezone && now >= cal_day_start && now < cal_cache.day_end)
+	{
+		*cal = cal_cache;
+		return;
+	}
+
+	if (timestamp2tm(now, &tz, &tm, &fsec, NULL, ai_timezone) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));
+	day = date2j(tm.tm_year, tm.tm_mon, tm.tm_mday) - POSTGRES_EPOCH_JDATE;
+
+	cal->day = day;
+	cal->day_date = day;
+	cal->day_end = ai_local_midnight(day + 1);
+	ai_fill_month(day, cal);
+	cal->month_start = ai_local_midnight(cal->month_start_date);
+	cal->month_end = ai_local_midnight(cal->month_end_date);
+
+	cal_cache = *cal;
+	cal_day_start = ai_local_midnight(day);
+	cal_tz = ai_timezone;
+}
+
+/* The month containing a local date (for ai_monthly_spend). */
+void
+ai_calendar_for_date(DateADT d, AiCalendar *cal)
+{
+	memset(cal, 0, sizeof(*cal));
+	cal->day = d;
+	cal->day_date = d;
+	ai_fill_month(d, cal);
+}
+
+/* Seconds from `from` to `to`, rounded up, at least 1. */
+int32
+ai_seconds_until(TimestampTz from, TimestampTz to)
+{
+	int64		us = to - from;
+	int64		s;
+
+	if (us <= 0)
+		return 1;
+	s = (us + USECS_PER_SEC - 1) / USECS_PER_SEC;
+	return (int32) Min(s, PG_INT32_MAX);
+}
