@@ -23,8 +23,7 @@ CREATE FUNCTION bench_check_13(user_id text, plan text DEFAULT NULL,
 RETURNS bench_result_13
 AS 'ai_ratelimit', 'ai_check_limit' LANGUAGE C VOLATILE;
 -- The same C function bound the same way to the 1.4 type: the two differ
--- only in the result shape.  (ai_check_limit itself measured a few percent
--- slower than either binding in one run, with either shape.)
+-- only in the result shape.
 CREATE FUNCTION bench_check_14(user_id text, plan text DEFAULT NULL,
                                estimated_cost_cents numeric DEFAULT 0)
 RETURNS ai_limit_result
