@@ -327,7 +327,22 @@ typedef enum AiUnknownModel
 	AI_UNKNOWN_MODEL_REFUSE		/* an ERROR: nothing is recorded */
 } AiUnknownModel;
 
+/*
+ * A user as a call that counts for it sees it: its id, the hash key of the
+ * id in this database, the key's hash value and partition lock.  Built once
+ * per call (ai_user_init) and passed down, so the id is hashed once.
+ */
+typedef struct AiUser
+{
+	const char *id;				/* NUL-terminated */
+	int			len;
+	AiKey		key;
+	uint32		hashcode;		/* ai_key_hash(&key) */
+	LWLock	   *lock;			/* the key's partition lock */
+} AiUser;
+
 /* shmem.c */
+extern void ai_user_init(AiUser *u, const char *id, int len);
 extern void ai_shmem_request(void);
 extern void ai_shmem_startup(void);
 extern void ai_require_loaded(void);
@@ -668,8 +683,8 @@ extern void ai_config_xact_end(bool commit);
 extern void ai_config_init_hooks(void);
 
 /* users.c */
-extern const char *ai_user_plan(const char *user_id, int len);
-extern void ai_apply_user_limits(const char *user_id, int len, AiPlan *plan);
+extern const char *ai_user_plan(const AiUser *u);
+extern void ai_apply_user_limits(const AiUser *u, AiPlan *plan);
 extern void ai_users_row_changed(HeapTuple tup, TupleDesc td, bool limits);
 extern void ai_users_all_changed(bool limits);
 extern void ai_users_xact_end(void);
@@ -732,10 +747,10 @@ typedef struct AiDecision
 	int64		reservation_id;	/* 0: none */
 } AiDecision;
 
-extern void ai_decide(const char *user_id, int idlen, const AiPlan *plan,
+extern void ai_decide(const AiUser *u, const AiPlan *plan,
 					  Datum estimate, bool has_estimate, int64 est_tokens,
 					  bool consume, AiDecision *d);
-extern void ai_reset_user(const char *user_id, int idlen);
+extern void ai_reset_user(const AiUser *u);
 
 /* One layer of a user's limits now, for rate-limit headers (ai_limit_state). */
 typedef struct AiLayerState
@@ -748,15 +763,13 @@ typedef struct AiLayerState
 } AiLayerState;
 
 #define AI_MAX_LAYERS			5
-extern int	ai_layer_states(const char *user_id, int idlen, const AiPlan *plan,
-							AiLayerState *out);
+extern int	ai_layer_states(const AiUser *u, const AiPlan *plan, AiLayerState *out);
 
 /* spend.c */
-extern bool ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id,
-							int idlen, const AiCalendar *cal, TimestampTz now,
+extern bool ai_ensure_spend(const AiUser *u, const AiCalendar *cal, TimestampTz now,
 							bool create, AiMoney *fallback);
 extern Datum ai_spend_in_month(const char *user_id, DateADT month);
-extern void ai_resv_drop_settled(const AiKey *key, uint32 hashcode, const char *user_id, int idlen);
+extern void ai_resv_drop_settled(const AiUser *u);
 extern void ai_spend_xact_end(bool commit);
 
 /* usage.c */
@@ -772,7 +785,7 @@ typedef struct AiTokens
 	int64		cache_write_1h; /* prompt-cache writes, 1-hour */
 } AiTokens;
 
-extern Datum ai_record(const char *user_id, int idlen, const char *model,
+extern Datum ai_record(const AiUser *u, const char *model,
 					   const AiTokens *tokens, int64 resv_id, bool has_resv);
 
 #endif							/* AI_RATELIMIT_H */

@@ -28,15 +28,11 @@
 /* One check in progress: what it was asked and what it found. */
 typedef struct AiCheck
 {
-	const char *user_id;
-	int			idlen;
+	const AiUser *user;
 	const AiPlan *plan;
 	bool		consume;		/* charge the request when it is allowed */
 	TimestampTz now;
 	AiCalendar	cal;
-	AiKey		key;
-	uint32		hashcode;
-	LWLock	   *lock;			/* the key's partition lock */
 	AiMoney		est;			/* estimated cost, 0 when none */
 	int64		est_tokens;
 	bool		spend_exact;	/* the entry's cached spend is exact */
@@ -86,7 +82,7 @@ static void
 ai_check_blank(AiCheck *c)
 {
 	memset(&c->blank, 0, sizeof(c->blank));
-	c->blank.key = c->key;
+	c->blank.key = c->user->key;
 	c->blank.day = -1;
 	c->blank.spend_month = -1;
 	c->blank.resv_head = c->blank.resv_tail = -1;
@@ -110,18 +106,17 @@ ai_check_lock_entry(AiCheck *c)
 	for (int attempt = 1;; attempt++)
 	{
 		if (plan->has_budget)
-			c->spend_exact = ai_ensure_spend(&c->key, c->hashcode, c->user_id,
-											 c->idlen, &c->cal, c->now, c->consume,
+			c->spend_exact = ai_ensure_spend(c->user, &c->cal, c->now, c->consume,
 											 &c->fallback_spend);
-		LWLockAcquire(c->lock, LW_EXCLUSIVE);
+		LWLockAcquire(c->user->lock, LW_EXCLUSIVE);
 		if (c->consume)
-			c->entry = ai_entry_get(&c->key, c->hashcode, c->lock, c->now,
-									c->user_id, c->idlen);
+			c->entry = ai_entry_get(&c->user->key, c->user->hashcode, c->user->lock, c->now,
+									c->user->id, c->user->len);
 		else
-			c->entry = ai_entry_lookup(&c->key, c->hashcode, false, c->now, NULL, 0);
+			c->entry = ai_entry_lookup(&c->user->key, c->user->hashcode, false, c->now, NULL, 0);
 		if (c->entry == NULL && c->consume)
 		{
-			LWLockRelease(c->lock);
+			LWLockRelease(c->user->lock);
 			return false;
 		}
 		c->live = (c->entry != NULL);
@@ -130,8 +125,8 @@ ai_check_lock_entry(AiCheck *c)
 		else if (c->entry->resv_restored && c->consume)
 		{
 			/* after a crash: drop what was settled since the last save */
-			LWLockRelease(c->lock);
-			ai_resv_drop_settled(&c->key, c->hashcode, c->user_id, c->idlen);
+			LWLockRelease(c->user->lock);
+			ai_resv_drop_settled(c->user);
 			continue;
 		}
 
@@ -142,12 +137,12 @@ ai_check_lock_entry(AiCheck *c)
 		if (!plan->has_budget || !c->spend_exact ||
 			ai_spend_is_cached(c->entry, c->cal.month))
 			break;
-		LWLockRelease(c->lock);
+		LWLockRelease(c->user->lock);
 		if (attempt > 5)
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("could not read the monthly spend of user \"%s\" consistently",
-							c->user_id),
+							c->user->id),
 					 errhint("Retry the request.")));
 	}
 	if (c->live && c->consume && c->entry->plan_hash != plan->name_hash)
@@ -335,7 +330,7 @@ ai_take_charge(AiCheck *c, AiDecision *d)
 
 	memset(charge, 0, sizeof(*charge));
 	charge->kind = AI_CHARGE_CHECK;
-	charge->key = c->key;
+	charge->key = c->user->key;
 	charge->burst_bucket = -1;
 	charge->day = c->cal.day;
 	if (c->est > 0 && c->plan->has_budget)
@@ -469,11 +464,11 @@ ai_check_untracked(AiCheck *c, AiVerdict *v)
 }
 
 /*
- * Decide whether user_id may make a request under plan; with consume,
+ * Decide whether user u may make a request under plan; with consume,
  * charge it when allowed.  Fills *d.
  */
 void
-ai_decide(const char *user_id, int idlen, const AiPlan *plan,
+ai_decide(const AiUser *u, const AiPlan *plan,
 		  Datum estimate, bool has_estimate, int64 est_tokens,
 		  bool consume, AiDecision *d)
 {
@@ -484,8 +479,7 @@ ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 	AiTaken		taken;
 
 	memset(&c, 0, sizeof(c));
-	c.user_id = user_id;
-	c.idlen = idlen;
+	c.user = u;
 	c.plan = plan;
 	c.consume = consume;
 	c.now = GetCurrentTimestamp();
@@ -494,9 +488,6 @@ ai_decide(const char *user_id, int idlen, const AiPlan *plan,
 		c.est = ai_money_from_numeric(estimate, true, "estimated_cost_cents");
 	c.est_tokens = est_tokens;
 	c.spend_exact = true;
-	ai_make_key(&c.key, user_id, idlen);
-	c.hashcode = ai_key_hash(&c.key);
-	c.lock = ai_partition_lock(c.hashcode);
 	if (consume)
 		ai_charge_reserve();
 	/* an id must be promised durably before it is issued (resvid.c) */
@@ -522,13 +513,13 @@ again:
 		if (taken == AI_TAKEN_NEED_IDS)
 		{
 			/* nothing was taken: raise the ceiling and decide again */
-			LWLockRelease(c.lock);
+			LWLockRelease(c.user->lock);
 			ai_ids_ensure(c.now, AI_IDS_FORCE);
 			goto again;
 		}
 		if (taken == AI_TAKEN_POOL_FULL)
 		{
-			LWLockRelease(c.lock);
+			LWLockRelease(c.user->lock);
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 					 errmsg("ai_ratelimit cannot hold another reservation: all %d are in use",
@@ -537,7 +528,7 @@ again:
 		}
 	}
 	if (locked)
-		LWLockRelease(c.lock);
+		LWLockRelease(c.user->lock);
 
 	if (charged)
 		ai_charge_add(&c.charge);
@@ -574,28 +565,22 @@ again:
  * call it for every response, to send rate-limit headers.
  */
 int
-ai_layer_states(const char *user_id, int idlen, const AiPlan *plan, AiLayerState *out)
+ai_layer_states(const AiUser *u, const AiPlan *plan, AiLayerState *out)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	AiCalendar	cal;
-	AiKey		key;
-	uint32		hashcode;
-	LWLock	   *lock;
 	AiEntry    *e;
 	AiMoney		spend = 0;
 	bool		spend_exact = true;
 	int			n = 0;
 
 	ai_calendar_at(now, &cal);
-	ai_make_key(&key, user_id, idlen);
-	hashcode = ai_key_hash(&key);
-	lock = ai_partition_lock(hashcode);
 	if (plan->has_budget)
-		spend_exact = ai_ensure_spend(&key, hashcode, user_id, idlen, &cal, now, false, &spend);
+		spend_exact = ai_ensure_spend(u, &cal, now, false, &spend);
 
 	memset(out, 0, sizeof(AiLayerState) * AI_MAX_LAYERS);
-	LWLockAcquire(lock, LW_SHARED);
-	e = ai_entry_lookup(&key, hashcode, false, now, NULL, 0);
+	LWLockAcquire(u->lock, LW_SHARED);
+	e = ai_entry_lookup(&u->key, u->hashcode, false, now, NULL, 0);
 	if (plan->blocked && plan->blocked_until > now)
 	{
 		out[n].layer = ai_outcome_name(AI_OUT_BLOCKED);
@@ -651,7 +636,7 @@ ai_layer_states(const char *user_id, int idlen, const AiPlan *plan, AiLayerState
 		s->reset_at = cal.month_end;
 		s->window_secs = ai_seconds_until(cal.month_start, cal.month_end);
 	}
-	LWLockRelease(lock);
+	LWLockRelease(u->lock);
 
 	for (int i = 0; i < n; i++)
 		if (out[i].facts.known)
@@ -667,25 +652,19 @@ ai_layer_states(const char *user_id, int idlen, const AiPlan *plan, AiLayerState
  * or their expiry, so a reset never hands out money they hold.
  */
 void
-ai_reset_user(const char *user_id, int idlen)
+ai_reset_user(const AiUser *u)
 {
-	AiKey		key;
-	uint32		hashcode;
-	LWLock	   *lock;
 	AiEntry    *e;
 
-	ai_make_key(&key, user_id, idlen);
-	hashcode = ai_key_hash(&key);
-	lock = ai_partition_lock(hashcode);
-	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = ai_entry_lookup(&key, hashcode, false, 0, NULL, 0);
+	LWLockAcquire(u->lock, LW_EXCLUSIVE);
+	e = ai_entry_lookup(&u->key, u->hashcode, false, 0, NULL, 0);
 	if (e != NULL)
 	{
 		memset(e->burst, 0, sizeof(e->burst));
 		e->daily_count = 0;
 		memset(e->tokens, 0, sizeof(e->tokens));
-		ai_partition_changed(hashcode);
+		ai_partition_changed(u->hashcode);
 		ai_entry_changed(e);
 	}
-	LWLockRelease(lock);
+	LWLockRelease(u->lock);
 }

@@ -286,6 +286,17 @@ ai_make_key(AiKey *key, const char *id, int len)
 	key->h32 = hash_bytes((const unsigned char *) id, len);
 }
 
+/* A user of the current database, hashed once for the whole call. */
+void
+ai_user_init(AiUser *u, const char *id, int len)
+{
+	u->id = id;
+	u->len = len;
+	ai_make_key(&u->key, id, len);
+	u->hashcode = ai_key_hash(&u->key);
+	u->lock = ai_partition_lock(u->hashcode);
+}
+
 /* The hash value of a key: its own 32 hash bits, mixed with the database. */
 uint32
 ai_key_hash(const AiKey *key)

@@ -112,10 +112,10 @@ ai_spend_in_month(const char *user_id, DateADT month)
  * Caller must hold no partition lock.
  */
 bool
-ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id, int idlen,
-				const AiCalendar *cal, TimestampTz now, bool create, AiMoney *fallback)
+ai_ensure_spend(const AiUser *u, const AiCalendar *cal, TimestampTz now, bool create,
+				AiMoney *fallback)
 {
-	LWLock	   *lock = ai_partition_lock(hashcode);
+	LWLock	   *lock = u->lock;
 	AiEntry    *e;
 	uint32		seq;
 	uint32		gen = pg_atomic_read_u32(&ai_shared->usage_gen);
@@ -125,13 +125,13 @@ ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id, int idle
 	AiMoney		sum;
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = create ? ai_entry_get(key, hashcode, lock, now, user_id, idlen) :
-		ai_entry_lookup(key, hashcode, false, now, NULL, 0);
+	e = create ? ai_entry_get(&u->key, u->hashcode, lock, now, u->id, u->len) :
+		ai_entry_lookup(&u->key, u->hashcode, false, now, NULL, 0);
 	if (e == NULL)
 	{
 		/* no counter: read the tables, never lower than the truth */
 		LWLockRelease(lock);
-		*fallback = ai_load_spend(user_id, cal);
+		*fallback = ai_load_spend(u->id, cal);
 		return false;
 	}
 	if (e->spend_state == AI_SPEND_VALID && e->spend_month == cal->month &&
@@ -154,10 +154,10 @@ ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id, int idle
 	total0 = e->recorded_total;
 	LWLockRelease(lock);
 
-	sum = ai_load_spend(user_id, cal);
+	sum = ai_load_spend(u->id, cal);
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = ai_entry_lookup(key, hashcode, false, now, NULL, 0);
+	e = ai_entry_lookup(&u->key, u->hashcode, false, now, NULL, 0);
 	if (e != NULL && quiet && e->inflight == 0 && e->change_seq == seq &&
 		e->spend_month == cal->month && e->spend_state == AI_SPEND_UNKNOWN)
 	{
@@ -177,16 +177,15 @@ ai_ensure_spend(const AiKey *key, uint32 hashcode, const char *user_id, int idle
 
 /* Nothing restored is left to check for this user. */
 static void
-ai_resv_drop_settled_done(const AiKey *key, uint32 hashcode)
+ai_resv_drop_settled_done(const AiUser *u)
 {
-	LWLock	   *lock = ai_partition_lock(hashcode);
 	AiEntry    *e;
 
-	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = ai_entry_lookup(key, hashcode, false, 0, NULL, 0);
+	LWLockAcquire(u->lock, LW_EXCLUSIVE);
+	e = ai_entry_lookup(&u->key, u->hashcode, false, 0, NULL, 0);
 	if (e != NULL)
 		e->resv_restored = 0;
-	LWLockRelease(lock);
+	LWLockRelease(u->lock);
 }
 
 /*
@@ -196,9 +195,9 @@ ai_resv_drop_settled_done(const AiKey *key, uint32 hashcode)
  * Caller must hold no partition lock.
  */
 void
-ai_resv_drop_settled(const AiKey *key, uint32 hashcode, const char *user_id, int idlen)
+ai_resv_drop_settled(const AiUser *u)
 {
-	LWLock	   *lock = ai_partition_lock(hashcode);
+	LWLock	   *lock = u->lock;
 	AiEntry    *e;
 	Datum	   *ids;
 	int			n = 0;
@@ -209,7 +208,7 @@ ai_resv_drop_settled(const AiKey *key, uint32 hashcode, const char *user_id, int
 
 	/* most calls: no reservation restored after a crash */
 	LWLockAcquire(lock, LW_SHARED);
-	e = ai_entry_lookup(key, hashcode, false, 0, NULL, 0);
+	e = ai_entry_lookup(&u->key, u->hashcode, false, 0, NULL, 0);
 	restored = (e != NULL && e->resv_restored);
 	if (restored)
 		for (int32 s = e->resv_head; s >= 0 && len < ai_max_reservations; s = ai_shared->resv[s].next)
@@ -219,13 +218,13 @@ ai_resv_drop_settled(const AiKey *key, uint32 hashcode, const char *user_id, int
 		return;
 	if (len == 0)
 	{
-		ai_resv_drop_settled_done(key, hashcode);
+		ai_resv_drop_settled_done(u);
 		return;
 	}
 
 	ids = palloc(sizeof(Datum) * (len + 16));
 	LWLockAcquire(lock, LW_SHARED);
-	e = ai_entry_lookup(key, hashcode, false, 0, NULL, 0);
+	e = ai_entry_lookup(&u->key, u->hashcode, false, 0, NULL, 0);
 	if (e != NULL)
 		for (int32 s = e->resv_head; s >= 0 && n < len + 16; s = ai_shared->resv[s].next)
 			ids[n++] = Int64GetDatum(ai_shared->resv[s].id);
@@ -233,7 +232,7 @@ ai_resv_drop_settled(const AiKey *key, uint32 hashcode, const char *user_id, int
 
 	if (n > 0)
 	{
-		vals[0] = PointerGetDatum(cstring_to_text_with_len(user_id, idlen));
+		vals[0] = PointerGetDatum(cstring_to_text_with_len(u->id, u->len));
 		vals[1] = PointerGetDatum(construct_array(ids, n, INT8OID, sizeof(int64), true, TYPALIGN_DOUBLE));
 		SPI_connect();
 		ai_spi_read(psprintf("SELECT reservation_id FROM %s.ai_usage"
@@ -254,7 +253,7 @@ ai_resv_drop_settled(const AiKey *key, uint32 hashcode, const char *user_id, int
 	}
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = ai_entry_lookup(key, hashcode, false, 0, NULL, 0);
+	e = ai_entry_lookup(&u->key, u->hashcode, false, 0, NULL, 0);
 	if (e != NULL)
 	{
 		for (int i = 0; i < n; i++)

@@ -122,18 +122,28 @@ ai_arg_user_id(FunctionCallInfo fcinfo, int argno, int *len)
 	return text_to_cstring(t);
 }
 
+/* The user of a call that counts for it: checked, hashed once. */
+static void
+ai_arg_user(FunctionCallInfo fcinfo, int argno, AiUser *u)
+{
+	int			len;
+	char	   *id = ai_arg_user_id(fcinfo, argno, &len);
+
+	ai_user_init(u, id, len);
+}
+
 /*
  * The plan for a check: the named one, or the user's, or 'free'; with the
  * user's row of ai_user_limits applied, into *out.
  */
 static void
-ai_arg_plan(FunctionCallInfo fcinfo, int argno, const char *user_id, int len, AiPlan *out)
+ai_arg_plan(FunctionCallInfo fcinfo, int argno, const AiUser *user, AiPlan *out)
 {
 	const char *name;
 	const AiPlan *plan;
 
 	if (PG_ARGISNULL(argno))
-		name = ai_user_plan(user_id, len);
+		name = ai_user_plan(user);
 	else
 		name = text_to_cstring(PG_GETARG_TEXT_PP(argno));
 
@@ -145,12 +155,12 @@ ai_arg_plan(FunctionCallInfo fcinfo, int argno, const char *user_id, int len, Ai
 				 errmsg("unknown plan \"%s\"", name),
 				 PG_ARGISNULL(argno) ?
 				 errdetail("User \"%s\" has no row in ai_user_plans, and users without one are on the plan \"free\".",
-						   user_id) : 0,
+						   user->id) : 0,
 				 PG_ARGISNULL(argno) ?
 				 errhint("Add a plan named \"free\" to ai_plans, or give the user a row in ai_user_plans.") :
 				 errhint("Plans are the rows of ai_plans.")));
 	*out = *plan;
-	ai_apply_user_limits(user_id, len, out);
+	ai_apply_user_limits(user, out);
 }
 
 /* A number of a layer as numeric: cents for the budget, else requests or tokens. */
@@ -282,16 +292,15 @@ static void
 ai_run_check(FunctionCallInfo fcinfo, const char *func, bool consume, bool with_estimate,
 			 AiDecision *d)
 {
-	int			len;
-	char	   *user_id;
+	AiUser		user;
 	AiPlan		plan;
 	bool		has_est = with_estimate && PG_NARGS() > 2 && !PG_ARGISNULL(2);
 	int64		est_tokens = 0;
 
 	ai_require_loaded();
 	ai_require_primary(func);
-	user_id = ai_arg_user_id(fcinfo, 0, &len);
-	ai_arg_plan(fcinfo, 1, user_id, len, &plan);
+	ai_arg_user(fcinfo, 0, &user);
+	ai_arg_plan(fcinfo, 1, &user, &plan);
 	if (with_estimate && PG_NARGS() > 3 && !PG_ARGISNULL(3))
 	{
 		est_tokens = PG_GETARG_INT64(3);
@@ -305,7 +314,7 @@ ai_run_check(FunctionCallInfo fcinfo, const char *func, bool consume, bool with_
 					 errmsg("estimated_tokens is out of range"),
 					 errdetail("At most " INT64_FORMAT " tokens are allowed.", 3 * AI_MAX_TOKENS)));
 	}
-	ai_decide(user_id, len, &plan, has_est ? PG_GETARG_DATUM(2) : (Datum) 0,
+	ai_decide(&user, &plan, has_est ? PG_GETARG_DATUM(2) : (Datum) 0,
 			  has_est, est_tokens, consume, d);
 }
 
@@ -355,13 +364,12 @@ ai_peek_limit(PG_FUNCTION_ARGS)
 Datum
 ai_reset_limits(PG_FUNCTION_ARGS)
 {
-	int			len;
-	char	   *user_id;
+	AiUser		user;
 
 	ai_require_loaded();
 	ai_require_primary("ai_reset_limits");
-	user_id = ai_arg_user_id(fcinfo, 0, &len);
-	ai_reset_user(user_id, len);
+	ai_arg_user(fcinfo, 0, &user);
+	ai_reset_user(&user);
 	PG_RETURN_VOID();
 }
 
@@ -376,18 +384,17 @@ Datum
 ai_limit_state(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int			len;
-	char	   *user_id;
+	AiUser		user;
 	AiPlan		plan;
 	AiLayerState st[AI_MAX_LAYERS];
 	int			n;
 
 	ai_require_loaded();
 	ai_require_primary("ai_limit_state");
-	user_id = ai_arg_user_id(fcinfo, 0, &len);
-	ai_arg_plan(fcinfo, 1, user_id, len, &plan);
+	ai_arg_user(fcinfo, 0, &user);
+	ai_arg_plan(fcinfo, 1, &user, &plan);
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-	n = ai_layer_states(user_id, len, &plan, st);
+	n = ai_layer_states(&user, &plan, st);
 	for (int i = 0; i < n; i++)
 	{
 		Datum		v[7];
@@ -486,8 +493,7 @@ ai_arg_tokens(FunctionCallInfo fcinfo, int argno, const char *name)
 Datum
 ai_record_usage(PG_FUNCTION_ARGS)
 {
-	int			len;
-	char	   *user_id;
+	AiUser		user;
 	char	   *model;
 	text	   *mt;
 	AiTokens	tok;
@@ -496,7 +502,7 @@ ai_record_usage(PG_FUNCTION_ARGS)
 
 	ai_require_loaded();
 	ai_require_primary("ai_record_usage");
-	user_id = ai_arg_user_id(fcinfo, 0, &len);
+	ai_arg_user(fcinfo, 0, &user);
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -533,7 +539,7 @@ ai_record_usage(PG_FUNCTION_ARGS)
 					 errmsg("reservation_id must be positive"),
 					 errhint("Pass the reservation_id returned by ai_check_limit, or NULL.")));
 	}
-	PG_RETURN_DATUM(ai_record(user_id, len, model, &tok, resv, has_resv));
+	PG_RETURN_DATUM(ai_record(&user, model, &tok, resv, has_resv));
 }
 
 /*

@@ -113,8 +113,7 @@ ai_record_xact_end(void)
 /* One ai_record_usage call. */
 typedef struct AiRecordCall
 {
-	const char *user_id;
-	int			idlen;
+	const AiUser *user;
 	const char *model;
 	AiTokens	tok;
 	int64		resv_id;		/* the reservation to settle, when has_resv */
@@ -155,11 +154,11 @@ ai_alert_plan(const AiRecordCall *r, AiPlan *eff)
 
 	if (!ai_plans_have_alerts())
 		return false;
-	plan = ai_plan_lookup(ai_user_plan(r->user_id, r->idlen));
+	plan = ai_plan_lookup(ai_user_plan(r->user));
 	if (plan == NULL)
 		return false;
 	*eff = *plan;
-	ai_apply_user_limits(r->user_id, r->idlen, eff);
+	ai_apply_user_limits(r->user, eff);
 	return eff->has_budget && eff->nalerts > 0 && eff->budget > 0;
 }
 
@@ -196,7 +195,7 @@ ai_insert_usage(const AiRecordCall *r, Datum cost_num)
 	memset(nulls, ' ', sizeof(nulls));
 	vals[0] = TimestampTzGetDatum(r->now);
 	vals[1] = DateADTGetDatum(r->cal.day_date);
-	vals[2] = PointerGetDatum(cstring_to_text_with_len(r->user_id, r->idlen));
+	vals[2] = PointerGetDatum(cstring_to_text_with_len(r->user->id, r->user->len));
 	vals[3] = CStringGetTextDatum(r->model);
 	vals[4] = CStringGetTextDatum(r->price.priced_as);
 	vals[5] = Int64GetDatum(r->tok.input);
@@ -325,19 +324,16 @@ ai_count_call(const AiRecordCall *r, AiEntry *e, AiCharge *charge)
  * once and is settled against a reservation.
  */
 Datum
-ai_record(const char *user_id, int idlen, const char *model,
+ai_record(const AiUser *u, const char *model,
 		  const AiTokens *tokens, int64 resv_id, bool has_resv)
 {
-	AiRecordCall r = {user_id, idlen, model, *tokens, resv_id, has_resv};
+	AiRecordCall r = {u, model, *tokens, resv_id, has_resv};
 	Datum		cost_num;
 	AiPlan		eff;
 	bool		want_alerts;
 	int			fired[AI_MAX_ALERTS];
 	int			nfired = 0;
 	AiMoney		spend_after = 0;
-	AiKey		key;
-	uint32		hashcode;
-	LWLock	   *lock;
 	AiEntry    *e;
 	AiCharge	charge;
 	bool		resv_missing = false;
@@ -347,8 +343,6 @@ ai_record(const char *user_id, int idlen, const char *model,
 	r.cost = ai_call_cost(&r);
 	cost_num = ai_money_to_numeric(r.cost);
 	want_alerts = ai_alert_plan(&r, &eff);
-	ai_make_key(&key, user_id, idlen);
-	hashcode = ai_key_hash(&key);
 	if (want_alerts)
 	{
 		AiMoney		ignored;
@@ -357,28 +351,26 @@ ai_record(const char *user_id, int idlen, const char *model,
 		 * Alerts compare the exact spend before and after this call; load it
 		 * before the row is inserted, so the load cannot count it.
 		 */
-		want_alerts = ai_ensure_spend(&key, hashcode, user_id, idlen, &r.cal,
-									  r.now, true, &ignored);
+		want_alerts = ai_ensure_spend(u, &r.cal, r.now, true, &ignored);
 	}
 	/* after a crash: drop reservations settled since the last save first */
-	ai_resv_drop_settled(&key, hashcode, user_id, idlen);
+	ai_resv_drop_settled(u);
 	ai_insert_usage(&r, cost_num);
 
 	memset(&charge, 0, sizeof(charge));
 	charge.kind = AI_CHARGE_RECORD;
-	charge.key = key;
+	charge.key = u->key;
 	charge.burst_bucket = -1;
 	charge.day = -1;
 	charge.month = r.cal.month;
 	charge.cost = r.cost;
-	lock = ai_partition_lock(hashcode);
 	ai_charge_reserve();
-	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = ai_entry_get(&key, hashcode, lock, r.now, user_id, idlen);
+	LWLockAcquire(u->lock, LW_EXCLUSIVE);
+	e = ai_entry_get(&u->key, u->hashcode, u->lock, r.now, u->id, u->len);
 	if (e == NULL)
 	{
 		/* cannot track it: make every cached spend reload at commit */
-		LWLockRelease(lock);
+		LWLockRelease(u->lock);
 		ai_config_bump_at_end(AI_GEN_USAGE);
 		return cost_num;
 	}
@@ -386,18 +378,18 @@ ai_record(const char *user_id, int idlen, const char *model,
 	if (want_alerts)
 		nfired = ai_alerts_crossed(&r, e, &eff, &charge.alert_bits, fired, &spend_after);
 	ai_count_call(&r, e, &charge);
-	LWLockRelease(lock);
+	LWLockRelease(u->lock);
 	ai_charge_add(&charge);
 
 	for (int k = 0; k < nfired; k++)
 	{
-		ai_insert_alert(user_id, idlen, &eff, fired[k], spend_after, &r.cal, r.now);
-		ai_notify_alert(user_id, &eff, fired[k], spend_after, &r.cal);
+		ai_insert_alert(u->id, u->len, &eff, fired[k], spend_after, &r.cal, r.now);
+		ai_notify_alert(u->id, &eff, fired[k], spend_after, &r.cal);
 	}
 	if (resv_missing)
 		ereport(WARNING,
 				(errcode(ERRCODE_WARNING),
-				 errmsg("reservation " INT64_FORMAT " of user \"%s\" is not open", resv_id, user_id),
+				 errmsg("reservation " INT64_FORMAT " of user \"%s\" is not open", resv_id, u->id),
 				 errdetail("It expired, was already settled, or belongs to another user; the usage is recorded all the same.")));
 	return cost_num;
 }

@@ -226,17 +226,15 @@ ai_users_query(const char *user_id, int len, UserConfig *u)
  * lookup is needed.
  */
 static const UserConfig *
-ai_user_config(const char *user_id, int len, bool need_plan)
+ai_user_config(const AiUser *user, bool need_plan)
 {
-	AiKey		key;
 	UserConfig *u;
 	UserConfig	fresh;
 
 	ai_users_sync();
 	if (!need_plan && !ai_limits_exist())
 		return NULL;
-	ai_make_key(&key, user_id, len);
-	u = hash_search(user_cache, &key, HASH_FIND, NULL);
+	u = hash_search(user_cache, &user->key, HASH_FIND, NULL);
 	if (u != NULL)
 		return u;
 
@@ -248,8 +246,8 @@ ai_user_config(const char *user_id, int len, bool need_plan)
 		ai_users_reset_cache();	/* the bound was lowered: give the memory back */
 	else if (hash_get_num_entries(user_cache) >= ai_user_cache_size)
 		ai_users_evict();
-	ai_users_query(user_id, len, &fresh);
-	u = hash_search(user_cache, &key, HASH_ENTER, NULL);
+	ai_users_query(user->id, user->len, &fresh);
+	u = hash_search(user_cache, &user->key, HASH_ENTER, NULL);
 	u->plan = fresh.plan;
 	u->limits = fresh.limits;
 	return u;
@@ -257,9 +255,9 @@ ai_user_config(const char *user_id, int len, bool need_plan)
 
 /* The plan of a user from ai_user_plans, 'free' when the user has no row. */
 const char *
-ai_user_plan(const char *user_id, int len)
+ai_user_plan(const AiUser *user)
 {
-	const UserConfig *u = ai_user_config(user_id, len, true);
+	const UserConfig *u = ai_user_config(user, true);
 
 	return (u && u->plan) ? u->plan : "free";
 }
@@ -269,9 +267,9 @@ ai_user_plan(const char *user_id, int len)
  * that is not NULL replaces the plan's limit; blocked_until blocks.
  */
 void
-ai_apply_user_limits(const char *user_id, int len, AiPlan *plan)
+ai_apply_user_limits(const AiUser *user, AiPlan *plan)
 {
-	const UserConfig *u = ai_user_config(user_id, len, false);
+	const UserConfig *u = ai_user_config(user, false);
 
 	if (u == NULL || !u->limits.has_row)
 		return;
