@@ -15,7 +15,11 @@
 #include "storage/ipc.h"
 #include "utils/guc.h"
 
-#include "ai_ratelimit.h"
+#include "ai_config.h"
+#include "ai_persist.h"
+#include "ai_replica.h"
+#include "ai_shmem.h"
+#include "ai_xact.h"
 
 PG_MODULE_MAGIC;
 

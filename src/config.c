@@ -40,7 +40,10 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "ai_ratelimit.h"
+#include "ai_config.h"
+#include "ai_shmem.h"
+#include "ai_stats.h"
+#include "ai_users.h"
 
 PG_FUNCTION_INFO_V1(ai_ratelimit_config_changed);
 

@@ -23,7 +23,15 @@
 #include "utils/datetime.h"
 #include "utils/timestamp.h"
 
-#include "ai_ratelimit.h"
+#include "ai_calendar.h"
+#include "ai_config.h"
+#include "ai_limits.h"
+#include "ai_resvid.h"
+#include "ai_rings.h"
+#include "ai_shmem.h"
+#include "ai_spend.h"
+#include "ai_stats.h"
+#include "ai_xact.h"
 
 /* One check in progress: what it was asked and what it found. */
 typedef struct AiCheck

@@ -57,7 +57,10 @@
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 
-#include "ai_ratelimit.h"
+#include "ai_calendar.h"
+#include "ai_persist.h"
+#include "ai_resvid.h"
+#include "ai_shmem.h"
 
 #define AI_SAVE_FILE		"pg_stat/ai_ratelimit.dat"
 #define AI_SAVE_TMP			"pg_stat/ai_ratelimit.dat.tmp"

@@ -33,7 +33,10 @@
 #include "miscadmin.h"
 #include "utils/timestamp.h"
 
-#include "ai_ratelimit.h"
+#include "ai_persist.h"
+#include "ai_replica.h"
+#include "ai_resvid.h"
+#include "ai_shmem.h"
 
 /*
  * PostgreSQL's id for extensions that have not reserved one of their own

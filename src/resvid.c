@@ -48,7 +48,9 @@
 #include "storage/fd.h"
 #include "utils/timestamp.h"
 
-#include "ai_ratelimit.h"
+#include "ai_replica.h"
+#include "ai_resvid.h"
+#include "ai_shmem.h"
 
 #define AI_IDS_FILE				"pg_stat/ai_ratelimit.ids"
 #define AI_IDS_TMP				"pg_stat/ai_ratelimit.ids.tmp"

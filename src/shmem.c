@@ -41,7 +41,12 @@
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
 
-#include "ai_ratelimit.h"
+#include "ai_calendar.h"
+#include "ai_persist.h"
+#include "ai_resvid.h"
+#include "ai_rings.h"
+#include "ai_shmem.h"
+#include "ai_stats.h"
 
 #define AI_TRANCHE				"ai_ratelimit"
 

@@ -25,7 +25,11 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
-#include "ai_ratelimit.h"
+#include "ai_calendar.h"
+#include "ai_config.h"
+#include "ai_shmem.h"
+#include "ai_spend.h"
+#include "ai_usage.h"
 
 /* Sum of cost_cents of a user in a month, read with the active snapshot. */
 static Datum

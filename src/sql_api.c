@@ -22,7 +22,16 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "ai_ratelimit.h"
+#include "ai_calendar.h"
+#include "ai_config.h"
+#include "ai_limits.h"
+#include "ai_replica.h"
+#include "ai_rings.h"
+#include "ai_shmem.h"
+#include "ai_spend.h"
+#include "ai_stats.h"
+#include "ai_usage.h"
+#include "ai_users.h"
 
 PG_FUNCTION_INFO_V1(ai_check_limit);
 PG_FUNCTION_INFO_V1(ai_enforce_limit);

@@ -19,7 +19,8 @@
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
 
-#include "ai_ratelimit.h"
+#include "ai_shmem.h"
+#include "ai_stats.h"
 
 AiStats    *ai_stats = NULL;
 

@@ -26,7 +26,14 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "ai_ratelimit.h"
+#include "ai_calendar.h"
+#include "ai_config.h"
+#include "ai_rings.h"
+#include "ai_shmem.h"
+#include "ai_spend.h"
+#include "ai_usage.h"
+#include "ai_users.h"
+#include "ai_xact.h"
 
 /*
  * Send a budget alert: pg_notify('ai_ratelimit', json), delivered when the

@@ -22,7 +22,11 @@
 #include "access/xact.h"
 #include "utils/memutils.h"
 
-#include "ai_ratelimit.h"
+#include "ai_config.h"
+#include "ai_shmem.h"
+#include "ai_spend.h"
+#include "ai_usage.h"
+#include "ai_xact.h"
 
 static AiCharge *charges = NULL;
 static int	ncharges = 0;

@@ -172,9 +172,9 @@ sql(q{DELETE FROM ai_usage WHERE user_id IN ('byhand', 'bycopy')});
 is(sql("SELECT allowed FROM ai_check_limit('byhand', 'day', 1)"), 't', 'and deleting it gives the budget back');
 
 # ---- the status view cuts ids at a character boundary ----
-sql(q{SELECT checks('ab€€€€€', 1)});	# 2 + 5 * 3 = 17 bytes
-is(sql(q{SELECT user_id FROM ai_ratelimit_status WHERE user_id LIKE 'ab%'}), 'ab€€€€…',
-	'a 17-byte id is shown as its first 14 bytes (whole characters) and an ellipsis');
+sql(q{SELECT checks('ab€€€€€€€€€€€€€', 1)});	# 2 + 13 * 3 = 41 bytes
+is(sql(q{SELECT user_id FROM ai_ratelimit_status WHERE user_id LIKE 'ab%'}), 'ab€€€€€€€€€€€€…',
+	'a 41-byte id is shown as its first 38 bytes (whole characters) and an ellipsis');
 is(sql(q{SELECT count(*) FROM ai_ratelimit_status WHERE convert_from(convert_to(user_id, 'UTF8'), 'UTF8') IS NULL}), '0',
 	'every id in the view is valid text');
 

@@ -1,0 +1,128 @@
+/*-------------------------------------------------------------------------
+ *
+ * ai_config.h
+ *		Caches of plans and prices, the extension's own SPI helpers (config.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AI_CONFIG_H_
+#define AI_CONFIG_H_
+
+#include "ai_stats.h"
+
+/* config.c */
+#define AI_MAX_ALERTS			8
+
+typedef struct AiPlan
+{
+	char		name[NAMEDATALEN * 2];
+	bool		has_burst;
+	bool		has_daily;
+	bool		has_budget;
+	bool		has_tpm;
+	bool		blocked;		/* a per-user block is in force */
+	int32		burst_limit;
+	int32		burst_window_ms;
+	int32		daily_limit;
+	int64		tokens_per_minute;
+	AiMoney		budget;
+	TimestampTz blocked_until;	/* DT_NOEND: until lifted */
+	int			nalerts;
+	int32		alert_percent[AI_MAX_ALERTS];
+	uint16		name_hash;
+	AiStats    *stats;			/* shared counters of this plan */
+} AiPlan;
+
+typedef struct AiPrice
+{
+	AiMoney		input;			/* per token, 1e-9 cent units */
+	AiMoney		output;
+	AiMoney		cached_input;
+	AiMoney		cache_write;	/* 5-minute prompt-cache writes */
+	AiMoney		cache_write_1h; /* 1-hour prompt-cache writes */
+	bool		fallback;		/* priced by the '*' row */
+	char		priced_as[AI_MAX_MODEL_LEN + 1];
+} AiPrice;
+
+typedef struct AiInternalState
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			nestlevel;
+} AiInternalState;
+
+/*
+ * The limit columns that ai_plans and ai_user_limits share, decoded from a
+ * row by ai_decode_limits(); a has_ flag is false where the column is NULL.
+ */
+typedef struct AiLimitCols
+{
+	bool		has_burst_limit;
+	bool		has_burst_window;
+	bool		has_daily;
+	bool		has_budget;
+	bool		has_tpm;
+	int32		burst_limit;
+	int32		burst_window_ms;
+	int32		daily_limit;
+	int64		tokens_per_minute;
+	AiMoney		budget;
+} AiLimitCols;
+
+/*
+ * The limit columns of the table aliased t, in the order ai_decode_limits()
+ * reads them; the burst window comes as whole milliseconds, and %s is the
+ * tokens-per-minute expression.
+ */
+#define AI_LIMIT_COLS_OF(t) \
+	t ".burst_limit, " \
+	"pg_catalog.ceil(pg_catalog.date_part('epoch', " t ".burst_window) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int4, " \
+	t ".daily_limit, " t ".monthly_budget_cents, %s"
+#define AI_NUM_LIMIT_COLS		5
+
+/* A user's row of ai_user_limits. */
+typedef struct AiUserLimits
+{
+	bool		has_row;
+	AiLimitCols lim;
+	bool		has_block;
+	TimestampTz blocked_until;	/* DT_NOEND: until lifted */
+} AiUserLimits;
+
+/* A prepared plan kept for the backend's life (ai_kept_plan). */
+typedef struct AiKeptPlan
+{
+	void	   *plan;			/* SPIPlanPtr */
+	char	   *sql;			/* the text it was prepared from */
+} AiKeptPlan;
+
+extern void *ai_kept_plan(AiKeptPlan *kp, const char *sql, int nargs, Oid *types);
+extern void ai_internal_begin(AiInternalState *st);
+extern void ai_internal_end(AiInternalState *st);
+extern void ai_as_owner_begin(AiInternalState *st);
+extern void ai_as_owner_end(AiInternalState *st);
+extern const char *ai_ext_schema(void);
+extern Oid	ai_ext_owner(void);
+extern bool ai_ext_has_user_limits(void);
+extern bool ai_ext_has_relation(const char *name);
+extern bool ai_ext_has_column(const char *rel, const char *column);
+extern void ai_spi_read(const char *sql, int nargs, Oid *types, Datum *values);
+extern bool ai_spi_col(HeapTuple tup, TupleDesc td, int col, Datum *d);
+extern void ai_decode_limits(HeapTuple tup, TupleDesc td, int first, AiLimitCols *l);
+extern void ai_limits_apply(const AiLimitCols *l, AiPlan *plan);
+extern const AiPlan *ai_plan_lookup(const char *plan);
+extern bool ai_plans_have_alerts(void);
+extern const char *ai_plan_name_by_hash(uint16 h);
+extern void ai_plans_refresh_in_recovery(void);
+extern void ai_price_lookup(const char *model, AiPrice *price, bool recording);
+extern void ai_config_init(void);
+
+/* Generations of the caches, as bits for ai_config_bump_at_end(). */
+#define AI_GEN_PLANS			0x1		/* ai_plans */
+#define AI_GEN_PRICES			0x2		/* ai_model_prices */
+#define AI_GEN_USAGE			0x4		/* ai_usage rows deleted: spend reloads */
+extern void ai_config_bump_at_end(uint32 bits);
+extern void ai_config_xact_end(bool commit);
+extern void ai_config_init_hooks(void);
+
+#endif							/* AI_CONFIG_H_ */

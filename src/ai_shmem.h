@@ -1,0 +1,297 @@
+/*-------------------------------------------------------------------------
+ *
+ * ai_shmem.h
+ *		The shared table of per-user counters and the reservation pool (shmem.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AI_SHMEM_H_
+#define AI_SHMEM_H_
+
+#include "ai_ratelimit.h"
+
+/* ---- shared state (shmem.c) ---- */
+
+/* The counters are split into this many partitions, each with its lock. */
+#define AI_NUM_PARTITIONS		128
+
+/*
+ * Hash key: database and a 96-bit hash of the user id.  Two different ids
+ * share counters only if all 96 bits collide (about 1e-17 for a million
+ * users in one database).
+ */
+typedef struct AiKey
+{
+	Oid			dbid;
+	uint32		h32;
+	uint64		h64;
+} AiKey;
+
+typedef enum AiSpendState
+{
+	AI_SPEND_UNKNOWN = 0,		/* not loaded from ai_usage for this month */
+	AI_SPEND_VALID				/* committed_spend is exact for spend_month */
+} AiSpendState;
+
+/*
+ * Bytes of a user id kept in shared memory for the views: a UUID (36) and
+ * most e-mail addresses fit whole; a longer id shows its first bytes.
+ */
+#define AI_ID_PREFIX_LEN		40
+
+
+/*
+ * Per-user counters.  Every field is protected by the partition lock of the
+ * entry's key (see shmem.c).
+ */
+typedef struct AiEntry
+{
+	AiKey		key;			/* hash key: must be first */
+
+	/* what every check reads and writes comes first: the first 128 bytes */
+	int64		burst_head;		/* bucket index of the newest bucket */
+	int32		burst_window_ms;	/* window the buckets were cut for */
+	int32		day;			/* local day number of daily_count */
+	uint32		daily_count;
+	uint16		plan_hash;		/* 16 bits of the last plan's name, for views */
+	uint8		spend_state;	/* AiSpendState */
+	uint8		id_len;			/* length of the user id, at most 255 */
+	uint32		burst[AI_BURST_RING];	/* allowed requests per bucket */
+
+	/* monthly spend cache and reservations */
+	int32		spend_month;	/* local month number of the spend fields */
+	uint32		spend_gen;		/* usage generation the cache was loaded at */
+	uint32		change_seq;		/* bumped by every record and settle */
+	uint32		inflight;		/* ai_record_usage calls not yet ended */
+	AiMoney		committed_spend;	/* committed cost this month */
+	INT128		inflight_cost;	/* cost recorded by open transactions, exact
+								 * (ai_inflight_cost() reads it) */
+	AiMoney		recorded_total; /* every cost ever recorded (wraps) */
+	AiMoney		reserved;		/* open reservations, expired or not; when it
+								 * saturated, counted again as they leave */
+	int32		resv_head;		/* oldest reservation slot, or -1 */
+	int32		resv_tail;		/* newest reservation slot, or -1 */
+	uint32		alerts_sent;	/* budget alert thresholds notified in spend_month */
+
+	/* tokens per minute: AI_TOKEN_RING buckets of AI_TOKEN_BUCKET_SECS */
+	int32		tokens_head;	/* bucket index of the newest token bucket */
+	uint32		tokens[AI_TOKEN_RING];
+
+	char		id_prefix[AI_ID_PREFIX_LEN];	/* user id, for views */
+	int32		next;			/* next entry in its bucket, or in the free list */
+	int32		dirty_next;		/* next in its partition's dirty list; -2: not in it */
+	uint8		save_flags;		/* AI_SAVE_* (persist.c) */
+	uint8		resv_restored;	/* reservations restored after a crash, not yet
+								 * checked against ai_usage (spend.c) */
+} AiEntry;
+
+#define AI_SAVE_DIRTY			0x1 /* changed since it was last saved */
+#define AI_SAVE_IN_FILE			0x2 /* in the save files: removing it needs a tombstone */
+
+/* What records in flight hold, at most AI_MONEY_MAX.  Caller holds the lock. */
+static inline AiMoney
+ai_inflight_cost(const AiEntry *e)
+{
+	if (int128_compare(e->inflight_cost, int64_to_int128(AI_MONEY_MAX)) >= 0)
+		return AI_MONEY_MAX;
+	if (int128_compare(e->inflight_cost, int64_to_int128(0)) <= 0)
+		return 0;
+	return int128_to_int64(e->inflight_cost);
+}
+
+/* Is the entry's cached spend exact for this month?  Caller holds its lock. */
+static inline bool
+ai_spend_is_cached(const AiEntry *e, int32 month)
+{
+	return e->spend_state == AI_SPEND_VALID && e->spend_month == month;
+}
+
+typedef enum AiResvState
+{
+	AI_RESV_FREE = 0,
+	AI_RESV_OPEN,				/* counted in its entry's reserved */
+	AI_RESV_SETTLING			/* settled by an open transaction */
+} AiResvState;
+
+/* A budget reservation, in a fixed pool of slots. */
+typedef struct AiReservation
+{
+	int64		id;				/* see resvid.c; 0 when free */
+	AiKey		key;			/* owner */
+	AiMoney		amount;
+	TimestampTz expires_at;
+	int32		next;			/* next slot of the same user, or free list */
+	int32		prev;
+	uint8		state;			/* AiResvState */
+} AiReservation;
+
+/* Most reservation slots a server may have (ai_ratelimit.max_reservations). */
+#define AI_RESV_MAX_SLOTS		((1 << 24) - 1)
+
+/* Users whose configuration changed, remembered for the caches (users.c). */
+#define AI_USERS_RING			4096
+
+typedef struct AiShared
+{
+	LWLock	   *resv_lock;		/* guards the reservation pool */
+	pg_atomic_uint32 plans_gen;	/* bumped when ai_plans changes */
+	pg_atomic_uint32 users_gen;	/* bumped to forget every cached user */
+	pg_atomic_uint32 limits_gen;	/* bumped when ai_user_limits changes */
+	pg_atomic_uint64 users_seq;	/* users ever put in users_ring */
+	LWLock	   *users_lock;		/* guards writing users_ring */
+	AiKey		users_ring[AI_USERS_RING];
+	pg_atomic_uint32 prices_gen;	/* bumped when ai_model_prices changes */
+	pg_atomic_uint32 usage_gen; /* bumped when ai_usage rows are deleted */
+	pg_atomic_uint32 ext_gen;	/* bumped when the extension is dropped somewhere */
+	pg_atomic_uint32 caches_fresh;	/* generations bumped since recovery ended (replica.c) */
+	pg_atomic_uint32 dirty;		/* counters changed since the last save */
+	pg_atomic_uint64 last_save;	/* TimestampTz of the last good save, 0: none */
+	pg_atomic_uint64 last_wal;	/* TimestampTz counters last went to the WAL */
+	pg_atomic_uint32 saver_pid;	/* the saver's process, 0: not running */
+	pg_atomic_uint64 saver_started;	/* TimestampTz the saver last started */
+	pg_atomic_uint32 saver_starts;	/* times it started since the server did */
+	pg_atomic_uint64 save_failures;	/* saves that failed since start */
+	pg_atomic_uint64 evictions;
+	pg_atomic_uint64 full_refusals;
+	TimestampTz stats_reset;	/* guarded by stats_lock */
+	LWLock	   *stats_lock;		/* guards adding plans to ai_stats */
+	int32		nstats;
+	/* reservation ids (resvid.c) */
+	LWLock	   *ids_lock;		/* serialises raising the ceiling */
+	pg_atomic_uint64 ids_ceiling;	/* no id of this or a later ms is issued
+									 * until the file says so (ms) */
+	pg_atomic_uint64 ids_saved_at;	/* TimestampTz the ceiling was last saved */
+	/* reservation pool and the last id, protected by resv_lock */
+	int64		ids_last_ms;	/* ms part of the last id issued, or a floor */
+	uint32		ids_last_seq;
+	uint32		ids_last_tli;	/* 0: none issued at ids_last_ms (a floor) */
+	int32		resv_free;		/* head of the free list */
+	int32		resv_used;
+	AiReservation resv[FLEXIBLE_ARRAY_MEMBER];
+} AiShared;
+
+/*
+ * The table of entries: AiEntry slots in one array, chained per bucket.
+ * Bucket b holds keys whose hash is b modulo nbuckets, and nbuckets is a
+ * multiple of AI_NUM_PARTITIONS, so every entry of bucket b belongs to
+ * partition b % AI_NUM_PARTITIONS: a partition's entries can be visited
+ * under its lock alone (AiPartIter).
+ */
+#define AI_TOMB_MAX				65536
+
+typedef struct AiTable
+{
+	int32		nbuckets;		/* a power of 2, at least AI_NUM_PARTITIONS */
+	slock_t		free_mutex;		/* guards free_head */
+	int32		free_head;		/* unused slots, linked by next */
+	pg_atomic_uint32 nentries;	/* slots in use */
+	pg_atomic_uint32 sweep_hand;	/* partition the next sweep starts at */
+	/* per partition, under its lock: */
+	int32		part_count[AI_NUM_PARTITIONS];
+	TimestampTz part_idle_until[AI_NUM_PARTITIONS]; /* swept in vain: not again before */
+	int32		part_idle_day[AI_NUM_PARTITIONS];	/* ... if still this local day */
+	int32		dirty_head[AI_NUM_PARTITIONS];	/* entries changed since the last save */
+	/* keys of saved entries removed since the last save (persist.c) */
+	slock_t		tomb_mutex;
+	int32		ntomb;
+	bool		tomb_overflow;	/* more than AI_TOMB_MAX: the next save is whole */
+	AiKey		tomb[AI_TOMB_MAX];
+	int32		buckets[FLEXIBLE_ARRAY_MEMBER]; /* chain heads (slot or -1) */
+} AiTable;
+
+/* Visits the entries of one partition; the current one may be removed. */
+typedef struct AiPartIter
+{
+	int32		bucket;
+	int32		next;
+} AiPartIter;
+
+extern AiShared *ai_shared;
+extern AiTable *ai_table;
+extern AiEntry *ai_entries;
+
+/*
+ * A user as a call that counts for it sees it: its id, the hash key of the
+ * id in this database, the key's hash value and partition lock.  Built once
+ * per call (ai_user_init) and passed down, so the id is hashed once.
+ */
+typedef struct AiUser
+{
+	const char *id;				/* NUL-terminated */
+	int			len;
+	AiKey		key;
+	uint32		hashcode;		/* ai_key_hash(&key) */
+	LWLock	   *lock;			/* the key's partition lock */
+} AiUser;
+
+/* shmem.c */
+extern void ai_user_init(AiUser *u, const char *id, int len);
+extern void ai_shmem_request(void);
+extern void ai_shmem_startup(void);
+extern void ai_require_loaded(void);
+extern void ai_make_key(AiKey *key, const char *id, int len);
+extern LWLock *ai_partition_lock(uint32 hashcode);
+extern LWLock *ai_partition_lock_at(int partition);
+extern void ai_part_iter_init(AiPartIter *it, int partition);
+extern AiEntry *ai_part_iter_next(AiPartIter *it);
+extern uint32 ai_entry_count(void);
+extern void ai_sweep_background(TimestampTz now);
+extern void ai_partition_changed(uint32 hashcode);
+extern int32 ai_resv_open_count(TimestampTz now);
+extern uint32 ai_key_hash(const AiKey *key);
+extern AiEntry *ai_entry_lookup(const AiKey *key, uint32 hashcode, bool create,
+								TimestampTz now, const char *id, int idlen);
+extern AiEntry *ai_entry_get(const AiKey *key, uint32 hashcode, LWLock *lock,
+							 TimestampTz now, const char *id, int idlen);
+extern bool ai_entry_is_live(AiEntry *e, TimestampTz now, int32 today);
+extern void ai_lock_all(LWLockMode mode);
+extern void ai_verify(List **problems);
+extern void ai_forget_database(Oid dbid);
+extern void ai_unlock_all(void);
+extern int32 ai_resv_find(const AiEntry *entry, int64 id);
+extern int64 ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz now,
+							TimestampTz expires_at, int32 *slot);
+extern bool ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampTz expires_at);
+extern void ai_entry_forget(AiEntry *e);
+extern void ai_resv_free(AiEntry *entry, int32 slot);
+extern void ai_resv_unreserve(AiEntry *entry, AiMoney amount);
+extern AiMoney ai_resv_held(const AiEntry *entry, TimestampTz after, int32 *count);
+
+/* What ai_resv_release found. */
+typedef enum AiReleaseResult
+{
+	AI_RELEASE_DONE,			/* it was open: its estimate is given back */
+	AI_RELEASE_EXPIRED,			/* it had expired (held nothing): freed */
+	AI_RELEASE_SETTLING,		/* a record in an open transaction settles it */
+	AI_RELEASE_NOT_FOUND		/* released, settled, expired and swept, or never ours */
+} AiReleaseResult;
+extern AiReleaseResult ai_resv_release(int64 id, TimestampTz now);
+extern AiMoney ai_resv_open_amount(AiEntry *entry, TimestampTz now);
+
+/* Note that something to save changed, for the saver (persist.c). */
+static inline void
+ai_mark_dirty(void)
+{
+	if (pg_atomic_read_u32(&ai_shared->dirty) == 0)
+		pg_atomic_write_u32(&ai_shared->dirty, 1);
+}
+
+/*
+ * Note that an entry's saved state changed: it joins its partition's dirty
+ * list.  Caller holds the entry's partition lock exclusively.
+ */
+static inline void
+ai_entry_changed(AiEntry *e)
+{
+	if (!(e->save_flags & AI_SAVE_DIRTY))
+	{
+		int32	   *head = &ai_table->dirty_head[ai_key_hash(&e->key) % AI_NUM_PARTITIONS];
+
+		e->save_flags |= AI_SAVE_DIRTY;
+		e->dirty_next = *head;
+		*head = (int32) (e - ai_entries);
+	}
+	ai_mark_dirty();
+}
+
+#endif							/* AI_SHMEM_H_ */

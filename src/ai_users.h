@@ -1,0 +1,21 @@
+/*-------------------------------------------------------------------------
+ *
+ * ai_users.h
+ *		Per-user configuration: ai_user_plans and ai_user_limits (users.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AI_USERS_H_
+#define AI_USERS_H_
+
+#include "ai_config.h"
+#include "ai_shmem.h"
+
+/* users.c */
+extern const char *ai_user_plan(const AiUser *u);
+extern void ai_apply_user_limits(const AiUser *u, AiPlan *plan);
+extern void ai_users_row_changed(HeapTuple tup, TupleDesc td, bool limits);
+extern void ai_users_all_changed(bool limits);
+extern void ai_users_xact_end(void);
+
+#endif							/* AI_USERS_H_ */
