@@ -122,7 +122,7 @@ extern void ai_config_init(void);
 #define AI_GEN_PRICES			0x2		/* ai_model_prices */
 #define AI_GEN_USAGE			0x4		/* ai_usage rows deleted: spend reloads */
 extern void ai_config_bump_at_end(uint32 bits);
-extern void ai_config_xact_end(bool commit);
 extern void ai_config_init_hooks(void);
+extern void ai_config_init_xact(void);
 
 #endif							/* AI_CONFIG_H_ */

@@ -19,6 +19,9 @@
 #include "ai_persist.h"
 #include "ai_replica.h"
 #include "ai_shmem.h"
+#include "ai_spend.h"
+#include "ai_usage.h"
+#include "ai_users.h"
 #include "ai_xact.h"
 
 PG_MODULE_MAGIC;
@@ -123,7 +126,18 @@ _PG_init(void)
 							&ai_user_cache_size, 65536, 1024, 10000000,
 							PGC_USERSET, 0, NULL, NULL, NULL);
 	ai_config_init();
+
+	/*
+	 * Each module ends its own part of a transaction.  PostgreSQL calls the
+	 * callbacks newest first: config.c's (which, when DROP EXTENSION
+	 * commits, marks every user's configuration changed) runs before
+	 * users.c's, which tells the other backends.
+	 */
+	ai_users_init();
 	ai_xact_init();
+	ai_spend_init();
+	ai_usage_init();
+	ai_config_init_xact();
 
 	/* without preload there is no shared memory to size or hook */
 	if (!process_shared_preload_libraries_in_progress)

@@ -1,7 +1,12 @@
 /*-------------------------------------------------------------------------
  *
  * ai_ratelimit.h
- *		Shared declarations of the ai_ratelimit extension.
+ *		What every module of ai_ratelimit shares: bounds on input, money,
+ *		the settings, how a transaction ended.
+ *
+ * Each module below has its own header, ai_<module>.h; the layout of the
+ * saved counters (ai_saved.h) is for persist.c and replica.c alone.  Each
+ * module registers its own transaction callback for its own state.
  *
  * The extension is split by concern:
  *   ai_ratelimit.c  module load, GUCs, shared-memory hooks
@@ -22,7 +27,7 @@
  *                   trigger
  *   users.c         per-user configuration (ai_user_plans, ai_user_limits),
  *                   looked up and invalidated one user at a time
- *   xact.c          what a transaction consumed, given back on abort
+ *   xact.c          what a check or record took, given back on abort
  *   limits.c        the decision, layer by layer: block, burst, daily,
  *                   tokens per minute, monthly budget
  *   spend.c         a user's monthly spend: from the tables, cached exact
@@ -38,6 +43,7 @@
 
 #include "datatype/timestamp.h"
 #include "access/htup.h"
+#include "access/xact.h"
 #include "access/tupdesc.h"
 #include "common/int128.h"
 #include "fmgr.h"
@@ -102,6 +108,35 @@ typedef enum AiUnknownModel
 	AI_UNKNOWN_MODEL_WARN = 0,	/* price it by the '*' row, with a WARNING */
 	AI_UNKNOWN_MODEL_REFUSE		/* an ERROR: nothing is recorded */
 } AiUnknownModel;
+
+/*
+ * How a transaction ended, for the transaction callback that each module
+ * registers for its own state (PREPARE ends the backend's part as an abort
+ * does: xact.c refuses to prepare a transaction holding charges).
+ */
+typedef enum AiXactEnd
+{
+	AI_XACT_NONE,				/* not an end */
+	AI_XACT_COMMIT,
+	AI_XACT_ABORT
+} AiXactEnd;
+
+static inline AiXactEnd
+ai_xact_end_of(XactEvent event)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			return AI_XACT_COMMIT;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			return AI_XACT_ABORT;
+		default:
+			return AI_XACT_NONE;
+	}
+}
 
 /* money.c */
 extern AiMoney ai_money_from_numeric(Datum num, bool round_up, const char *what);

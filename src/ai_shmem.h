@@ -38,6 +38,7 @@ typedef enum AiSpendState
  * most e-mail addresses fit whole; a longer id shows its first bytes.
  */
 #define AI_ID_PREFIX_LEN		40
+#define AI_ID_PREFIX_LEN_V3		16	/* kept by save layouts 2 and 3 (ai_saved.h) */
 
 
 /*
@@ -209,6 +210,59 @@ typedef struct AiPartIter
 extern AiShared *ai_shared;
 extern AiTable *ai_table;
 extern AiEntry *ai_entries;
+
+/*
+ * Which of a user's reservations a walk visits (ai_resv_iter_next):
+ *   AI_RESV_WALK_ALL      every one in the list
+ *   AI_RESV_WALK_HOLDING  open and not expired at `at`: what a budget counts
+ *   AI_RESV_WALK_LIVE     those, and any being settled: what keeps an entry
+ *                         alive, and what a save keeps
+ * The reservation returned may be freed before the next call.  Caller holds
+ * the entry's partition lock.
+ */
+typedef enum AiResvWalk
+{
+	AI_RESV_WALK_ALL,
+	AI_RESV_WALK_HOLDING,
+	AI_RESV_WALK_LIVE
+} AiResvWalk;
+
+typedef struct AiResvIter
+{
+	int32		next;			/* slot to visit next, or -1 */
+	AiResvWalk	walk;
+	TimestampTz at;
+} AiResvIter;
+
+static inline void
+ai_resv_iter_init(AiResvIter *it, const AiEntry *e, AiResvWalk walk, TimestampTz at)
+{
+	it->next = e->resv_head;
+	it->walk = walk;
+	it->at = at;
+}
+
+/* The next reservation of the walk, its slot in *slot; NULL at the end. */
+static inline AiReservation *
+ai_resv_iter_next(AiResvIter *it, int32 *slot)
+{
+	while (it->next >= 0)
+	{
+		int32		s = it->next;
+		AiReservation *r = &ai_shared->resv[s];
+
+		it->next = r->next;
+		if (it->walk == AI_RESV_WALK_ALL ||
+			(r->state == AI_RESV_OPEN && r->expires_at > it->at) ||
+			(it->walk == AI_RESV_WALK_LIVE && r->state == AI_RESV_SETTLING))
+		{
+			if (slot != NULL)
+				*slot = s;
+			return r;
+		}
+	}
+	return NULL;
+}
 
 /*
  * A user as a call that counts for it sees it: its id, the hash key of the

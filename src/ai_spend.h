@@ -16,6 +16,6 @@ extern bool ai_ensure_spend(const AiUser *u, const AiCalendar *cal, TimestampTz 
 							bool create, AiMoney *fallback);
 extern Datum ai_spend_in_month(const char *user_id, DateADT month);
 extern void ai_resv_drop_settled(const AiUser *u);
-extern void ai_spend_xact_end(bool commit);
+extern void ai_spend_init(void);
 
 #endif							/* AI_SPEND_H_ */

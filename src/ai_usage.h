@@ -12,7 +12,7 @@
 
 /* usage.c */
 extern bool ai_recording_usage(void);
-extern void ai_record_xact_end(void);
+extern void ai_usage_init(void);
 /* The tokens of one call, as vendors bill them. */
 typedef struct AiTokens
 {

@@ -16,6 +16,6 @@ extern const char *ai_user_plan(const AiUser *u);
 extern void ai_apply_user_limits(const AiUser *u, AiPlan *plan);
 extern void ai_users_row_changed(HeapTuple tup, TupleDesc td, bool limits);
 extern void ai_users_all_changed(bool limits);
-extern void ai_users_xact_end(void);
+extern void ai_users_init(void);
 
 #endif							/* AI_USERS_H_ */

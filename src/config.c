@@ -642,10 +642,15 @@ ai_config_bump_at_end(uint32 bits)
 	pending_bumps |= bits;
 }
 
-/* Called by xact.c when a transaction ends, committed or not. */
-void
-ai_config_xact_end(bool commit)
+/* A transaction ends, committed or not. */
+static void
+ai_config_xact_callback(XactEvent event, void *arg)
 {
+	AiXactEnd	end = ai_xact_end_of(event);
+	bool		commit = (end == AI_XACT_COMMIT);
+
+	if (end == AI_XACT_NONE)
+		return;
 	if (drop_at_commit && commit && ai_shared != NULL)
 	{
 		/*
@@ -664,7 +669,6 @@ ai_config_xact_end(bool commit)
 		ai_bump(pending_bumps);
 		pending_bumps = 0;
 	}
-	ai_users_xact_end();
 }
 
 /* DROP EXTENSION ai_ratelimit: act when the transaction commits. */
@@ -707,6 +711,13 @@ ai_config_init_hooks(void)
 	prev_object_access_hook = object_access_hook;
 	object_access_hook = ai_object_access;
 	RegisterSubXactCallback(ai_config_subxact, NULL);
+}
+
+/* The end of a transaction: generations to bump, a dropped extension. */
+void
+ai_config_init_xact(void)
+{
+	RegisterXactCallback(ai_config_xact_callback, NULL);
 }
 
 Datum

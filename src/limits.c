@@ -263,22 +263,23 @@ ai_budget_retry_at(AiEntry *e, AiMoney spend, AiMoney need, AiMoney budget,
 	TimestampTz soon = now + AI_INFLIGHT_RETRY_SECS * USECS_PER_SEC;
 	TimestampTz best = cal->month_end;
 	int			n = 0;
+	AiResvIter	it;
+	AiReservation *r;
 
 	if (ai_money_add(spend, need) > budget)
 		return cal->month_end;
-	for (int32 s = e->resv_head; s >= 0; s = ai_shared->resv[s].next)
+	ai_resv_iter_init(&it, e, AI_RESV_WALK_HOLDING, now);
+	while ((r = ai_resv_iter_next(&it, NULL)) != NULL)
 	{
-		TimestampTz t = ai_shared->resv[s].expires_at;
-		AiMoney		later = 0;
+		TimestampTz t = r->expires_at;
+		AiMoney		later;
 
 		if (++n > 64)
 			break;				/* long lists: answer with the month end */
-		if (ai_shared->resv[s].state != AI_RESV_OPEN || t >= best)
+		if (t >= best)
 			continue;
-		for (int32 u = e->resv_head; u >= 0; u = ai_shared->resv[u].next)
-			if (ai_shared->resv[u].state == AI_RESV_OPEN &&
-				ai_shared->resv[u].expires_at > t)
-				later = ai_money_add(later, ai_shared->resv[u].amount);
+		/* what the others still hold once this one has expired */
+		later = ai_resv_held(e, t, NULL);
 		if (ai_money_add(ai_money_add(spend, later), need) <= budget)
 			best = t;
 	}

@@ -60,6 +60,7 @@
 #include "ai_calendar.h"
 #include "ai_persist.h"
 #include "ai_resvid.h"
+#include "ai_saved.h"
 #include "ai_shmem.h"
 
 #define AI_SAVE_FILE		"pg_stat/ai_ratelimit.dat"
@@ -124,11 +125,16 @@ ai_save_buf_init(AiSaveBuf *b, uint32 entries)
 	b->resv = palloc_extended(sizeof(AiSavedResv) * b->maxresv, MCXT_ALLOC_HUGE);
 }
 
-/* Copy an entry and its unexpired reservations into the buffer. */
+/*
+ * Copy an entry and its live reservations into the buffer (a restore skips
+ * those expired by then).
+ */
 static void
 ai_save_copy_entry(AiSaveBuf *b, AiEntry *e, TimestampTz now)
 {
 	AiSavedEntry *s = &b->entries[b->nentries++];
+	AiResvIter	it;
+	AiReservation *r;
 
 	memset(s, 0, sizeof(*s));
 	s->key = e->key;
@@ -142,19 +148,15 @@ ai_save_copy_entry(AiSaveBuf *b, AiEntry *e, TimestampTz now)
 	s->plan_hash = e->plan_hash;
 	s->id_len = e->id_len;
 	memcpy(s->id_prefix, e->id_prefix, sizeof(s->id_prefix));
-	for (int32 slot = e->resv_head; slot >= 0 && b->nresv < b->maxresv;
-		 slot = ai_shared->resv[slot].next)
+	/* a reservation being settled is kept: the settling may roll back */
+	ai_resv_iter_init(&it, e, AI_RESV_WALK_LIVE, now);
+	while (b->nresv < b->maxresv && (r = ai_resv_iter_next(&it, NULL)) != NULL)
 	{
-		AiReservation *r = &ai_shared->resv[slot];
-
-		if (r->state != AI_RESV_FREE && r->expires_at > now)
-		{
-			b->resv[b->nresv].id = r->id;
-			b->resv[b->nresv].key = r->key;
-			b->resv[b->nresv].amount = r->amount;
-			b->resv[b->nresv].expires_at = r->expires_at;
-			b->nresv++;
-		}
+		b->resv[b->nresv].id = r->id;
+		b->resv[b->nresv].key = r->key;
+		b->resv[b->nresv].amount = r->amount;
+		b->resv[b->nresv].expires_at = r->expires_at;
+		b->nresv++;
 	}
 }
 

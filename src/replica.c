@@ -33,9 +33,9 @@
 #include "miscadmin.h"
 #include "utils/timestamp.h"
 
-#include "ai_persist.h"
 #include "ai_replica.h"
 #include "ai_resvid.h"
+#include "ai_saved.h"
 #include "ai_shmem.h"
 
 /*

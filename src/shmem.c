@@ -540,12 +540,13 @@ ai_partition_changed(uint32 hashcode)
 bool
 ai_entry_is_live(AiEntry *e, TimestampTz now, int32 today)
 {
+	AiResvIter	it;
+
 	if (e->inflight > 0)
 		return true;
-	for (int32 s = e->resv_head; s >= 0; s = ai_shared->resv[s].next)
-		if (ai_shared->resv[s].state == AI_RESV_SETTLING ||
-			ai_shared->resv[s].expires_at > now)
-			return true;
+	ai_resv_iter_init(&it, e, AI_RESV_WALK_LIVE, now);
+	if (ai_resv_iter_next(&it, NULL) != NULL)
+		return true;
 	if (e->day == today && e->daily_count > 0)
 		return true;
 	if (e->burst_window_ms > 0 && ai_burst_count(e, now) > 0)
@@ -563,14 +564,17 @@ static TimestampTz
 ai_entry_dies_at(AiEntry *e, TimestampTz now, const AiCalendar *cal)
 {
 	TimestampTz t = now;
+	AiResvIter	it;
+	AiReservation *r;
 
 	if (e->inflight > 0)
 		return now + AI_SWEEP_IDLE_USECS;
-	for (int32 s = e->resv_head; s >= 0; s = ai_shared->resv[s].next)
+	ai_resv_iter_init(&it, e, AI_RESV_WALK_ALL, now);
+	while ((r = ai_resv_iter_next(&it, NULL)) != NULL)
 	{
-		if (ai_shared->resv[s].state == AI_RESV_SETTLING)
+		if (r->state == AI_RESV_SETTLING)
 			return now + AI_SWEEP_IDLE_USECS;
-		t = Max(t, ai_shared->resv[s].expires_at);
+		t = Max(t, r->expires_at);
 	}
 	if (e->day == cal->day && e->daily_count > 0)
 		t = Max(t, cal->day_end);
@@ -874,13 +878,15 @@ ai_resv_held(const AiEntry *entry, TimestampTz after, int32 *count)
 {
 	AiMoney		sum = 0;
 	int32		n = 0;
+	AiResvIter	it;
+	AiReservation *r;
 
-	for (int32 s = entry->resv_head; s >= 0; s = ai_shared->resv[s].next)
-		if (ai_shared->resv[s].state == AI_RESV_OPEN && ai_shared->resv[s].expires_at > after)
-		{
-			sum = ai_money_add(sum, ai_shared->resv[s].amount);
-			n++;
-		}
+	ai_resv_iter_init(&it, entry, AI_RESV_WALK_HOLDING, after);
+	while ((r = ai_resv_iter_next(&it, NULL)) != NULL)
+	{
+		sum = ai_money_add(sum, r->amount);
+		n++;
+	}
 	if (count != NULL)
 		*count = n;
 	return sum;
@@ -1059,17 +1065,14 @@ ai_resv_release(int64 id, TimestampTz now)
 AiMoney
 ai_resv_open_amount(AiEntry *entry, TimestampTz now)
 {
-	int32		slot = entry->resv_head;
+	AiResvIter	it;
+	AiReservation *r;
+	int32		slot;
 
-	while (slot >= 0)
-	{
-		AiReservation *r = &ai_shared->resv[slot];
-		int32		next = r->next;
-
+	ai_resv_iter_init(&it, entry, AI_RESV_WALK_ALL, now);
+	while ((r = ai_resv_iter_next(&it, &slot)) != NULL)
 		if (r->state == AI_RESV_OPEN && r->expires_at <= now)
 			ai_resv_free(entry, slot);
-		slot = next;
-	}
 	return entry->reserved;
 }
 

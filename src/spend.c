@@ -209,14 +209,19 @@ ai_resv_drop_settled(const AiUser *u)
 	Datum		vals[2];
 	int			len = 0;
 	bool		restored;
+	AiResvIter	it;
+	AiReservation *r;
 
 	/* most calls: no reservation restored after a crash */
 	LWLockAcquire(lock, LW_SHARED);
 	e = ai_entry_lookup(&u->key, u->hashcode, false, 0, NULL, 0);
 	restored = (e != NULL && e->resv_restored);
 	if (restored)
-		for (int32 s = e->resv_head; s >= 0 && len < ai_max_reservations; s = ai_shared->resv[s].next)
+	{
+		ai_resv_iter_init(&it, e, AI_RESV_WALK_ALL, 0);
+		while (len < ai_max_reservations && ai_resv_iter_next(&it, NULL) != NULL)
 			len++;
+	}
 	LWLockRelease(lock);
 	if (!restored)
 		return;
@@ -230,8 +235,11 @@ ai_resv_drop_settled(const AiUser *u)
 	LWLockAcquire(lock, LW_SHARED);
 	e = ai_entry_lookup(&u->key, u->hashcode, false, 0, NULL, 0);
 	if (e != NULL)
-		for (int32 s = e->resv_head; s >= 0 && n < len + 16; s = ai_shared->resv[s].next)
-			ids[n++] = Int64GetDatum(ai_shared->resv[s].id);
+	{
+		ai_resv_iter_init(&it, e, AI_RESV_WALK_ALL, 0);
+		while (n < len + 16 && (r = ai_resv_iter_next(&it, NULL)) != NULL)
+			ids[n++] = Int64GetDatum(r->id);
+	}
 	LWLockRelease(lock);
 
 	if (n > 0)
@@ -345,9 +353,14 @@ ai_ratelimit_usage_inserted(PG_FUNCTION_ARGS)
 }
 
 /* The transaction ends: on commit, the users it inserted rows for reload. */
-void
-ai_spend_xact_end(bool commit)
+static void
+ai_spend_xact_callback(XactEvent event, void *arg)
 {
+	AiXactEnd	end = ai_xact_end_of(event);
+	bool		commit = (end == AI_XACT_COMMIT);
+
+	if (end == AI_XACT_NONE)
+		return;
 	if (ai_shared == NULL)
 		return;					/* not preloaded: nothing is cached */
 	if (commit && stale_all)
@@ -357,4 +370,10 @@ ai_spend_xact_end(bool commit)
 			ai_spend_invalidate(&stale[i]);
 	nstale = 0;
 	stale_all = false;
+}
+
+void
+ai_spend_init(void)
+{
+	RegisterXactCallback(ai_spend_xact_callback, NULL);
 }

@@ -111,10 +111,17 @@ ai_recording_usage(void)
 }
 
 /* The transaction ends: an error may have left the flag set. */
-void
-ai_record_xact_end(void)
+static void
+ai_usage_xact_callback(XactEvent event, void *arg)
 {
-	recording = false;
+	if (ai_xact_end_of(event) != AI_XACT_NONE)
+		recording = false;
+}
+
+void
+ai_usage_init(void)
+{
+	RegisterXactCallback(ai_usage_xact_callback, NULL);
 }
 
 /* One ai_record_usage call. */
@@ -254,11 +261,11 @@ ai_settle_begin(const AiRecordCall *r, AiEntry *e, int32 *slot, bool *missing)
 	}
 	else
 	{
-		for (s = e->resv_head; s >= 0; s = ai_shared->resv[s].next)
-			if (ai_shared->resv[s].state == AI_RESV_OPEN &&
-				ai_shared->resv[s].expires_at > r->now)
-				break;
-		if (s < 0)
+		AiResvIter	it;
+
+		/* the oldest that holds */
+		ai_resv_iter_init(&it, e, AI_RESV_WALK_HOLDING, r->now);
+		if (ai_resv_iter_next(&it, &s) == NULL)
 			return 0;
 	}
 	res = &ai_shared->resv[s];

@@ -337,9 +337,11 @@ ai_users_all_changed(bool limits)
 }
 
 /* The transaction ends, committed or not: tell every backend what changed. */
-void
-ai_users_xact_end(void)
+static void
+ai_users_xact_callback(XactEvent event, void *arg)
 {
+	if (ai_xact_end_of(event) == AI_XACT_NONE)
+		return;
 	if (npending == 0 && !pending_all && !pending_limits)
 		return;
 	if (ai_shared != NULL)
@@ -364,4 +366,10 @@ ai_users_xact_end(void)
 	npending = 0;
 	pending_all = false;
 	pending_limits = false;
+}
+
+void
+ai_users_init(void)
+{
+	RegisterXactCallback(ai_users_xact_callback, NULL);
 }

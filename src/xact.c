@@ -149,24 +149,15 @@ ai_xact_callback(XactEvent event, void *arg)
 				if (charges[i].kind != AI_CHARGE_CHECK)
 					ai_charge_end(&charges[i], true);
 			ncharges = 0;
-			ai_record_xact_end();
-			ai_spend_xact_end(true);
-			ai_config_xact_end(true);
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			for (int i = ncharges - 1; i >= 0; i--)
 				ai_charge_end(&charges[i], false);
 			ncharges = 0;
-			ai_record_xact_end();
-			ai_spend_xact_end(false);
-			ai_config_xact_end(false);
 			break;
 		case XACT_EVENT_PREPARE:
 			ncharges = 0;
-			ai_record_xact_end();
-			ai_spend_xact_end(false);
-			ai_config_xact_end(false);
 			break;
 		default:
 			break;

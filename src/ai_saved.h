@@ -1,0 +1,93 @@
+/*-------------------------------------------------------------------------
+ *
+ * ai_saved.h
+ *		The layout of saved counters, private to persistence and replication
+ *		(persist.c, replica.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AI_SAVED_H_
+#define AI_SAVED_H_
+
+#include "ai_shmem.h"
+
+/*
+ * persist.c: what a save writes, to the files and (replica.c) to the WAL.
+ * A base, a delta block and a WAL record are each a header followed by
+ * nentries AiSavedEntry, nresv AiSavedResv and ntomb AiKey.
+ */
+#define AI_SAVE_VERSION			4	/* of this layout */
+
+/* The head of a base, a delta block or a WAL record. */
+typedef struct AiSaveHeader
+{
+	uint32		magic;
+	uint32		version;
+	uint32		ring;			/* AI_BURST_RING of the writer */
+	uint32		nentries;
+	uint32		nresv;
+	uint32		ntomb;			/* delta: tombstones (keys); base: 0 */
+	uint64		base_id;		/* the base this is, or follows */
+	TimestampTz written_at;
+	uint64		shutdown_lsn;	/* base written at a clean shutdown: its
+								 * checkpoint; otherwise 0 */
+} AiSaveHeader;
+
+typedef struct AiSavedEntry
+{
+	AiKey		key;
+	int64		burst_head;
+	int32		burst_window_ms;
+	uint32		burst[AI_BURST_RING];
+	int32		day;
+	uint32		daily_count;
+	int32		tokens_head;
+	uint32		tokens[AI_TOKEN_RING];
+	uint16		plan_hash;
+	uint8		id_len;
+	char		id_prefix[AI_ID_PREFIX_LEN];
+} AiSavedEntry;
+
+/* An entry as layouts 2 and 3 (releases 1.2 to 1.4) saved it: 16 bytes of id. */
+typedef struct AiSavedEntryV3
+{
+	AiKey		key;
+	int64		burst_head;
+	int32		burst_window_ms;
+	uint32		burst[AI_BURST_RING];
+	int32		day;
+	uint32		daily_count;
+	int32		tokens_head;
+	uint32		tokens[AI_TOKEN_RING];
+	uint16		plan_hash;
+	uint8		id_len;
+	char		id_prefix[AI_ID_PREFIX_LEN_V3];
+} AiSavedEntryV3;
+
+typedef struct AiSavedResv
+{
+	int64		id;
+	AiKey		key;
+	AiMoney		amount;
+	TimestampTz expires_at;
+} AiSavedResv;
+
+/* Bytes that follow a header: its entries, reservations and tombstones. */
+static inline uint64
+ai_saved_bytes(const AiSaveHeader *hdr)
+{
+	Size		entry = hdr->version < 4 ? sizeof(AiSavedEntryV3) : sizeof(AiSavedEntry);
+
+	return entry * (uint64) hdr->nentries +
+		sizeof(AiSavedResv) * (uint64) hdr->nresv + sizeof(AiKey) * (uint64) hdr->ntomb;
+}
+
+/* persist.c */
+extern uint32 ai_apply_saved(const AiSaveHeader *hdr, const char *data, TimestampTz now,
+							 bool replay);
+
+/* replica.c: a save to the WAL */
+extern void ai_wal_log_save(const AiSaveHeader *hdr, const AiSavedEntry *entries,
+							const AiSavedResv *resv, const AiKey *tomb);
+
+#endif							/* AI_SAVED_H_ */
