@@ -12,15 +12,18 @@ OBJS = \
 	src/ai_ratelimit.o \
 	src/calendar.o \
 	src/config.o \
+	src/extension.o \
 	src/limits.o \
 	src/money.o \
 	src/persist.o \
 	src/replica.o \
 	src/resvid.o \
 	src/rings.o \
+	src/saved.o \
 	src/shmem.o \
 	src/spend.o \
 	src/stats.o \
+	src/triggers.o \
 	src/sql_api.o \
 	src/usage.o \
 	src/users.o \

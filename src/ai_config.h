@@ -8,6 +8,7 @@
 #ifndef AI_CONFIG_H_
 #define AI_CONFIG_H_
 
+#include "ai_extension.h"
 #include "ai_stats.h"
 
 /* config.c */
@@ -43,13 +44,6 @@ typedef struct AiPrice
 	bool		fallback;		/* priced by the '*' row */
 	char		priced_as[AI_MAX_MODEL_LEN + 1];
 } AiPrice;
-
-typedef struct AiInternalState
-{
-	Oid			save_userid;
-	int			save_sec;
-	int			nestlevel;
-} AiInternalState;
 
 /*
  * The limit columns that ai_plans and ai_user_limits share, decoded from a
@@ -89,25 +83,6 @@ typedef struct AiUserLimits
 	TimestampTz blocked_until;	/* DT_NOEND: until lifted */
 } AiUserLimits;
 
-/* A prepared plan kept for the backend's life (ai_kept_plan). */
-typedef struct AiKeptPlan
-{
-	void	   *plan;			/* SPIPlanPtr */
-	char	   *sql;			/* the text it was prepared from */
-} AiKeptPlan;
-
-extern void *ai_kept_plan(AiKeptPlan *kp, const char *sql, int nargs, Oid *types);
-extern void ai_internal_begin(AiInternalState *st);
-extern void ai_internal_end(AiInternalState *st);
-extern void ai_as_owner_begin(AiInternalState *st);
-extern void ai_as_owner_end(AiInternalState *st);
-extern const char *ai_ext_schema(void);
-extern Oid	ai_ext_owner(void);
-extern bool ai_ext_has_user_limits(void);
-extern bool ai_ext_has_relation(const char *name);
-extern bool ai_ext_has_column(const char *rel, const char *column);
-extern void ai_spi_read(const char *sql, int nargs, Oid *types, Datum *values);
-extern bool ai_spi_col(HeapTuple tup, TupleDesc td, int col, Datum *d);
 extern void ai_decode_limits(HeapTuple tup, TupleDesc td, int first, AiLimitCols *l);
 extern void ai_limits_apply(const AiLimitCols *l, AiPlan *plan);
 extern const AiPlan *ai_plan_lookup(const char *plan);
@@ -122,7 +97,7 @@ extern void ai_config_init(void);
 #define AI_GEN_PRICES			0x2		/* ai_model_prices */
 #define AI_GEN_USAGE			0x4		/* ai_usage rows deleted: spend reloads */
 extern void ai_config_bump_at_end(uint32 bits);
-extern void ai_config_init_hooks(void);
+extern void ai_config_changed(uint32 bits);
 extern void ai_config_init_xact(void);
 
 #endif							/* AI_CONFIG_H_ */

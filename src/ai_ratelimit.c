@@ -18,8 +18,10 @@
 #include "ai_config.h"
 #include "ai_persist.h"
 #include "ai_replica.h"
+#include "ai_resvid.h"
 #include "ai_shmem.h"
 #include "ai_spend.h"
+#include "ai_triggers.h"
 #include "ai_usage.h"
 #include "ai_users.h"
 #include "ai_xact.h"
@@ -91,9 +93,25 @@ ai_shmem_request_hook(void)
 static void
 ai_shmem_startup_hook(void)
 {
+	bool		created;
+
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
-	ai_shmem_startup();
+	created = ai_shmem_startup();
+
+	/*
+	 * In the postmaster: restore the saved counters into new shared memory
+	 * (at start, and after a crash), and save them at a clean shutdown.
+	 */
+	if (!IsUnderPostmaster)
+	{
+		if (created)
+		{
+			ai_ids_load();
+			ai_load();
+		}
+		on_shmem_exit(ai_save_at_exit, (Datum) 0);
+	}
 }
 
 void
@@ -129,15 +147,18 @@ _PG_init(void)
 
 	/*
 	 * Each module ends its own part of a transaction.  PostgreSQL calls the
-	 * callbacks newest first: config.c's (which, when DROP EXTENSION
-	 * commits, marks every user's configuration changed) runs before
-	 * users.c's, which tells the other backends.
+	 * callbacks newest first, so these run from the last to the first:
+	 * xact.c gives back or keeps what the charges took before triggers.c
+	 * forgets the counters of a database whose DROP EXTENSION commits; that
+	 * asks config.c for bumps and users.c to tell the other backends, so
+	 * those two run after it.
 	 */
 	ai_users_init();
+	ai_config_init_xact();
+	ai_triggers_init_xact();
 	ai_xact_init();
 	ai_spend_init();
 	ai_usage_init();
-	ai_config_init_xact();
 
 	/* without preload there is no shared memory to size or hook */
 	if (!process_shared_preload_libraries_in_progress)
@@ -165,7 +186,7 @@ _PG_init(void)
 
 	ai_register_saver();
 	ai_register_rmgr();
-	ai_config_init_hooks();
+	ai_triggers_init_hooks();
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = ai_shmem_request_hook;

@@ -17,14 +17,17 @@
  *   persist.c       saving the counters to disk and loading them at start;
  *                   the background worker that saves
  *   replica.c       the counters in the WAL, for standbys; what runs where
+ *   saved.c         applying saved counters: from the files, from the WAL
  *   stats.c         counts of allowed and refused requests per plan
  *   calendar.c      the calendar day and month in ai_ratelimit.timezone
  *   rings.c         sliding windows cut into buckets: burst, tokens per
  *                   minute
  *   money.c         exact fixed-point money (1e-9 cent units) <-> numeric
+ *   extension.c     the extension in this database; how our own queries
+ *                   run (as its owner, search_path pinned, kept plans)
  *   config.c        backend-local caches of ai_plans and ai_model_prices,
- *                   invalidated through shared generations; the config
- *                   trigger
+ *                   invalidated through shared generations
+ *   triggers.c      the trigger on the configuration tables; DROP EXTENSION
  *   users.c         per-user configuration (ai_user_plans, ai_user_limits),
  *                   looked up and invalidated one user at a time
  *   xact.c          what a check or record took, given back on abort

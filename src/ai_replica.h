@@ -9,6 +9,18 @@
 #define AI_REPLICA_H_
 
 #include "ai_ratelimit.h"
+#include "access/rmgr.h"
+
+/*
+ * PostgreSQL's id for extensions that have not reserved one of their own
+ * (https://wiki.postgresql.org/wiki/CustomWALResourceManagers); another
+ * preloaded library that registers it too makes the server refuse to start.
+ */
+#define AI_RMGR_ID				RM_EXPERIMENTAL_ID
+
+/* The kinds of record: replica.c redoes both, resvid.c writes the second. */
+#define XLOG_AI_SAVE			0x00	/* entries, reservations, tombstones */
+#define XLOG_AI_IDS				0x10	/* a reservation id ceiling (resvid.c) */
 
 /* replica.c */
 extern void ai_register_rmgr(void);
@@ -27,7 +39,5 @@ ai_require_primary(const char *func)
 		return;
 	ai_require_primary_slow(func);
 }
-
-extern void ai_ids_wal_log(int64 ceiling_ms);
 
 #endif							/* AI_REPLICA_H_ */

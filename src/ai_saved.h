@@ -82,7 +82,7 @@ ai_saved_bytes(const AiSaveHeader *hdr)
 		sizeof(AiSavedResv) * (uint64) hdr->nresv + sizeof(AiKey) * (uint64) hdr->ntomb;
 }
 
-/* persist.c */
+/* saved.c */
 extern uint32 ai_apply_saved(const AiSaveHeader *hdr, const char *data, TimestampTz now,
 							 bool replay);
 

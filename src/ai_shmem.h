@@ -281,7 +281,7 @@ typedef struct AiUser
 /* shmem.c */
 extern void ai_user_init(AiUser *u, const char *id, int len);
 extern void ai_shmem_request(void);
-extern void ai_shmem_startup(void);
+extern bool ai_shmem_startup(void);
 extern void ai_require_loaded(void);
 extern void ai_make_key(AiKey *key, const char *id, int len);
 extern LWLock *ai_partition_lock(uint32 hashcode);

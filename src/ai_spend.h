@@ -17,5 +17,6 @@ extern bool ai_ensure_spend(const AiUser *u, const AiCalendar *cal, TimestampTz 
 extern Datum ai_spend_in_month(const char *user_id, DateADT month);
 extern void ai_resv_drop_settled(const AiUser *u);
 extern void ai_spend_init(void);
+extern void ai_spend_row_written(const AiKey *key);
 
 #endif							/* AI_SPEND_H_ */

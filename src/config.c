@@ -45,22 +45,12 @@
 #include "ai_stats.h"
 #include "ai_users.h"
 
-PG_FUNCTION_INFO_V1(ai_ratelimit_config_changed);
-
 static MemoryContext config_cxt = NULL;
 static HTAB *plan_cache = NULL;
 static uint32 plan_cache_gen = 0;
 static bool plans_have_alerts = false;
 static HTAB *price_cache = NULL;
 static uint32 price_cache_gen = 0;
-static char *ext_schema = NULL;	/* quoted schema name */
-static uint32 ext_gen_seen = 0;	/* ext_gen when they were read */
-static bool drop_at_commit = false;	/* this transaction drops the extension */
-static SubTransactionId drop_subxid = InvalidSubTransactionId;	/* ... in this one */
-static object_access_hook_type prev_object_access_hook = NULL;
-static Oid	ext_owner = InvalidOid;
-static Oid	ext_nsp = InvalidOid;	/* the extension's schema */
-static bool ext_has_1_2 = false;	/* ai_user_limits and the 1.2 plan columns */
 
 typedef struct PriceEntry
 {
@@ -71,105 +61,6 @@ typedef struct PriceEntry
 	AiMoney		cache_write;
 	AiMoney		cache_write_1h;
 } PriceEntry;
-
-/* Find the extension's schema and owner.  Errors if it is not created. */
-static void
-ai_load_extension_info(void)
-{
-	Oid			extoid = get_extension_oid("ai_ratelimit", true);
-	Oid			nsp;
-	HeapTuple	tup;
-	Relation	rel;
-	ScanKeyData key;
-	SysScanDesc scan;
-
-	if (!OidIsValid(extoid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("extension \"ai_ratelimit\" is not created in this database"),
-				 errhint("Run CREATE EXTENSION ai_ratelimit.")));
-	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(extoid));
-	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "could not find extension %u", extoid);
-	ext_owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
-	nsp = ((Form_pg_extension) GETSTRUCT(tup))->extnamespace;
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	ext_nsp = nsp;
-
-	if (ext_schema)
-		pfree(ext_schema);
-	ext_schema = MemoryContextStrdup(config_cxt,
-									 quote_identifier(get_namespace_name(nsp)));
-	/* the library serves databases still on an older script version too */
-	ext_has_1_2 = OidIsValid(get_relname_relid("ai_user_limits", nsp));
-	if (ai_shared != NULL)
-		ext_gen_seen = pg_atomic_read_u32(&ai_shared->ext_gen);
-}
-
-/* Was the extension dropped (and maybe made again) since it was looked up? */
-static bool
-ai_ext_info_stale(void)
-{
-	return ext_schema == NULL ||
-		(ai_shared != NULL && ext_gen_seen != pg_atomic_read_u32(&ai_shared->ext_gen));
-}
-
-const char *
-ai_ext_schema(void)
-{
-	if (ai_ext_info_stale())
-		ai_load_extension_info();
-	return ext_schema;
-}
-
-Oid
-ai_ext_owner(void)
-{
-	if (!OidIsValid(ext_owner) || ai_ext_info_stale())
-		ai_load_extension_info();
-	return ext_owner;
-}
-
-/*
- * The relation of this name in the extension's schema now, or InvalidOid.
- * For the rare paths that depend on the script version of this database
- * (ai_alerts and the cache-write prices are 1.4); not cached.
- */
-static Oid
-ai_ext_relid(const char *name)
-{
-	if (ai_ext_info_stale())
-		ai_load_extension_info();
-	return get_relname_relid(name, ext_nsp);
-}
-
-bool
-ai_ext_has_relation(const char *name)
-{
-	return OidIsValid(ai_ext_relid(name));
-}
-
-bool
-ai_ext_has_column(const char *rel, const char *column)
-{
-	Oid			relid = ai_ext_relid(rel);
-
-	return OidIsValid(relid) && get_attnum(relid, column) != InvalidAttrNumber;
-}
-
-/* Does this database's version of the extension have ai_user_limits (1.2)? */
-bool
-ai_ext_has_user_limits(void)
-{
-	if (ai_ext_info_stale())
-		ai_load_extension_info();
-	return ext_has_1_2;
-}
 
 void
 ai_config_init(void)
@@ -205,100 +96,6 @@ ai_clear_hash(HTAB *h)
 		hash_search(h, e, HASH_REMOVE, NULL);
 }
 
-/*
- * Run as the extension owner until ai_as_owner_end(); an error undoes it as
- * well.  Enough on its own for a plan prepared under ai_internal_begin(),
- * which keeps its pinned search_path.
- */
-void
-ai_as_owner_begin(AiInternalState *st)
-{
-	GetUserIdAndSecContext(&st->save_userid, &st->save_sec);
-	st->nestlevel = 0;
-	SetUserIdAndSecContext(ai_ext_owner(), st->save_sec | SECURITY_LOCAL_USERID_CHANGE);
-}
-
-void
-ai_as_owner_end(AiInternalState *st)
-{
-	SetUserIdAndSecContext(st->save_userid, st->save_sec);
-}
-
-/*
- * Internal queries run as the extension owner, with search_path pinned to
- * pg_catalog: whatever the caller's search_path holds, none of its functions
- * or operators can run in our place (the queries are fully qualified too).
- * ai_internal_end() undoes both; an error undoes them as well.
- */
-void
-ai_internal_begin(AiInternalState *st)
-{
-	int			nestlevel = NewGUCNestLevel();
-
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-							 true, 0, false);
-	ai_as_owner_begin(st);
-	st->nestlevel = nestlevel;
-}
-
-void
-ai_internal_end(AiInternalState *st)
-{
-	ai_as_owner_end(st);
-	AtEOXact_GUC(true, st->nestlevel);
-}
-
-/*
- * A plan kept for the backend's life: prepared with search_path pinned
- * (the plan cache keeps that path for any later replanning, so executing it
- * needs only ai_as_owner_begin), and prepared again when its text changes
- * (the extension's schema, or the script version).  Caller must be
- * connected to SPI.
- */
-void *
-ai_kept_plan(AiKeptPlan *kp, const char *sql, int nargs, Oid *types)
-{
-	AiInternalState st;
-	SPIPlanPtr	p;
-
-	if (kp->plan != NULL && strcmp(kp->sql, sql) == 0)
-		return kp->plan;
-	ai_internal_begin(&st);
-	p = SPI_prepare(sql, nargs, types);
-	if (p == NULL)
-		elog(ERROR, "ai_ratelimit: could not prepare \"%s\": %s", sql,
-			 SPI_result_code_string(SPI_result));
-	SPI_keepplan(p);
-	ai_internal_end(&st);
-	if (kp->plan)
-		SPI_freeplan(kp->plan);
-	if (kp->sql)
-		pfree(kp->sql);
-	kp->plan = p;
-	kp->sql = MemoryContextStrdup(TopMemoryContext, sql);
-	return p;
-}
-
-/*
- * Run a read-only query with the latest snapshot, as the extension owner.
- * Caller must be connected to SPI.
- */
-void
-ai_spi_read(const char *sql, int nargs, Oid *types, Datum *values)
-{
-	AiInternalState st;
-	int			rc;
-
-	ai_internal_begin(&st);
-	PushActiveSnapshot(GetLatestSnapshot());
-	rc = SPI_execute_with_args(sql, nargs, types, values, NULL, true, 0);
-	PopActiveSnapshot();
-	ai_internal_end(&st);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "ai_ratelimit: query failed: %s", SPI_result_code_string(rc));
-}
-
 /* 16 bits of a plan name's hash, never 0 (0 means "unknown"). */
 static uint16
 ai_name_hash(const char *name)
@@ -306,16 +103,6 @@ ai_name_hash(const char *name)
 	uint16		h = (uint16) hash_bytes((const unsigned char *) name, strlen(name));
 
 	return h ? h : 1;
-}
-
-/* Column col of an SPI row into *d; false when it is NULL. */
-bool
-ai_spi_col(HeapTuple tup, TupleDesc td, int col, Datum *d)
-{
-	bool		isnull;
-
-	*d = SPI_getbinval(tup, td, col, &isnull);
-	return !isnull;
 }
 
 /* Decode the limit columns of an SPI row, starting at column `first`. */
@@ -400,15 +187,6 @@ ai_cache_plan_row(HeapTuple tup, TupleDesc td)
 		plans_have_alerts = true;
 }
 
-/* Run a query (ai_spi_read) and hand each row to fn. */
-static void
-ai_spi_each_row(const char *sql, void (*fn) (HeapTuple tup, TupleDesc td))
-{
-	ai_spi_read(sql, 0, NULL, NULL);
-	for (uint64 i = 0; i < SPI_processed; i++)
-		fn(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
-}
-
 /*
  * Load ai_plans.  A database still on the 1.0 or 1.1 script has no plan
  * columns tokens_per_minute and alert_percents: they read as NULL there.
@@ -427,8 +205,8 @@ ai_reload_plans(void)
 
 	SPI_connect();
 	ai_spi_each_row(psprintf("SELECT p.plan, " AI_LIMIT_COLS_OF("p") ", %s FROM %s.ai_plans p",
-							 ext_has_1_2 ? "p.tokens_per_minute" : "NULL::pg_catalog.int8",
-							 ext_has_1_2 ? "p.alert_percents" : "NULL::pg_catalog.int4[]",
+							 ai_ext_has_user_limits() ? "p.tokens_per_minute" : "NULL::pg_catalog.int8",
+							 ai_ext_has_user_limits() ? "p.alert_percents" : "NULL::pg_catalog.int4[]",
 							 schema),
 					ai_cache_plan_row);
 	SPI_finish();
@@ -546,8 +324,7 @@ ai_reload_prices(void)
 {
 	uint32		gen = pg_atomic_read_u32(&ai_shared->prices_gen);
 
-	if (ai_ext_info_stale())
-		ai_load_extension_info();
+	ai_load_extension_info();
 	ai_clear_hash(price_cache);
 	price_cache_gen = 0;
 
@@ -615,11 +392,6 @@ ai_price_lookup(const char *model, AiPrice *price, bool recording)
 			 errhint("Add a row for the model to ai_model_prices.")));
 }
 
-/*
- * Trigger on the configuration tables and on ai_usage: bump the generation
- * named by the trigger's argument now and when the transaction ends; for
- * ai_user_plans and ai_user_limits, tell users.c which users changed.
- */
 static uint32 pending_bumps = 0;	/* AI_GEN_* bits */
 
 static void
@@ -642,28 +414,24 @@ ai_config_bump_at_end(uint32 bits)
 	pending_bumps |= bits;
 }
 
-/* A transaction ends, committed or not. */
+/*
+ * A configuration table changed (triggers.c): bump its generations now, so
+ * this transaction's own checks reload, and again when the transaction
+ * ends, so a backend that loaded before the commit loads once more.
+ */
+void
+ai_config_changed(uint32 bits)
+{
+	ai_bump(bits);
+	pending_bumps |= bits;
+}
+
+/* A transaction ends, committed or not: bump what it changed. */
 static void
 ai_config_xact_callback(XactEvent event, void *arg)
 {
-	AiXactEnd	end = ai_xact_end_of(event);
-	bool		commit = (end == AI_XACT_COMMIT);
-
-	if (end == AI_XACT_NONE)
+	if (ai_xact_end_of(event) == AI_XACT_NONE)
 		return;
-	if (drop_at_commit && commit && ai_shared != NULL)
-	{
-		/*
-		 * DROP EXTENSION committed: forget this database's counters, so a
-		 * later CREATE EXTENSION starts from zero, and make every session
-		 * look the extension and its tables up again.
-		 */
-		ai_forget_database(MyDatabaseId);
-		pg_atomic_fetch_add_u32(&ai_shared->ext_gen, 1);
-		pending_bumps |= AI_GEN_PLANS | AI_GEN_PRICES | AI_GEN_USAGE;
-		ai_users_all_changed(true);
-	}
-	drop_at_commit = false;
 	if (pending_bumps)
 	{
 		ai_bump(pending_bumps);
@@ -671,100 +439,9 @@ ai_config_xact_callback(XactEvent event, void *arg)
 	}
 }
 
-/* DROP EXTENSION ai_ratelimit: act when the transaction commits. */
-static void
-ai_object_access(ObjectAccessType access, Oid classId, Oid objectId,
-				 int subId, void *arg)
-{
-	if (prev_object_access_hook)
-		prev_object_access_hook(access, classId, objectId, subId, arg);
-	if (access == OAT_DROP && classId == ExtensionRelationId &&
-		objectId == get_extension_oid("ai_ratelimit", true))
-	{
-		drop_at_commit = true;
-		drop_subxid = GetCurrentSubTransactionId();
-	}
-}
-
-/*
- * A subtransaction ends: a DROP EXTENSION that it made is undone by its
- * abort (ROLLBACK TO SAVEPOINT), and passes to its parent by its commit.
- */
-static void
-ai_config_subxact(SubXactEvent event, SubTransactionId mySubid,
-				  SubTransactionId parentSubid, void *arg)
-{
-	if (!drop_at_commit || drop_subxid != mySubid)
-		return;
-	if (event == SUBXACT_EVENT_ABORT_SUB)
-	{
-		drop_at_commit = false;
-		drop_subxid = InvalidSubTransactionId;
-	}
-	else if (event == SUBXACT_EVENT_COMMIT_SUB)
-		drop_subxid = parentSubid;
-}
-
-void
-ai_config_init_hooks(void)
-{
-	prev_object_access_hook = object_access_hook;
-	object_access_hook = ai_object_access;
-	RegisterSubXactCallback(ai_config_subxact, NULL);
-}
-
-/* The end of a transaction: generations to bump, a dropped extension. */
 void
 ai_config_init_xact(void)
 {
 	RegisterXactCallback(ai_config_xact_callback, NULL);
 }
 
-Datum
-ai_ratelimit_config_changed(PG_FUNCTION_ARGS)
-{
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	uint32		bits = 0;
-
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("ai_ratelimit_config_changed() must be called as a trigger")));
-
-	for (int i = 0; i < trigdata->tg_trigger->tgnargs; i++)
-	{
-		const char *a = trigdata->tg_trigger->tgargs[i];
-		bool		limits = strcmp(a, "user_limits") == 0;
-
-		if (limits || strcmp(a, "user_plans") == 0)
-		{
-			if (!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
-				ai_users_all_changed(limits);
-			else
-			{
-				ai_users_row_changed(trigdata->tg_trigtuple,
-									 trigdata->tg_relation->rd_att, limits);
-				if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
-					ai_users_row_changed(trigdata->tg_newtuple,
-										 trigdata->tg_relation->rd_att, limits);
-			}
-		}
-		else if (strcmp(a, "plans") == 0 &&
-				 strcmp(RelationGetRelationName(trigdata->tg_relation), "ai_plans") != 0)
-		{
-			/* the statement trigger of ai_user_plans or ai_user_limits before 1.3 */
-			ai_users_all_changed(strcmp(RelationGetRelationName(trigdata->tg_relation),
-										"ai_user_limits") == 0);
-		}
-		else if (strcmp(a, "plans") == 0)
-			bits |= AI_GEN_PLANS;
-		else if (strcmp(a, "prices") == 0)
-			bits |= AI_GEN_PRICES;
-		else if (strcmp(a, "usage") == 0)
-			bits |= AI_GEN_USAGE;
-	}
-	ai_bump(bits);
-	pending_bumps |= bits;
-
-	return PointerGetDatum(NULL);
-}

@@ -39,17 +39,12 @@
 #include "ai_shmem.h"
 
 /*
- * PostgreSQL's id for extensions that have not reserved one of their own
- * (https://wiki.postgresql.org/wiki/CustomWALResourceManagers); another
- * preloaded library that registers it too makes the server refuse to start.
+ * Entries per record: 4096 entries of 192 bytes are 768 kB; the record
+ * also carries their reservations (40 bytes each), and the first one the
+ * tombstones (16 bytes each).
  */
-#define AI_RMGR_ID				RM_EXPERIMENTAL_ID
-
-#define XLOG_AI_SAVE			0x00	/* entries, reservations, tombstones */
-#define XLOG_AI_IDS				0x10	/* a reservation id ceiling (resvid.c) */
-
-/* Entries per record: about 160 bytes each, so records stay under 1 MB. */
 #define AI_WAL_CHUNK			4096
+StaticAssertDecl(sizeof(AiSavedEntry) == 192, "AI_WAL_CHUNK's comment counts 192 bytes an entry");
 
 static void ai_rmgr_redo(XLogReaderState *record);
 static void ai_rmgr_desc(StringInfo buf, XLogReaderState *record);
@@ -117,19 +112,6 @@ ai_wal_log_save(const AiSaveHeader *hdr, const AiSavedEntry *entries,
 		ntomb = 0;
 	}
 	XLogFlush(GetXLogInsertRecPtr());
-}
-
-/*
- * Log a reservation id ceiling: a standby, or this server after a crash,
- * then issues ids only above it.  Not flushed: nothing is lost if it is not
- * (resvid.c says why).
- */
-void
-ai_ids_wal_log(int64 ceiling_ms)
-{
-	XLogBeginInsert();
-	XLogRegisterData((char *) &ceiling_ms, sizeof(ceiling_ms));
-	(void) XLogInsert(AI_RMGR_ID, XLOG_AI_IDS);
 }
 
 static void

@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "access/xlog.h"
+#include "access/xloginsert.h"
 #include "miscadmin.h"
 #include "port/pg_crc32c.h"
 #include "storage/fd.h"
@@ -51,6 +52,19 @@
 #include "ai_replica.h"
 #include "ai_resvid.h"
 #include "ai_shmem.h"
+
+/*
+ * Log a reservation id ceiling: a standby, or this server after a crash,
+ * then issues ids only above it.  Not flushed: nothing is lost if it is not
+ * (see above).
+ */
+static void
+ai_ids_wal_log(int64 ceiling_ms)
+{
+	XLogBeginInsert();
+	XLogRegisterData((char *) &ceiling_ms, sizeof(ceiling_ms));
+	(void) XLogInsert(AI_RMGR_ID, XLOG_AI_IDS);
+}
 
 #define AI_IDS_FILE				"pg_stat/ai_ratelimit.ids"
 #define AI_IDS_TMP				"pg_stat/ai_ratelimit.ids.tmp"

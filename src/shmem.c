@@ -42,7 +42,6 @@
 #include "utils/timestamp.h"
 
 #include "ai_calendar.h"
-#include "ai_persist.h"
 #include "ai_resvid.h"
 #include "ai_rings.h"
 #include "ai_shmem.h"
@@ -162,8 +161,11 @@ ai_shmem_request(void)
 	RequestNamedLWLockTranche(AI_TRANCHE, AI_NUM_PARTITIONS + 4);
 }
 
-/* Called from shmem_startup_hook; takes AddinShmemInitLock itself. */
-void
+/*
+ * Called from shmem_startup_hook; takes AddinShmemInitLock itself.  True
+ * when the shared state was made here, empty (at start, and after a crash).
+ */
+bool
 ai_shmem_startup(void)
 {
 	bool		found;
@@ -234,20 +236,7 @@ ai_shmem_startup(void)
 		ai_table_init();
 
 	LWLockRelease(AddinShmemInitLock);
-
-	/*
-	 * In the postmaster: restore the saved counters into new shared memory
-	 * (at start, and after a crash), and save them at a clean shutdown.
-	 */
-	if (!IsUnderPostmaster)
-	{
-		if (!found)
-		{
-			ai_ids_load();
-			ai_load();
-		}
-		on_shmem_exit(ai_save_at_exit, (Datum) 0);
-	}
+	return !found;
 }
 
 /* Take every partition lock, in partition order. */

@@ -29,7 +29,6 @@
 #include "ai_config.h"
 #include "ai_shmem.h"
 #include "ai_spend.h"
-#include "ai_usage.h"
 
 /* Sum of cost_cents of a user in a month, read with the active snapshot. */
 static Datum
@@ -283,8 +282,6 @@ ai_resv_drop_settled(const AiUser *u)
 
 /* ---- usage rows that ai_record_usage did not write ---- */
 
-PG_FUNCTION_INFO_V1(ai_ratelimit_usage_inserted);
-
 /* More users than this in one transaction: every cached spend reloads. */
 #define AI_STALE_MAX			1024
 
@@ -311,45 +308,23 @@ ai_spend_invalidate(const AiKey *key)
 }
 
 /*
- * Row trigger on ai_usage (1.3): a row inserted by anything but
- * ai_record_usage (INSERT, COPY, a restore, replication apply) makes its
- * user's spend reload: now, for this transaction's own checks, and when the
- * transaction commits, for everyone's.
+ * A usage row of this user was written by something other than
+ * ai_record_usage (usage.c's row trigger): its spend reloads now, for this
+ * transaction's own checks, and again when the transaction commits, for
+ * everyone's.
  */
-Datum
-ai_ratelimit_usage_inserted(PG_FUNCTION_ARGS)
+void
+ai_spend_row_written(const AiKey *key)
 {
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	int			col;
-	bool		isnull;
-	Datum		d;
-	text	   *t;
-	AiKey		key;
-
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("ai_ratelimit_usage_inserted() must be called as a row trigger")));
-	if (ai_shared == NULL || ai_recording_usage())
-		return PointerGetDatum(NULL);
-	col = SPI_fnumber(trigdata->tg_relation->rd_att, "user_id");
-	if (col <= 0)
-		return PointerGetDatum(NULL);
-	d = heap_getattr(trigdata->tg_trigtuple, col, trigdata->tg_relation->rd_att, &isnull);
-	if (isnull)
-		return PointerGetDatum(NULL);
-	t = DatumGetTextPP(d);
-	ai_make_key(&key, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
-	ai_spend_invalidate(&key);
+	ai_spend_invalidate(key);
 	if (nstale >= AI_STALE_MAX)
 		stale_all = true;
 	else
 	{
 		if (stale == NULL)
 			stale = MemoryContextAlloc(TopMemoryContext, sizeof(AiKey) * AI_STALE_MAX);
-		stale[nstale++] = key;
+		stale[nstale++] = *key;
 	}
-	return PointerGetDatum(NULL);
 }
 
 /* The transaction ends: on commit, the users it inserted rows for reload. */

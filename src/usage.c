@@ -16,8 +16,10 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -406,4 +408,42 @@ ai_record(const AiUser *u, const char *model,
 				 errmsg("reservation " INT64_FORMAT " of user \"%s\" is not open", resv_id, u->id),
 				 errdetail("It expired, was already settled, or belongs to another user; the usage is recorded all the same.")));
 	return cost_num;
+}
+
+/* ---- usage rows that ai_record_usage did not write ---- */
+
+PG_FUNCTION_INFO_V1(ai_ratelimit_usage_inserted);
+
+/*
+ * Row trigger on ai_usage (1.3): a row inserted by anything but
+ * ai_record_usage (INSERT, COPY, a restore, replication apply) makes its
+ * user's spend reload: now, for this transaction's own checks, and when the
+ * transaction commits, for everyone's.
+ */
+Datum
+ai_ratelimit_usage_inserted(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	int			col;
+	bool		isnull;
+	Datum		d;
+	text	   *t;
+	AiKey		key;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("ai_ratelimit_usage_inserted() must be called as a row trigger")));
+	if (ai_shared == NULL || ai_recording_usage())
+		return PointerGetDatum(NULL);
+	col = SPI_fnumber(trigdata->tg_relation->rd_att, "user_id");
+	if (col <= 0)
+		return PointerGetDatum(NULL);
+	d = heap_getattr(trigdata->tg_trigtuple, col, trigdata->tg_relation->rd_att, &isnull);
+	if (isnull)
+		return PointerGetDatum(NULL);
+	t = DatumGetTextPP(d);
+	ai_make_key(&key, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+	ai_spend_row_written(&key);
+	return PointerGetDatum(NULL);
 }

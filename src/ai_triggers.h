@@ -1,0 +1,17 @@
+/*-------------------------------------------------------------------------
+ *
+ * ai_triggers.h
+ *		The trigger on the configuration tables, and DROP EXTENSION
+ *		(triggers.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AI_TRIGGERS_H_
+#define AI_TRIGGERS_H_
+
+#include "ai_ratelimit.h"
+
+extern void ai_triggers_init_hooks(void);
+extern void ai_triggers_init_xact(void);
+
+#endif							/* AI_TRIGGERS_H_ */

@@ -1,0 +1,178 @@
+/*-------------------------------------------------------------------------
+ *
+ * saved.c
+ *		Applying saved counters to shared memory: a base or a delta block of
+ *		the save files when the server starts (persist.c), a record of the
+ *		WAL when a standby or a crash recovery replays it (replica.c).
+ *
+ * Both readers go through ai_apply_saved, in any layout this library reads
+ * (ai_saved.h).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+
+#include "ai_saved.h"
+#include "ai_shmem.h"
+
+/*
+ * Take the partition lock of a key when replaying WAL; loading in the
+ * postmaster takes none (nothing else can touch the table yet).
+ */
+static LWLock *
+ai_apply_lock(const AiKey *key, bool replay)
+{
+	LWLock	   *lock;
+
+	if (!replay)
+		return NULL;
+	lock = ai_partition_lock(ai_key_hash(key));
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	return lock;
+}
+
+static void
+ai_apply_unlock(LWLock *lock)
+{
+	if (lock != NULL)
+		LWLockRelease(lock);
+}
+
+/*
+ * Give an entry the state of a saved one.  Returns false when there is no
+ * room for it (max_keys is lower here than where it was saved).
+ */
+static bool
+ai_load_entry(const AiSavedEntry *se, TimestampTz now, bool replay)
+{
+	uint32		hashcode = ai_key_hash(&se->key);
+	LWLock	   *lock = ai_apply_lock(&se->key, replay);
+	AiEntry    *e;
+
+	e = replay ? ai_entry_get(&se->key, hashcode, lock, now, se->id_prefix, se->id_len) :
+		ai_entry_lookup(&se->key, hashcode, true, now, se->id_prefix, se->id_len);
+	if (e == NULL)
+	{
+		ai_apply_unlock(lock);
+		return false;
+	}
+	/* a delta replaces the entry's reservations with its own */
+	while (e->resv_head >= 0)
+		ai_resv_free(e, e->resv_head);
+	e->burst_head = se->burst_head;
+	e->burst_window_ms = se->burst_window_ms;
+	memcpy(e->burst, se->burst, sizeof(e->burst));
+	e->day = se->day;
+	e->daily_count = se->daily_count;
+	e->tokens_head = se->tokens_head;
+	memcpy(e->tokens, se->tokens, sizeof(e->tokens));
+	e->plan_hash = se->plan_hash;
+	e->id_len = se->id_len;
+	if (replay)
+		ai_entry_changed(e);	/* for this server's own saves */
+	else
+		e->save_flags |= AI_SAVE_IN_FILE;	/* dirty too, maybe: the first save is whole */
+	ai_apply_unlock(lock);
+	return true;
+}
+
+/*
+ * The entries, reservations and tombstones read after *hdr, in this
+ * build's layout: data itself when it was written in it; otherwise a
+ * palloc'd copy with each entry widened (layouts 2 and 3 kept 16 bytes of
+ * the id), and *hdr then says the current version.
+ */
+static char *
+ai_saved_in_this_layout(AiSaveHeader *hdr, char *data)
+{
+	const AiSavedEntryV3 *old = (const AiSavedEntryV3 *) data;
+	const char *rest = (const char *) (old + hdr->nentries);
+	Size		rest_len = ai_saved_bytes(hdr) - sizeof(AiSavedEntryV3) * (Size) hdr->nentries;
+	AiSavedEntry *entries;
+
+	if (hdr->version >= 4)
+		return data;
+	entries = palloc_extended(sizeof(AiSavedEntry) * (Size) hdr->nentries + rest_len + 1,
+							  MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
+	for (uint32 i = 0; i < hdr->nentries; i++)
+	{
+		AiSavedEntry *se = &entries[i];
+
+		se->key = old[i].key;
+		se->burst_head = old[i].burst_head;
+		se->burst_window_ms = old[i].burst_window_ms;
+		memcpy(se->burst, old[i].burst, sizeof(se->burst));
+		se->day = old[i].day;
+		se->daily_count = old[i].daily_count;
+		se->tokens_head = old[i].tokens_head;
+		memcpy(se->tokens, old[i].tokens, sizeof(se->tokens));
+		se->plan_hash = old[i].plan_hash;
+		se->id_len = old[i].id_len;
+		memcpy(se->id_prefix, old[i].id_prefix, sizeof(old[i].id_prefix));
+	}
+	memcpy(entries + hdr->nentries, rest, rest_len);
+	hdr->version = AI_SAVE_VERSION;
+	return (char *) entries;
+}
+
+/*
+ * Apply a base, a delta block or a replayed WAL record (replay: under the
+ * partition locks, as standby sessions may read the table): tombstones
+ * first (they happened before the block's entries were copied), then
+ * entries, then their reservations, under their own ids.  A replayed
+ * reservation marks its user, like one restored after a crash: it may have
+ * been settled by a record that committed after it was logged
+ * (ai_resv_drop_settled looks at the user's first check after promotion).
+ * Returns how many reservations came back.
+ */
+uint32
+ai_apply_saved(const AiSaveHeader *saved_hdr, const char *saved, TimestampTz now, bool replay)
+{
+	AiSaveHeader h = *saved_hdr;
+	const AiSaveHeader *hdr = &h;
+	char	   *data = ai_saved_in_this_layout(&h, unconstify(char *, saved));
+	const AiSavedEntry *entries = (const AiSavedEntry *) data;
+	const AiSavedResv *resv = (const AiSavedResv *) (entries + hdr->nentries);
+	const AiKey *tomb = (const AiKey *) (resv + hdr->nresv);
+	uint32		restored = 0;
+	uint32		no_room = 0;
+
+	for (uint32 i = 0; i < hdr->ntomb; i++)
+	{
+		LWLock	   *lock = ai_apply_lock(&tomb[i], replay);
+		AiEntry    *e = ai_entry_lookup(&tomb[i], ai_key_hash(&tomb[i]), false, now, NULL, 0);
+
+		if (e != NULL)
+			ai_entry_forget(e);
+		ai_apply_unlock(lock);
+	}
+	for (uint32 i = 0; i < hdr->nentries; i++)
+		if (!ai_load_entry(&entries[i], now, replay))
+			no_room++;
+	for (uint32 i = 0; i < hdr->nresv; i++)
+	{
+		LWLock	   *lock;
+		AiEntry    *e;
+
+		if (resv[i].expires_at <= now)
+			continue;
+		lock = ai_apply_lock(&resv[i].key, replay);
+		e = ai_entry_lookup(&resv[i].key, ai_key_hash(&resv[i].key), false, now, NULL, 0);
+		if (e != NULL && ai_resv_restore(e, resv[i].id, resv[i].amount, resv[i].expires_at))
+		{
+			restored++;
+			if (replay)
+				e->resv_restored = 1;
+		}
+		ai_apply_unlock(lock);
+	}
+	if (data != saved)
+		pfree(data);
+	if (no_room > 0)
+		ereport(WARNING,
+				(errmsg("ai_ratelimit could not keep the counters of %u users: every counter is in use", no_room),
+				 errhint("Give this server an ai_ratelimit.max_keys at least as large as the primary's.")));
+	return restored;
+}
