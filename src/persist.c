@@ -14,8 +14,9 @@
  *     the base it follows.
  * The background worker "ai_ratelimit saver" appends a block every
  * ai_ratelimit.save_interval when something changed, and writes a new base
- * (and drops the deltas) when the deltas have grown to the size of the base; the
- * postmaster writes a base when it shuts down cleanly.  So a save costs
+ * (and drops the deltas) when the deltas have outgrown the base and
+ * AI_DELTA_MIN_BYTES; the postmaster writes a base when it shuts down
+ * cleanly.  So a save costs
  * what changed, not what is tracked.  Loading reads the base, then every
  * complete block that follows it; a torn last block or deltas of an older
  * base are ignored.  A clean restart keeps every count, and a crash loses
@@ -70,7 +71,7 @@
 #define AI_DELTA_MAGIC		0x41495244	/* "AIRD": a delta block */
 /* the postmaster starts a saver that ended (or was terminated) this soon */
 #define AI_SAVER_RESTART_SECS	5
-/* a new base once the deltas outgrow it (and this much) */
+/* a new base once the deltas outgrow it and this size */
 #define AI_DELTA_MIN_BYTES	(8 * 1024 * 1024)
 
 PGDLLEXPORT void ai_saver_main(Datum arg);
