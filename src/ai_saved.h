@@ -46,6 +46,10 @@ typedef struct AiSavedEntry
 	uint16		plan_hash;
 	uint8		id_len;
 	char		id_prefix[AI_ID_PREFIX_LEN];
+	/* the month's spend, when it was cached exact with nothing in flight */
+	bool		spend_valid;
+	int32		spend_month;
+	AiMoney		committed_spend;
 } AiSavedEntry;
 
 /* An entry as layouts 2 and 3 (releases 1.2 to 1.4) saved it: 16 bytes of id. */
@@ -83,8 +87,15 @@ ai_saved_bytes(const AiSaveHeader *hdr)
 }
 
 /* saved.c */
+typedef enum AiApplyMode
+{
+	AI_APPLY_LOAD,				/* the save files, at start */
+	AI_APPLY_WITH_SPEND,		/* a base written at the last clean shutdown:
+								 * its cached spend is exact */
+	AI_APPLY_REPLAY				/* a WAL record, under the partition locks */
+} AiApplyMode;
 extern uint32 ai_apply_saved(const AiSaveHeader *hdr, const char *data, TimestampTz now,
-							 bool replay);
+							 AiApplyMode mode);
 
 /* replica.c: a save to the WAL */
 extern void ai_wal_log_save(const AiSaveHeader *hdr, const AiSavedEntry *entries,

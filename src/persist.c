@@ -16,13 +16,15 @@
  * ai_ratelimit.save_interval when something changed, and writes a new base
  * (and drops the deltas) when the deltas have outgrown the base and
  * AI_DELTA_MIN_BYTES; the postmaster writes a base when it shuts down
- * cleanly.  So a save costs
- * what changed, not what is tracked.  Loading reads the base, then every
- * complete block that follows it; a torn last block or deltas of an older
- * base are ignored.  A clean restart keeps every count, and a crash loses
- * at most what changed during the last save_interval.  Monthly spend is not
- * saved: it is reloaded from the usage tables.  Reservations come back with
- * their ids, so an application can still settle them.
+ * cleanly.  So a save costs what changed, not what is tracked.  Loading
+ * reads the base, then every complete block that follows it; a torn last
+ * block or deltas of an older base are ignored.  A clean restart keeps
+ * every count, and a crash loses at most what changed during the last
+ * save_interval.  A user's cached monthly spend is saved too, but restored
+ * only from the base written at a clean shutdown whose checkpoint is the
+ * last one (nothing can have been recorded since); after a crash it is
+ * reloaded from the usage tables.  Reservations come back with their ids,
+ * so an application can still settle them.
  *
  * On a primary, the saver logs each periodic save to the WAL first, for
  * standbys and crash recovery (replica.c); with save_interval 0 it still
@@ -149,6 +151,14 @@ ai_save_copy_entry(AiSaveBuf *b, AiEntry *e, TimestampTz now)
 	s->plan_hash = e->plan_hash;
 	s->id_len = e->id_len;
 	memcpy(s->id_prefix, e->id_prefix, sizeof(s->id_prefix));
+	/*
+	 * Exact for its month, with nothing in flight: only the base of a clean
+	 * shutdown is restored with it (ai_load).
+	 */
+	s->spend_valid = e->spend_state == AI_SPEND_VALID && e->inflight == 0 &&
+		e->spend_gen == pg_atomic_read_u32(&ai_shared->usage_gen);
+	s->spend_month = e->spend_month;
+	s->committed_spend = s->spend_valid ? e->committed_spend : 0;
 	/* a reservation being settled is kept: the settling may roll back */
 	ai_resv_iter_init(&it, e, AI_RESV_WALK_LIVE, now);
 	while (b->nresv < b->maxresv && (r = ai_resv_iter_next(&it, NULL)) != NULL)
@@ -467,8 +477,9 @@ typedef struct AiSaveHeaderV2
 /*
  * Read the header of the next block into *hdr and *raw (its bytes as
  * written, for the CRC); *rawlen is their length.  A version 2 base is
- * read as a version 3 one; ai_apply_saved widens version 3 entries.  False at the end of the file, on damage, and
- * (with a LOG that says why) on a layout this library cannot read.
+ * read as a version 3 one; ai_apply_saved widens version 3 entries.  False
+ * at the end of the file, on damage, and (with a LOG that says why) on a
+ * layout this library cannot read.
  */
 static bool
 ai_load_header(FILE *f, uint32 magic, AiSaveHeader *hdr, char *raw, size_t *rawlen,
@@ -615,7 +626,15 @@ ai_load(void)
 	id = hdr.base_id;
 	base_checkpoint = hdr.shutdown_lsn;
 	saved_at = hdr.written_at;
-	restored = ai_apply_saved(&hdr, data, now, false);
+
+	/*
+	 * A base written at the shutdown whose checkpoint is the last one holds
+	 * every user's spend as the tables hold it now: nothing can have
+	 * committed since.  Only then is the cached spend restored.
+	 */
+	restored = ai_apply_saved(&hdr, data, now,
+							  clean && !older_layout && base_checkpoint == checkpoint ?
+							  AI_APPLY_WITH_SPEND : AI_APPLY_LOAD);
 	pfree(data);
 
 	f = AllocateFile(AI_DELTA_FILE, PG_BINARY_R);
@@ -625,7 +644,7 @@ ai_load(void)
 		{
 			if (hdr.base_id == id)
 			{
-				restored += ai_apply_saved(&hdr, data, now, false);
+				restored += ai_apply_saved(&hdr, data, now, AI_APPLY_LOAD);
 				saved_at = hdr.written_at;
 				blocks++;
 			}

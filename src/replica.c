@@ -39,12 +39,12 @@
 #include "ai_shmem.h"
 
 /*
- * Entries per record: 4096 entries of 192 bytes are 768 kB; the record
+ * Entries per record: 4096 entries of 200 bytes are 800 kB; the record
  * also carries their reservations (40 bytes each), and the first one the
  * tombstones (16 bytes each).
  */
 #define AI_WAL_CHUNK			4096
-StaticAssertDecl(sizeof(AiSavedEntry) == 192, "AI_WAL_CHUNK's comment counts 192 bytes an entry");
+StaticAssertDecl(sizeof(AiSavedEntry) == 200, "AI_WAL_CHUNK's comment counts 200 bytes an entry");
 
 static void ai_rmgr_redo(XLogReaderState *record);
 static void ai_rmgr_desc(StringInfo buf, XLogReaderState *record);
@@ -146,7 +146,7 @@ ai_rmgr_redo(XLogReaderState *record)
 		return;
 	}
 	(void) ai_apply_saved(&hdr, XLogRecGetData(record) + sizeof(hdr),
-						  GetCurrentTimestamp(), true);
+						  GetCurrentTimestamp(), AI_APPLY_REPLAY);
 }
 
 static void
@@ -189,7 +189,10 @@ ai_rmgr_identify(uint8 info)
  * Once per server start, by the first call that finds recovery over:
  * every cache that replay may have left stale is dropped.  The flag is set
  * only after the generations moved, so a session that sees it set never
- * uses a cache from before.
+ * uses a cache from before.  Cached spend is not among them: no session
+ * loads it during recovery (every caller of ai_ensure_spend runs on a
+ * primary only), replay never sets it, and the only spend in shared memory
+ * when recovery ends is what a clean shutdown saved (saved.c), exact.
  */
 static void
 ai_after_recovery(void)
@@ -203,7 +206,6 @@ ai_after_recovery(void)
 		pg_atomic_fetch_add_u32(&ai_shared->prices_gen, 1);
 		pg_atomic_fetch_add_u32(&ai_shared->users_gen, 1);
 		pg_atomic_fetch_add_u32(&ai_shared->limits_gen, 1);
-		pg_atomic_fetch_add_u32(&ai_shared->usage_gen, 1);
 		pg_atomic_fetch_add_u32(&ai_shared->ext_gen, 1);
 		pg_write_barrier();
 		pg_atomic_write_u32(&ai_shared->caches_fresh, 1);

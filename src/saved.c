@@ -45,8 +45,9 @@ ai_apply_unlock(LWLock *lock)
  * room for it (max_keys is lower here than where it was saved).
  */
 static bool
-ai_load_entry(const AiSavedEntry *se, TimestampTz now, bool replay)
+ai_load_entry(const AiSavedEntry *se, TimestampTz now, AiApplyMode mode)
 {
+	bool		replay = (mode == AI_APPLY_REPLAY);
 	uint32		hashcode = ai_key_hash(&se->key);
 	LWLock	   *lock = ai_apply_lock(&se->key, replay);
 	AiEntry    *e;
@@ -70,6 +71,14 @@ ai_load_entry(const AiSavedEntry *se, TimestampTz now, bool replay)
 	memcpy(e->tokens, se->tokens, sizeof(e->tokens));
 	e->plan_hash = se->plan_hash;
 	e->id_len = se->id_len;
+	if (mode == AI_APPLY_WITH_SPEND && se->spend_valid)
+	{
+		/* the load protocol's state after a load (spend.c) */
+		e->spend_state = AI_SPEND_VALID;
+		e->spend_month = se->spend_month;
+		e->spend_gen = pg_atomic_read_u32(&ai_shared->usage_gen);
+		e->committed_spend = se->committed_spend;
+	}
 	if (replay)
 		ai_entry_changed(e);	/* for this server's own saves */
 	else
@@ -125,11 +134,15 @@ ai_saved_in_this_layout(AiSaveHeader *hdr, char *data)
  * reservation marks its user, like one restored after a crash: it may have
  * been settled by a record that committed after it was logged
  * (ai_resv_drop_settled looks at the user's first check after promotion).
+ * Only AI_APPLY_WITH_SPEND gives entries their saved spend; any other
+ * apply leaves it to be loaded from the tables.
  * Returns how many reservations came back.
  */
 uint32
-ai_apply_saved(const AiSaveHeader *saved_hdr, const char *saved, TimestampTz now, bool replay)
+ai_apply_saved(const AiSaveHeader *saved_hdr, const char *saved, TimestampTz now,
+			   AiApplyMode mode)
 {
+	bool		replay = (mode == AI_APPLY_REPLAY);
 	AiSaveHeader h = *saved_hdr;
 	const AiSaveHeader *hdr = &h;
 	char	   *data = ai_saved_in_this_layout(&h, unconstify(char *, saved));
@@ -149,7 +162,7 @@ ai_apply_saved(const AiSaveHeader *saved_hdr, const char *saved, TimestampTz now
 		ai_apply_unlock(lock);
 	}
 	for (uint32 i = 0; i < hdr->nentries; i++)
-		if (!ai_load_entry(&entries[i], now, replay))
+		if (!ai_load_entry(&entries[i], now, mode))
 			no_room++;
 	for (uint32 i = 0; i < hdr->nresv; i++)
 	{

@@ -57,12 +57,12 @@ my ($magic, $version, $ring, $nentries, $nresv, $ntomb, $base_id, $written, $lsn
   unpack('L6 Q q Q', substr($bytes, 0, 48));
 my $body = substr($bytes, 48, length($bytes) - 52);
 is($version, 4, 'this build saves layout version 4');
-# an entry: 147 bytes of counters, then the id: 40 bytes in version 4 (192
-# with padding), 16 in version 3 (168); a reservation is 40 bytes, a
-# tombstone 16
+# an entry: 147 bytes of counters, then the id: 40 bytes in version 4,
+# then the cached spend (200 with padding); 16 bytes of id in version 3
+# (168 with padding); a reservation is 40 bytes, a tombstone 16
 my $entries = length($body) - 40 * $nresv - 16 * $ntomb;
-is($entries, 192 * $nentries, 'its entries are 192 bytes each');
-$body = join('', map { substr($body, 192 * $_, 163) . "\0" x 5 } 0 .. $nentries - 1)
+is($entries, 200 * $nentries, 'its entries are 200 bytes each');
+$body = join('', map { substr($body, 200 * $_, 163) . "\0" x 5 } 0 .. $nentries - 1)
   . substr($body, $entries);
 is(unpack('L', substr($bytes, -4)), crc32c(substr($bytes, 0, -4)),
 	'the CRC-32C here is the one the file carries');

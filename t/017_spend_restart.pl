@@ -1,0 +1,78 @@
+# A user's cached monthly spend comes back with a clean restart, so the
+# first budget check after it reads no usage rows; after a crash it is
+# loaded from the tables again, and spend recorded after the last save
+# counts.  Reads of the usage tables are seen in pg_stat_user_tables.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('spend_restart');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'ai_ratelimit'
+ai_ratelimit.timezone = 'UTC'
+restart_after_crash = on
+});
+$node->start;
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+sql(q{
+CREATE EXTENSION ai_ratelimit;
+INSERT INTO ai_plans (plan, monthly_budget_cents) VALUES ('cap', 100);
+});
+
+# scans of the usage tables, as this session sees them once its own are flushed
+sub usage_scans
+{
+	my ($then) = @_;
+	return $node->safe_psql('postgres', qq{
+		$then;
+		SELECT pg_stat_force_next_flush();
+		SELECT pg_sleep(0.1);
+		SELECT pg_stat_clear_snapshot();
+		SELECT sum(seq_scan + coalesce(idx_scan, 0))
+		FROM pg_stat_user_tables WHERE relname IN ('ai_usage', 'ai_usage_archive');
+	});
+}
+sub last_line { my @l = split /\n/, $_[0]; return $l[-1]; }
+
+# ann spends 60 cents through the check path (her spend is cached); cat's
+# row goes in by hand (her spend is not cached)
+my $id = sql("SELECT reservation_id FROM ai_check_limit('ann', 'cap', 60)");
+sql("SELECT ai_record_usage('ann', 'gpt-4o', 0, 60000, 0, $id)");
+is(sql("SELECT ai_monthly_spend('ann')"), '60', 'ann spent 60 cents');
+sql(q{INSERT INTO ai_usage (created_at, day, user_id, model, priced_as, input_tokens,
+      output_tokens, cached_input_tokens, cost_cents)
+      VALUES (now(), (now() AT TIME ZONE 'UTC')::date, 'cat', 'x', 'x', 0, 0, 0, 70)});
+
+$node->restart;
+my $before = last_line(usage_scans('SELECT 1'));
+my $after = last_line(usage_scans(
+	"SELECT allowed FROM ai_check_limit('ann', 'cap', 40)"));
+is($after, $before, 'clean restart: ann\'s first budget check reads no usage row');
+is(sql("SELECT allowed::text || ' ' || limited_by FROM ai_check_limit('ann', 'cap', 1)"),
+	'false monthly_budget', 'and her restored spend with the 40 cents held fills the cap exactly');
+$before = $after;
+$after = last_line(usage_scans("SELECT allowed FROM ai_check_limit('cat', 'cap', 30)"));
+cmp_ok($after, '>', $before, 'cat\'s spend was not cached: her first check reads the tables');
+is(sql("SELECT allowed FROM ai_check_limit('cat', 'cap', 1)"), 'f',
+	'and counts her 70 cents: 70 + 30 held fills the cap');
+
+# after a crash the saved spend is not trusted: 15 cents recorded after
+# the last save must count
+is(sql("SELECT open_reservations FROM ai_ratelimit_status WHERE user_id = 'ann'"), '1',
+	'ann holds the 40 cents of her check');
+# her call costs 20 cents and settles it: spend 80, cached
+sql("SELECT ai_record_usage('ann', 'gpt-4o', 0, 20000)");
+is(sql("SELECT month_spend_cents || ' ' || open_reservations FROM ai_ratelimit_status WHERE user_id = 'ann'"),
+	'80 0', 'ann spent 80 cents and holds nothing');
+sleep(2);    # a periodic save with 80 cents in it
+sql("SELECT ai_record_usage('ann', 'gpt-4o', 0, 15000)");
+$node->stop('immediate');
+$node->start;
+is(sql("SELECT allowed FROM ai_check_limit('ann', 'cap', 6)"), 'f',
+	'after a crash: 95 cents are counted, not the 80 of the last save');
+is(sql("SELECT allowed FROM ai_check_limit('ann', 'cap', 5)"), 't', 'and exactly 5 are left');
+
+done_testing();
