@@ -5,8 +5,8 @@
 CREATE ROLE regress_ai_app LOGIN;
 -- what the README tells an operator to grant an application role
 GRANT EXECUTE ON FUNCTION
-    ai_check_limit(text, text, numeric),
-    ai_enforce_limit(text, text, numeric),
+    ai_check_limit(text, text, numeric, bigint, text, bigint, bigint),
+    ai_enforce_limit(text, text, numeric, bigint, text, bigint, bigint),
     ai_peek_limit(text, text),
     ai_record_usage(text, text, bigint, bigint, bigint, bigint),
     ai_monthly_spend(text, date)

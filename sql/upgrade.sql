@@ -1,5 +1,5 @@
 --
--- upgrade: 1.0 installed, then ALTER EXTENSION ... UPDATE walks 1.0 -> 1.1 -> 1.2 -> 1.3
+-- upgrade: 1.0 installed, then ALTER EXTENSION ... UPDATE walks 1.0 -> ... -> 1.5
 --
 CREATE DATABASE ai_upgrade;
 \c ai_upgrade
@@ -10,6 +10,10 @@ SELECT allowed, remaining FROM ai_check_limit('up-1', 'pro');
 SELECT ai_record_usage('up-1', 'gpt-4o', 1000, 1000);
 UPDATE ai_plans SET burst_limit = 40 WHERE plan = 'pro';
 SELECT has_function_privilege('public', 'ai_reset_limits(text)', 'EXECUTE') AS public_may_reset;
+-- an application role granted the check under 1.0 keeps it through 1.5,
+-- which makes the check one function with every argument named
+CREATE ROLE regress_ai_upgrade_app;
+GRANT EXECUTE ON FUNCTION ai_check_limit(text, text, numeric) TO regress_ai_upgrade_app;
 
 SELECT * FROM pg_extension_update_paths('ai_ratelimit') WHERE path IS NOT NULL ORDER BY 1, 2;
 ALTER EXTENSION ai_ratelimit UPDATE;
@@ -29,7 +33,11 @@ WHERE refclassid = 'pg_extension'::regclass
 ORDER BY 1;
 -- 1.1: nothing for PUBLIC, the dump filters, capacity counters
 SELECT has_function_privilege('public', 'ai_reset_limits(text)', 'EXECUTE') AS public_may_reset;
-SELECT has_function_privilege('public', 'ai_check_limit(text, text, numeric)', 'EXECUTE') AS public_may_check;
+SELECT has_function_privilege('public', 'ai_check_limit(text, text, numeric, bigint, text, bigint, bigint)', 'EXECUTE') AS public_may_check;
+SELECT has_function_privilege('regress_ai_upgrade_app', 'ai_check_limit(text, text, numeric, bigint, text, bigint, bigint)', 'EXECUTE') AS app_may_check;
+SET ROLE regress_ai_upgrade_app;
+SELECT allowed FROM ai_check_limit('up-2', 'pro', 1.5, 10);
+RESET ROLE;
 SELECT has_table_privilege('public', 'ai_usage', 'SELECT') AS public_may_read_usage;
 SELECT c.relname, array_position(e.extconfig, c.oid) IS NOT NULL AS dumped,
        e.extcondition[array_position(e.extconfig, c.oid)] AS dump_condition
@@ -47,3 +55,4 @@ SELECT allowed, remaining FROM ai_check_limit('up-1', 'pro');
 
 \c contrib_regression
 DROP DATABASE ai_upgrade;
+DROP ROLE regress_ai_upgrade_app;

@@ -44,7 +44,7 @@ typedef struct AiDecision
 } AiDecision;
 
 extern void ai_decide(const AiUser *u, const AiPlan *plan,
-					  Datum estimate, bool has_estimate, int64 est_tokens,
+					  AiMoney estimate, bool has_estimate, int64 est_tokens,
 					  bool consume, AiDecision *d);
 extern void ai_reset_user(const AiUser *u);
 

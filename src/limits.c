@@ -478,7 +478,7 @@ ai_check_untracked(AiCheck *c, AiVerdict *v)
  */
 void
 ai_decide(const AiUser *u, const AiPlan *plan,
-		  Datum estimate, bool has_estimate, int64 est_tokens,
+		  AiMoney estimate, bool has_estimate, int64 est_tokens,
 		  bool consume, AiDecision *d)
 {
 	AiCheck		c;
@@ -494,7 +494,7 @@ ai_decide(const AiUser *u, const AiPlan *plan,
 	c.now = GetCurrentTimestamp();
 	ai_calendar_at(c.now, &c.cal);
 	if (has_estimate)
-		c.est = ai_money_from_numeric(estimate, true, "estimated_cost_cents");
+		c.est = estimate;
 	c.est_tokens = est_tokens;
 	c.spend_exact = true;
 	if (consume)

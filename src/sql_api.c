@@ -297,6 +297,95 @@ ai_decision_datum(FunctionCallInfo fcinfo, const AiDecision *d)
 	return HeapTupleGetDatum(heap_form_tuple(td, values, nulls));
 }
 
+/* A token count argument: not NULL, not negative, at most AI_MAX_TOKENS. */
+static int64
+ai_arg_tokens(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	int64		v;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+	v = PG_GETARG_INT64(argno);
+	if (v < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be negative", name),
+				 errdetail("%s is " INT64_FORMAT ".", name, v)));
+	if (v > AI_MAX_TOKENS)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("%s is out of range", name),
+				 errdetail("%s is " INT64_FORMAT "; one call may count at most " INT64_FORMAT " tokens.",
+						   name, v, AI_MAX_TOKENS)));
+	return v;
+}
+
+/* A model name argument: not NULL, not empty, not oversized. */
+static char *
+ai_arg_model(FunctionCallInfo fcinfo, int argno)
+{
+	text	   *mt;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("model must not be null")));
+	mt = PG_GETARG_TEXT_PP(argno);
+	if (VARSIZE_ANY_EXHDR(mt) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model must not be empty")));
+	if (VARSIZE_ANY_EXHDR(mt) > AI_MAX_MODEL_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("model name is too long"),
+				 errdetail("At most %d bytes are allowed.", AI_MAX_MODEL_LEN)));
+	return text_to_cstring(mt);
+}
+
+/*
+ * The model and token counts of a check (arguments argno .. argno + 2:
+ * model, input_tokens, max_output_tokens).  With a model and either count,
+ * the call is priced (ai_model_prices): the input tokens at the input
+ * price and every output token it may produce at the output price.  The
+ * reservation is then the larger of that and the estimate the caller gave,
+ * and, when the caller gave no token estimate, the tokens are the two
+ * counts.  A check names no model, or gives no count: nothing changes.
+ */
+static void
+ai_arg_priced_call(FunctionCallInfo fcinfo, int argno, AiMoney *est, bool *has_est,
+				   int64 *est_tokens)
+{
+	char	   *model;
+	AiPrice		price;
+	int64		in_tok = 0;
+	int64		out_tok = 0;
+
+	if (PG_ARGISNULL(argno) || (PG_ARGISNULL(argno + 1) && PG_ARGISNULL(argno + 2)))
+	{
+		if (!PG_ARGISNULL(argno + 1) || !PG_ARGISNULL(argno + 2))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("input_tokens and max_output_tokens need a model"),
+					 errhint("Name the model the call uses: model => '...'.")));
+		if (!PG_ARGISNULL(argno))
+			(void) ai_arg_model(fcinfo, argno);	/* checked all the same */
+		return;
+	}
+	model = ai_arg_model(fcinfo, argno);
+	if (!PG_ARGISNULL(argno + 1))
+		in_tok = ai_arg_tokens(fcinfo, argno + 1, "input_tokens");
+	if (!PG_ARGISNULL(argno + 2))
+		out_tok = ai_arg_tokens(fcinfo, argno + 2, "max_output_tokens");
+	ai_price_lookup(model, &price, false);
+	*est = Max(*est, ai_money_add(in_tok * price.input, out_tok * price.output));
+	*has_est = true;
+	if (*est_tokens == 0)
+		*est_tokens = in_tok + out_tok;
+}
+
 static void
 ai_run_check(FunctionCallInfo fcinfo, const char *func, bool consume, bool with_estimate,
 			 AiDecision *d)
@@ -304,12 +393,15 @@ ai_run_check(FunctionCallInfo fcinfo, const char *func, bool consume, bool with_
 	AiUser		user;
 	AiPlan		plan;
 	bool		has_est = with_estimate && PG_NARGS() > 2 && !PG_ARGISNULL(2);
+	AiMoney		est = 0;
 	int64		est_tokens = 0;
 
 	ai_require_loaded();
 	ai_require_primary(func);
 	ai_arg_user(fcinfo, 0, &user);
 	ai_arg_plan(fcinfo, 1, &user, &plan);
+	if (has_est)
+		est = ai_money_from_numeric(PG_GETARG_DATUM(2), true, "estimated_cost_cents");
 	if (with_estimate && PG_NARGS() > 3 && !PG_ARGISNULL(3))
 	{
 		est_tokens = PG_GETARG_INT64(3);
@@ -323,8 +415,10 @@ ai_run_check(FunctionCallInfo fcinfo, const char *func, bool consume, bool with_
 					 errmsg("estimated_tokens is out of range"),
 					 errdetail("At most " INT64_FORMAT " tokens are allowed.", 3 * AI_MAX_TOKENS)));
 	}
-	ai_decide(&user, &plan, has_est ? PG_GETARG_DATUM(2) : (Datum) 0,
-			  has_est, est_tokens, consume, d);
+	/* 1.5: the model and its token counts price the call */
+	if (with_estimate && PG_NARGS() > 6)
+		ai_arg_priced_call(fcinfo, 4, &est, &has_est, &est_tokens);
+	ai_decide(&user, &plan, est, has_est, est_tokens, consume, d);
 }
 
 /* ai_check_limit(user_id, plan, estimated_cost_cents) */
@@ -470,30 +564,6 @@ ai_release_reservation(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(false);
 }
 
-static int64
-ai_arg_tokens(FunctionCallInfo fcinfo, int argno, const char *name)
-{
-	int64		v;
-
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", name)));
-	v = PG_GETARG_INT64(argno);
-	if (v < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be negative", name),
-				 errdetail("%s is " INT64_FORMAT ".", name, v)));
-	if (v > AI_MAX_TOKENS)
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("%s is out of range", name),
-				 errdetail("%s is " INT64_FORMAT "; one call may count at most " INT64_FORMAT " tokens.",
-						   name, v, AI_MAX_TOKENS)));
-	return v;
-}
-
 /*
  * ai_record_usage(user_id, model, input_tokens, output_tokens,
  *				   cached_input_tokens, reservation_id
@@ -504,7 +574,6 @@ ai_record_usage(PG_FUNCTION_ARGS)
 {
 	AiUser		user;
 	char	   *model;
-	text	   *mt;
 	AiTokens	tok;
 	int64		resv = 0;
 	bool		has_resv = false;
@@ -512,21 +581,7 @@ ai_record_usage(PG_FUNCTION_ARGS)
 	ai_require_loaded();
 	ai_require_primary("ai_record_usage");
 	ai_arg_user(fcinfo, 0, &user);
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("model must not be null")));
-	mt = PG_GETARG_TEXT_PP(1);
-	if (VARSIZE_ANY_EXHDR(mt) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("model must not be empty")));
-	if (VARSIZE_ANY_EXHDR(mt) > AI_MAX_MODEL_LEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
-				 errmsg("model name is too long"),
-				 errdetail("At most %d bytes are allowed.", AI_MAX_MODEL_LEN)));
-	model = text_to_cstring(mt);
+	model = ai_arg_model(fcinfo, 1);
 	memset(&tok, 0, sizeof(tok));
 	tok.input = ai_arg_tokens(fcinfo, 2, "input_tokens");
 	tok.output = ai_arg_tokens(fcinfo, 3, "output_tokens");

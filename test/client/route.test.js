@@ -17,8 +17,8 @@ before(async () => {
     CREATE EXTENSION IF NOT EXISTS ai_ratelimit;
     CREATE ROLE ai_app LOGIN;
     GRANT EXECUTE ON FUNCTION
-        ai_check_limit(text, text, numeric), ai_check_limit(text, text, numeric, bigint),
-        ai_enforce_limit(text, text, numeric), ai_peek_limit(text, text),
+        ai_check_limit(text, text, numeric, bigint, text, bigint, bigint),
+        ai_enforce_limit(text, text, numeric, bigint, text, bigint, bigint), ai_peek_limit(text, text),
         ai_record_usage(text, text, bigint, bigint, bigint, bigint),
         ai_release_reservation(bigint), ai_monthly_spend(text, date)
     TO ai_app;
