@@ -64,7 +64,9 @@ CONF
 	psql -c \"SELECT 'spend=' || ai_monthly_spend('pkg-user')\"
 ") || fail "the installed package did not work"
 echo "$OUT"
-echo "$OUT" | grep -qx 'version=1.4' || fail "extension version is not 1.4"
+# the version the control file of this tree installs
+WANT=$(sed -n "s/^default_version = '\(.*\)'$/\1/p" "$REPO/ai_ratelimit.control")
+echo "$OUT" | grep -qx "version=$WANT" || fail "extension version is not $WANT"
 echo "$OUT" | grep -q "^server=${MAJOR}0" || fail "the server is not PostgreSQL $MAJOR"
 echo "$OUT" | grep -qx 'check=true,19' || fail "the first check of a free user did not answer allowed with 19 of 20 left"
 echo "$OUT" | grep -qx 'cost=1.25' || fail "the recorded call did not cost 1.25 cents"
