@@ -78,8 +78,10 @@ export function openaiUsage (response) {
 
 // Numbers go as text and are cast in SQL, so no driver type can pick the
 // wrong function: an estimate of 2.5 is numeric, never double precision.
-const CHECK = 'SELECT * FROM ai_check_limit($1::text, $2::text, $3::numeric)'
-const ESTIMATE = 'SELECT ai_estimate_cost($1::text, $2::bigint, $3::bigint) AS cents'
+// One statement: the server prices the call from the model and its counts
+// (1.5) and holds the larger of that and the caller's estimate.
+const CHECK = 'SELECT * FROM ai_check_limit($1::text, $2::text, $3::numeric, NULL::bigint,' +
+  ' $4::text, $5::bigint, $6::bigint)'
 const RECORD = 'SELECT ai_record_usage($1::text, $2::text, $3::bigint, $4::bigint, $5::bigint,' +
   ' $6::bigint, $7::bigint, $8::bigint) AS cost_cents'
 const RELEASE = 'SELECT ai_release_reservation($1::bigint)'
@@ -94,12 +96,9 @@ export function createLimiter (db, defaults = {}) {
       const o = { ...defaults, ...opts }
       if (!o.model) throw new TypeError('model is required')
       if (typeof o.usage !== 'function') throw new TypeError('usage(result) is required')
-      let estimate = o.estimateCents
-      if (estimate === undefined && o.inputTokens !== undefined && o.maxOutputTokens !== undefined) {
-        const { rows: [e] } = await db.query(ESTIMATE, [o.model, String(o.inputTokens), String(o.maxOutputTokens)])
-        estimate = e.cents
-      }
-      const { rows: [check] } = await db.query(CHECK, [userId, o.plan ?? null, String(estimate ?? 0)])
+      const count = (n) => (n === undefined || n === null ? null : String(n))
+      const { rows: [check] } = await db.query(CHECK, [userId, o.plan ?? null, String(o.estimateCents ?? 0),
+        o.model, count(o.inputTokens), count(o.maxOutputTokens)])
       if (!check.allowed) throw new Refused(check)
       let result
       try {

@@ -32,6 +32,19 @@ test('a call is checked with an estimate from its tokens, then recorded exactly'
   assert.notEqual(check.reservation_id, null)
 })
 
+test('while the call runs, the check holds its price, or the larger estimate given', async () => {
+  const seen = []
+  const held = async () => {
+    const { rows: [r] } = await pool.query(
+      'SELECT coalesce(sum(reserved_cents), 0) AS held FROM ai_ratelimit_status WHERE user_id = $1', [P + '6'])
+    seen.push(r.held)
+    return reply(100, 100)
+  }
+  await limiter.call(P + '6', held, { plan: 'h-cap', inputTokens: 900, maxOutputTokens: 1024 })
+  await limiter.call(P + '6', held, { plan: 'h-cap', inputTokens: 900, maxOutputTokens: 1024, estimateCents: 3 })
+  assert.deepEqual(seen, ['1.806', '3'])
+})
+
 test('a failed call gives its estimate back and rethrows', async () => {
   await assert.rejects(limiter.call(P + '2', async () => { throw new Error('overloaded') },
     { plan: 'h-cap', estimateCents: 2.5 }), /overloaded/)

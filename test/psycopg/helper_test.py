@@ -67,6 +67,18 @@ check(admin.execute(held, (P + "2",)).fetchone()[0] == 0, "and nothing stays hel
 check(admin.execute("SELECT count(*) FROM ai_usage WHERE user_id = %s", (P + "2",)).fetchone()[0] == 0,
       "and nothing is recorded")
 
+# while the call runs, the check holds what it can cost at the model's price
+# (the server prices it in the check's own statement), or the caller's larger estimate
+seen = []
+def look():
+    seen.append(admin.execute(held, (P + "6",)).fetchone()[0])
+    return reply(100, 100)
+limiter.call(P + "6", look, model=M, input_tokens=900, max_output_tokens=1024,
+             usage=anthropic_usage, plan="h-cap")
+limiter.call(P + "6", look, model=M, input_tokens=900, max_output_tokens=1024,
+             estimate_cents=3, usage=anthropic_usage, plan="h-cap")
+check(seen == [Decimal("1.806"), Decimal("3")], f"held during the call: the price, then the larger estimate ({seen})")
+
 # refusals become HTTP answers: 429 + Retry-After for a rate, 402 for a spent budget
 statuses = []
 for i in range(3):

@@ -23,7 +23,10 @@ from contextlib import contextmanager
 
 __all__ = ["Limiter", "Refused", "http_answer", "anthropic_usage", "openai_usage"]
 
-_CHECK = "SELECT * FROM ai_check_limit(%s::text, %s::text, %s::numeric)"
+# one statement: the server prices the call from the model and its counts
+# (1.5) and holds the larger of that and the caller's estimate
+_CHECK = ("SELECT * FROM ai_check_limit(%s::text, %s::text, %s::numeric, NULL::bigint,"
+          " %s::text, %s::bigint, %s::bigint)")
 _ESTIMATE = "SELECT ai_estimate_cost(%s::text, %s::bigint, %s::bigint)"
 _RECORD = ("SELECT ai_record_usage(%s::text, %s::text, %s::bigint, %s::bigint, %s::bigint,"
            " %s::bigint, %s::bigint, %s::bigint)")
@@ -125,10 +128,10 @@ class Limiter:
         raises, gives the estimate back and re-raises.  usage(result) gives
         the token counts (anthropic_usage, openai_usage, or a dict of input,
         output, cached, cache_write, cache_write_1h)."""
-        if estimate_cents is None and input_tokens is not None and max_output_tokens is not None:
-            estimate_cents = self.estimate(model, input_tokens, max_output_tokens)
         check = self._one(_CHECK, (user_id, plan if plan is not None else self._plan,
-                                   str(estimate_cents if estimate_cents is not None else 0)))
+                                   str(estimate_cents if estimate_cents is not None else 0), model,
+                                   None if input_tokens is None else str(input_tokens),
+                                   None if max_output_tokens is None else str(max_output_tokens)))
         if not check["allowed"]:
             raise Refused(check)
         try:
