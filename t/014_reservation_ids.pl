@@ -33,11 +33,15 @@ sub reserve
 	return $r;
 }
 
-# wait until the saver has saved everything done so far
+# wait until the saver has saved everything done so far: a save that
+# started after $t took every change made before it, and one change after
+# $t makes sure there is such a save (one that started just before $t may
+# have taken them all and left nothing to save)
 sub saved
 {
 	my ($node) = @_;
 	my $t = sql($node, 'SELECT clock_timestamp()');
+	sql($node, "SELECT allowed FROM ai_check_limit('zz-save-marker', 'cap')");
 	ok($node->poll_query_until('postgres', "SELECT last_save > '$t' FROM ai_ratelimit_saves()"),
 		$node->name . ': saved');
 }

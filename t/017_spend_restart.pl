@@ -67,7 +67,12 @@ is(sql("SELECT open_reservations FROM ai_ratelimit_status WHERE user_id = 'ann'"
 sql("SELECT ai_record_usage('ann', 'gpt-4o', 0, 20000)");
 is(sql("SELECT month_spend_cents || ' ' || open_reservations FROM ai_ratelimit_status WHERE user_id = 'ann'"),
 	'80 0', 'ann spent 80 cents and holds nothing');
-sleep(2);    # a periodic save with 80 cents in it
+# a periodic save with 80 cents in it: one that started after $t (a change
+# after $t makes sure one does)
+my $t = sql('SELECT clock_timestamp()');
+sql("SELECT allowed FROM ai_check_limit('zz-save-marker', 'cap')");
+$node->poll_query_until('postgres', "SELECT last_save > '$t' FROM ai_ratelimit_saves()")
+  or die 'no save';
 sql("SELECT ai_record_usage('ann', 'gpt-4o', 0, 15000)");
 $node->stop('immediate');
 $node->start;
