@@ -43,6 +43,7 @@
  */
 #include "postgres.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "access/xlog.h"
@@ -78,6 +79,7 @@
 
 PGDLLEXPORT void ai_saver_main(Datum arg);
 static bool ai_shut_down_cleanly(uint64 *checkpoint);
+static bool ai_start_replays_nothing(void);
 
 /* What a save copies out of shared memory; grown only between partitions. */
 typedef struct AiSaveBuf
@@ -629,11 +631,13 @@ ai_load(void)
 
 	/*
 	 * A base written at the shutdown whose checkpoint is the last one holds
-	 * every user's spend as the tables hold it now: nothing can have
-	 * committed since.  Only then is the cached spend restored.
+	 * every user's spend as the tables hold it, as long as this start
+	 * replays no WAL after that checkpoint: nothing can have committed
+	 * since.  Only then is the cached spend restored.
 	 */
 	restored = ai_apply_saved(&hdr, data, now,
-							  clean && !older_layout && base_checkpoint == checkpoint ?
+							  clean && !older_layout && base_checkpoint == checkpoint &&
+							  ai_start_replays_nothing() ?
 							  AI_APPLY_WITH_SPEND : AI_APPLY_LOAD);
 	pfree(data);
 
@@ -689,6 +693,30 @@ ai_shut_down_cleanly(uint64 *checkpoint)
 	*checkpoint = (uint64) cf->checkPoint;
 	pfree(cf);
 	return clean;
+}
+
+/*
+ * Does this start apply no WAL after the last checkpoint?  True after a
+ * primary's clean shutdown, unless the data directory asks for recovery:
+ * a standby (standby.signal), a point-in-time restore (recovery.signal) or
+ * a base backup (backup_label), each of which may be a copy of a cleanly
+ * stopped server and replays what was committed after the copy.  A
+ * standby's own clean shutdown (DB_SHUTDOWNED_IN_RECOVERY) may replay more
+ * at its next start, with or without a signal file.
+ */
+static bool
+ai_start_replays_nothing(void)
+{
+	bool		crc_ok;
+	ControlFileData *cf = get_controlfile(DataDir, &crc_ok);
+	bool		primary = crc_ok && cf->state == DB_SHUTDOWNED;
+	struct stat st;
+
+	pfree(cf);
+	return primary &&
+		stat(STANDBY_SIGNAL_FILE, &st) != 0 &&
+		stat(RECOVERY_SIGNAL_FILE, &st) != 0 &&
+		stat(BACKUP_LABEL_FILE, &st) != 0;
 }
 
 /*

@@ -192,7 +192,8 @@ ai_rmgr_identify(uint8 info)
  * uses a cache from before.  Cached spend is not among them: no session
  * loads it during recovery (every caller of ai_ensure_spend runs on a
  * primary only), replay never sets it, and the only spend in shared memory
- * when recovery ends is what a clean shutdown saved (saved.c), exact.
+ * when recovery ends is what a primary's clean shutdown saved, restored
+ * only by a start that replays no WAL (persist.c), so exact.
  */
 static void
 ai_after_recovery(void)

@@ -1,7 +1,9 @@
 # A user's cached monthly spend comes back with a clean restart, so the
 # first budget check after it reads no usage rows; after a crash it is
 # loaded from the tables again, and spend recorded after the last save
-# counts.  Reads of the usage tables are seen in pg_stat_user_tables.
+# counts.  A copy of a cleanly stopped data directory that replays WAL (a
+# standby, a point-in-time restore) loads it from the tables too.  Reads of
+# the usage tables are seen in pg_stat_user_tables.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -9,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $node = PostgreSQL::Test::Cluster->new('spend_restart');
-$node->init;
+$node->init(allows_streaming => 1);
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'ai_ratelimit'
 ai_ratelimit.timezone = 'UTC'
@@ -79,5 +81,28 @@ $node->start;
 is(sql("SELECT allowed FROM ai_check_limit('ann', 'cap', 6)"), 'f',
 	'after a crash: 95 cents are counted, not the 80 of the last save');
 is(sql("SELECT allowed FROM ai_check_limit('ann', 'cap', 5)"), 't', 'and exactly 5 are left');
+
+# a cold copy of the stopped primary becomes a standby: its save holds ann's
+# 95 cents, but it replays what the primary records after the copy;
+# promoted, it must count that
+sql("SELECT ai_record_usage('ann', 'gpt-4o', 0, 0)");    # the 5 held settle for nothing
+is(sql("SELECT month_spend_cents || ' ' || open_reservations FROM ai_ratelimit_status WHERE user_id = 'ann'"),
+	'95 0', 'ann: 95 cents spent, nothing held');
+$node->stop;
+$node->backup_fs_cold('cold');
+$node->start;
+sql("SELECT ai_record_usage('ann', 'gpt-4o', 0, 3000)");
+is(sql("SELECT ai_monthly_spend('ann')"), '98', 'the primary records 3 more cents: 98');
+my $standby = PostgreSQL::Test::Cluster->new('cold_standby');
+$standby->init_from_backup($node, 'cold', has_streaming => 1);
+$standby->start;
+$node->wait_for_catchup($standby);
+$standby->promote;
+$standby->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()') or die 'no promotion';
+is($standby->safe_psql('postgres', "SELECT allowed FROM ai_check_limit('ann', 'cap', 3)"), 'f',
+	'promoted: the 3 cents recorded after the copy count (98 + 3 is over the cap)');
+is($standby->safe_psql('postgres', "SELECT allowed FROM ai_check_limit('ann', 'cap', 2)"), 't',
+	'and exactly 2 are left');
+$standby->stop;
 
 done_testing();
