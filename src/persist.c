@@ -78,8 +78,7 @@
 #define AI_DELTA_MIN_BYTES	(8 * 1024 * 1024)
 
 PGDLLEXPORT void ai_saver_main(Datum arg);
-static bool ai_shut_down_cleanly(uint64 *checkpoint);
-static bool ai_start_replays_nothing(void);
+static bool ai_shut_down_cleanly(uint64 *checkpoint, bool *replays_none);
 
 /* What a save copies out of shared memory; grown only between partitions. */
 typedef struct AiSaveBuf
@@ -595,7 +594,8 @@ ai_load(void)
 	uint32		restored;
 	TimestampTz saved_at;
 	uint64		checkpoint;
-	bool		clean = ai_shut_down_cleanly(&checkpoint);
+	bool		replays_none;
+	bool		clean = ai_shut_down_cleanly(&checkpoint, &replays_none);
 	uint64		base_checkpoint;
 	bool		older_layout;
 	bool		foreign = false;
@@ -636,8 +636,7 @@ ai_load(void)
 	 * since.  Only then is the cached spend restored.
 	 */
 	restored = ai_apply_saved(&hdr, data, now,
-							  clean && !older_layout && base_checkpoint == checkpoint &&
-							  ai_start_replays_nothing() ?
+							  clean && !older_layout && base_checkpoint == checkpoint && replays_none ?
 							  AI_APPLY_WITH_SPEND : AI_APPLY_LOAD);
 	pfree(data);
 
@@ -680,43 +679,32 @@ ai_load(void)
 /*
  * Did the server shut down cleanly (smart or fast: a shutdown checkpoint
  * was written)?  An immediate stop also ends the postmaster with status 0,
- * but leaves the control file "in production", like a crash.
+ * but leaves the control file "in production", like a crash.  *replays_none
+ * (when not NULL): does this start apply no WAL after that checkpoint?
+ * True after a primary's clean shutdown, unless the data directory asks for
+ * recovery: a standby (standby.signal), a point-in-time restore
+ * (recovery.signal) or a base backup (backup_label), each of which may be a
+ * copy of a cleanly stopped server and replays what was committed after the
+ * copy.  A standby's own clean shutdown (DB_SHUTDOWNED_IN_RECOVERY) may
+ * replay more at its next start, with or without a signal file.
  */
 static bool
-ai_shut_down_cleanly(uint64 *checkpoint)
+ai_shut_down_cleanly(uint64 *checkpoint, bool *replays_none)
 {
 	bool		crc_ok;
 	ControlFileData *cf = get_controlfile(DataDir, &crc_ok);
 	bool		clean = crc_ok && (cf->state == DB_SHUTDOWNED ||
 								   cf->state == DB_SHUTDOWNED_IN_RECOVERY);
-
-	*checkpoint = (uint64) cf->checkPoint;
-	pfree(cf);
-	return clean;
-}
-
-/*
- * Does this start apply no WAL after the last checkpoint?  True after a
- * primary's clean shutdown, unless the data directory asks for recovery:
- * a standby (standby.signal), a point-in-time restore (recovery.signal) or
- * a base backup (backup_label), each of which may be a copy of a cleanly
- * stopped server and replays what was committed after the copy.  A
- * standby's own clean shutdown (DB_SHUTDOWNED_IN_RECOVERY) may replay more
- * at its next start, with or without a signal file.
- */
-static bool
-ai_start_replays_nothing(void)
-{
-	bool		crc_ok;
-	ControlFileData *cf = get_controlfile(DataDir, &crc_ok);
-	bool		primary = crc_ok && cf->state == DB_SHUTDOWNED;
 	struct stat st;
 
+	*checkpoint = (uint64) cf->checkPoint;
+	if (replays_none != NULL)
+		*replays_none = crc_ok && cf->state == DB_SHUTDOWNED &&
+			stat(STANDBY_SIGNAL_FILE, &st) != 0 &&
+			stat(RECOVERY_SIGNAL_FILE, &st) != 0 &&
+			stat(BACKUP_LABEL_FILE, &st) != 0;
 	pfree(cf);
-	return primary &&
-		stat(STANDBY_SIGNAL_FILE, &st) != 0 &&
-		stat(RECOVERY_SIGNAL_FILE, &st) != 0 &&
-		stat(BACKUP_LABEL_FILE, &st) != 0;
+	return clean;
 }
 
 /*
@@ -730,7 +718,7 @@ ai_save_at_exit(int code, Datum arg)
 {
 	uint64		checkpoint;
 
-	if (code != 0 || !ai_shut_down_cleanly(&checkpoint))
+	if (code != 0 || !ai_shut_down_cleanly(&checkpoint, NULL))
 		return;
 	if (!ai_save(true, checkpoint, true, false))
 		ereport(WARNING,
