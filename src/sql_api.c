@@ -346,6 +346,20 @@ ai_arg_model(FunctionCallInfo fcinfo, int argno)
 }
 
 /*
+ * The most a call can cost: its input tokens at the model's input price and
+ * every output token it may produce at the output price (ai_model_prices;
+ * a model with no price as ai_ratelimit.unknown_model says).
+ */
+static AiMoney
+ai_call_price(const char *model, int64 input_tokens, int64 max_output_tokens)
+{
+	AiPrice		price;
+
+	ai_price_lookup(model, &price, false);
+	return ai_money_add(input_tokens * price.input, max_output_tokens * price.output);
+}
+
+/*
  * The model and token counts of a check (arguments argno .. argno + 2:
  * model, input_tokens, max_output_tokens).  With a model and either count,
  * the call is priced (ai_model_prices): the input tokens at the input
@@ -359,9 +373,9 @@ ai_arg_priced_call(FunctionCallInfo fcinfo, int argno, AiMoney *est, bool *has_e
 				   int64 *est_tokens)
 {
 	char	   *model;
-	AiPrice		price;
 	int64		in_tok = 0;
 	int64		out_tok = 0;
+	AiMoney		price;
 
 	if (PG_ARGISNULL(argno) || (PG_ARGISNULL(argno + 1) && PG_ARGISNULL(argno + 2)))
 	{
@@ -379,8 +393,8 @@ ai_arg_priced_call(FunctionCallInfo fcinfo, int argno, AiMoney *est, bool *has_e
 		in_tok = ai_arg_tokens(fcinfo, argno + 1, "input_tokens");
 	if (!PG_ARGISNULL(argno + 2))
 		out_tok = ai_arg_tokens(fcinfo, argno + 2, "max_output_tokens");
-	ai_price_lookup(model, &price, false);
-	*est = Max(*est, ai_money_add(in_tok * price.input, out_tok * price.output));
+	price = ai_call_price(model, in_tok, out_tok);
+	*est = Max(*est, price);
 	*has_est = true;
 	if (*est_tokens == 0)
 		*est_tokens = in_tok + out_tok;
@@ -618,7 +632,6 @@ ai_estimate_cost(PG_FUNCTION_ARGS)
 {
 	text	   *mt;
 	char	   *model;
-	AiPrice		price;
 	int64		in_tok;
 	int64		out_tok;
 
@@ -635,9 +648,7 @@ ai_estimate_cost(PG_FUNCTION_ARGS)
 	model = text_to_cstring(mt);
 	in_tok = ai_arg_tokens(fcinfo, 1, "input_tokens");
 	out_tok = ai_arg_tokens(fcinfo, 2, "max_output_tokens");
-	ai_price_lookup(model, &price, false);
-	PG_RETURN_DATUM(ai_money_to_numeric(ai_money_add(in_tok * price.input,
-													 out_tok * price.output)));
+	PG_RETURN_DATUM(ai_money_to_numeric(ai_call_price(model, in_tok, out_tok)));
 }
 
 /* ai_monthly_spend(user_id, month date) returns numeric cents */
