@@ -19,6 +19,8 @@ OBJS = \
 	src/replica.o \
 	src/resvid.o \
 	src/rings.o \
+	src/rules.o \
+	src/rulestate.o \
 	src/saved.o \
 	src/shmem.o \
 	src/spend.o \
@@ -31,10 +33,10 @@ OBJS = \
 
 DATA = ai_ratelimit--1.0.sql ai_ratelimit--1.0--1.1.sql ai_ratelimit--1.1--1.2.sql \
 	ai_ratelimit--1.2--1.3.sql ai_ratelimit--1.3--1.4.sql \
-	ai_ratelimit--1.4--1.5.sql
+	ai_ratelimit--1.4--1.5.sql ai_ratelimit--1.5--1.6.sql
 PGFILEDESC = "ai_ratelimit - per-user AI rate limits and budgets"
 
-REGRESS = setup plans limits usage bad_input security upgrade operations user_config money_guard around_call models shared_state
+REGRESS = setup plans limits usage bad_input security upgrade operations user_config money_guard around_call models rules shared_state
 REGRESS_OPTS = --temp-config=$(srcdir)/test/ai_ratelimit.conf --temp-instance=./tmp_check
 
 ISOLATION = no_wait budget

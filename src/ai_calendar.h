@@ -27,4 +27,34 @@ extern void ai_calendar_at(TimestampTz now, AiCalendar *cal);
 extern void ai_calendar_for_date(DateADT d, AiCalendar *cal);
 extern int32 ai_seconds_until(TimestampTz from, TimestampTz to);
 
+/*
+ * The windows a rule counts over (ai_rules.window): a sliding minute, or a
+ * calendar hour, day, ISO week (from Monday) or month, local to
+ * ai_ratelimit.timezone.
+ */
+typedef enum AiWindowKind
+{
+	AI_WIN_MINUTE = 0,
+	AI_WIN_HOUR,
+	AI_WIN_DAY,
+	AI_WIN_WEEK,
+	AI_WIN_MONTH,
+	AI_WIN_COUNT
+} AiWindowKind;
+
+/* One window at an instant. */
+typedef struct AiWindow
+{
+	AiWindowKind kind;
+	int32		code;			/* names the calendar window; 0 for the minute */
+	TimestampTz start;			/* the minute: now less 60 seconds */
+	TimestampTz end;			/* the minute: when what counts now has left */
+	DateADT		first_day;		/* local days it touches: [first_day, end_day) */
+	DateADT		end_day;
+} AiWindow;
+
+extern void ai_window_at(AiWindowKind kind, TimestampTz now, AiWindow *w);
+extern const char *ai_window_name(AiWindowKind kind);
+extern bool ai_window_parse(const char *name, AiWindowKind *kind);
+
 #endif							/* AI_CALENDAR_H_ */

@@ -43,7 +43,7 @@ typedef struct AiDecision
 	int64		reservation_id;	/* 0: none */
 } AiDecision;
 
-extern void ai_decide(const AiUser *u, const AiPlan *plan,
+extern void ai_decide(const AiUser *u, const AiPlan *plan, const char *model,
 					  AiMoney estimate, bool has_estimate, int64 est_tokens,
 					  bool consume, AiDecision *d);
 extern void ai_reset_user(const AiUser *u);

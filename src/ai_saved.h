@@ -16,7 +16,7 @@
  * A base, a delta block and a WAL record are each a header followed by
  * nentries AiSavedEntry, nresv AiSavedResv and ntomb AiKey.
  */
-#define AI_SAVE_VERSION			4	/* of this layout */
+#define AI_SAVE_VERSION			5	/* of this layout */
 
 /* The head of a base, a delta block or a WAL record. */
 typedef struct AiSaveHeader
@@ -50,7 +50,27 @@ typedef struct AiSavedEntry
 	bool		spend_valid;
 	int32		spend_month;
 	AiMoney		committed_spend;
+	uint8		kind;			/* layout 5: AiEntry.kind (a user or a rule's counters) */
 } AiSavedEntry;
+
+/* An entry as layout 4 (release 1.5) saved it: no kind, every one a user's. */
+typedef struct AiSavedEntryV4
+{
+	AiKey		key;
+	int64		burst_head;
+	int32		burst_window_ms;
+	uint32		burst[AI_BURST_RING];
+	int32		day;
+	uint32		daily_count;
+	int32		tokens_head;
+	uint32		tokens[AI_TOKEN_RING];
+	uint16		plan_hash;
+	uint8		id_len;
+	char		id_prefix[AI_ID_PREFIX_LEN];
+	bool		spend_valid;
+	int32		spend_month;
+	AiMoney		committed_spend;
+} AiSavedEntryV4;
 
 /* An entry as layouts 2 and 3 (releases 1.2 to 1.4) saved it: 16 bytes of id. */
 typedef struct AiSavedEntryV3
@@ -74,16 +94,31 @@ typedef struct AiSavedResv
 	AiKey		key;
 	AiMoney		amount;
 	TimestampTz expires_at;
+	/* layout 5: what it holds on the rules of ai_rules */
+	int64		tokens;
+	int32		rules[AI_RESV_RULES];
+	bool		all_rules;
 } AiSavedResv;
+
+/* A reservation as layouts 2 to 4 (releases 1.2 to 1.5) saved it. */
+typedef struct AiSavedResvV4
+{
+	int64		id;
+	AiKey		key;
+	AiMoney		amount;
+	TimestampTz expires_at;
+} AiSavedResvV4;
 
 /* Bytes that follow a header: its entries, reservations and tombstones. */
 static inline uint64
 ai_saved_bytes(const AiSaveHeader *hdr)
 {
-	Size		entry = hdr->version < 4 ? sizeof(AiSavedEntryV3) : sizeof(AiSavedEntry);
+	Size		entry = hdr->version < 4 ? sizeof(AiSavedEntryV3) :
+		hdr->version < 5 ? sizeof(AiSavedEntryV4) : sizeof(AiSavedEntry);
+	Size		resv = hdr->version < 5 ? sizeof(AiSavedResvV4) : sizeof(AiSavedResv);
 
 	return entry * (uint64) hdr->nentries +
-		sizeof(AiSavedResv) * (uint64) hdr->nresv + sizeof(AiKey) * (uint64) hdr->ntomb;
+		resv * (uint64) hdr->nresv + sizeof(AiKey) * (uint64) hdr->ntomb;
 }
 
 /* saved.c */

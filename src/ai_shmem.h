@@ -8,6 +8,7 @@
 #ifndef AI_SHMEM_H_
 #define AI_SHMEM_H_
 
+#include "ai_calendar.h"
 #include "ai_ratelimit.h"
 
 /* ---- shared state (shmem.c) ---- */
@@ -84,7 +85,19 @@ typedef struct AiEntry
 	uint8		save_flags;		/* AI_SAVE_* (persist.c) */
 	uint8		resv_restored;	/* reservations restored after a crash, not yet
 								 * checked against ai_usage (spend.c) */
+	uint8		kind;			/* AI_ENTRY_USER, or a rule's counters (AI_ENTRY_RULE) */
 } AiEntry;
+
+/*
+ * What an entry counts: a user, or one rule of ai_rules for one user
+ * (rulestate.c says which fields such an entry uses).  A rule's entry is
+ * keyed from its user's key, in the same partition, so one lock covers a
+ * user and every rule that applies to it.  Its kind also names its window.
+ */
+#define AI_ENTRY_USER			0
+#define AI_ENTRY_RULE			0x10	/* | AiWindowKind */
+#define AI_ENTRY_IS_RULE(e)		(((e)->kind & AI_ENTRY_RULE) != 0)
+#define AI_ENTRY_WINDOW(e)		((AiWindowKind) ((e)->kind & 0x0f))
 
 #define AI_SAVE_DIRTY			0x1 /* changed since it was last saved */
 #define AI_SAVE_IN_FILE			0x2 /* in the save files: removing it needs a tombstone */
@@ -107,6 +120,9 @@ ai_spend_is_cached(const AiEntry *e, int32 month)
 	return e->spend_state == AI_SPEND_VALID && e->spend_month == month;
 }
 
+/* Model rules one reservation can hold on; more hold on every rule. */
+#define AI_RESV_RULES			4
+
 typedef enum AiResvState
 {
 	AI_RESV_FREE = 0,
@@ -124,6 +140,9 @@ typedef struct AiReservation
 	int32		next;			/* next slot of the same user, or free list */
 	int32		prev;
 	uint8		state;			/* AiResvState */
+	bool		all_rules;		/* made without a model: holds on every rule */
+	int64		tokens;			/* tokens it holds for token rules */
+	int32		rules[AI_RESV_RULES];	/* model rules (ai_rules ids) it holds on; 0: none */
 } AiReservation;
 
 /* Most reservation slots a server may have (ai_ratelimit.max_reservations). */
@@ -142,6 +161,7 @@ typedef struct AiShared
 	LWLock	   *users_lock;		/* guards writing users_ring */
 	AiKey		users_ring[AI_USERS_RING];
 	pg_atomic_uint32 prices_gen;	/* bumped when ai_model_prices changes */
+	pg_atomic_uint32 rules_gen;	/* bumped when ai_rules changes */
 	pg_atomic_uint32 usage_gen; /* bumped when ai_usage rows are deleted */
 	pg_atomic_uint32 ext_gen;	/* bumped when the extension is dropped somewhere */
 	pg_atomic_uint32 caches_fresh;	/* generations bumped since recovery ended (replica.c) */
@@ -192,6 +212,7 @@ typedef struct AiTable
 	TimestampTz part_idle_until[AI_NUM_PARTITIONS]; /* swept in vain: not again before */
 	int32		part_idle_day[AI_NUM_PARTITIONS];	/* ... if still this local day */
 	int32		dirty_head[AI_NUM_PARTITIONS];	/* entries changed since the last save */
+	uint32		part_epoch[AI_NUM_PARTITIONS];	/* users removed (rulestate.c) */
 	/* keys of saved entries removed since the last save (persist.c) */
 	slock_t		tomb_mutex;
 	int32		ntomb;
@@ -305,7 +326,8 @@ extern void ai_unlock_all(void);
 extern int32 ai_resv_find(const AiEntry *entry, int64 id);
 extern int64 ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz now,
 							TimestampTz expires_at, int32 *slot);
-extern bool ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampTz expires_at);
+extern bool ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampTz expires_at,
+							int32 *slot);
 extern void ai_entry_forget(AiEntry *e);
 extern void ai_resv_free(AiEntry *entry, int32 slot);
 extern void ai_resv_unreserve(AiEntry *entry, AiMoney amount);

@@ -21,6 +21,7 @@ typedef enum AiOutcome
 	AI_OUT_BUDGET,
 	AI_OUT_TOKENS,
 	AI_OUT_BLOCKED,
+	AI_OUT_RULE,				/* a rule of ai_rules */
 	AI_OUT_COUNT
 } AiOutcome;
 

@@ -31,6 +31,8 @@ typedef struct AiCharge
 	int32		token_bucket;	/* record: bucket charged with tokens, or -1 */
 	uint32		tokens;			/* record: tokens charged there */
 	uint32		alert_bits;		/* record: alert thresholds it notified */
+	int32		rule_first;		/* what it took of the rules: touches */
+	int16		rule_n;			/* [rule_first, rule_first + rule_n) (rulestate.c) */
 } AiCharge;
 
 extern void ai_xact_init(void);

@@ -111,3 +111,105 @@ ai_seconds_until(TimestampTz from, TimestampTz to)
 	s = (us + USECS_PER_SEC - 1) / USECS_PER_SEC;
 	return (int32) Min(s, PG_INT32_MAX);
 }
+
+static const char *const window_names[AI_WIN_COUNT] = {
+	"minute", "hour", "day", "week", "month"
+};
+
+const char *
+ai_window_name(AiWindowKind kind)
+{
+	return window_names[kind];
+}
+
+bool
+ai_window_parse(const char *name, AiWindowKind *kind)
+{
+	for (int k = 0; k < AI_WIN_COUNT; k++)
+		if (strcmp(name, window_names[k]) == 0)
+		{
+			*kind = (AiWindowKind) k;
+			return true;
+		}
+	return false;
+}
+
+/*
+ * The window of the given kind that contains `now`.  A calendar hour is
+ * local: in a zone half an hour off UTC it starts at half past.  The hour
+ * repeated when clocks go back is one window of two hours (its counts are
+ * kept, never handed back).
+ */
+void
+ai_window_at(AiWindowKind kind, TimestampTz now, AiWindow *w)
+{
+	AiCalendar	cal;
+
+	ai_calendar_at(now, &cal);
+	w->kind = kind;
+	switch (kind)
+	{
+		case AI_WIN_MINUTE:
+			w->code = 0;
+			w->start = now - 60 * USECS_PER_SEC;
+			w->end = now + 60 * USECS_PER_SEC;	/* what counts now has left */
+			w->first_day = cal.day - (now - 60 * USECS_PER_SEC < ai_local_midnight(cal.day) ? 1 : 0);
+			w->end_day = cal.day + 1;
+			break;
+		case AI_WIN_HOUR:
+			{
+				struct pg_tm tm;
+				fsec_t		fsec;
+				int			tz;
+
+				if (timestamp2tm(now, &tz, &tm, &fsec, NULL, ai_timezone) != 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+							 errmsg("timestamp out of range")));
+				w->code = cal.day * 24 + tm.tm_hour;
+				tm.tm_min = 0;
+				tm.tm_sec = 0;
+				tz = DetermineTimeZoneOffset(&tm, ai_timezone);
+				if (tm2timestamp(&tm, 0, &tz, &w->start) != 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+							 errmsg("timestamp out of range")));
+				/* an hour that started before a change of offset: now is in it */
+				if (w->start > now)
+					w->start -= USECS_PER_HOUR;
+				w->end = Min(w->start + USECS_PER_HOUR, cal.day_end);
+				if (w->end <= now)
+					w->end = now + 1;
+				w->first_day = cal.day;
+				w->end_day = cal.day + 1;
+			}
+			break;
+		case AI_WIN_DAY:
+			w->code = cal.day;
+			w->start = ai_local_midnight(cal.day);
+			w->end = cal.day_end;
+			w->first_day = cal.day;
+			w->end_day = cal.day + 1;
+			break;
+		case AI_WIN_WEEK:
+			{
+				/* j2day: 0 is Sunday; an ISO week starts on Monday */
+				int32		monday = cal.day - (j2day(cal.day + POSTGRES_EPOCH_JDATE) + 6) % 7;
+
+				w->code = monday;
+				w->start = ai_local_midnight(monday);
+				w->end = ai_local_midnight(monday + 7);
+				w->first_day = monday;
+				w->end_day = monday + 7;
+			}
+			break;
+		case AI_WIN_MONTH:
+		default:
+			w->code = cal.month;
+			w->start = cal.month_start;
+			w->end = cal.month_end;
+			w->first_day = cal.month_start_date;
+			w->end_day = cal.month_end_date;
+			break;
+	}
+}

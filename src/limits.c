@@ -13,7 +13,9 @@
  * retry time; the messages are built after the lock is released.
  *
  * The monthly budget needs the month's committed spend, which spend.c loads
- * before the lock is taken and keeps exact in the entry.
+ * before the lock is taken and keeps exact in the entry.  The rules of
+ * ai_rules that apply come last (rulestate.c): their counters are entries
+ * of the same partition, tested and charged under the same lock.
  *
  *-------------------------------------------------------------------------
  */
@@ -28,6 +30,7 @@
 #include "ai_limits.h"
 #include "ai_resvid.h"
 #include "ai_rings.h"
+#include "ai_rulestate.h"
 #include "ai_shmem.h"
 #include "ai_spend.h"
 #include "ai_stats.h"
@@ -38,6 +41,9 @@ typedef struct AiCheck
 {
 	const AiUser *user;
 	const AiPlan *plan;
+	const char *model;			/* NULL: the check named none */
+	AiRuleSet	rules;			/* the rules of ai_rules that apply */
+	const AiRule *refused_by;	/* the rule that refused it */
 	bool		consume;		/* charge the request when it is allowed */
 	TimestampTz now;
 	AiCalendar	cal;
@@ -116,6 +122,8 @@ ai_check_lock_entry(AiCheck *c)
 		if (plan->has_budget)
 			c->spend_exact = ai_ensure_spend(c->user, &c->cal, c->now, c->consume,
 											 &c->fallback_spend);
+		if (attempt > 1)
+			ai_rules_prepare(&c->rules, c->user, plan->name, c->model, c->now, c->consume);
 		LWLockAcquire(c->user->lock, LW_EXCLUSIVE);
 		if (c->consume)
 			c->entry = ai_entry_get(&c->user->key, c->user->hashcode, c->user->lock, c->now,
@@ -139,11 +147,13 @@ ai_check_lock_entry(AiCheck *c)
 		}
 
 		/*
-		 * The spend loaded above must still be cached under the lock; if the
-		 * entry was reclaimed or the month turned meanwhile, load again.
+		 * The spend loaded above, and the rules' use, must still be cached
+		 * under the lock; if an entry was reclaimed or the month turned
+		 * meanwhile, load again.
 		 */
-		if (!plan->has_budget || !c->spend_exact ||
-			ai_spend_is_cached(c->entry, c->cal.month))
+		if ((!plan->has_budget || !c->spend_exact ||
+			 ai_spend_is_cached(c->entry, c->cal.month)) &&
+			ai_rules_still_exact(&c->rules, c->live ? c->entry : NULL))
 			break;
 		LWLockRelease(c->user->lock);
 		if (attempt > 5)
@@ -316,6 +326,31 @@ ai_refused_by_budget(AiCheck *c, AiVerdict *v)
 	return true;
 }
 
+/* Every rule of ai_rules that applies, after the plan's own limits. */
+static bool
+ai_refused_by_rules(AiCheck *c, AiVerdict *v)
+{
+	AiRuleRefusal rr;
+
+	if (c->rules.n == 0 ||
+		!ai_rules_refuse(&c->rules, c->live ? c->entry : NULL, c->est, c->est_tokens,
+						 c->now, &rr))
+		return false;
+	c->refused_by = c->rules.use[rr.index].rule;
+	(void) ai_refuse_with(v, AI_OUT_RULE, rr.never, rr.retry_at, rr.limit, rr.used, rr.held,
+						  c->refused_by->metric == AI_METRIC_CENTS);
+	v->held_only = rr.held_only;
+	return true;
+}
+
+/* Does an allowed check hold its estimate in a reservation? */
+static bool
+ai_check_reserves(const AiCheck *c)
+{
+	return (c->est > 0 && (c->plan->has_budget || c->rules.money)) ||
+		(c->est_tokens > 0 && c->rules.tokens);
+}
+
 /* What ai_take_charge did. */
 typedef enum AiTaken
 {
@@ -342,7 +377,7 @@ ai_take_charge(AiCheck *c, AiDecision *d)
 	charge->key = c->user->key;
 	charge->burst_bucket = -1;
 	charge->day = c->cal.day;
-	if (c->est > 0 && c->plan->has_budget)
+	if (ai_check_reserves(c))
 	{
 		TimestampTz expires = c->now + (int64) ai_reservation_ttl * USECS_PER_SEC;
 
@@ -353,7 +388,9 @@ ai_take_charge(AiCheck *c, AiDecision *d)
 		if (id == AI_ID_NEED_CEILING)
 			return AI_TAKEN_NEED_IDS;
 		d->reservation_id = charge->resv_id = id;
+		ai_rules_hold(&c->rules, &ai_shared->resv[charge->resv_slot], c->est_tokens);
 	}
+	ai_rules_charge(&c->rules, c->now, &charge->rule_first, &charge->rule_n);
 	if (c->plan->has_burst)
 	{
 		charge->burst_bucket = ai_burst_bucket(e, c->now);
@@ -417,7 +454,7 @@ ai_local_time_words(TimestampTz t)
 
 /* The message of a refusal, in the article's words. */
 static char *
-ai_refusal_message(const AiVerdict *v, const AiPlan *plan)
+ai_refusal_message(const AiVerdict *v, const AiPlan *plan, const AiRule *rule)
 {
 	switch (v->outcome)
 	{
@@ -441,6 +478,15 @@ ai_refusal_message(const AiVerdict *v, const AiPlan *plan)
 			if (v->held_only)
 				return pstrdup("Monthly AI budget held by requests in flight");
 			return pstrdup("Monthly AI budget exceeded");
+		case AI_OUT_RULE:
+			if (v->held_only)
+				return psprintf("Limit: %s held by requests in flight (rule %d)",
+								ai_rule_words(rule), rule->id);
+			if (rule->user_scope)
+				return psprintf("Limit: %s for this user (rule %d)",
+								ai_rule_words(rule), rule->id);
+			return psprintf("Limit: %s on %s plan (rule %d)",
+							ai_rule_words(rule), plan->name, rule->id);
 		default:
 			return NULL;
 	}
@@ -465,10 +511,18 @@ ai_check_untracked(AiCheck *c, AiVerdict *v)
 	ai_check_blank(c);
 	if (ai_refused_by_block(c, v) || ai_refused_by_budget(c, v))
 		return;
+	/* the rules' use, as read from the tables: refused or not, nothing is counted */
+	LWLockAcquire(c->user->lock, LW_EXCLUSIVE);
+	if (ai_refused_by_rules(c, v))
+	{
+		LWLockRelease(c->user->lock);
+		return;
+	}
+	LWLockRelease(c->user->lock);
 	ereport(WARNING,
 			(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 			 errmsg("ai_ratelimit allowed a request without counting it: all %d counters are in use", ai_max_keys),
-			 errdetail("Blocks and the monthly budget were checked; burst, daily and token limits were not."),
+			 errdetail("Blocks and the monthly budget were checked; burst, daily and token limits were not. Rules of ai_rules were checked against what is recorded; requests were not counted under them."),
 			 errhint("Raise ai_ratelimit.max_keys and restart.")));
 }
 
@@ -477,7 +531,7 @@ ai_check_untracked(AiCheck *c, AiVerdict *v)
  * charge it when allowed.  Fills *d.
  */
 void
-ai_decide(const AiUser *u, const AiPlan *plan,
+ai_decide(const AiUser *u, const AiPlan *plan, const char *model,
 		  AiMoney estimate, bool has_estimate, int64 est_tokens,
 		  bool consume, AiDecision *d)
 {
@@ -490,6 +544,7 @@ ai_decide(const AiUser *u, const AiPlan *plan,
 	memset(&c, 0, sizeof(c));
 	c.user = u;
 	c.plan = plan;
+	c.model = model;
 	c.consume = consume;
 	c.now = GetCurrentTimestamp();
 	ai_calendar_at(c.now, &c.cal);
@@ -499,8 +554,10 @@ ai_decide(const AiUser *u, const AiPlan *plan,
 	c.spend_exact = true;
 	if (consume)
 		ai_charge_reserve();
+	/* the rules that apply, and what they need from the tables */
+	ai_rules_prepare(&c.rules, u, plan->name, model, c.now, consume);
 	/* an id must be promised durably before it is issued (resvid.c) */
-	if (consume && c.est > 0 && plan->has_budget)
+	if (consume && ai_check_reserves(&c))
 		ai_ids_ensure(c.now, AI_IDS_CHECK);
 
 again:
@@ -515,8 +572,18 @@ again:
 			 !ai_refused_by_daily(&c, &v, d) &&
 			 !ai_refused_by_tokens(&c, &v) &&
 			 !ai_refused_by_budget(&c, &v) &&
+			 !ai_refused_by_rules(&c, &v) &&
 			 consume)
 	{
+		if (!ai_rules_make_room(&c.rules, c.user, c.now))
+		{
+			LWLockRelease(c.user->lock);
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+					 errmsg("ai_ratelimit cannot count the rules of another user: all %d counters are in use", ai_max_keys),
+					 errdetail("Each rule of ai_rules that applies to a user takes a counter of its own."),
+					 errhint("Raise ai_ratelimit.max_keys and restart.")));
+		}
 		taken = ai_take_charge(&c, d);
 		charged = (taken == AI_TAKEN);
 		if (taken == AI_TAKEN_NEED_IDS)
@@ -553,7 +620,7 @@ again:
 		return;
 	}
 	d->limited_by = ai_outcome_name(v.outcome);
-	d->error = ai_refusal_message(&v, plan);
+	d->error = ai_refusal_message(&v, plan, c.refused_by);
 	d->has_remaining = false;
 	d->retryable = v.retryable;
 	d->facts = v.facts;

@@ -156,18 +156,24 @@ ai_save_copy_entry(AiSaveBuf *b, AiEntry *e, TimestampTz now)
 	 * Exact for its month, with nothing in flight: only the base of a clean
 	 * shutdown is restored with it (ai_load).
 	 */
+	s->kind = e->kind;
 	s->spend_valid = e->spend_state == AI_SPEND_VALID && e->inflight == 0 &&
-		e->spend_gen == pg_atomic_read_u32(&ai_shared->usage_gen);
+		e->spend_gen == pg_atomic_read_u32(&ai_shared->usage_gen) &&
+		!AI_ENTRY_IS_RULE(e);	/* a rule's spend is loaded again (rulestate.c) */
 	s->spend_month = e->spend_month;
 	s->committed_spend = s->spend_valid ? e->committed_spend : 0;
 	/* a reservation being settled is kept: the settling may roll back */
 	ai_resv_iter_init(&it, e, AI_RESV_WALK_LIVE, now);
 	while (b->nresv < b->maxresv && (r = ai_resv_iter_next(&it, NULL)) != NULL)
 	{
+		memset(&b->resv[b->nresv], 0, sizeof(AiSavedResv));
 		b->resv[b->nresv].id = r->id;
 		b->resv[b->nresv].key = r->key;
 		b->resv[b->nresv].amount = r->amount;
 		b->resv[b->nresv].expires_at = r->expires_at;
+		b->resv[b->nresv].tokens = r->tokens;
+		b->resv[b->nresv].all_rules = r->all_rules;
+		memcpy(b->resv[b->nresv].rules, r->rules, sizeof(r->rules));
 		b->nresv++;
 	}
 }
@@ -478,7 +484,8 @@ typedef struct AiSaveHeaderV2
 /*
  * Read the header of the next block into *hdr and *raw (its bytes as
  * written, for the CRC); *rawlen is their length.  A version 2 base is
- * read as a version 3 one; ai_apply_saved widens version 3 entries.  False
+ * read as a version 3 one; ai_apply_saved widens the entries and
+ * reservations of versions 3 and 4.  False
  * at the end of the file, on damage, and (with a LOG that says why) on a
  * layout this library cannot read.
  */
@@ -491,8 +498,9 @@ ai_load_header(FILE *f, uint32 magic, AiSaveHeader *hdr, char *raw, size_t *rawl
 	if (fread(head, sizeof(head), 1, f) != 1 || head[0] != magic)
 		return false;
 	memcpy(raw, head, sizeof(head));
-	if (head[1] == AI_SAVE_VERSION || head[1] == AI_SAVE_VERSION - 1)
+	if (head[1] >= AI_SAVE_VERSION_V2 + 1 && head[1] <= AI_SAVE_VERSION)
 	{
+		/* layouts 3 to 5 share this header */
 		*rawlen = sizeof(AiSaveHeader);
 		if (fread(raw + sizeof(head), *rawlen - sizeof(head), 1, f) != 1)
 			return false;

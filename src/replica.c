@@ -39,12 +39,13 @@
 #include "ai_shmem.h"
 
 /*
- * Entries per record: 4096 entries of 200 bytes are 800 kB; the record
- * also carries their reservations (40 bytes each), and the first one the
+ * Entries per record: 4096 entries of 208 bytes are 832 kB; the record
+ * also carries their reservations (72 bytes each), and the first one the
  * tombstones (16 bytes each).
  */
 #define AI_WAL_CHUNK			4096
-StaticAssertDecl(sizeof(AiSavedEntry) == 200, "AI_WAL_CHUNK's comment counts 200 bytes an entry");
+StaticAssertDecl(sizeof(AiSavedEntry) == 208, "AI_WAL_CHUNK's comment counts 208 bytes an entry");
+StaticAssertDecl(sizeof(AiSavedResv) == 72, "AI_WAL_CHUNK's comment counts 72 bytes a reservation");
 
 static void ai_rmgr_redo(XLogReaderState *record);
 static void ai_rmgr_desc(StringInfo buf, XLogReaderState *record);
@@ -205,6 +206,7 @@ ai_after_recovery(void)
 	{
 		pg_atomic_fetch_add_u32(&ai_shared->plans_gen, 1);
 		pg_atomic_fetch_add_u32(&ai_shared->prices_gen, 1);
+		pg_atomic_fetch_add_u32(&ai_shared->rules_gen, 1);
 		pg_atomic_fetch_add_u32(&ai_shared->users_gen, 1);
 		pg_atomic_fetch_add_u32(&ai_shared->limits_gen, 1);
 		pg_atomic_fetch_add_u32(&ai_shared->ext_gen, 1);

@@ -71,6 +71,7 @@ ai_load_entry(const AiSavedEntry *se, TimestampTz now, AiApplyMode mode)
 	memcpy(e->tokens, se->tokens, sizeof(e->tokens));
 	e->plan_hash = se->plan_hash;
 	e->id_len = se->id_len;
+	e->kind = se->kind;
 	if (mode == AI_APPLY_WITH_SPEND && se->spend_valid)
 	{
 		/* the load protocol's state after a load (spend.c) */
@@ -90,38 +91,80 @@ ai_load_entry(const AiSavedEntry *se, TimestampTz now, AiApplyMode mode)
 /*
  * The entries, reservations and tombstones read after *hdr, in this
  * build's layout: data itself when it was written in it; otherwise a
- * palloc'd copy with each entry widened (layouts 2 and 3 kept 16 bytes of
- * the id), and *hdr then says the current version.
+ * palloc'd copy, widened (layouts 2 and 3 kept 16 bytes of the id and no
+ * spend; layouts 2 to 4 kept no kind, every entry being a user's, and no
+ * rule holds with a reservation, which then holds on none), and *hdr then
+ * says the current version.
  */
 static char *
 ai_saved_in_this_layout(AiSaveHeader *hdr, char *data)
 {
-	const AiSavedEntryV3 *old = (const AiSavedEntryV3 *) data;
-	const char *rest = (const char *) (old + hdr->nentries);
-	Size		rest_len = ai_saved_bytes(hdr) - sizeof(AiSavedEntryV3) * (Size) hdr->nentries;
+	Size		entry_len = hdr->version < 4 ? sizeof(AiSavedEntryV3) : sizeof(AiSavedEntryV4);
+	const char *old_resv = data + entry_len * (Size) hdr->nentries;
+	const char *tomb = old_resv + sizeof(AiSavedResvV4) * (Size) hdr->nresv;
 	AiSavedEntry *entries;
+	AiSavedResv *resv;
 
-	if (hdr->version >= 4)
+	if (hdr->version >= 5)
 		return data;
-	entries = palloc_extended(sizeof(AiSavedEntry) * (Size) hdr->nentries + rest_len + 1,
+	entries = palloc_extended(sizeof(AiSavedEntry) * (Size) hdr->nentries +
+							  sizeof(AiSavedResv) * (Size) hdr->nresv +
+							  sizeof(AiKey) * (Size) hdr->ntomb + 1,
 							  MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
 	for (uint32 i = 0; i < hdr->nentries; i++)
 	{
 		AiSavedEntry *se = &entries[i];
 
-		se->key = old[i].key;
-		se->burst_head = old[i].burst_head;
-		se->burst_window_ms = old[i].burst_window_ms;
-		memcpy(se->burst, old[i].burst, sizeof(se->burst));
-		se->day = old[i].day;
-		se->daily_count = old[i].daily_count;
-		se->tokens_head = old[i].tokens_head;
-		memcpy(se->tokens, old[i].tokens, sizeof(se->tokens));
-		se->plan_hash = old[i].plan_hash;
-		se->id_len = old[i].id_len;
-		memcpy(se->id_prefix, old[i].id_prefix, sizeof(old[i].id_prefix));
+		if (hdr->version >= 4)
+		{
+			AiSavedEntryV4 old;
+
+			memcpy(&old, data + sizeof(AiSavedEntryV4) * (Size) i, sizeof(old));
+			se->key = old.key;
+			se->burst_head = old.burst_head;
+			se->burst_window_ms = old.burst_window_ms;
+			memcpy(se->burst, old.burst, sizeof(se->burst));
+			se->day = old.day;
+			se->daily_count = old.daily_count;
+			se->tokens_head = old.tokens_head;
+			memcpy(se->tokens, old.tokens, sizeof(se->tokens));
+			se->plan_hash = old.plan_hash;
+			se->id_len = old.id_len;
+			memcpy(se->id_prefix, old.id_prefix, sizeof(old.id_prefix));
+			se->spend_valid = old.spend_valid;
+			se->spend_month = old.spend_month;
+			se->committed_spend = old.committed_spend;
+		}
+		else
+		{
+			AiSavedEntryV3 old;
+
+			memcpy(&old, data + sizeof(AiSavedEntryV3) * (Size) i, sizeof(old));
+			se->key = old.key;
+			se->burst_head = old.burst_head;
+			se->burst_window_ms = old.burst_window_ms;
+			memcpy(se->burst, old.burst, sizeof(se->burst));
+			se->day = old.day;
+			se->daily_count = old.daily_count;
+			se->tokens_head = old.tokens_head;
+			memcpy(se->tokens, old.tokens, sizeof(se->tokens));
+			se->plan_hash = old.plan_hash;
+			se->id_len = old.id_len;
+			memcpy(se->id_prefix, old.id_prefix, sizeof(old.id_prefix));
+		}
 	}
-	memcpy(entries + hdr->nentries, rest, rest_len);
+	resv = (AiSavedResv *) (entries + hdr->nentries);
+	for (uint32 i = 0; i < hdr->nresv; i++)
+	{
+		AiSavedResvV4 r;
+
+		memcpy(&r, old_resv + sizeof(AiSavedResvV4) * (Size) i, sizeof(r));
+		resv[i].id = r.id;
+		resv[i].key = r.key;
+		resv[i].amount = r.amount;
+		resv[i].expires_at = r.expires_at;
+	}
+	memcpy(resv + hdr->nresv, tomb, sizeof(AiKey) * (Size) hdr->ntomb);
 	hdr->version = AI_SAVE_VERSION;
 	return (char *) entries;
 }
@@ -168,13 +211,19 @@ ai_apply_saved(const AiSaveHeader *saved_hdr, const char *saved, TimestampTz now
 	{
 		LWLock	   *lock;
 		AiEntry    *e;
+		int32		slot;
 
 		if (resv[i].expires_at <= now)
 			continue;
 		lock = ai_apply_lock(&resv[i].key, replay);
 		e = ai_entry_lookup(&resv[i].key, ai_key_hash(&resv[i].key), false, now, NULL, 0);
-		if (e != NULL && ai_resv_restore(e, resv[i].id, resv[i].amount, resv[i].expires_at))
+		if (e != NULL && ai_resv_restore(e, resv[i].id, resv[i].amount, resv[i].expires_at, &slot))
 		{
+			AiReservation *r = &ai_shared->resv[slot];
+
+			r->tokens = resv[i].tokens;
+			r->all_rules = resv[i].all_rules;
+			memcpy(r->rules, resv[i].rules, sizeof(r->rules));
 			restored++;
 			if (replay)
 				e->resv_restored = 1;

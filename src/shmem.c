@@ -145,6 +145,7 @@ ai_table_init(void)
 		ai_table->part_idle_until[p] = 0;
 		ai_table->part_idle_day[p] = -1;
 		ai_table->dirty_head[p] = -1;
+		ai_table->part_epoch[p] = 0;
 	}
 	for (int32 b = 0; b < ai_table->nbuckets; b++)
 		ai_table->buckets[b] = -1;
@@ -195,6 +196,7 @@ ai_shmem_startup(void)
 		pg_atomic_init_u32(&ai_shared->limits_gen, 1);
 		pg_atomic_init_u64(&ai_shared->users_seq, 0);
 		pg_atomic_init_u32(&ai_shared->prices_gen, 1);
+		pg_atomic_init_u32(&ai_shared->rules_gen, 1);
 		pg_atomic_init_u32(&ai_shared->usage_gen, 1);
 		pg_atomic_init_u32(&ai_shared->ext_gen, 1);
 		pg_atomic_init_u32(&ai_shared->caches_fresh, 0);
@@ -371,6 +373,7 @@ ai_entry_init(AiEntry *e, const char *id, int idlen)
 	e->save_flags = 0;
 	e->dirty_next = -2;
 	e->resv_restored = 0;
+	e->kind = AI_ENTRY_USER;
 	e->plan_hash = 0;
 	e->id_len = (uint8) Min(idlen, 255);
 	memcpy(e->id_prefix, id, Min(idlen, AI_ID_PREFIX_LEN));
@@ -437,6 +440,9 @@ ai_entry_remove(AiEntry *e, uint32 hashcode)
 	*link = e->next;
 	ai_table->part_count[hashcode % AI_NUM_PARTITIONS]--;
 	pg_atomic_fetch_sub_u32(&ai_table->nentries, 1);
+	/* the cached spend of its rules no longer follows it (rulestate.c) */
+	if (!AI_ENTRY_IS_RULE(e))
+		ai_table->part_epoch[hashcode % AI_NUM_PARTITIONS]++;
 
 	/* out of the dirty list too: the slot may serve another user next */
 	if (e->save_flags & AI_SAVE_DIRTY)
@@ -536,7 +542,16 @@ ai_entry_is_live(AiEntry *e, TimestampTz now, int32 today)
 	ai_resv_iter_init(&it, e, AI_RESV_WALK_LIVE, now);
 	if (ai_resv_iter_next(&it, NULL) != NULL)
 		return true;
-	if (e->day == today && e->daily_count > 0)
+	if (AI_ENTRY_IS_RULE(e) && e->daily_count > 0 && AI_ENTRY_WINDOW(e) != AI_WIN_MINUTE)
+	{
+		AiWindow	w;
+
+		/* a rule's count of requests in a calendar window: day holds its code */
+		ai_window_at(AI_ENTRY_WINDOW(e), now, &w);
+		if (e->day == w.code)
+			return true;
+	}
+	else if (e->day == today && e->daily_count > 0)
 		return true;
 	if (e->burst_window_ms > 0 && ai_burst_count(e, now) > 0)
 		return true;
@@ -565,7 +580,15 @@ ai_entry_dies_at(AiEntry *e, TimestampTz now, const AiCalendar *cal)
 			return now + AI_SWEEP_IDLE_USECS;
 		t = Max(t, r->expires_at);
 	}
-	if (e->day == cal->day && e->daily_count > 0)
+	if (AI_ENTRY_IS_RULE(e) && e->daily_count > 0 && AI_ENTRY_WINDOW(e) != AI_WIN_MINUTE)
+	{
+		AiWindow	w;
+
+		ai_window_at(AI_ENTRY_WINDOW(e), now, &w);
+		if (e->day == w.code)
+			t = Max(t, w.end);
+	}
+	else if (e->day == cal->day && e->daily_count > 0)
 		t = Max(t, cal->day_end);
 	if (e->burst_window_ms > 0)
 		t = Max(t, ai_burst_all_leave(e));
@@ -891,6 +914,9 @@ ai_resv_link(AiEntry *entry, int32 slot, AiMoney amount, TimestampTz expires_at)
 	r->amount = amount;
 	r->expires_at = expires_at;
 	r->state = AI_RESV_OPEN;
+	r->all_rules = false;
+	r->tokens = 0;
+	memset(r->rules, 0, sizeof(r->rules));
 	r->next = -1;
 	r->prev = entry->resv_tail;
 	if (entry->resv_tail >= 0)
@@ -956,7 +982,8 @@ ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz now, TimestampTz expi
  * postmaster, loading).
  */
 bool
-ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampTz expires_at)
+ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampTz expires_at,
+				int32 *slot)
 {
 	int32		s;
 
@@ -973,6 +1000,7 @@ ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampTz expires_at
 	ai_resv_unfree(s, id);
 	LWLockRelease(ai_shared->resv_lock);
 	(void) ai_resv_link(entry, s, amount, expires_at);
+	*slot = s;
 	return true;
 }
 

@@ -27,6 +27,8 @@
 #include "ai_limits.h"
 #include "ai_replica.h"
 #include "ai_rings.h"
+#include "ai_rules.h"
+#include "ai_rulestate.h"
 #include "ai_shmem.h"
 #include "ai_spend.h"
 #include "ai_stats.h"
@@ -34,6 +36,7 @@
 #include "ai_users.h"
 
 PG_FUNCTION_INFO_V1(ai_check_limit);
+PG_FUNCTION_INFO_V1(ai_explain_limits);
 PG_FUNCTION_INFO_V1(ai_enforce_limit);
 PG_FUNCTION_INFO_V1(ai_peek_limit);
 PG_FUNCTION_INFO_V1(ai_reset_limits);
@@ -409,6 +412,7 @@ ai_run_check(FunctionCallInfo fcinfo, const char *func, bool consume, bool with_
 	bool		has_est = with_estimate && PG_NARGS() > 2 && !PG_ARGISNULL(2);
 	AiMoney		est = 0;
 	int64		est_tokens = 0;
+	const char *model = NULL;
 
 	ai_require_loaded();
 	ai_require_primary(func);
@@ -431,8 +435,12 @@ ai_run_check(FunctionCallInfo fcinfo, const char *func, bool consume, bool with_
 	}
 	/* 1.5: the model and its token counts price the call */
 	if (with_estimate && PG_NARGS() > 6)
+	{
 		ai_arg_priced_call(fcinfo, 4, &est, &has_est, &est_tokens);
-	ai_decide(&user, &plan, est, has_est, est_tokens, consume, d);
+		if (!PG_ARGISNULL(4))
+			model = ai_arg_model(fcinfo, 4);	/* 1.6: the rules of that model apply */
+	}
+	ai_decide(&user, &plan, model, est, has_est, est_tokens, consume, d);
 }
 
 /* ai_check_limit(user_id, plan, estimated_cost_cents) */
@@ -475,8 +483,9 @@ ai_peek_limit(PG_FUNCTION_ARGS)
 }
 
 /*
- * ai_reset_limits(user_id): forget the user's burst and daily counts and
- * drop its open reservations.
+ * ai_reset_limits(user_id): forget the user's burst, daily and token
+ * counts, and the requests and minute counts of its rules.  Estimates in
+ * flight stay held: a reset never hands out money they hold.
  */
 Datum
 ai_reset_limits(PG_FUNCTION_ARGS)
@@ -487,6 +496,7 @@ ai_reset_limits(PG_FUNCTION_ARGS)
 	ai_require_primary("ai_reset_limits");
 	ai_arg_user(fcinfo, 0, &user);
 	ai_reset_user(&user);
+	ai_rules_reset_user(&user);
 	PG_RETURN_VOID();
 }
 
@@ -531,6 +541,123 @@ ai_limit_state(PG_FUNCTION_ARGS)
 		v[5] = TimestampTzGetDatum(st[i].reset_at);
 		nl[5] = (st[i].reset_at == 0);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
+	}
+	return (Datum) 0;
+}
+
+/* One row of ai_explain_limits. */
+static void
+ai_explain_row(ReturnSetInfo *rsinfo, const AiRule *r, const char *scope, const char *scope_id,
+			   const char *metric, const char *window, const AiFacts *f, int64 remaining,
+			   TimestampTz reset_at)
+{
+	Datum		v[11];
+	bool		nl[11] = {0};
+
+	v[0] = Int32GetDatum(r ? r->id : 0);
+	nl[0] = (r == NULL);
+	v[1] = CStringGetTextDatum(scope);
+	v[2] = CStringGetTextDatum(scope_id);
+	v[3] = CStringGetTextDatum(r ? r->model : "*");
+	v[4] = metric ? CStringGetTextDatum(metric) : (Datum) 0;
+	nl[4] = (metric == NULL);
+	v[5] = window ? CStringGetTextDatum(window) : (Datum) 0;
+	nl[5] = (window == NULL);
+	if (f->known)
+	{
+		v[6] = ai_fact_numeric(f, f->limit);
+		v[7] = ai_fact_numeric(f, f->used);
+		v[8] = ai_fact_numeric(f, f->held);
+		v[9] = ai_fact_numeric(f, remaining);
+	}
+	else
+	{
+		nl[6] = nl[7] = nl[8] = true;
+		v[9] = Int64GetDatum(0);
+		v[9] = DirectFunctionCall1(int8_numeric, v[9]);
+	}
+	v[10] = TimestampTzGetDatum(reset_at);
+	nl[10] = (reset_at == 0);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
+}
+
+/*
+ * ai_explain_limits(user_id, model, plan): every limit that applies to the
+ * user (and the model; NULL: any model) now, changing nothing: the plan's
+ * own columns first (rule_id NULL), then the rules of ai_rules, each with
+ * its maximum, what is used, what requests in flight hold, what is left,
+ * and when it resets.  The answer to "why was I refused" and "what do I
+ * have left".  Primary only, like ai_limit_state.
+ */
+Datum
+ai_explain_limits(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	AiUser		user;
+	AiPlan		plan;
+	AiLayerState st[AI_MAX_LAYERS];
+	const char *model = NULL;
+	TimestampTz now = GetCurrentTimestamp();
+	int			n;
+	int			total;
+
+	ai_require_loaded();
+	ai_require_primary("ai_explain_limits");
+	ai_arg_user(fcinfo, 0, &user);
+	if (!PG_ARGISNULL(1))
+		model = ai_arg_model(fcinfo, 1);
+	ai_arg_plan(fcinfo, 2, &user, &plan);
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+
+	n = ai_layer_states(&user, &plan, st);
+	for (int i = 0; i < n; i++)
+	{
+		const char *layer = st[i].layer;
+		const char *metric = "requests";
+		const char *window = "day";
+
+		if (strcmp(layer, "blocked") == 0)
+		{
+			ai_explain_row(rsinfo, NULL, "user", user.id, NULL, NULL, &st[i].facts, 0,
+						   st[i].reset_at);
+			continue;
+		}
+		if (strcmp(layer, "burst") == 0)
+			window = st[i].window_secs == 60 ? "minute" :
+				psprintf("%d seconds", st[i].window_secs);
+		else if (strcmp(layer, "tokens") == 0)
+		{
+			metric = "tokens";
+			window = "minute";
+		}
+		else if (strcmp(layer, "monthly_budget") == 0)
+		{
+			metric = "cents";
+			window = "month";
+		}
+		ai_explain_row(rsinfo, NULL, "plan", plan.name, metric, window, &st[i].facts,
+					   st[i].remaining, st[i].reset_at);
+	}
+
+	total = ai_rules_count();
+	for (int i = 0; i < total; i++)
+	{
+		const AiRule *r = ai_rule_at(i);
+		AiRuleState rs;
+		AiFacts		f;
+
+		if (!ai_rule_applies(r, plan.name, &user) || !ai_rule_matches_model(r, model))
+			continue;
+		ai_rule_state(r, &user, now, &rs);
+		memset(&f, 0, sizeof(f));
+		f.known = true;
+		f.money = (r->metric == AI_METRIC_CENTS);
+		f.limit = r->max;
+		f.used = rs.used;
+		f.held = rs.held;
+		ai_explain_row(rsinfo, r, r->user_scope ? "user" : "plan", r->scope_id,
+					   ai_metric_name(r->metric), ai_window_name(r->window), &f,
+					   Max(r->max - ai_money_add(rs.used, rs.held), 0), rs.reset_at);
 	}
 	return (Datum) 0;
 }
@@ -892,8 +1019,8 @@ ai_ratelimit_status(PG_FUNCTION_ARGS)
 		ai_part_iter_init(&it, p);
 		while ((e = ai_part_iter_next(&it)) != NULL)
 		{
-			if (e->key.dbid != MyDatabaseId)
-				continue;
+			if (e->key.dbid != MyDatabaseId || AI_ENTRY_IS_RULE(e))
+				continue;		/* a rule's counters show in ai_explain_limits */
 			copy[n].e = *e;
 			/* reservations live outside the entry: count the open ones now */
 			copy[n].reserved = ai_resv_held(e, now, &copy[n].nresv);

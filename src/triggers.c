@@ -109,6 +109,8 @@ ai_ratelimit_config_changed(PG_FUNCTION_ARGS)
 			bits |= AI_GEN_PRICES;
 		else if (strcmp(a, "usage") == 0)
 			bits |= AI_GEN_USAGE;
+		else if (strcmp(a, "rules") == 0)
+			bits |= AI_GEN_RULES;
 	}
 	ai_config_changed(bits);
 
@@ -127,7 +129,7 @@ ai_triggers_xact_callback(XactEvent event, void *arg)
 	{
 		ai_forget_database(MyDatabaseId);
 		pg_atomic_fetch_add_u32(&ai_shared->ext_gen, 1);
-		ai_config_bump_at_end(AI_GEN_PLANS | AI_GEN_PRICES | AI_GEN_USAGE);
+		ai_config_bump_at_end(AI_GEN_PLANS | AI_GEN_PRICES | AI_GEN_USAGE | AI_GEN_RULES);
 		ai_users_all_changed(true);
 	}
 	drop_at_commit = false;

@@ -31,6 +31,7 @@
 #include "ai_calendar.h"
 #include "ai_config.h"
 #include "ai_rings.h"
+#include "ai_rulestate.h"
 #include "ai_shmem.h"
 #include "ai_spend.h"
 #include "ai_usage.h"
@@ -314,11 +315,16 @@ ai_alerts_crossed(const AiRecordCall *r, AiEntry *e, const AiPlan *eff,
  * its cost in flight until the transaction ends.  Caller holds the
  * partition lock.
  */
+static int64
+ai_call_tokens(const AiTokens *t)
+{
+	return t->input + t->output + t->cached + t->cache_write + t->cache_write_1h;
+}
+
 static void
 ai_count_call(const AiRecordCall *r, AiEntry *e, AiCharge *charge)
 {
-	uint64		total_tokens = (uint64) r->tok.input + (uint64) r->tok.output +
-		(uint64) r->tok.cached + (uint64) r->tok.cache_write + (uint64) r->tok.cache_write_1h;
+	uint64		total_tokens = (uint64) ai_call_tokens(&r->tok);
 	uint32	   *bucket;
 
 	ai_tokens_advance(e, r->now);
@@ -353,6 +359,8 @@ ai_record(const AiUser *u, const char *model,
 	AiEntry    *e;
 	AiCharge	charge;
 	bool		resv_missing = false;
+	AiRuleRecord rules;
+	uint32		seq_before;
 
 	r.now = GetCurrentTimestamp();
 	ai_calendar_at(r.now, &r.cal);
@@ -372,6 +380,7 @@ ai_record(const AiUser *u, const char *model,
 	/* after a crash: drop reservations settled since the last save first */
 	ai_resv_drop_settled(u);
 	ai_insert_usage(&r, cost_num);
+	ai_rules_record_prepare(&rules, u, model);
 
 	memset(&charge, 0, sizeof(charge));
 	charge.kind = AI_CHARGE_RECORD;
@@ -393,7 +402,10 @@ ai_record(const AiUser *u, const char *model,
 	charge.resv_id = ai_settle_begin(&r, e, &charge.resv_slot, &resv_missing);
 	if (want_alerts)
 		nfired = ai_alerts_crossed(&r, e, &eff, &charge.alert_bits, fired, &spend_after);
+	seq_before = e->change_seq;
 	ai_count_call(&r, e, &charge);
+	ai_rules_record_begin(&rules, e, r.now, r.cost, ai_call_tokens(&r.tok), seq_before,
+						  &charge.rule_first, &charge.rule_n);
 	LWLockRelease(u->lock);
 	ai_charge_add(&charge);
 

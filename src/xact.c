@@ -23,6 +23,7 @@
 #include "utils/memutils.h"
 
 #include "ai_config.h"
+#include "ai_rulestate.h"
 #include "ai_shmem.h"
 #include "ai_spend.h"
 #include "ai_usage.h"
@@ -91,14 +92,18 @@ ai_charge_end(AiCharge *c, bool commit)
 				e->daily_count--;
 			if (c->resv_id > 0 && ai_shared->resv[c->resv_slot].id == c->resv_id)
 				ai_resv_free(e, c->resv_slot);
+			ai_rules_check_undo(c->rule_first, c->rule_n);
 		}
 	}
 	else
 	{
+		uint32		seq_before = e->change_seq;
+
 		ai_partition_changed(hashcode);	/* a settled reservation may free it */
 		e->inflight--;
 		int128_add_int64(&e->inflight_cost, -c->cost);
 		e->change_seq++;
+		ai_rules_record_end(c->rule_first, c->rule_n, commit, e, seq_before);
 		if (!commit)
 		{
 			if (c->token_bucket >= 0 && c->token_bucket <= e->tokens_head &&
@@ -149,15 +154,18 @@ ai_xact_callback(XactEvent event, void *arg)
 				if (charges[i].kind != AI_CHARGE_CHECK)
 					ai_charge_end(&charges[i], true);
 			ncharges = 0;
+			ai_rules_touches_done();
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			for (int i = ncharges - 1; i >= 0; i--)
 				ai_charge_end(&charges[i], false);
 			ncharges = 0;
+			ai_rules_touches_done();
 			break;
 		case XACT_EVENT_PREPARE:
 			ncharges = 0;
+			ai_rules_touches_done();
 			break;
 		default:
 			break;

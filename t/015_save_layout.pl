@@ -1,7 +1,8 @@
 # Counters saved by an earlier release are read after an upgrade: release
-# 1.2 wrote layout version 2 (a shorter header, no deltas) and releases 1.3
-# and 1.4 version 3 (16 bytes of each user id), which this library still
-# reads, reservations under their own ids.  Ids are saved whole up to 40
+# 1.2 wrote layout version 2 (a shorter header, no deltas), releases 1.3
+# and 1.4 version 3 (16 bytes of each user id) and release 1.5 version 4
+# (no entry kind, no rule holds with a reservation), which this library
+# still reads, reservations under their own ids.  Ids are saved whole up to 40
 # bytes, so a UUID finds its row in ai_ratelimit_status after a restart.  A layout this
 # library does not know is left alone with a LOG that says why, not called
 # damaged.  The files are made here from what this build saved, rewritten
@@ -56,29 +57,46 @@ my $bytes = slurp_file($base);
 my ($magic, $version, $ring, $nentries, $nresv, $ntomb, $base_id, $written, $lsn) =
   unpack('L6 Q q Q', substr($bytes, 0, 48));
 my $body = substr($bytes, 48, length($bytes) - 52);
-is($version, 4, 'this build saves layout version 4');
-# an entry: 147 bytes of counters, then the id: 40 bytes in version 4,
-# then the cached spend (200 with padding); 16 bytes of id in version 3
-# (168 with padding); a reservation is 40 bytes, a tombstone 16
-my $entries = length($body) - 40 * $nresv - 16 * $ntomb;
-is($entries, 200 * $nentries, 'its entries are 200 bytes each');
-$body = join('', map { substr($body, 200 * $_, 163) . "\0" x 5 } 0 .. $nentries - 1)
-  . substr($body, $entries);
+is($version, 5, 'this build saves layout version 5');
+# an entry: 147 bytes of counters, then the id: 40 bytes since version 4,
+# then the cached spend (200 bytes: version 4), then the kind (208 with
+# padding: version 5); 16 bytes of id in version 3 (168 with padding).  A
+# reservation is 40 bytes, then its rule holds (72 with padding: version
+# 5); a tombstone is 16.
+my $entries = length($body) - 72 * $nresv - 16 * $ntomb;
+is($entries, 208 * $nentries, 'its entries are 208 bytes each');
 is(unpack('L', substr($bytes, -4)), crc32c(substr($bytes, 0, -4)),
 	'the CRC-32C here is the one the file carries');
+my $resv = join('', map { substr($body, $entries + 72 * $_, 40) } 0 .. $nresv - 1);
+my $tombs = substr($body, $entries + 72 * $nresv);
+my $v4 = join('', map { substr($body, 208 * $_, 200) } 0 .. $nentries - 1) . $resv . $tombs;
+my $v3 = join('', map { substr($body, 208 * $_, 163) . "\0" x 5 } 0 .. $nentries - 1) . $resv . $tombs;
 
 sub write_base
 {
 	my ($head) = @_;
+	my $body = $head =~ /^.{4}\x04/s ? $v4 : $v3;
 	open(my $f, '>:raw', $base) or die "could not write $base: $!";
 	print $f $head, $body, pack('L', crc32c($head . $body));
 	close($f);
 	unlink($node->data_dir . '/pg_stat/ai_ratelimit.delta');
 }
 
+# layout version 4 (release 1.5): this build's header and ids, no kinds
+write_base(pack('L6 Q q Q', $magic, 4, $ring, $nentries, $nresv, $ntomb, $base_id, $written, $lsn));
+my $log = -s $node->logfile;
+$node->start;
+ok($node->log_contains(qr/ai_ratelimit is reading counters saved in layout version 4/, $log),
+	'a version 4 base is read, and the log says so');
+is(sql("SELECT daily_used || ' ' || user_id_truncated FROM ai_ratelimit_status WHERE user_id = '$uuid'"),
+	'2 false', 'a UUID comes back whole');
+is(sql("SELECT allowed FROM ai_check_limit('ivy', 'cap', 31)"), 'f',
+	'a reservation holds its 70 cents');
+$node->stop;
+
 # layout version 3: this build's header, entries with 16 bytes of the id
 write_base(pack('L6 Q q Q', $magic, 3, $ring, $nentries, $nresv, $ntomb, $base_id, $written, $lsn));
-my $log = -s $node->logfile;
+$log = -s $node->logfile;
 $node->start;
 ok($node->log_contains(qr/ai_ratelimit is reading counters saved in layout version 3/, $log),
 	'a version 3 base is read, and the log says so');
@@ -117,7 +135,7 @@ $node->stop;
 write_base(pack('L6 Q q Q', $magic, 99, $ring, $nentries, $nresv, $ntomb, $base_id, $written, $lsn));
 $log = -s $node->logfile;
 $node->start;
-ok($node->log_contains(qr/ignoring ai_ratelimit counters saved in layout version 99: this library reads versions 2 to 4/, $log),
+ok($node->log_contains(qr/ignoring ai_ratelimit counters saved in layout version 99: this library reads versions 2 to 5/, $log),
 	'a base of an unknown version is ignored with a LOG saying why');
 ok(!$node->log_contains(qr/ignoring damaged/, $log), 'not called damaged');
 is(sql("SELECT count(*) FROM ai_ratelimit_status"), '0', 'no counter came from it');

@@ -1,0 +1,182 @@
+/*-------------------------------------------------------------------------
+ *
+ * rules.c
+ *		The rules of ai_rules (limits as data), read once per change and
+ *		kept in each backend.
+ *
+ * A rule limits what one plan's users, or one user, may use of some models
+ * (all of them, one, or every name with a prefix), counted in requests,
+ * tokens or cents, over a window (calendar.c).  This file knows which
+ * rules exist and which apply to a call; rulestate.c counts them.
+ *
+ * The rules are read again when the table's trigger bumps rules_gen, in
+ * the changing transaction itself and when it ends (config.c), so a rule
+ * applies from the first check after its commit.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xlog.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include "ai_config.h"
+#include "ai_extension.h"
+#include "ai_rules.h"
+#include "ai_shmem.h"
+
+static MemoryContext rules_cxt = NULL;
+static AiRule *rules = NULL;
+static int	nrules = 0;
+static int	maxrules = 0;
+static uint32 rules_gen = 0;	/* rules_gen they were read at; 0: never */
+
+static const char *const metric_names[] = {"requests", "tokens", "cents"};
+
+const char *
+ai_metric_name(AiMetric m)
+{
+	return metric_names[m];
+}
+
+/* One row of ai_rules into the cache. */
+static void
+ai_cache_rule_row(HeapTuple tup, TupleDesc td)
+{
+	AiRule	   *r;
+	Datum		d;
+	char	   *s;
+	MemoryContext old;
+	StringInfoData sig;
+
+	if (nrules >= maxrules)
+	{
+		maxrules = Max(16, maxrules * 2);
+		rules = rules ? repalloc(rules, sizeof(AiRule) * maxrules)
+			: MemoryContextAlloc(rules_cxt, sizeof(AiRule) * maxrules);
+	}
+	r = &rules[nrules];
+	memset(r, 0, sizeof(*r));
+	old = MemoryContextSwitchTo(rules_cxt);
+	(void) ai_spi_col(tup, td, 1, &d);
+	r->id = DatumGetInt32(d);
+	(void) ai_spi_col(tup, td, 2, &d);
+	r->user_scope = strcmp(TextDatumGetCString(d), "user") == 0;
+	(void) ai_spi_col(tup, td, 3, &d);
+	r->scope_id = TextDatumGetCString(d);
+	(void) ai_spi_col(tup, td, 4, &d);
+	r->model = TextDatumGetCString(d);
+	(void) ai_spi_col(tup, td, 5, &d);
+	s = TextDatumGetCString(d);
+	r->metric = strcmp(s, "requests") == 0 ? AI_METRIC_REQUESTS :
+		strcmp(s, "tokens") == 0 ? AI_METRIC_TOKENS : AI_METRIC_CENTS;
+	(void) ai_spi_col(tup, td, 6, &d);
+	if (!ai_window_parse(TextDatumGetCString(d), &r->window))
+		r->window = AI_WIN_MONTH;	/* the CHECK constraint allows no other */
+	(void) ai_spi_col(tup, td, 7, &d);
+	if (r->metric == AI_METRIC_CENTS)
+		r->max = ai_money_from_numeric(d, false, "max_value");
+	else
+		r->max = DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
+	MemoryContextSwitchTo(old);
+
+	if (strcmp(r->model, "*") == 0)
+		r->match = AI_MODELS_ALL;
+	else if (r->model[strlen(r->model) - 1] == '*')
+	{
+		r->match = AI_MODELS_PREFIX;
+		r->prefix_len = strlen(r->model) - 1;
+	}
+	else
+		r->match = AI_MODELS_EXACT;
+
+	/* what the rule counts, not its maximum: a new maximum keeps the counts */
+	initStringInfo(&sig);
+	appendStringInfo(&sig, "%d|%d|%s|%s|%d|%d", r->id, (int) r->user_scope, r->scope_id,
+					 r->model, (int) r->metric, (int) r->window);
+	r->sig = hash_bytes_extended((const unsigned char *) sig.data, sig.len, 0x72756c6573ULL);
+	pfree(sig.data);
+	nrules++;
+}
+
+/* Read ai_rules again (none in a database whose extension is older). */
+static void
+ai_reload_rules(void)
+{
+	uint32		gen = pg_atomic_read_u32(&ai_shared->rules_gen);
+
+	if (rules_cxt == NULL)
+		rules_cxt = AllocSetContextCreate(TopMemoryContext, "ai_ratelimit rules",
+										  ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(rules_cxt);
+	rules = NULL;
+	nrules = maxrules = 0;
+	rules_gen = 0;
+
+	ai_load_extension_info();
+	if (ai_ext_has_relation("ai_rules"))
+	{
+		SPI_connect();
+		ai_spi_each_row(psprintf("SELECT rule_id, scope, scope_id, model, metric, \"window\","
+								 " max_value FROM %s.ai_rules ORDER BY rule_id",
+								 ai_ext_schema()),
+						ai_cache_rule_row);
+		SPI_finish();
+	}
+	rules_gen = gen;
+}
+
+/* How many rules there are; reads them first when they changed. */
+int
+ai_rules_count(void)
+{
+	if (rules_gen == 0 || rules_gen != pg_atomic_read_u32(&ai_shared->rules_gen))
+		ai_reload_rules();
+	return nrules;
+}
+
+/* Rule i, 0 <= i < ai_rules_count(). */
+const AiRule *
+ai_rule_at(int i)
+{
+	Assert(i >= 0 && i < nrules);
+	return &rules[i];
+}
+
+/* Does the rule bind this user under this plan (plan NULL: any plan)? */
+bool
+ai_rule_applies(const AiRule *r, const char *plan, const AiUser *u)
+{
+	if (r->user_scope)
+		return strlen(r->scope_id) == (size_t) u->len &&
+			memcmp(r->scope_id, u->id, u->len) == 0;
+	return plan == NULL || strcmp(r->scope_id, plan) == 0;
+}
+
+/*
+ * Does the rule count calls of this model?  A call that names no model may
+ * be any model: every rule counts it.
+ */
+bool
+ai_rule_matches_model(const AiRule *r, const char *model)
+{
+	if (model == NULL || r->match == AI_MODELS_ALL)
+		return true;
+	if (r->match == AI_MODELS_EXACT)
+		return strcmp(r->model, model) == 0;
+	return strncmp(r->model, model, r->prefix_len) == 0;
+}
+
+/*
+ * On a standby, rule changes arrive by replay, which fires no trigger: a
+ * reader (ai_explain_limits) reads the rules again.
+ */
+void
+ai_rules_refresh_in_recovery(void)
+{
+	if (RecoveryInProgress())
+		rules_gen = 0;
+}
