@@ -5,7 +5,11 @@ CREATE EXTENSION ai_ratelimit;
 
 INSERT INTO ai_plans (plan, burst_limit, burst_window, daily_limit, monthly_budget_cents)
 VALUES ('bench',        2147483647, '1 minute', 2147483647, NULL),
-       ('bench-budget', 2147483647, '1 minute', 2147483647, 1e15);
+       ('bench-budget', 2147483647, '1 minute', 2147483647, 1e15),
+       ('bench-rule',   2147483647, '1 minute', 2147483647, NULL);
+-- bench-rule is bench with one rule: a monthly budget for one model
+INSERT INTO ai_rules (scope, scope_id, model, metric, "window", max_value)
+VALUES ('plan', 'bench-rule', 'claude-sonnet-*', 'cents', 'month', 1e11);
 
 -- the floor: same signature and result type as ai_check_limit, does nothing
 CREATE FUNCTION bench_floor(user_id text, plan text DEFAULT NULL,
