@@ -54,6 +54,14 @@ typedef struct AiWindow
 } AiWindow;
 
 extern void ai_window_at(AiWindowKind kind, TimestampTz now, AiWindow *w);
+
+/* The local day number of the Monday that starts the ISO week of a day. */
+static inline int32
+ai_week_of(int32 day)
+{
+	/* day 0, 2000-01-01, was a Saturday: 5 days after a Monday */
+	return day - (int32) ((((int64) day % 7) + 7 + 5) % 7);
+}
 extern const char *ai_window_name(AiWindowKind kind);
 extern bool ai_window_parse(const char *name, AiWindowKind *kind);
 

@@ -47,6 +47,5 @@ extern const AiRule *ai_rule_at(int i);
 extern bool ai_rule_applies(const AiRule *r, const char *plan, const AiUser *u);
 extern bool ai_rule_matches_model(const AiRule *r, const char *model);
 extern const char *ai_metric_name(AiMetric m);
-extern void ai_rules_refresh_in_recovery(void);
 
 #endif							/* AI_RULES_H_ */

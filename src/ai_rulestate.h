@@ -64,8 +64,10 @@ typedef struct AiRuleRecord
 	bool		any;			/* some rule exists */
 	int			n;				/* candidate rules */
 	const AiRule **cand;
+	int32	   *codes;			/* the calendar window of each at the record's time */
 } AiRuleRecord;
-extern void ai_rules_record_prepare(AiRuleRecord *rr, const AiUser *u, const char *model);
+extern void ai_rules_record_prepare(AiRuleRecord *rr, const AiUser *u, const char *model,
+									TimestampTz now);
 extern void ai_rules_record_begin(const AiRuleRecord *rr, AiEntry *user, TimestampTz now,
 								  AiMoney cost, int64 tokens, uint32 seq_before,
 								  int32 *first, int16 *n);

@@ -318,7 +318,7 @@ extern AiEntry *ai_entry_lookup(const AiKey *key, uint32 hashcode, bool create,
 								TimestampTz now, const char *id, int idlen);
 extern AiEntry *ai_entry_get(const AiKey *key, uint32 hashcode, LWLock *lock,
 							 TimestampTz now, const char *id, int idlen);
-extern bool ai_entry_is_live(AiEntry *e, TimestampTz now, int32 today);
+extern bool ai_entry_is_live(AiEntry *e, TimestampTz now, const AiCalendar *cal);
 extern void ai_lock_all(LWLockMode mode);
 extern void ai_verify(List **problems);
 extern void ai_forget_database(Oid dbid);

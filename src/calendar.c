@@ -193,8 +193,7 @@ ai_window_at(AiWindowKind kind, TimestampTz now, AiWindow *w)
 			break;
 		case AI_WIN_WEEK:
 			{
-				/* j2day: 0 is Sunday; an ISO week starts on Monday */
-				int32		monday = cal.day - (j2day(cal.day + POSTGRES_EPOCH_JDATE) + 6) % 7;
+				int32		monday = ai_week_of(cal.day);
 
 				w->code = monday;
 				w->start = ai_local_midnight(monday);

@@ -159,8 +159,9 @@ ai_check_lock_entry(AiCheck *c)
 		if (attempt > 5)
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not read the monthly spend of user \"%s\" consistently",
+					 errmsg("could not read the spend of user \"%s\" consistently",
 							c->user->id),
+					 errdetail("Its monthly spend or the use of its rules changed five times while it was read."),
 					 errhint("Retry the request.")));
 	}
 	if (c->live && c->consume && c->entry->plan_hash != plan->name_hash)

@@ -189,7 +189,7 @@ ai_save_copy_entry(AiSaveBuf *b, AiEntry *e, TimestampTz now)
  */
 static bool
 ai_save_copy_partition(AiSaveBuf *b, AiSaveBuf *changed, int partition, bool whole,
-					   TimestampTz now, int32 today)
+					   TimestampTz now, const AiCalendar *cal)
 {
 	LWLock	   *lock = ai_partition_lock_at(partition);
 	int32	   *dirty = &ai_table->dirty_head[partition];
@@ -225,7 +225,7 @@ ai_save_copy_partition(AiSaveBuf *b, AiSaveBuf *changed, int partition, bool who
 		if (changed != NULL && (e->save_flags & AI_SAVE_DIRTY))
 			ai_save_copy_entry(changed, e, now);
 		e->dirty_next = -2;
-		if (!ai_entry_is_live(e, now, today))
+		if (!ai_entry_is_live(e, now, cal))
 		{
 			e->save_flags = 0;	/* not in the new base */
 			continue;
@@ -369,7 +369,7 @@ ai_save(bool whole, uint64 shutdown_lsn, bool to_file, bool to_wal)
 	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
 	{
 		/* the unlocked count only sizes the buffers; the copy checks again */
-		while (!ai_save_copy_partition(&b, wal, p, whole, now, cal.day))
+		while (!ai_save_copy_partition(&b, wal, p, whole, now, &cal))
 		{
 			ai_save_buf_grow(&b, (uint32) ai_table->part_count[p] + 64);	/* enough for either */
 			if (wal != NULL)

@@ -17,7 +17,6 @@
  */
 #include "postgres.h"
 
-#include "access/xlog.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
@@ -168,15 +167,4 @@ ai_rule_matches_model(const AiRule *r, const char *model)
 	if (r->match == AI_MODELS_EXACT)
 		return strcmp(r->model, model) == 0;
 	return strncmp(r->model, model, r->prefix_len) == 0;
-}
-
-/*
- * On a standby, rule changes arrive by replay, which fires no trigger: a
- * reader (ai_explain_limits) reads the rules again.
- */
-void
-ai_rules_refresh_in_recovery(void)
-{
-	if (RecoveryInProgress())
-		rules_gen = 0;
 }

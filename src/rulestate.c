@@ -338,6 +338,8 @@ ai_rule_load_cached(AiRuleUse *ru, const AiUser *u, TimestampTz now, bool create
 		LWLockAcquire(u->lock, LW_EXCLUSIVE);
 		/* made first: making room may release the lock for a moment */
 		s = create ? ai_entry_get(&ru->key, ru->hashcode, u->lock, now, u->id, u->len) : NULL;
+		if (s != NULL)
+			s->kind = AI_ENTRY_RULE | r->window;	/* never a user's, even unloaded */
 		ue = ai_entry_lookup(&u->key, u->hashcode, false, now, NULL, 0);
 		if (ue != NULL && quiet && ue->inflight == (uint32) ai_own_records(&u->key) &&
 			ai_user_stamp(ue) == stamp0)
@@ -732,7 +734,7 @@ ai_rule_words(const AiRule *r)
  * theirs exact for when the plan comes back).  Caller holds no lock.
  */
 void
-ai_rules_record_prepare(AiRuleRecord *rr, const AiUser *u, const char *model)
+ai_rules_record_prepare(AiRuleRecord *rr, const AiUser *u, const char *model, TimestampTz now)
 {
 	int			total = ai_rules_count();
 
@@ -742,14 +744,19 @@ ai_rules_record_prepare(AiRuleRecord *rr, const AiUser *u, const char *model)
 	if (total == 0)
 		return;
 	rr->cand = palloc(sizeof(AiRule *) * total);
+	rr->codes = palloc(sizeof(int32) * total);
 	for (int i = 0; i < total; i++)
 	{
 		const AiRule *r = ai_rule_at(i);
+		AiWindow	w;
 
 		if (r->metric == AI_METRIC_REQUESTS || !ai_rule_applies(r, NULL, u))
 			continue;
 		if (r->window == AI_WIN_MINUTE && !ai_rule_matches_model(r, model))
 			continue;
+		/* the window is computed here: nothing may raise an error under the lock */
+		ai_window_at(r->window, now, &w);
+		rr->codes[rr->n] = w.code;
 		rr->cand[rr->n++] = r;
 	}
 	rr->any = true;
@@ -811,12 +818,7 @@ ai_rules_record_begin(const AiRuleRecord *rr, AiEntry *user, TimestampTz now,
 		t->window = r->window;
 		t->matches = ai_rule_matches_model(r, rr->model);
 		t->amount = amount;
-		{
-			AiWindow	w;
-
-			ai_window_at(r->window, now, &w);
-			t->code = w.code;
-		}
+		t->code = rr->codes[i];
 		if (s != NULL && ai_rule_cache_at(s, stamp_before))
 		{
 			if (t->matches && s->spend_month == t->code)

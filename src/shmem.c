@@ -525,6 +525,30 @@ ai_partition_changed(uint32 hashcode)
 }
 
 /*
+ * May a rule's count of requests in a calendar window (day holds the
+ * window's code, rulestate.c) still be in its window today?  Arithmetic
+ * only, as it runs under a partition lock: an hour is kept to the end of
+ * its day, which can only keep it longer.
+ */
+static bool
+ai_rule_count_is_current(const AiEntry *e, const AiCalendar *cal)
+{
+	switch (AI_ENTRY_WINDOW(e))
+	{
+		case AI_WIN_HOUR:
+			return e->day / 24 == cal->day;
+		case AI_WIN_DAY:
+			return e->day == cal->day;
+		case AI_WIN_WEEK:
+			return e->day == ai_week_of(cal->day);
+		case AI_WIN_MONTH:
+			return e->day == cal->month;
+		default:
+			return false;
+	}
+}
+
+/*
  * Does an entry hold anything that a later check or record needs: a record
  * in flight, a reservation that is open and not expired or being settled,
  * today's count, a burst place or tokens still in their window?  The one
@@ -533,7 +557,7 @@ ai_partition_changed(uint32 hashcode)
  * not keep an entry alive.  Caller holds the entry's partition lock.
  */
 bool
-ai_entry_is_live(AiEntry *e, TimestampTz now, int32 today)
+ai_entry_is_live(AiEntry *e, TimestampTz now, const AiCalendar *cal)
 {
 	AiResvIter	it;
 
@@ -542,16 +566,12 @@ ai_entry_is_live(AiEntry *e, TimestampTz now, int32 today)
 	ai_resv_iter_init(&it, e, AI_RESV_WALK_LIVE, now);
 	if (ai_resv_iter_next(&it, NULL) != NULL)
 		return true;
-	if (AI_ENTRY_IS_RULE(e) && e->daily_count > 0 && AI_ENTRY_WINDOW(e) != AI_WIN_MINUTE)
+	if (AI_ENTRY_IS_RULE(e) && AI_ENTRY_WINDOW(e) != AI_WIN_MINUTE)
 	{
-		AiWindow	w;
-
-		/* a rule's count of requests in a calendar window: day holds its code */
-		ai_window_at(AI_ENTRY_WINDOW(e), now, &w);
-		if (e->day == w.code)
+		if (e->daily_count > 0 && ai_rule_count_is_current(e, cal))
 			return true;
 	}
-	else if (e->day == today && e->daily_count > 0)
+	else if (e->day == cal->day && e->daily_count > 0)
 		return true;
 	if (e->burst_window_ms > 0 && ai_burst_count(e, now) > 0)
 		return true;
@@ -580,13 +600,11 @@ ai_entry_dies_at(AiEntry *e, TimestampTz now, const AiCalendar *cal)
 			return now + AI_SWEEP_IDLE_USECS;
 		t = Max(t, r->expires_at);
 	}
-	if (AI_ENTRY_IS_RULE(e) && e->daily_count > 0 && AI_ENTRY_WINDOW(e) != AI_WIN_MINUTE)
+	if (AI_ENTRY_IS_RULE(e) && AI_ENTRY_WINDOW(e) != AI_WIN_MINUTE)
 	{
-		AiWindow	w;
-
-		ai_window_at(AI_ENTRY_WINDOW(e), now, &w);
-		if (e->day == w.code)
-			t = Max(t, w.end);
+		/* looked at again at midnight: a week or a month may go on */
+		if (e->daily_count > 0 && ai_rule_count_is_current(e, cal))
+			t = Max(t, cal->day_end);
 	}
 	else if (e->day == cal->day && e->daily_count > 0)
 		t = Max(t, cal->day_end);
@@ -620,7 +638,7 @@ ai_sweep_partition(int partition, TimestampTz now, const AiCalendar *cal, int *v
 		(*visited)++;
 		if (e->resv_head >= 0)
 			(void) ai_resv_open_amount(e, now);
-		if (!ai_entry_is_live(e, now, cal->day))
+		if (!ai_entry_is_live(e, now, cal))
 		{
 			ai_entry_remove(e, ai_key_hash(&e->key));
 			removed++;

@@ -380,7 +380,7 @@ ai_record(const AiUser *u, const char *model,
 	/* after a crash: drop reservations settled since the last save first */
 	ai_resv_drop_settled(u);
 	ai_insert_usage(&r, cost_num);
-	ai_rules_record_prepare(&rules, u, model);
+	ai_rules_record_prepare(&rules, u, model, r.now);
 
 	memset(&charge, 0, sizeof(charge));
 	charge.kind = AI_CHARGE_RECORD;
