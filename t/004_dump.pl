@@ -22,6 +22,9 @@ INSERT INTO ai_plans VALUES ('team', 50, '30 seconds', 2000, 20000);            
 INSERT INTO ai_user_plans VALUES ('alice', 'pro'), ('bob', 'team'), ('carol', 'free');
 UPDATE ai_model_prices SET output_usd_per_mtok = 12 WHERE model = 'gpt-4o';           -- edited seed price
 INSERT INTO ai_model_prices VALUES ('claude-haiku', 1, 5, 0.1);                       -- added price
+INSERT INTO ai_rules (scope, scope_id, model, metric, "window", max_value, note) VALUES  -- rules
+    ('plan', 'pro', 'claude-*', 'cents', 'day', 40, 'model budget'),
+    ('user', 'bob', 'gpt-4o', 'requests', 'hour', 30, NULL);
 SELECT ai_record_usage(u, m, 1000 * g, 500 * g, 10 * g)
 FROM unnest(ARRAY['alice', 'bob', 'carol']) u,
      unnest(ARRAY['claude-sonnet-4-6', 'gpt-4o', 'claude-haiku', 'unknown-model']) m,
@@ -32,6 +35,7 @@ my $snapshot = q{
 SELECT 'plans', string_agg(format('%s', p), ';' ORDER BY plan) FROM ai_plans p
 UNION ALL SELECT 'user_plans', string_agg(format('%s', u), ';' ORDER BY user_id) FROM ai_user_plans u
 UNION ALL SELECT 'prices', string_agg(format('%s', m), ';' ORDER BY model) FROM ai_model_prices m
+UNION ALL SELECT 'rules', string_agg(format('%s', r), ';' ORDER BY rule_id) FROM ai_rules r
 UNION ALL SELECT 'usage', count(*) || ' rows, ' || sum(cost_cents) || ' cents, ids ' || min(id) || '-' || max(id) FROM ai_usage
 UNION ALL SELECT 'daily', string_agg(format('%s', d), ';' ORDER BY user_id, model) FROM ai_usage_daily d
 UNION ALL SELECT 'spend', string_agg(ai_monthly_spend(u)::text, ',' ORDER BY u) FROM unnest(ARRAY['alice', 'bob', 'carol']) u
@@ -61,7 +65,18 @@ foreach my $format ('custom', 'plain')
 	is($stderr, '', "restore ($format) prints no error or warning");
 
 	my $after = $node->safe_psql($db, $snapshot);
-	is($after, $before, "restore ($format): plans, user plans, prices, usage, rollup and spend are identical");
+	is($after, $before, "restore ($format): plans, user plans, prices, rules, usage, rollup and spend are identical");
+	# the rules bind in the restored database, from the restored usage: what
+	# alice spent on claude-* today (her Sonnet and Haiku calls) counts, and
+	# a cent more than is left of the 40 is refused
+	is($node->safe_psql($db, q{
+		WITH s AS (SELECT sum(cost_cents) AS spent FROM ai_usage
+		           WHERE user_id = 'alice' AND model LIKE 'claude-%')
+		SELECT c.allowed::text || ' ' || (c.used = s.spent) || ' ' || c.limited_by
+		FROM s, ai_check_limit('alice', 'pro', 40 - s.spent + 0.01, model => 'claude-haiku') c}),
+		'false true rule', "restore ($format): a model budget binds from the restored usage");
+	is($node->safe_psql($db, "SELECT nextval('ai_rules_rule_id_seq') > 2"), 't',
+		"restore ($format): rule ids continue after the restored ones");
 
 	# the restored database goes on: new usage gets new ids, checks work
 	is($node->safe_psql($db, q{
