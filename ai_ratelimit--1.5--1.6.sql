@@ -78,3 +78,148 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION @extschema@.ai_explain_limits(text, text, text) IS
     'every limit that applies to a user (and a model): its maximum, what is used, held by requests in flight and left, and when it resets; changes nothing';
 REVOKE ALL ON FUNCTION @extschema@.ai_explain_limits(text, text, text) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Per-day totals of the usage log, so that a user's first budget check of a
+-- window costs about the same whatever the user's history: ai_compact_usage()
+-- totals the closed days (before yesterday) into ai_usage_days, and the
+-- budget loads read those totals and the log rows of the other days only.
+-- A row written, changed or deleted on a totalled day by anything but
+-- ai_record_usage (INSERT, COPY, a restore, replication apply, UPDATE,
+-- DELETE, ai_purge_usage) leaves a mark in ai_usage_days_stale in its own
+-- transaction, and a marked day is read from the log again until the next
+-- ai_compact_usage() totals it anew: the totals are never trusted for a day
+-- that changed.  Nothing here is written by ai_record_usage or waited for
+-- by a check.  Neither table is dumped: a restore starts without totals.
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE @extschema@.ai_usage_days (
+    user_id               text NOT NULL,
+    day                   date NOT NULL,
+    model                 text NOT NULL,
+    calls                 bigint NOT NULL,
+    input_tokens          bigint NOT NULL,
+    output_tokens         bigint NOT NULL,
+    cached_input_tokens   bigint NOT NULL,
+    cache_write_tokens    bigint NOT NULL,
+    cache_write_1h_tokens bigint NOT NULL,
+    cost_cents            numeric NOT NULL,
+    PRIMARY KEY (user_id, day, model)
+);
+COMMENT ON TABLE @extschema@.ai_usage_days IS
+    'ai_ratelimit: per-day totals of ai_usage for closed days (ai_compact_usage), read by budget loads';
+
+CREATE TABLE @extschema@.ai_usage_days_stale (
+    user_id text NOT NULL,
+    day     date NOT NULL
+);
+CREATE INDEX ai_usage_days_stale_idx ON @extschema@.ai_usage_days_stale (user_id, day);
+COMMENT ON TABLE @extschema@.ai_usage_days_stale IS
+    'ai_ratelimit: users and days whose usage rows changed since they were totalled: read from the log until totalled again';
+REVOKE ALL ON TABLE @extschema@.ai_usage_days, @extschema@.ai_usage_days_stale FROM PUBLIC;
+
+-- usage rows deleted, changed or truncated: their days are read from the log
+CREATE FUNCTION @extschema@.ai_usage_days_mark_stale()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+        DELETE FROM @extschema@.ai_usage_days;
+        DELETE FROM @extschema@.ai_usage_days_stale;
+        RETURN NULL;
+    END IF;
+    INSERT INTO @extschema@.ai_usage_days_stale (user_id, day)
+    SELECT DISTINCT user_id, day FROM ai_old_rows;
+    IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+        INSERT INTO @extschema@.ai_usage_days_stale (user_id, day)
+        SELECT DISTINCT user_id, day FROM ai_new_rows;
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.ai_usage_days_mark_stale() IS
+    'trigger: days of usage rows deleted or changed are read from the log until ai_compact_usage totals them again';
+REVOKE ALL ON FUNCTION @extschema@.ai_usage_days_mark_stale() FROM PUBLIC;
+
+CREATE TRIGGER ai_usage_deleted
+    AFTER DELETE ON @extschema@.ai_usage
+    REFERENCING OLD TABLE AS ai_old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.ai_usage_days_mark_stale();
+CREATE TRIGGER ai_usage_updated
+    AFTER UPDATE ON @extschema@.ai_usage
+    REFERENCING OLD TABLE AS ai_old_rows NEW TABLE AS ai_new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.ai_usage_days_mark_stale();
+CREATE TRIGGER ai_usage_truncated_days
+    AFTER TRUNCATE ON @extschema@.ai_usage
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.ai_usage_days_mark_stale();
+ALTER TABLE @extschema@.ai_usage ENABLE ALWAYS TRIGGER ai_usage_deleted;
+ALTER TABLE @extschema@.ai_usage ENABLE ALWAYS TRIGGER ai_usage_updated;
+ALTER TABLE @extschema@.ai_usage ENABLE ALWAYS TRIGGER ai_usage_truncated_days;
+
+-- Total the closed days.  A day is closed when no transaction still open
+-- can hold an ai_record_usage row of it: it ended before the day on which
+-- the oldest open transaction started, with a day to spare for a change of
+-- ai_ratelimit.timezone.  Rows written another way mark their day
+-- (above, and the row trigger ai_usage_inserted), so a row committed after
+-- this snapshot never hides behind a total.  Days of the last two months
+-- are totalled; older ones are read from the log.  Returns the totals
+-- written.  Run it daily (cron or pg_cron), like ai_purge_usage.
+CREATE FUNCTION @extschema@.ai_compact_usage()
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    closed date;
+    written bigint;
+BEGIN
+    IF pg_catalog.pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'ai_compact_usage() cannot run on a standby'
+            USING ERRCODE = 'read_only_sql_transaction',
+                  HINT = 'Run it on the primary; the totals reach standbys through the WAL.';
+    END IF;
+    -- one at a time; budget loads read on (EXCLUSIVE lets readers in)
+    LOCK TABLE @extschema@.ai_usage_days IN EXCLUSIVE MODE;
+    SELECT (pg_catalog.timezone(pg_catalog.current_setting('ai_ratelimit.timezone'),
+                                LEAST(pg_catalog.now(), pg_catalog.min(a.xact_start))))::date
+           OPERATOR(pg_catalog.-) 1
+      INTO closed
+      FROM pg_catalog.pg_stat_activity a
+     WHERE a.xact_start IS NOT NULL AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid();
+    IF closed IS NULL THEN
+        closed := (pg_catalog.timezone(pg_catalog.current_setting('ai_ratelimit.timezone'),
+                                       pg_catalog.now()))::date OPERATOR(pg_catalog.-) 1;
+    END IF;
+    -- days that changed since they were totalled: total them again
+    WITH marked AS (
+        DELETE FROM @extschema@.ai_usage_days_stale WHERE day OPERATOR(pg_catalog.<) closed
+        RETURNING user_id, day
+    )
+    DELETE FROM @extschema@.ai_usage_days d
+     USING (SELECT DISTINCT user_id, day FROM marked) m
+     WHERE d.user_id OPERATOR(pg_catalog.=) m.user_id AND d.day OPERATOR(pg_catalog.=) m.day;
+    INSERT INTO @extschema@.ai_usage_days
+           (user_id, day, model, calls, input_tokens, output_tokens, cached_input_tokens,
+            cache_write_tokens, cache_write_1h_tokens, cost_cents)
+    SELECT u.user_id, u.day, u.model, pg_catalog.count(*),
+           pg_catalog.sum(u.input_tokens)::bigint, pg_catalog.sum(u.output_tokens)::bigint,
+           pg_catalog.sum(u.cached_input_tokens)::bigint, pg_catalog.sum(u.cache_write_tokens)::bigint,
+           pg_catalog.sum(u.cache_write_1h_tokens)::bigint, pg_catalog.sum(u.cost_cents)
+      FROM @extschema@.ai_usage u
+     WHERE u.day OPERATOR(pg_catalog.>=) (closed OPERATOR(pg_catalog.-) 62)
+       AND u.day OPERATOR(pg_catalog.<) closed
+       AND NOT EXISTS (SELECT 1 FROM @extschema@.ai_usage_days d
+                        WHERE d.user_id OPERATOR(pg_catalog.=) u.user_id
+                          AND d.day OPERATOR(pg_catalog.=) u.day)
+     GROUP BY u.user_id, u.day, u.model;
+    GET DIAGNOSTICS written = ROW_COUNT;
+    RETURN written;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.ai_compact_usage() IS
+    'total the closed days of ai_usage into ai_usage_days, so that budget loads need not read every row; run daily';
+REVOKE ALL ON FUNCTION @extschema@.ai_compact_usage() FROM PUBLIC;

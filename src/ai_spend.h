@@ -19,4 +19,14 @@ extern void ai_resv_drop_settled(const AiUser *u);
 extern void ai_spend_init(void);
 extern void ai_spend_row_written(const AiKey *key);
 
+/* Which models a sum of use counts (ai_usage_sum_sql). */
+typedef enum AiModelCond
+{
+	AI_MODEL_ANY = 0,
+	AI_MODEL_EXACT,				/* $6 is the model */
+	AI_MODEL_PREFIX				/* $6 is a prefix of the model */
+} AiModelCond;
+extern char *ai_usage_sum_sql(const char *x, const char *x_totals, const char *x_archive,
+							  AiModelCond model, bool timed, bool minute);
+
 #endif							/* AI_SPEND_H_ */

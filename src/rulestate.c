@@ -56,6 +56,7 @@
 #include "ai_rules.h"
 #include "ai_rulestate.h"
 #include "ai_shmem.h"
+#include "ai_spend.h"
 
 /* A load that met records in flight tries again this often for tokens. */
 #define AI_RULE_LOAD_TRIES		20
@@ -207,7 +208,8 @@ ai_own_use(const AiKey *skey, int32 code, bool mark, int32 *count)
 /* ---- what the tables show ---- */
 
 /*
- * A rule's use by a user in a window, from ai_usage and ai_usage_archive,
+ * A rule's use by a user in a window, from the usage tables (spend.c's
+ * ai_usage_sum_sql: per-day totals where they are exact, rows elsewhere),
  * read with a new snapshot that sees this transaction's own rows: requests
  * (rows), tokens, or cents in money units.  The archive keeps whole days:
  * for an hour it counts the whole day (never less than the truth); for the
@@ -216,42 +218,22 @@ ai_own_use(const AiKey *skey, int32 code, bool mark, int32 *count)
 static int64
 ai_rule_sum(const AiRule *r, const AiUser *u, const AiWindow *w)
 {
-	const char *schema = ai_ext_schema();
 	const char *tok = "input_tokens OPERATOR(pg_catalog.+) output_tokens"
 		" OPERATOR(pg_catalog.+) cached_input_tokens"
 		" OPERATOR(pg_catalog.+) cache_write_tokens"
 		" OPERATOR(pg_catalog.+) cache_write_1h_tokens";
-	const char *x_usage = r->metric == AI_METRIC_REQUESTS ? "1::pg_catalog.numeric" :
+	const char *x = r->metric == AI_METRIC_REQUESTS ? "1" :
 		r->metric == AI_METRIC_TOKENS ? tok : "cost_cents";
-	const char *x_archive = r->metric == AI_METRIC_REQUESTS ? "calls" :
-		r->metric == AI_METRIC_TOKENS ? tok : "cost_cents";
-	const char *model_cond = r->match == AI_MODELS_ALL ? "" :
-		r->match == AI_MODELS_EXACT ? " AND model OPERATOR(pg_catalog.=) $6" :
-		" AND pg_catalog.starts_with(model, $6)";
+	const char *x_totals = r->metric == AI_METRIC_REQUESTS ? "calls" : x;
+	AiModelCond model = r->match == AI_MODELS_ALL ? AI_MODEL_ANY :
+		r->match == AI_MODELS_EXACT ? AI_MODEL_EXACT : AI_MODEL_PREFIX;
 	bool		timed = (w->kind == AI_WIN_MINUTE || w->kind == AI_WIN_HOUR);
-	StringInfoData q;
+	char	   *q;
 	Oid			types[6] = {TEXTOID, DATEOID, DATEOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID};
 	Datum		vals[6];
 	Datum		d;
 	int64		result;
 	MemoryContext outer = CurrentMemoryContext;
-
-	initStringInfo(&q);
-	appendStringInfo(&q, "SELECT COALESCE(pg_catalog.sum(x), 0) FROM ("
-					 " SELECT (%s)::pg_catalog.numeric AS x FROM %s.ai_usage"
-					 "  WHERE user_id OPERATOR(pg_catalog.=) $1"
-					 "    AND day OPERATOR(pg_catalog.>=) $2 AND day OPERATOR(pg_catalog.<) $3%s%s",
-					 x_usage, schema,
-					 timed ? " AND created_at OPERATOR(pg_catalog.>=) $4"
-					 " AND created_at OPERATOR(pg_catalog.<) $5" : "",
-					 model_cond);
-	if (w->kind != AI_WIN_MINUTE)
-		appendStringInfo(&q, " UNION ALL"
-						 " SELECT (%s)::pg_catalog.numeric FROM %s.ai_usage_archive"
-						 "  WHERE user_id OPERATOR(pg_catalog.=) $1"
-						 "    AND day OPERATOR(pg_catalog.>=) $2 AND day OPERATOR(pg_catalog.<) $3%s",
-						 x_archive, schema, model_cond);
-	appendStringInfoString(&q, ") u");
 
 	vals[0] = PointerGetDatum(cstring_to_text_with_len(u->id, u->len));
 	vals[1] = DateADTGetDatum(w->first_day);
@@ -264,7 +246,8 @@ ai_rule_sum(const AiRule *r, const AiUser *u, const AiWindow *w)
 	/* this transaction's own records must be seen: their use is taken off */
 	CommandCounterIncrement();
 	SPI_connect();
-	ai_spi_read(q.data, r->match == AI_MODELS_ALL ? 5 : 6, types, vals);
+	q = ai_usage_sum_sql(x, x_totals, x_totals, model, timed, w->kind == AI_WIN_MINUTE);
+	ai_spi_read(q, model == AI_MODEL_ANY ? 5 : 6, types, vals);
 	if (SPI_processed != 1 || !ai_spi_col(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &d))
 		elog(ERROR, "ai_ratelimit: rule use query returned no row");
 	MemoryContextSwitchTo(outer);
@@ -272,8 +255,7 @@ ai_rule_sum(const AiRule *r, const AiUser *u, const AiWindow *w)
 		result = ai_money_from_numeric(d, true, "rule use");
 	else
 		result = DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
-	SPI_finish();
-	pfree(q.data);
+	SPI_finish();				/* frees q */
 	return result;
 }
 

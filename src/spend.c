@@ -30,26 +30,83 @@
 #include "ai_shmem.h"
 #include "ai_spend.h"
 
+/*
+ * The query that sums a user's use of the local days [$2, $3): x over the
+ * rows of ai_usage, x_totals over the per-day totals of ai_usage_days,
+ * x_archive over ai_usage_archive; $1 is the user.  A day is read from its
+ * totals when ai_compact_usage made them and no row of the day changed
+ * since (ai_usage_days_stale); every other day from its rows, through the
+ * index on (user_id, day), so the cost follows the days not totalled, not
+ * the user's history.  With a model condition, $6 is the model or prefix.
+ * Timed (an hour or the minute): only the rows with created_at in
+ * [$4, $5), and the archive's whole days for the hour.
+ */
+char *
+ai_usage_sum_sql(const char *x, const char *x_totals, const char *x_archive,
+				 AiModelCond model, bool timed, bool minute)
+{
+	/* first: it may read the extension's catalog entry again */
+	bool		totals = !timed && ai_ext_has_relation("ai_usage_days");
+	const char *schema = ai_ext_schema();
+	StringInfoData q;
+	const char *cond[3][2] = {
+		{"", ""},
+		{" AND u.model OPERATOR(pg_catalog.=) $6", " AND d.model OPERATOR(pg_catalog.=) $6"},
+		{" AND pg_catalog.starts_with(u.model, $6)", " AND pg_catalog.starts_with(d.model, $6)"}
+	};
+	const char *fresh = "NOT EXISTS (SELECT 1 FROM %s.ai_usage_days_stale st"
+		" WHERE st.user_id OPERATOR(pg_catalog.=) $1 AND st.day OPERATOR(pg_catalog.=) d.day)";
+
+	initStringInfo(&q);
+	appendStringInfoString(&q, "SELECT COALESCE(pg_catalog.sum(x), 0) FROM (");
+	if (totals)
+	{
+		appendStringInfo(&q, " SELECT (%s)::pg_catalog.numeric AS x FROM %s.ai_usage_days d"
+						 "  WHERE d.user_id OPERATOR(pg_catalog.=) $1"
+						 "    AND d.day OPERATOR(pg_catalog.>=) $2 AND d.day OPERATOR(pg_catalog.<) $3%s AND ",
+						 x_totals, schema, cond[model][1]);
+		appendStringInfo(&q, fresh, schema);
+		appendStringInfo(&q, " UNION ALL"
+						 " SELECT (%s)::pg_catalog.numeric FROM %s.ai_usage u"
+						 "  WHERE u.user_id OPERATOR(pg_catalog.=) $1%s"
+						 "    AND u.day OPERATOR(pg_catalog.=) ANY (ARRAY("
+						 "     SELECT g::pg_catalog.date FROM pg_catalog.generate_series($2::pg_catalog.timestamp,"
+						 "       ($3 OPERATOR(pg_catalog.-) 1)::pg_catalog.timestamp, '1 day'::pg_catalog.interval) g"
+						 "     EXCEPT SELECT d.day FROM %s.ai_usage_days d"
+						 "      WHERE d.user_id OPERATOR(pg_catalog.=) $1"
+						 "        AND d.day OPERATOR(pg_catalog.>=) $2 AND d.day OPERATOR(pg_catalog.<) $3 AND ",
+						 x, schema, cond[model][0], schema);
+		appendStringInfo(&q, fresh, schema);
+		appendStringInfoString(&q, "))");
+	}
+	else
+		appendStringInfo(&q, " SELECT (%s)::pg_catalog.numeric AS x FROM %s.ai_usage u"
+						 "  WHERE u.user_id OPERATOR(pg_catalog.=) $1"
+						 "    AND u.day OPERATOR(pg_catalog.>=) $2 AND u.day OPERATOR(pg_catalog.<) $3%s%s",
+						 x, schema,
+						 timed ? " AND u.created_at OPERATOR(pg_catalog.>=) $4"
+						 " AND u.created_at OPERATOR(pg_catalog.<) $5" : "",
+						 cond[model][0]);
+	if (!minute)
+		appendStringInfo(&q, " UNION ALL"
+						 " SELECT (%s)::pg_catalog.numeric FROM %s.ai_usage_archive u"
+						 "  WHERE u.user_id OPERATOR(pg_catalog.=) $1"
+						 "    AND u.day OPERATOR(pg_catalog.>=) $2 AND u.day OPERATOR(pg_catalog.<) $3%s",
+						 x_archive, schema, cond[model][0]);
+	appendStringInfoString(&q, ") t");
+	return q.data;
+}
+
 /* Sum of cost_cents of a user in a month, read with the active snapshot. */
 static Datum
 ai_sum_month(const char *user_id, const AiCalendar *cal, bool latest)
 {
-	static const char *q =
-	"SELECT COALESCE(pg_catalog.sum(cost_cents), 0) FROM ("
-	" SELECT cost_cents FROM %s.ai_usage"
-	"  WHERE user_id OPERATOR(pg_catalog.=) $1"
-	"    AND day OPERATOR(pg_catalog.>=) $2 AND day OPERATOR(pg_catalog.<) $3"
-	" UNION ALL"
-	" SELECT cost_cents FROM %s.ai_usage_archive"
-	"  WHERE user_id OPERATOR(pg_catalog.=) $1"
-	"    AND day OPERATOR(pg_catalog.>=) $2 AND day OPERATOR(pg_catalog.<) $3) u";
 	Oid			types[3] = {TEXTOID, DATEOID, DATEOID};
 	Datum		vals[3];
 	AiInternalState st;
 	int			rc;
 	bool		isnull;
 	Datum		result;
-	const char *schema = ai_ext_schema();
 	MemoryContext outer = CurrentMemoryContext;
 
 	vals[0] = CStringGetTextDatum(user_id);
@@ -60,8 +117,9 @@ ai_sum_month(const char *user_id, const AiCalendar *cal, bool latest)
 	ai_internal_begin(&st);
 	if (latest)
 		PushActiveSnapshot(GetLatestSnapshot());
-	rc = SPI_execute_with_args(psprintf(q, schema, schema), 3, types, vals,
-							   NULL, true, 1);
+	rc = SPI_execute_with_args(ai_usage_sum_sql("cost_cents", "cost_cents", "cost_cents",
+												AI_MODEL_ANY, false, false),
+							   3, types, vals, NULL, true, 1);
 	if (latest)
 		PopActiveSnapshot();
 	ai_internal_end(&st);

@@ -113,18 +113,105 @@ ai_recording_usage(void)
 	return recording;
 }
 
+/*
+ * Users and days this transaction marked in ai_usage_days_stale (the row
+ * trigger below), so that a COPY of many rows marks each once.
+ */
+typedef struct AiMarkedDay
+{
+	AiKey		key;			/* the user's */
+	DateADT		day;
+} AiMarkedDay;
+
+static HTAB *marked_days = NULL;
+
+static void
+ai_marked_days_forget(void)
+{
+	if (marked_days != NULL)
+	{
+		hash_destroy(marked_days);
+		marked_days = NULL;
+	}
+}
+
 /* The transaction ends: an error may have left the flag set. */
 static void
 ai_usage_xact_callback(XactEvent event, void *arg)
 {
 	if (ai_xact_end_of(event) != AI_XACT_NONE)
+	{
 		recording = false;
+		ai_marked_days_forget();
+	}
+}
+
+/* A subtransaction rolled back: its marks are gone, so mark again. */
+static void
+ai_usage_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						  SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		ai_marked_days_forget();
 }
 
 void
 ai_usage_init(void)
 {
 	RegisterXactCallback(ai_usage_xact_callback, NULL);
+	RegisterSubXactCallback(ai_usage_subxact_callback, NULL);
+}
+
+/*
+ * A usage row of this user and day was written by something other than
+ * ai_record_usage: the day's totals (ai_usage_days), if any are or will be
+ * made, are not to be trusted; the day is read from the log until
+ * ai_compact_usage totals it again.  Once per user and day in a
+ * transaction.
+ */
+static void
+ai_mark_day_stale(const char *user_id, int len, DateADT day)
+{
+	static const char *ins =
+	"INSERT INTO %s.ai_usage_days_stale (user_id, day) VALUES ($1, $2)";
+	static AiKeptPlan kept;
+	static Oid	types[2] = {TEXTOID, DATEOID};
+	AiMarkedDay m;
+	bool		found;
+	Datum		vals[2];
+	AiInternalState st;
+	int			rc;
+
+	if (!ai_ext_has_relation("ai_usage_days_stale"))
+		return;					/* the database's extension is older than 1.6 */
+	memset(&m, 0, sizeof(m));
+	ai_make_key(&m.key, user_id, len);
+	m.day = day;
+	if (marked_days == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(AiMarkedDay);
+		ctl.entrysize = sizeof(AiMarkedDay);
+		ctl.hcxt = TopMemoryContext;
+		marked_days = hash_create("ai_ratelimit marked days", 64, &ctl,
+								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	(void) hash_search(marked_days, &m, HASH_FIND, &found);
+	if (found)
+		return;
+	SPI_connect();
+	vals[0] = PointerGetDatum(cstring_to_text_with_len(user_id, len));
+	vals[1] = DateADTGetDatum(day);
+	ai_as_owner_begin(&st);
+	rc = SPI_execute_plan(ai_kept_plan(&kept, psprintf(ins, ai_ext_schema()), 2, types),
+						  vals, NULL, false, 0);
+	ai_as_owner_end(&st);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "ai_ratelimit: stale day insert failed: %s", SPI_result_code_string(rc));
+	SPI_finish();
+	/* remembered once the mark is in */
+	(void) hash_search(marked_days, &m, HASH_ENTER, NULL);
 }
 
 /* One ai_record_usage call. */
@@ -430,7 +517,8 @@ PG_FUNCTION_INFO_V1(ai_ratelimit_usage_inserted);
  * Row trigger on ai_usage (1.3): a row inserted by anything but
  * ai_record_usage (INSERT, COPY, a restore, replication apply) makes its
  * user's spend reload: now, for this transaction's own checks, and when the
- * transaction commits, for everyone's.
+ * transaction commits, for everyone's; and (1.6) marks its day's totals
+ * stale.
  */
 Datum
 ai_ratelimit_usage_inserted(PG_FUNCTION_ARGS)
@@ -441,12 +529,13 @@ ai_ratelimit_usage_inserted(PG_FUNCTION_ARGS)
 	Datum		d;
 	text	   *t;
 	AiKey		key;
+	int			daycol;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("ai_ratelimit_usage_inserted() must be called as a row trigger")));
-	if (ai_shared == NULL || ai_recording_usage())
+	if (ai_recording_usage())
 		return PointerGetDatum(NULL);
 	col = SPI_fnumber(trigdata->tg_relation->rd_att, "user_id");
 	if (col <= 0)
@@ -455,6 +544,17 @@ ai_ratelimit_usage_inserted(PG_FUNCTION_ARGS)
 	if (isnull)
 		return PointerGetDatum(NULL);
 	t = DatumGetTextPP(d);
+	daycol = SPI_fnumber(trigdata->tg_relation->rd_att, "day");
+	if (daycol > 0)
+	{
+		Datum		dd = heap_getattr(trigdata->tg_trigtuple, daycol,
+									  trigdata->tg_relation->rd_att, &isnull);
+
+		if (!isnull)
+			ai_mark_day_stale(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), DatumGetDateADT(dd));
+	}
+	if (ai_shared == NULL)
+		return PointerGetDatum(NULL);	/* not preloaded: nothing is cached */
 	ai_make_key(&key, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
 	ai_spend_row_written(&key);
 	return PointerGetDatum(NULL);

@@ -1,0 +1,74 @@
+--
+-- usage_days: per-day totals of closed days (ai_compact_usage, 1.6).  A
+-- budget load reads a totalled day from ai_usage_days and every other day
+-- from its rows; a row written, changed or deleted on a totalled day by
+-- anything but ai_record_usage marks the day, which is read from its rows
+-- until it is totalled again.  The sums are the same on every path.
+--
+SELECT date_trunc('month', now() AT TIME ZONE current_setting('ai_ratelimit.timezone'))::date
+       - interval '1 month' AS last_month \gset
+CREATE FUNCTION put(u text, d date, cents numeric, n int DEFAULT 1) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO ai_usage (created_at, day, user_id, model, priced_as, input_tokens, output_tokens,
+                          cached_input_tokens, cost_cents)
+    SELECT d::timestamptz + interval '12 hours', d, u, 'gpt-4o', 'gpt-4o', 100, 10, 0, cents
+    FROM generate_series(1, n)
+$$;
+-- the log: last month's days 3 and 10 for two users
+SELECT put('d-1', (:'last_month'::date + 2), 1.5, 4), put('d-1', (:'last_month'::date + 9), 2.25, 2),
+       put('d-2', (:'last_month'::date + 9), 10, 1);
+-- every row written by INSERT marked its user and day, once per transaction
+SELECT user_id, day - :'last_month'::date AS day_of_month, count(*)
+FROM ai_usage_days_stale WHERE user_id LIKE 'd-%' GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT ai_monthly_spend('d-1', :'last_month'), ai_monthly_spend('d-2', :'last_month');
+-- totalled: the closed days get their totals, the marks of those days go
+SELECT ai_compact_usage() >= 3 AS totalled;
+SELECT user_id, day - :'last_month'::date AS day_of_month, model, calls, input_tokens, output_tokens, cost_cents
+FROM ai_usage_days WHERE user_id LIKE 'd-%' ORDER BY 1, 2;
+SELECT count(*) AS marks_left FROM ai_usage_days_stale WHERE user_id LIKE 'd-%';
+-- the same spend, now from the totals
+SELECT ai_monthly_spend('d-1', :'last_month'), ai_monthly_spend('d-2', :'last_month');
+-- nothing left to total: a second run writes nothing
+SELECT count(*) FROM ai_usage_days WHERE user_id LIKE 'd-%';
+SELECT ai_compact_usage() = 0 AS nothing_new;
+
+-- a late row on a totalled day (a backfill, a restore, replication apply) counts at once
+SELECT put('d-1', (:'last_month'::date + 2), 0.75);
+SELECT ai_monthly_spend('d-1', :'last_month');
+-- a deleted row stops counting at once, and so does a changed one
+DELETE FROM ai_usage WHERE user_id = 'd-2';
+SELECT ai_monthly_spend('d-2', :'last_month');
+UPDATE ai_usage SET cost_cents = 3 WHERE user_id = 'd-1' AND day = :'last_month'::date + 9;
+SELECT ai_monthly_spend('d-1', :'last_month');
+SELECT user_id, day - :'last_month'::date AS day_of_month FROM ai_usage_days_stale
+WHERE user_id LIKE 'd-%' GROUP BY 1, 2 ORDER BY 1, 2;
+-- totalled again: the same sums
+SELECT ai_compact_usage() > 0 AS totalled_again;
+SELECT count(*) AS marks_left FROM ai_usage_days_stale WHERE user_id LIKE 'd-%';
+SELECT user_id, day - :'last_month'::date AS day_of_month, calls, cost_cents
+FROM ai_usage_days WHERE user_id LIKE 'd-%' ORDER BY 1, 2;
+SELECT ai_monthly_spend('d-1', :'last_month'), ai_monthly_spend('d-2', :'last_month');
+
+-- a mark made in a subtransaction that rolls back is made again
+BEGIN;
+SAVEPOINT s;
+SELECT put('d-3', (:'last_month'::date + 4), 1);
+ROLLBACK TO SAVEPOINT s;
+SELECT put('d-3', (:'last_month'::date + 4), 2);
+COMMIT;
+SELECT count(*) AS marks FROM ai_usage_days_stale WHERE user_id = 'd-3';
+
+-- ai_purge_usage moves rows to the archive: their days are read from rows and archive
+SELECT ai_compact_usage() > 0 AS totalled;
+SELECT ai_monthly_spend('d-1', :'last_month') AS before_purge;
+SELECT ai_purge_usage('1 second') > 0 AS purged;
+SELECT ai_monthly_spend('d-1', :'last_month') AS after_purge;
+SELECT ai_compact_usage() >= 0 AS totalled;
+SELECT ai_monthly_spend('d-1', :'last_month') AS after_totals;
+
+-- not for everyone
+CREATE ROLE regress_ai_days_nobody;
+SET ROLE regress_ai_days_nobody;
+SELECT ai_compact_usage();
+RESET ROLE;
+DROP ROLE regress_ai_days_nobody;
+DROP FUNCTION put(text, date, numeric, int);
