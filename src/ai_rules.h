@@ -43,6 +43,7 @@ typedef struct AiRule
 
 /* rules.c */
 extern int	ai_rules_count(void);
+extern int	ai_rules_binding(const char *plan, const AiUser *u, const AiRule ***list);
 extern const AiRule *ai_rule_at(int i);
 extern bool ai_rule_applies(const AiRule *r, const char *plan, const AiUser *u);
 extern bool ai_rule_matches_model(const AiRule *r, const char *model);

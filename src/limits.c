@@ -327,15 +327,17 @@ ai_refused_by_budget(AiCheck *c, AiVerdict *v)
 	return true;
 }
 
-/* Every rule of ai_rules that applies, after the plan's own limits. */
+/*
+ * Every rule of ai_rules that applies, after the plan's own limits; user is
+ * the user's entry, or NULL.
+ */
 static bool
-ai_refused_by_rules(AiCheck *c, AiVerdict *v)
+ai_refused_by_rules(AiCheck *c, AiEntry *user, AiVerdict *v)
 {
 	AiRuleRefusal rr;
 
 	if (c->rules.n == 0 ||
-		!ai_rules_refuse(&c->rules, c->live ? c->entry : NULL, c->est, c->est_tokens,
-						 c->now, &rr))
+		!ai_rules_refuse(&c->rules, user, c->est, c->est_tokens, c->now, &rr))
 		return false;
 	c->refused_by = c->rules.use[rr.index].rule;
 	(void) ai_refuse_with(v, AI_OUT_RULE, rr.never, rr.retry_at, rr.limit, rr.used, rr.held,
@@ -512,14 +514,35 @@ ai_check_untracked(AiCheck *c, AiVerdict *v)
 	ai_check_blank(c);
 	if (ai_refused_by_block(c, v) || ai_refused_by_budget(c, v))
 		return;
-	/* the rules' use, as read from the tables: refused or not, nothing is counted */
-	LWLockAcquire(c->user->lock, LW_EXCLUSIVE);
-	if (ai_refused_by_rules(c, v))
+	/*
+	 * The rules' use, read as a peek reads it (nothing is made): refused or
+	 * not, nothing is counted.  A use found cached must still be so under
+	 * the lock.
+	 */
+	for (int attempt = 1;; attempt++)
 	{
+		AiEntry    *ue;
+		bool		refused = false;
+		bool		exact;
+
+		ai_rules_prepare(&c->rules, c->user, c->plan->name, c->model, c->now, false);
+		LWLockAcquire(c->user->lock, LW_EXCLUSIVE);
+		ue = ai_entry_lookup(&c->user->key, c->user->hashcode, false, c->now, NULL, 0);
+		exact = ai_rules_still_exact(&c->rules, ue);
+		if (exact)
+			refused = ai_refused_by_rules(c, ue, v);
 		LWLockRelease(c->user->lock);
-		return;
+		if (refused)
+			return;
+		if (exact)
+			break;
+		if (attempt >= 5)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not read the spend of user \"%s\" consistently", c->user->id),
+					 errdetail("The use of its rules changed five times while it was read."),
+					 errhint("Retry the request.")));
 	}
-	LWLockRelease(c->user->lock);
 	ereport(WARNING,
 			(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 			 errmsg("ai_ratelimit allowed a request without counting it: all %d counters are in use", ai_max_keys),
@@ -573,7 +596,7 @@ again:
 			 !ai_refused_by_daily(&c, &v, d) &&
 			 !ai_refused_by_tokens(&c, &v) &&
 			 !ai_refused_by_budget(&c, &v) &&
-			 !ai_refused_by_rules(&c, &v) &&
+			 !ai_refused_by_rules(&c, c.live ? c.entry : NULL, &v) &&
 			 consume)
 	{
 		if (!ai_rules_make_room(&c.rules, c.user, c.now))

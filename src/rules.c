@@ -28,10 +28,37 @@
 #include "ai_shmem.h"
 
 static MemoryContext rules_cxt = NULL;
-static AiRule *rules = NULL;
+static AiRule *rules = NULL;	/* ordered by scope, scope_id, rule_id */
 static int	nrules = 0;
 static int	maxrules = 0;
 static uint32 rules_gen = 0;	/* rules_gen they were read at; 0: never */
+
+/*
+ * The rules of one plan or one user: rules[start .. start + n), found by
+ * "p:" or "u:" and the name, so that a check looks at its own rules only.
+ */
+typedef struct AiRuleGroup
+{
+	char		key[AI_MAX_USER_ID_LEN + 3];
+	int			start;
+	int			n;
+} AiRuleGroup;
+
+static HTAB *rule_groups = NULL;
+static bool have_user_rules = false;
+
+/* Group key of a scope: "p:plan" or "u:user"; false when too long to be one. */
+static bool
+ai_rule_group_key(char *key, bool user, const char *id, int len)
+{
+	if (len > AI_MAX_USER_ID_LEN)
+		return false;
+	memset(key, 0, AI_MAX_USER_ID_LEN + 3);
+	key[0] = user ? 'u' : 'p';
+	key[1] = ':';
+	memcpy(key + 2, id, len);
+	return true;
+}
 
 static const char *const metric_names[] = {"requests", "tokens", "cents"};
 
@@ -114,16 +141,47 @@ ai_reload_rules(void)
 	rules = NULL;
 	nrules = maxrules = 0;
 	rules_gen = 0;
+	rule_groups = NULL;
+	have_user_rules = false;
 
 	ai_load_extension_info();
 	if (ai_ext_has_relation("ai_rules"))
 	{
 		SPI_connect();
 		ai_spi_each_row(psprintf("SELECT rule_id, scope, scope_id, model, metric, \"window\","
-								 " max_value FROM %s.ai_rules ORDER BY rule_id",
+								 " max_value FROM %s.ai_rules ORDER BY scope, scope_id, rule_id",
 								 ai_ext_schema()),
 						ai_cache_rule_row);
 		SPI_finish();
+	}
+	if (nrules > 0)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = AI_MAX_USER_ID_LEN + 3;
+		ctl.entrysize = sizeof(AiRuleGroup);
+		ctl.hcxt = rules_cxt;
+		rule_groups = hash_create("ai_ratelimit rule groups", Max(nrules, 16), &ctl,
+								  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+		for (int i = 0; i < nrules; i++)
+		{
+			char		key[AI_MAX_USER_ID_LEN + 3];
+			AiRuleGroup *g;
+			bool		found;
+
+			if (!ai_rule_group_key(key, rules[i].user_scope, rules[i].scope_id,
+								   strlen(rules[i].scope_id)))
+				continue;
+			g = hash_search(rule_groups, key, HASH_ENTER, &found);
+			if (!found)
+			{
+				g->start = i;
+				g->n = 0;
+			}
+			g->n++;				/* the rows came grouped: the group is contiguous */
+			if (rules[i].user_scope)
+				have_user_rules = true;
+		}
 	}
 	rules_gen = gen;
 }
@@ -135,6 +193,38 @@ ai_rules_count(void)
 	if (rules_gen == 0 || rules_gen != pg_atomic_read_u32(&ai_shared->rules_gen))
 		ai_reload_rules();
 	return nrules;
+}
+
+/*
+ * The rules that bind user u under plan (the plan's, then the user's):
+ * their count, and in *list an array of them (palloc'd; NULL when none).
+ */
+int
+ai_rules_binding(const char *plan, const AiUser *u, const AiRule ***list)
+{
+	char		key[AI_MAX_USER_ID_LEN + 3];
+	AiRuleGroup *groups[2] = {NULL, NULL};
+	int			n = 0;
+
+	*list = NULL;
+	if (ai_rules_count() == 0)
+		return 0;
+	if (ai_rule_group_key(key, false, plan, strlen(plan)))
+		groups[0] = hash_search(rule_groups, key, HASH_FIND, NULL);
+	if (have_user_rules && ai_rule_group_key(key, true, u->id, u->len))
+		groups[1] = hash_search(rule_groups, key, HASH_FIND, NULL);
+	for (int k = 0; k < 2; k++)
+		if (groups[k] != NULL)
+			n += groups[k]->n;
+	if (n == 0)
+		return 0;
+	*list = palloc(sizeof(AiRule *) * n);
+	n = 0;
+	for (int k = 0; k < 2; k++)
+		if (groups[k] != NULL)
+			for (int i = 0; i < groups[k]->n; i++)
+				(*list)[n++] = &rules[groups[k]->start + i];
+	return n;
 }
 
 /* Rule i, 0 <= i < ai_rules_count(). */

@@ -439,20 +439,21 @@ void
 ai_rules_prepare(AiRuleSet *rs, const AiUser *u, const char *plan, const char *model,
 				 TimestampTz now, bool consume)
 {
+	const AiRule **binding;
 	int			total;
 
 	memset(rs, 0, sizeof(*rs));
 	rs->model = model;
-	total = ai_rules_count();
+	total = ai_rules_binding(plan, u, &binding);
 	if (total == 0)
 		return;
 	rs->use = palloc(sizeof(AiRuleUse) * total);
 	for (int i = 0; i < total; i++)
 	{
-		const AiRule *r = ai_rule_at(i);
+		const AiRule *r = binding[i];
 		AiRuleUse  *ru;
 
-		if (!ai_rule_applies(r, plan, u) || !ai_rule_matches_model(r, model))
+		if (!ai_rule_matches_model(r, model))
 			continue;
 		ru = &rs->use[rs->n++];
 		memset(ru, 0, sizeof(*ru));
