@@ -159,10 +159,20 @@ ALTER TABLE @extschema@.ai_usage ENABLE ALWAYS TRIGGER ai_usage_deleted;
 ALTER TABLE @extschema@.ai_usage ENABLE ALWAYS TRIGGER ai_usage_updated;
 ALTER TABLE @extschema@.ai_usage ENABLE ALWAYS TRIGGER ai_usage_truncated_days;
 
+CREATE FUNCTION @extschema@.ai_ratelimit_timezone_changed_at()
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'ai_ratelimit_timezone_changed_at'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.ai_ratelimit_timezone_changed_at() IS
+    'when a process of this server last saw ai_ratelimit.timezone change (for ai_compact_usage), or NULL';
+REVOKE ALL ON FUNCTION @extschema@.ai_ratelimit_timezone_changed_at() FROM PUBLIC;
+
 -- Total the closed days.  A day is closed when no transaction still open
 -- can hold an ai_record_usage row of it: it ended before the day on which
--- the oldest open transaction started, with a day to spare for a change of
--- ai_ratelimit.timezone.  Rows written another way mark their day
+-- the oldest open transaction started (an ai_record_usage row is labelled
+-- with the local day it was recorded on), or, when ai_ratelimit.timezone
+-- changed since that transaction started (with a minute of grace for the
+-- sessions still reloading), two days before.  Rows written another way mark their day
 -- (above, and the row trigger ai_usage_inserted), so a row committed after
 -- this snapshot never hides behind a total.  Days of the last two months
 -- are totalled; older ones are read from the log.  Returns the totals
@@ -175,6 +185,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     closed date;
+    oldest timestamptz;
+    changed timestamptz := @extschema@.ai_ratelimit_timezone_changed_at();
     written bigint;
 BEGIN
     IF pg_catalog.pg_is_in_recovery() THEN
@@ -184,15 +196,14 @@ BEGIN
     END IF;
     -- one at a time; budget loads read on (EXCLUSIVE lets readers in)
     LOCK TABLE @extschema@.ai_usage_days IN EXCLUSIVE MODE;
-    SELECT (pg_catalog.timezone(pg_catalog.current_setting('ai_ratelimit.timezone'),
-                                LEAST(pg_catalog.now(), pg_catalog.min(a.xact_start))))::date
-           OPERATOR(pg_catalog.-) 1
-      INTO closed
+    SELECT LEAST(pg_catalog.now(), pg_catalog.min(a.xact_start))
+      INTO oldest
       FROM pg_catalog.pg_stat_activity a
      WHERE a.xact_start IS NOT NULL AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid();
-    IF closed IS NULL THEN
-        closed := (pg_catalog.timezone(pg_catalog.current_setting('ai_ratelimit.timezone'),
-                                       pg_catalog.now()))::date OPERATOR(pg_catalog.-) 1;
+    oldest := coalesce(oldest, pg_catalog.now());
+    closed := pg_catalog.timezone(pg_catalog.current_setting('ai_ratelimit.timezone'), oldest)::date;
+    IF changed OPERATOR(pg_catalog.>) (oldest OPERATOR(pg_catalog.-) '1 minute'::pg_catalog.interval) THEN
+        closed := closed OPERATOR(pg_catalog.-) 2;
     END IF;
     -- days that changed since they were totalled: total them again
     WITH marked AS (

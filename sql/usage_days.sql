@@ -65,6 +65,27 @@ SELECT ai_monthly_spend('d-1', :'last_month') AS after_purge;
 SELECT ai_compact_usage() >= 0 AS totalled;
 SELECT ai_monthly_spend('d-1', :'last_month') AS after_totals;
 
+-- yesterday is closed once no transaction from before today is open ...
+SELECT (now() AT TIME ZONE 'UTC')::date - 1 AS yesterday \gset
+SELECT put('d-4', :'yesterday'::date, 1);
+SELECT ai_compact_usage() > 0 AS totalled;
+SELECT day = :'yesterday' AS yesterday_totalled FROM ai_usage_days WHERE user_id = 'd-4';
+-- ... but after a change of ai_ratelimit.timezone, an open transaction may
+-- still label its records with a day the new zone calls two days ago
+SELECT ai_ratelimit_timezone_changed_at() IS NULL AS never_changed;
+ALTER SYSTEM SET ai_ratelimit.timezone = 'Pacific/Kiritimati';
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.2);
+SELECT current_setting('ai_ratelimit.timezone'),
+       ai_ratelimit_timezone_changed_at() > now() - interval '1 minute' AS just_changed;
+SELECT put('d-5', :'yesterday'::date, 1);
+SELECT ai_compact_usage() >= 0 AS ran;
+SELECT count(*) AS d5_totals FROM ai_usage_days WHERE user_id = 'd-5';
+ALTER SYSTEM RESET ai_ratelimit.timezone;
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.2);
+SELECT current_setting('ai_ratelimit.timezone');
+
 -- not for everyone
 CREATE ROLE regress_ai_days_nobody;
 SET ROLE regress_ai_days_nobody;
@@ -72,3 +93,4 @@ SELECT ai_compact_usage();
 RESET ROLE;
 DROP ROLE regress_ai_days_nobody;
 DROP FUNCTION put(text, date, numeric, int);
+

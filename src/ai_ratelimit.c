@@ -14,6 +14,7 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "utils/guc.h"
+#include "utils/timestamp.h"
 
 #include "ai_config.h"
 #include "ai_persist.h"
@@ -76,10 +77,27 @@ ai_timezone_check(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/*
+ * A new zone: the day a record is labelled with changes with it, which
+ * ai_compact_usage() must know (the per-day totals of a day that a
+ * transaction still open may label its records with are not made).  Every
+ * process that sees the change says when (the latest wins).
+ */
 static void
 ai_timezone_assign(const char *newval, void *extra)
 {
-	ai_timezone = *((pg_tz **) extra);
+	pg_tz	   *tz = *((pg_tz **) extra);
+
+	if (ai_timezone != NULL && tz != ai_timezone && ai_shared != NULL)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		uint64		seen = pg_atomic_read_u64(&ai_shared->tz_changed_at);
+
+		while ((uint64) now > seen &&
+			   !pg_atomic_compare_exchange_u64(&ai_shared->tz_changed_at, &seen, (uint64) now))
+			;
+	}
+	ai_timezone = tz;
 }
 
 static void

@@ -48,6 +48,7 @@ PG_FUNCTION_INFO_V1(ai_ratelimit_status);
 PG_FUNCTION_INFO_V1(ai_ratelimit_stats);
 PG_FUNCTION_INFO_V1(ai_ratelimit_reset_stats);
 PG_FUNCTION_INFO_V1(ai_ratelimit_saves);
+PG_FUNCTION_INFO_V1(ai_ratelimit_timezone_changed_at);
 PG_FUNCTION_INFO_V1(ai_release_reservation);
 PG_FUNCTION_INFO_V1(ai_limit_state);
 PG_FUNCTION_INFO_V1(ai_estimate_cost);
@@ -660,6 +661,22 @@ ai_explain_limits(PG_FUNCTION_ARGS)
 					   Max(r->max - ai_money_add(rs.used, rs.held), 0), rs.reset_at);
 	}
 	return (Datum) 0;
+}
+
+/*
+ * ai_ratelimit_timezone_changed_at(): when a process of this server last
+ * saw ai_ratelimit.timezone change, or NULL (for ai_compact_usage).
+ */
+Datum
+ai_ratelimit_timezone_changed_at(PG_FUNCTION_ARGS)
+{
+	uint64		at;
+
+	ai_require_loaded();
+	at = pg_atomic_read_u64(&ai_shared->tz_changed_at);
+	if (at == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_TIMESTAMPTZ((TimestampTz) at);
 }
 
 /*
