@@ -89,6 +89,25 @@ ai_load_entry(const AiSavedEntry *se, TimestampTz now, AiApplyMode mode)
 }
 
 /*
+ * The counters every layout saved, from an entry of an older layout (its id
+ * is as long as it kept; the rest of se is zero).
+ */
+#define AI_COPY_SAVED_COUNTERS(se, old) \
+	do { \
+		(se)->key = (old).key; \
+		(se)->burst_head = (old).burst_head; \
+		(se)->burst_window_ms = (old).burst_window_ms; \
+		memcpy((se)->burst, (old).burst, sizeof((se)->burst)); \
+		(se)->day = (old).day; \
+		(se)->daily_count = (old).daily_count; \
+		(se)->tokens_head = (old).tokens_head; \
+		memcpy((se)->tokens, (old).tokens, sizeof((se)->tokens)); \
+		(se)->plan_hash = (old).plan_hash; \
+		(se)->id_len = (old).id_len; \
+		memcpy((se)->id_prefix, (old).id_prefix, sizeof((old).id_prefix)); \
+	} while (0)
+
+/*
  * The entries, reservations and tombstones read after *hdr, in this
  * build's layout: data itself when it was written in it; otherwise a
  * palloc'd copy, widened (layouts 2 and 3 kept 16 bytes of the id and no
@@ -120,17 +139,7 @@ ai_saved_in_this_layout(AiSaveHeader *hdr, char *data)
 			AiSavedEntryV4 old;
 
 			memcpy(&old, data + sizeof(AiSavedEntryV4) * (Size) i, sizeof(old));
-			se->key = old.key;
-			se->burst_head = old.burst_head;
-			se->burst_window_ms = old.burst_window_ms;
-			memcpy(se->burst, old.burst, sizeof(se->burst));
-			se->day = old.day;
-			se->daily_count = old.daily_count;
-			se->tokens_head = old.tokens_head;
-			memcpy(se->tokens, old.tokens, sizeof(se->tokens));
-			se->plan_hash = old.plan_hash;
-			se->id_len = old.id_len;
-			memcpy(se->id_prefix, old.id_prefix, sizeof(old.id_prefix));
+			AI_COPY_SAVED_COUNTERS(se, old);
 			se->spend_valid = old.spend_valid;
 			se->spend_month = old.spend_month;
 			se->committed_spend = old.committed_spend;
@@ -140,17 +149,7 @@ ai_saved_in_this_layout(AiSaveHeader *hdr, char *data)
 			AiSavedEntryV3 old;
 
 			memcpy(&old, data + sizeof(AiSavedEntryV3) * (Size) i, sizeof(old));
-			se->key = old.key;
-			se->burst_head = old.burst_head;
-			se->burst_window_ms = old.burst_window_ms;
-			memcpy(se->burst, old.burst, sizeof(se->burst));
-			se->day = old.day;
-			se->daily_count = old.daily_count;
-			se->tokens_head = old.tokens_head;
-			memcpy(se->tokens, old.tokens, sizeof(se->tokens));
-			se->plan_hash = old.plan_hash;
-			se->id_len = old.id_len;
-			memcpy(se->id_prefix, old.id_prefix, sizeof(old.id_prefix));
+			AI_COPY_SAVED_COUNTERS(se, old);
 		}
 	}
 	resv = (AiSavedResv *) (entries + hdr->nentries);
