@@ -22,6 +22,7 @@ typedef enum AiIdsMode
 extern void ai_ids_ensure(TimestampTz now, AiIdsMode mode);
 extern int64 ai_id_next(TimestampTz now);
 extern void ai_ids_floor_id(int64 id);
+extern TimestampTz ai_id_time(int64 id);
 extern void ai_ids_redo(const char *data, uint32 len);
 
 #endif							/* AI_RESVID_H_ */

@@ -101,6 +101,16 @@ ai_id_ms(TimestampTz now)
 	return now > AI_ID_EPOCH ? (now - AI_ID_EPOCH) / 1000 : 0;
 }
 
+/*
+ * The time an id's ms part names: when it was issued, or later if the
+ * clock had gone back (ids stay above the last one issued).
+ */
+TimestampTz
+ai_id_time(int64 id)
+{
+	return AI_ID_EPOCH + (id >> AI_ID_MS_SHIFT) * 1000;
+}
+
 static pg_crc32c
 ai_ids_crc(const AiIdsFile *f)
 {

@@ -202,6 +202,10 @@ ai_rules_count(void)
 int
 ai_rules_binding(const char *plan, const AiUser *u, const AiRule ***list)
 {
+	/* most sessions check the same plan over and over */
+	static char last_plan[NAMEDATALEN * 2];
+	static uint32 last_gen = 0;
+	static AiRuleGroup *last_group = NULL;
 	char		key[AI_MAX_USER_ID_LEN + 3];
 	AiRuleGroup *groups[2] = {NULL, NULL};
 	int			n = 0;
@@ -209,8 +213,18 @@ ai_rules_binding(const char *plan, const AiUser *u, const AiRule ***list)
 	*list = NULL;
 	if (ai_rules_count() == 0)
 		return 0;
-	if (ai_rule_group_key(key, false, plan, strlen(plan)))
+	if (last_gen == rules_gen && strcmp(last_plan, plan) == 0)
+		groups[0] = last_group;
+	else if (ai_rule_group_key(key, false, plan, strlen(plan)))
+	{
 		groups[0] = hash_search(rule_groups, key, HASH_FIND, NULL);
+		if (strlen(plan) < sizeof(last_plan))
+		{
+			strlcpy(last_plan, plan, sizeof(last_plan));
+			last_group = groups[0];
+			last_gen = rules_gen;
+		}
+	}
 	if (have_user_rules && ai_rule_group_key(key, true, u->id, u->len))
 		groups[1] = hash_search(rule_groups, key, HASH_FIND, NULL);
 	for (int k = 0; k < 2; k++)

@@ -27,6 +27,7 @@
 
 #include "ai_calendar.h"
 #include "ai_config.h"
+#include "ai_resvid.h"
 #include "ai_shmem.h"
 #include "ai_spend.h"
 
@@ -262,8 +263,8 @@ ai_resv_drop_settled(const AiUser *u)
 	AiEntry    *e;
 	Datum	   *ids;
 	int			n = 0;
-	Oid			types[2] = {TEXTOID, INT8ARRAYOID};
-	Datum		vals[2];
+	Oid			types[3] = {TEXTOID, INT8ARRAYOID, DATEOID};
+	Datum		vals[3];
 	int			len = 0;
 	bool		restored;
 	AiResvIter	it;
@@ -301,14 +302,26 @@ ai_resv_drop_settled(const AiUser *u)
 
 	if (n > 0)
 	{
+		TimestampTz oldest = DT_NOEND;
+
+		/*
+		 * A record that settled one was made after it was issued: only the
+		 * days since are read (two days earlier, for the zone the day is
+		 * local to and a clock that went back; a settled reservation missed
+		 * would only be held until it expires).
+		 */
+		for (int i = 0; i < n; i++)
+			oldest = Min(oldest, ai_id_time(DatumGetInt64(ids[i])));
 		vals[0] = PointerGetDatum(cstring_to_text_with_len(u->id, u->len));
 		vals[1] = PointerGetDatum(construct_array(ids, n, INT8OID, sizeof(int64), true, TYPALIGN_DOUBLE));
+		vals[2] = DateADTGetDatum((DateADT) (oldest / USECS_PER_DAY) - 2);
 		SPI_connect();
 		ai_spi_read(psprintf("SELECT reservation_id FROM %s.ai_usage"
 							 " WHERE user_id OPERATOR(pg_catalog.=) $1"
+							 " AND day OPERATOR(pg_catalog.>=) $3"
 							 " AND reservation_id OPERATOR(pg_catalog.=) ANY ($2)",
 							 ai_ext_schema()),
-					2, types, vals);
+					3, types, vals);
 		n = 0;
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
