@@ -2,11 +2,12 @@
  *
  * shmem.c
  *		The shared-memory counters of ai_ratelimit: one hash entry per
- *		(database, user), and a fixed pool of budget reservations.
+ *		(database, user), one per rule of ai_rules that counts for a user
+ *		(rulestate.c), and a fixed pool of budget reservations.
  *
  * Locking rules
  * -------------
- * The table (AiTable, see ai_ratelimit.h) is split into AI_NUM_PARTITIONS
+ * The table (AiTable, see ai_shmem.h) is split into AI_NUM_PARTITIONS
  * parts, each with its own LWLock (tranche "ai_ratelimit").  A partition
  * lock guards the bucket chains of that partition (shared to look up,
  * exclusive to insert or remove), its count, and every field of the entries
@@ -17,7 +18,9 @@
  * lock for a few instructions.
  *
  * Nothing takes more than one partition lock at a time except
- * ai_ratelimit_verify(), a debugging aid that takes them all (shared).
+ * ai_ratelimit_verify(), a debugging aid that takes them all (shared).  A
+ * rule's counters of a user are keyed into the user's partition, so one
+ * lock covers a check's user and every rule that binds it.
  * When the table is full, a new user's check sweeps a few partitions, one
  * at a time, for entries that hold nothing live (ai_make_room); the
  * background worker sweeps too, and frees expired reservations.
