@@ -136,6 +136,13 @@ ORDER BY limited_by NULLS FIRST;
 -- the rules' counters are not users
 SELECT count(*) FROM ai_ratelimit_status WHERE user_id LIKE 'r-%';
 
+-- rate-limit headers: ai_limit_state lists the rules too, as layers "rule:<id>"
+-- (a day of UTC is 86,400 seconds; a month is 28 to 31 days)
+SELECT layer, limit_value, used, held, remaining,
+       CASE layer WHEN 'rule:102' THEN (window_seconds BETWEEN 28 * 86400 AND 31 * 86400)::text
+                  ELSE window_seconds::text END AS window_seconds,
+       reset_at > now() AS resets
+FROM ai_limit_state('r-3', 'r-team') WHERE layer LIKE 'rule:%' ORDER BY layer;
 -- bad input to ai_explain_limits
 SELECT * FROM ai_explain_limits(NULL);
 SELECT * FROM ai_explain_limits('r-1', '');

@@ -502,6 +502,44 @@ ai_reset_limits(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The rows of ai_limit_state for the rules of ai_rules that bind the user
+ * under the plan, for calls of any model: layer "rule:<rule_id>", in what
+ * the rule counts, with its window's length.
+ */
+static void
+ai_limit_state_rules(ReturnSetInfo *rsinfo, const AiUser *user, const AiPlan *plan)
+{
+	const AiRule **binding;
+	int			n = ai_rules_binding(plan->name, user, &binding);
+	TimestampTz now = GetCurrentTimestamp();
+
+	for (int i = 0; i < n; i++)
+	{
+		const AiRule *r = binding[i];
+		AiRuleState rs;
+		AiFacts		f;
+		AiWindow	w;
+		Datum		v[7];
+		bool		nl[7] = {0};
+
+		ai_rule_state(r, user, now, &rs);
+		ai_window_at(r->window, now, &w);
+		memset(&f, 0, sizeof(f));
+		f.known = true;
+		f.money = (r->metric == AI_METRIC_CENTS);
+		v[0] = CStringGetTextDatum(psprintf("rule:%d", r->id));
+		v[1] = ai_fact_numeric(&f, r->max);
+		v[2] = ai_fact_numeric(&f, rs.used);
+		v[3] = ai_fact_numeric(&f, rs.held);
+		v[4] = ai_fact_numeric(&f, Max(r->max - ai_money_add(rs.used, rs.held), 0));
+		v[5] = TimestampTzGetDatum(rs.reset_at);
+		nl[5] = (rs.reset_at == 0);
+		v[6] = Int32GetDatum(r->window == AI_WIN_MINUTE ? 60 : ai_seconds_until(w.start, w.end));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
+	}
+}
+
+/*
  * ai_limit_state(user_id, plan): one row per limit that applies to the user
  * now (layer, limit_value, used, held, remaining, reset_at, window_seconds),
  * read without counting anything: what an application needs for
@@ -543,6 +581,7 @@ ai_limit_state(PG_FUNCTION_ARGS)
 		nl[5] = (st[i].reset_at == 0);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
 	}
+	ai_limit_state_rules(rsinfo, &user, &plan);
 	return (Datum) 0;
 }
 
