@@ -87,6 +87,7 @@ typedef struct AiRuleState
 	int64		used;
 	int64		held;
 	TimestampTz reset_at;		/* 0: nothing counts */
+	int32		window_secs;	/* the window's length */
 } AiRuleState;
 extern void ai_rule_state(const AiRule *r, const AiUser *u, TimestampTz now, AiRuleState *st);
 

@@ -329,7 +329,6 @@ ai_rule_load_cached(AiRuleUse *ru, const AiUser *u, TimestampTz now, bool create
 			own = ai_own_use(&ru->key, ru->win.code, s != NULL, &own_count);
 			if (s != NULL)
 			{
-				s->kind = AI_ENTRY_RULE | r->window;
 				s->spend_state = AI_SPEND_VALID;
 				s->spend_month = ru->win.code;
 				s->spend_gen = pg_atomic_read_u32(&ai_shared->usage_gen);
@@ -963,6 +962,7 @@ ai_rule_state(const AiRule *r, const AiUser *u, TimestampTz now, AiRuleState *st
 	}
 	st->used = ai_rule_used(&ru, s, ue, now);
 	st->held = ai_rule_held(r, ue, now);
+	st->window_secs = r->window == AI_WIN_MINUTE ? 60 : ai_seconds_until(ru.win.start, ru.win.end);
 	if (r->window != AI_WIN_MINUTE)
 		st->reset_at = ru.win.end;
 	else if (st->used == 0)

@@ -502,6 +502,24 @@ ai_reset_limits(PG_FUNCTION_ARGS)
 }
 
 /*
+ * A rule's state for a user now, as the numbers of a layer (a peek:
+ * nothing is counted); *remaining is what a request may still take.
+ */
+static void
+ai_rule_facts(const AiRule *r, const AiUser *user, TimestampTz now, AiFacts *f,
+			  int64 *remaining, AiRuleState *rs)
+{
+	ai_rule_state(r, user, now, rs);
+	memset(f, 0, sizeof(*f));
+	f->known = true;
+	f->money = (r->metric == AI_METRIC_CENTS);
+	f->limit = r->max;
+	f->used = rs->used;
+	f->held = rs->held;
+	*remaining = Max(r->max - ai_money_add(rs->used, rs->held), 0);
+}
+
+/*
  * The rows of ai_limit_state for the rules of ai_rules that bind the user
  * under the plan, for calls of any model: layer "rule:<rule_id>", in what
  * the rule counts, with its window's length.
@@ -515,26 +533,21 @@ ai_limit_state_rules(ReturnSetInfo *rsinfo, const AiUser *user, const AiPlan *pl
 
 	for (int i = 0; i < n; i++)
 	{
-		const AiRule *r = binding[i];
 		AiRuleState rs;
 		AiFacts		f;
-		AiWindow	w;
+		int64		remaining;
 		Datum		v[7];
 		bool		nl[7] = {0};
 
-		ai_rule_state(r, user, now, &rs);
-		ai_window_at(r->window, now, &w);
-		memset(&f, 0, sizeof(f));
-		f.known = true;
-		f.money = (r->metric == AI_METRIC_CENTS);
-		v[0] = CStringGetTextDatum(psprintf("rule:%d", r->id));
-		v[1] = ai_fact_numeric(&f, r->max);
-		v[2] = ai_fact_numeric(&f, rs.used);
-		v[3] = ai_fact_numeric(&f, rs.held);
-		v[4] = ai_fact_numeric(&f, Max(r->max - ai_money_add(rs.used, rs.held), 0));
+		ai_rule_facts(binding[i], user, now, &f, &remaining, &rs);
+		v[0] = CStringGetTextDatum(psprintf("rule:%d", binding[i]->id));
+		v[1] = ai_fact_numeric(&f, f.limit);
+		v[2] = ai_fact_numeric(&f, f.used);
+		v[3] = ai_fact_numeric(&f, f.held);
+		v[4] = ai_fact_numeric(&f, remaining);
 		v[5] = TimestampTzGetDatum(rs.reset_at);
 		nl[5] = (rs.reset_at == 0);
-		v[6] = Int32GetDatum(r->window == AI_WIN_MINUTE ? 60 : ai_seconds_until(w.start, w.end));
+		v[6] = Int32GetDatum(rs.window_secs);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
 	}
 }
@@ -613,8 +626,7 @@ ai_explain_row(ReturnSetInfo *rsinfo, const AiRule *r, const char *scope, const 
 	else
 	{
 		nl[6] = nl[7] = nl[8] = true;
-		v[9] = Int64GetDatum(0);
-		v[9] = DirectFunctionCall1(int8_numeric, v[9]);
+		v[9] = DirectFunctionCall1(int8_numeric, Int64GetDatum(0));
 	}
 	v[10] = TimestampTzGetDatum(reset_at);
 	nl[10] = (reset_at == 0);
@@ -638,8 +650,8 @@ ai_explain_limits(PG_FUNCTION_ARGS)
 	AiLayerState st[AI_MAX_LAYERS];
 	const char *model = NULL;
 	TimestampTz now = GetCurrentTimestamp();
+	const AiRule **binding;
 	int			n;
-	int			total;
 
 	ai_require_loaded();
 	ai_require_primary("ai_explain_limits");
@@ -679,25 +691,20 @@ ai_explain_limits(PG_FUNCTION_ARGS)
 					   st[i].remaining, st[i].reset_at);
 	}
 
-	total = ai_rules_count();
-	for (int i = 0; i < total; i++)
+	n = ai_rules_binding(plan.name, &user, &binding);
+	for (int i = 0; i < n; i++)
 	{
-		const AiRule *r = ai_rule_at(i);
+		const AiRule *r = binding[i];
 		AiRuleState rs;
 		AiFacts		f;
+		int64		remaining;
 
-		if (!ai_rule_applies(r, plan.name, &user) || !ai_rule_matches_model(r, model))
+		if (!ai_rule_matches_model(r, model))
 			continue;
-		ai_rule_state(r, &user, now, &rs);
-		memset(&f, 0, sizeof(f));
-		f.known = true;
-		f.money = (r->metric == AI_METRIC_CENTS);
-		f.limit = r->max;
-		f.used = rs.used;
-		f.held = rs.held;
+		ai_rule_facts(r, &user, now, &f, &remaining, &rs);
 		ai_explain_row(rsinfo, r, r->user_scope ? "user" : "plan", r->scope_id,
 					   ai_metric_name(r->metric), ai_window_name(r->window), &f,
-					   Max(r->max - ai_money_add(rs.used, rs.held), 0), rs.reset_at);
+					   remaining, rs.reset_at);
 	}
 	return (Datum) 0;
 }
