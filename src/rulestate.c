@@ -369,14 +369,37 @@ ai_rule_load_cached(AiRuleUse *ru, const AiUser *u, TimestampTz now, bool create
 }
 
 /*
+ * What the user's records in flight may add to a minute of tokens or cents
+ * that the tables cannot show yet (their rows are not committed), while a
+ * rule's counters do not exist to count them: the cost in flight in whole
+ * cents, or every token recorded in the user's last minute (never less than
+ * those in flight; a record in flight longer ago is out of the minute).
+ * Caller holds the user's partition lock.
+ */
+static int64
+ai_minute_in_flight(const AiRule *r, AiEntry *user, TimestampTz now)
+{
+	if (user == NULL || user->inflight == 0 || r->metric == AI_METRIC_REQUESTS ||
+		r->window != AI_WIN_MINUTE)
+		return 0;
+	if (r->metric == AI_METRIC_CENTS)
+		return ai_whole_cents(ai_inflight_cost(user));
+	ai_tokens_advance(user, now);
+	return (int64) ai_tokens_count(user, now);
+}
+
+/*
  * A rule's counters, just made: they start from what the tables show for
- * the window (ru->base).  Caller holds the lock exclusively.
+ * the window (ru->base) and, for the minute of tokens or cents, what the
+ * user's records in flight may add.  Caller holds the lock exclusively;
+ * user is the user's entry, or NULL.
  */
 static void
-ai_rule_counters_start(const AiRuleUse *ru, AiEntry *s, TimestampTz now)
+ai_rule_counters_start(const AiRuleUse *ru, AiEntry *s, AiEntry *user, TimestampTz now)
 {
 	const AiRule *r = ru->rule;
-	uint32		start = (uint32) Min(ru->base, PG_UINT32_MAX);
+	int64		base = ru->base + ai_minute_in_flight(r, user, now);
+	uint32		start = (uint32) Min(base, PG_UINT32_MAX);
 
 	s->kind = AI_ENTRY_RULE | r->window;
 	if (r->metric == AI_METRIC_REQUESTS && r->window == AI_WIN_MINUTE)
@@ -424,7 +447,9 @@ ai_rule_load_counted(AiRuleUse *ru, const AiUser *u, TimestampTz now, bool creat
 		LWLockAcquire(u->lock, LW_EXCLUSIVE);
 		s = ai_entry_get(&ru->key, ru->hashcode, u->lock, now, u->id, u->len);
 		if (s != NULL && !AI_ENTRY_IS_RULE(s))
-			ai_rule_counters_start(ru, s, now);
+			ai_rule_counters_start(ru, s,
+								   ai_entry_lookup(&u->key, u->hashcode, false, now, NULL, 0),
+								   now);
 		LWLockRelease(u->lock);
 	}
 }
@@ -526,7 +551,7 @@ ai_rule_held(const AiRule *r, const AiEntry *user, TimestampTz now)
 
 /* The use of a rule now (requests, tokens or money). */
 static int64
-ai_rule_used(const AiRuleUse *ru, AiEntry *s, const AiEntry *user, TimestampTz now)
+ai_rule_used(const AiRuleUse *ru, AiEntry *s, AiEntry *user, TimestampTz now)
 {
 	const AiRule *r = ru->rule;
 
@@ -537,7 +562,12 @@ ai_rule_used(const AiRuleUse *ru, AiEntry *s, const AiEntry *user, TimestampTz n
 		return ru->base;
 	}
 	if (s == NULL)
-		return r->metric == AI_METRIC_CENTS ? ai_money_add(0, ru->base * AI_MONEY_UNITS_PER_CENT) : ru->base;
+	{
+		/* no counters yet: the tables, and what records in flight may add */
+		int64		base = ru->base + ai_minute_in_flight(r, user, now);
+
+		return r->metric == AI_METRIC_CENTS ? ai_money_add(0, base * AI_MONEY_UNITS_PER_CENT) : base;
+	}
 	if (r->metric == AI_METRIC_REQUESTS && r->window == AI_WIN_MINUTE)
 	{
 		ai_burst_advance(s, 60000, now);
@@ -622,7 +652,9 @@ ai_rules_make_room(const AiRuleSet *rs, const AiUser *u, TimestampTz now)
 		s = ai_entry_lookup(&ru->key, ru->hashcode, true, now, u->id, u->len);
 		if (s == NULL)
 			return false;
-		ai_rule_counters_start(ru, s, now);
+		ai_rule_counters_start(ru, s,
+							   ai_entry_lookup(&u->key, u->hashcode, false, now, NULL, 0),
+							   now);
 	}
 	return true;
 }
