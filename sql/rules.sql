@@ -106,6 +106,14 @@ WHERE rule_id IS NOT NULL ORDER BY rule_id;
 -- an operator's reset frees the counts, never what is held
 SELECT ai_reset_limits('r-4');
 SELECT allowed FROM ai_check_limit('r-4', 'r-team', model => 'gpt-4o');
+-- ... nor what was spent: cents recorded in a rule's minute stay counted
+INSERT INTO ai_rules (rule_id, scope, scope_id, model, metric, "window", max_value)
+VALUES (107, 'user', 'r-7', '*', 'cents', 'minute', 10);
+SELECT allowed FROM ai_check_limit('r-7', 'r-team', 1, model => 'gpt-4o');
+SELECT ai_record_usage('r-7', 'gpt-4o', 0, 8000);   -- 8 cents
+SELECT ai_reset_limits('r-7');
+SELECT allowed, limited_by, used FROM ai_check_limit('r-7', 'r-team', 3, model => 'gpt-4o');
+DELETE FROM ai_rules WHERE rule_id = 107;
 
 -- tokens per day: the estimate is held until the record
 INSERT INTO ai_rules (rule_id, scope, scope_id, model, metric, "window", max_value)

@@ -925,8 +925,10 @@ ai_rules_record_end(int32 first, int16 n, bool commit, AiEntry *user, uint32 seq
 /* ---- operators and views ---- */
 
 /*
- * Forget the requests and minute counts of a user's rules (ai_reset_user):
- * recorded use stays, and so do estimates in flight.
+ * Forget the requests and minute tokens counted under a user's rules
+ * (ai_reset_user), as the user's own burst, daily and token counts are.
+ * Money stays: the cents recorded in a minute, the cached use of calendar
+ * windows, and estimates in flight, so a reset never hands out budget.
  */
 void
 ai_rules_reset_user(const AiUser *u)
@@ -943,7 +945,8 @@ ai_rules_reset_user(const AiUser *u)
 		uint32		hashcode;
 		AiEntry    *s;
 
-		if (!ai_rule_applies(r, NULL, u) || ai_is_calendar_use(r))
+		if (!ai_rule_applies(r, NULL, u) || ai_is_calendar_use(r) ||
+			r->metric == AI_METRIC_CENTS)
 			continue;
 		ai_rule_key(u, r, &key, &hashcode);
 		s = ai_entry_lookup(&key, hashcode, false, 0, NULL, 0);

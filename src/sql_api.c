@@ -485,8 +485,9 @@ ai_peek_limit(PG_FUNCTION_ARGS)
 
 /*
  * ai_reset_limits(user_id): forget the user's burst, daily and token
- * counts, and the requests and minute counts of its rules.  Estimates in
- * flight stay held: a reset never hands out money they hold.
+ * counts, and the requests and minute tokens counted under its rules.
+ * Cents stay, and estimates in flight stay held: a reset never hands out
+ * money.
  */
 Datum
 ai_reset_limits(PG_FUNCTION_ARGS)
