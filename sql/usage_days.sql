@@ -1,5 +1,5 @@
 --
--- usage_days: per-day totals of closed days (ai_compact_usage, 1.6).  A
+-- usage_days: per-day totals (ai_compact_usage, 1.6; open days up to a time, 1.7).  A
 -- budget load reads a totalled day from ai_usage_days and every other day
 -- from its rows; a row written, changed or deleted on a totalled day by
 -- anything but ai_record_usage marks the day, which is read from its rows
@@ -80,7 +80,59 @@ SELECT current_setting('ai_ratelimit.timezone'),
        ai_ratelimit_timezone_changed_at() > now() - interval '1 minute' AS just_changed;
 SELECT put('d-5', :'yesterday'::date, 1);
 SELECT ai_compact_usage() >= 0 AS ran;
-SELECT count(*) AS d5_totals FROM ai_usage_days WHERE user_id = 'd-5';
+-- (yesterday is totalled up to an hour before the oldest open record only,
+-- as an open day, not whole)
+SELECT count(*) AS d5_totals, bool_and(upto IS NOT NULL) AS up_to_a_time
+FROM ai_usage_days WHERE user_id = 'd-5';
+
+-- 1.7: open days are totalled up to an hour boundary at least five minutes
+-- before the oldest open record (here: now), and a load adds their later
+-- rows from the log.  With the zone just changed, today and the two days
+-- before are open, whatever the time of day.
+CREATE FUNCTION put_at(u text, at timestamptz, cents numeric) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO ai_usage (created_at, day, user_id, model, priced_as, input_tokens, output_tokens,
+                          cached_input_tokens, cost_cents)
+    VALUES (at, timezone(current_setting('ai_ratelimit.timezone'), at)::date, u, 'gpt-4o', 'gpt-4o',
+            100, 10, 0, cents)
+$$;
+-- the spend a load finds, against the rows' own sum, in every month they touch
+CREATE FUNCTION spend_is_exact(u text) RETURNS boolean LANGUAGE sql AS $$
+    SELECT bool_and(ai_monthly_spend(u, m) = t)
+    FROM (SELECT date_trunc('month', day)::date AS m, sum(cost_cents) AS t
+          FROM ai_usage WHERE user_id = u GROUP BY 1) s
+$$;
+SELECT put_at('d-6', now() - interval '3 hours', 1.25), put_at('d-6', now() - interval '2 hours', 2);
+SELECT ai_compact_usage() > 0 AS totalled;
+SELECT sum(calls) AS calls, sum(cost_cents) AS cents,
+       bool_and(upto <= now() - interval '5 minutes' AND upto > now() - interval '66 minutes'
+                AND date_trunc('hour', upto) = upto) AS up_to_an_hour
+FROM ai_usage_days WHERE user_id = 'd-6';
+SELECT spend_is_exact('d-6');
+-- a record after the cut is read from the log, beside the totals
+SELECT ai_record_usage('d-6', 'gpt-4o', 1000, 100) > 0 AS recorded;
+SELECT spend_is_exact('d-6');
+-- a late row before the cut marks its day, read from the log again
+SELECT put_at('d-6', now() - interval '4 hours', 0.5);
+SELECT count(*) > 0 AS marked FROM ai_usage_days_stale WHERE user_id = 'd-6';
+SELECT spend_is_exact('d-6');
+-- the next run totals the open days anew, with every row before the cut
+SELECT ai_compact_usage() > 0 AS totalled;
+SELECT sum(calls) AS calls, sum(cost_cents) AS cents FROM ai_usage_days WHERE user_id = 'd-6';
+SELECT count(*) AS marks_left FROM ai_usage_days_stale WHERE user_id = 'd-6';
+SELECT spend_is_exact('d-6');
+-- a per-model rule's window reads the same totals
+INSERT INTO ai_rules (scope, scope_id, model, metric, "window", max_value)
+VALUES ('user', 'd-6', 'gpt-4o', 'cents', 'day', 1000000);
+SELECT bool_and(used = (SELECT sum(cost_cents) FROM ai_usage
+                        WHERE user_id = 'd-6' AND model = 'gpt-4o'
+                          AND day = timezone(current_setting('ai_ratelimit.timezone'), now())::date))
+       AS rule_used_exact
+FROM ai_explain_limits('d-6', 'gpt-4o') WHERE rule_id IS NOT NULL;
+DELETE FROM ai_rules WHERE scope_id = 'd-6';
+-- a snapshot older than the call could miss rows that ended before it
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT ai_compact_usage();
+ROLLBACK;
 ALTER SYSTEM RESET ai_ratelimit.timezone;
 SELECT pg_reload_conf();
 SELECT pg_sleep(0.2);
@@ -93,4 +145,6 @@ SELECT ai_compact_usage();
 RESET ROLE;
 DROP ROLE regress_ai_days_nobody;
 DROP FUNCTION put(text, date, numeric, int);
+DROP FUNCTION put_at(text, timestamptz, numeric);
+DROP FUNCTION spend_is_exact(text);
 

@@ -13,6 +13,7 @@
 
 #include "miscadmin.h"
 #include "storage/ipc.h"
+#include "storage/shmem.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 
@@ -106,6 +107,7 @@ ai_shmem_request_hook(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	ai_shmem_request();
+	RequestAddinShmemSpace(ai_open_records_size());
 }
 
 static void
@@ -116,6 +118,9 @@ ai_shmem_startup_hook(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	created = ai_shmem_startup();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	ai_open_records_init();
+	LWLockRelease(AddinShmemInitLock);
 
 	/*
 	 * In the postmaster: restore the saved counters into new shared memory

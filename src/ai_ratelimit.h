@@ -32,9 +32,15 @@
  *                   looked up and invalidated one user at a time
  *   xact.c          what a check or record took, given back on abort
  *   limits.c        the decision, layer by layer: block, burst, daily,
- *                   tokens per minute, monthly budget
- *   spend.c         a user's monthly spend: from the tables, cached exact
- *   usage.c         ai_record_usage: cost, usage row, shared counters
+ *                   tokens per minute, monthly budget, then the rules
+ *   rules.c         ai_rules: the backend's cache of rules, which bind a
+ *                   check (by plan, user and model)
+ *   rulestate.c     a rule's counters for one user: requests, tokens and
+ *                   cents per window, held, charged and given back
+ *   spend.c         a user's monthly spend: from the tables, cached exact;
+ *                   the query that sums a window from totals and log
+ *   usage.c         ai_record_usage: cost, usage row, shared counters; the
+ *                   marks of days changed, and which records are open
  *   sql_api.c       the SQL-callable functions
  *
  *-------------------------------------------------------------------------

@@ -13,6 +13,9 @@
 /* usage.c */
 extern bool ai_recording_usage(void);
 extern void ai_usage_init(void);
+extern Size ai_open_records_size(void);
+extern void ai_open_records_init(void);
+extern TimestampTz ai_oldest_open_record(void);
 /* The tokens of one call, as vendors bill them. */
 typedef struct AiTokens
 {

@@ -37,8 +37,12 @@
  * x_archive over ai_usage_archive; $1 is the user.  A day is read from its
  * totals when ai_compact_usage made them and no row of the day changed
  * since (ai_usage_days_stale); every other day from its rows, through the
- * index on (user_id, day), so the cost follows the days not totalled, not
- * the user's history.  With a model condition, $6 is the model or prefix.
+ * index on (user_id, day, created_at), so the cost follows the days not
+ * totalled, not the user's history.  A day totalled up to a time (1.7's
+ * upto, an open day) adds its rows from that time on, found in the same
+ * index.  Every totals row of a user's day has the same upto: one
+ * ai_compact_usage wrote them.  With a model condition, $6 is the model or
+ * prefix.
  * Timed (an hour or the minute): only the rows with created_at in
  * [$4, $5), and the archive's whole days for the hour.
  */
@@ -48,6 +52,7 @@ ai_usage_sum_sql(const char *x, const char *x_totals, const char *x_archive,
 {
 	/* first: it may read the extension's catalog entry again */
 	bool		totals = !timed && ai_ext_has_relation("ai_usage_days");
+	bool		partial = totals && ai_ext_has_column("ai_usage_days", "upto");
 	const char *schema = ai_ext_schema();
 	StringInfoData q;
 	const char *cond[3][2] = {
@@ -79,6 +84,21 @@ ai_usage_sum_sql(const char *x, const char *x_totals, const char *x_archive,
 						 x, schema, cond[model][0], schema);
 		appendStringInfo(&q, fresh, schema);
 		appendStringInfoString(&q, "))");
+		if (partial)
+		{
+			appendStringInfo(&q, " UNION ALL"
+							 " SELECT (%s)::pg_catalog.numeric FROM (SELECT DISTINCT d.day, d.upto"
+							 "   FROM %s.ai_usage_days d WHERE d.user_id OPERATOR(pg_catalog.=) $1"
+							 "    AND d.day OPERATOR(pg_catalog.>=) $2 AND d.day OPERATOR(pg_catalog.<) $3"
+							 "    AND d.upto IS NOT NULL AND ",
+							 x, schema);
+			appendStringInfo(&q, fresh, schema);
+			appendStringInfo(&q, ") p, %s.ai_usage u"
+							 "  WHERE u.user_id OPERATOR(pg_catalog.=) $1%s"
+							 "    AND u.day OPERATOR(pg_catalog.=) p.day"
+							 "    AND u.created_at OPERATOR(pg_catalog.>=) p.upto",
+							 schema, cond[model][0]);
+		}
 	}
 	else
 		appendStringInfo(&q, " SELECT (%s)::pg_catalog.numeric AS x FROM %s.ai_usage u"

@@ -49,6 +49,7 @@ PG_FUNCTION_INFO_V1(ai_ratelimit_stats);
 PG_FUNCTION_INFO_V1(ai_ratelimit_reset_stats);
 PG_FUNCTION_INFO_V1(ai_ratelimit_saves);
 PG_FUNCTION_INFO_V1(ai_ratelimit_timezone_changed_at);
+PG_FUNCTION_INFO_V1(ai_ratelimit_oldest_open_record);
 PG_FUNCTION_INFO_V1(ai_release_reservation);
 PG_FUNCTION_INFO_V1(ai_limit_state);
 PG_FUNCTION_INFO_V1(ai_estimate_cost);
@@ -724,6 +725,17 @@ ai_ratelimit_timezone_changed_at(PG_FUNCTION_ARGS)
 	if (at == 0)
 		PG_RETURN_NULL();
 	PG_RETURN_TIMESTAMPTZ((TimestampTz) at);
+}
+
+/*
+ * ai_ratelimit_oldest_open_record(): the time before which no transaction
+ * still open has recorded or can record a call (for ai_compact_usage).
+ */
+Datum
+ai_ratelimit_oldest_open_record(PG_FUNCTION_ARGS)
+{
+	ai_require_loaded();
+	PG_RETURN_TIMESTAMPTZ(ai_oldest_open_record());
 }
 
 /*

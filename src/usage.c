@@ -22,6 +22,9 @@
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
 #include "utils/json.h"
@@ -135,7 +138,95 @@ ai_marked_days_forget(void)
 	}
 }
 
-/* The transaction ends: an error may have left the flag set. */
+/*
+ * When each backend's open transaction first recorded a call (0 when it has
+ * recorded none), indexed by backend: ai_compact_usage() totals only rows
+ * older than every open record, so a row committed after its snapshot never
+ * hides behind a total.  Kept here rather than read from pg_stat_activity,
+ * whose transaction start is blank for a session with track_activities off.
+ */
+static pg_atomic_uint64 *open_records = NULL;
+static bool open_record_published = false;
+
+#if PG_VERSION_NUM >= 170000
+#define AI_MY_BACKEND ((int) MyProcNumber)
+#else
+#define AI_MY_BACKEND ((int) MyBackendId - 1)
+#endif
+
+/* One slot for every process that may run SQL, and the auxiliary ones. */
+static int
+ai_open_record_slots(void)
+{
+	return MaxBackends + NUM_AUXILIARY_PROCS;
+}
+
+Size
+ai_open_records_size(void)
+{
+	return mul_size(ai_open_record_slots(), sizeof(pg_atomic_uint64));
+}
+
+/* Called from ai_shmem_startup under AddinShmemInitLock. */
+void
+ai_open_records_init(void)
+{
+	bool		found;
+
+	open_records = ShmemInitStruct("ai_ratelimit open records", ai_open_records_size(), &found);
+	if (!found)
+		for (int i = 0; i < ai_open_record_slots(); i++)
+			pg_atomic_init_u64(&open_records[i], 0);
+}
+
+/*
+ * This transaction is about to record: publish when, before the row's time
+ * is read, so that a compaction that does not see the slot began before
+ * the row's time (see ai_oldest_open_record).
+ */
+static void
+ai_open_record_publish(void)
+{
+	int			me = AI_MY_BACKEND;
+
+	if (open_record_published)
+		return;
+	if (me < 0 || me >= ai_open_record_slots())
+		elog(ERROR, "ai_ratelimit: backend number %d out of range", me);
+	pg_atomic_write_u64(&open_records[me], (uint64) GetCurrentTimestamp());
+	pg_memory_barrier();
+	open_record_published = true;
+}
+
+/*
+ * The time before which no transaction still open has recorded or can
+ * record a call: the first record of the oldest open one, or now.  A
+ * transaction that published after the slots were read takes its rows'
+ * time after this clock reading.  A transaction that cleared its slot
+ * before they were read had committed (or rolled back) already, so a
+ * snapshot taken after this call sees its rows.
+ */
+TimestampTz
+ai_oldest_open_record(void)
+{
+	TimestampTz oldest = GetCurrentTimestamp();
+
+	pg_memory_barrier();
+	for (int i = 0; i < ai_open_record_slots(); i++)
+	{
+		uint64		at = pg_atomic_read_u64(&open_records[i]);
+
+		if (at != 0 && (TimestampTz) at < oldest)
+			oldest = (TimestampTz) at;
+	}
+	return oldest;
+}
+
+/*
+ * The transaction ends: an error may have left the flag set.  Its record
+ * slot is cleared after the commit is visible (transaction callbacks run
+ * after it), never before.
+ */
 static void
 ai_usage_xact_callback(XactEvent event, void *arg)
 {
@@ -143,6 +234,11 @@ ai_usage_xact_callback(XactEvent event, void *arg)
 	{
 		recording = false;
 		ai_marked_days_forget();
+		if (open_record_published)
+		{
+			pg_atomic_write_u64(&open_records[AI_MY_BACKEND], 0);
+			open_record_published = false;
+		}
 	}
 }
 
@@ -449,6 +545,7 @@ ai_record(const AiUser *u, const char *model,
 	AiRuleRecord rules;
 	uint32		seq_before;
 
+	ai_open_record_publish();
 	r.now = GetCurrentTimestamp();
 	ai_calendar_at(r.now, &r.cal);
 	r.cost = ai_call_cost(&r);
