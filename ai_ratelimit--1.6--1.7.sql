@@ -110,3 +110,41 @@ $$;
 COMMENT ON FUNCTION @extschema@.ai_compact_usage() IS
     'total ai_usage into ai_usage_days: closed days whole, open ones up to an hour before the oldest open record; run hourly or daily';
 REVOKE ALL ON FUNCTION @extschema@.ai_compact_usage() FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Rule revisions.  A reservation keeps the highest revision of ai_rules its
+-- check knew; a rule inserted or changed later (a higher revision) may take
+-- in the reservation's model, which the check could not name, so the
+-- reservation holds its estimate there too until it settles.  Without this,
+-- a model rule added while a request was in flight missed that request's
+-- estimate, and a second request could pass the new cap.
+-- ---------------------------------------------------------------------------
+
+CREATE SEQUENCE @extschema@.ai_rules_revision_seq AS integer;
+COMMENT ON SEQUENCE @extschema@.ai_rules_revision_seq IS
+    'ai_ratelimit: revisions of ai_rules rows';
+ALTER TABLE @extschema@.ai_rules
+    ADD COLUMN revision integer NOT NULL DEFAULT 0;
+COMMENT ON COLUMN @extschema@.ai_rules.revision IS
+    'set by the extension at every insert and update (the value written is ignored)';
+
+CREATE FUNCTION @extschema@.ai_rules_revise()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.revision := pg_catalog.nextval('@extschema@.ai_rules_revision_seq'::pg_catalog.regclass);
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.ai_rules_revise() IS
+    'trigger: a new revision for every rule inserted or changed';
+REVOKE ALL ON FUNCTION @extschema@.ai_rules_revise() FROM PUBLIC;
+CREATE TRIGGER ai_rules_revised
+    BEFORE INSERT OR UPDATE ON @extschema@.ai_rules
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.ai_rules_revise();
+ALTER TABLE @extschema@.ai_rules ENABLE ALWAYS TRIGGER ai_rules_revised;
+UPDATE @extschema@.ai_rules SET revision = 0;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.ai_rules_revision_seq', '');

@@ -87,6 +87,28 @@ UPDATE ai_rules SET max_value = 40 WHERE rule_id = 102;
 SELECT allowed FROM ai_check_limit('r-3', 'r-team', 10, model => 'gpt-4o');
 SELECT used, held, remaining FROM ai_explain_limits('r-3', 'gpt-4o', 'r-team') WHERE rule_id = 102;
 
+-- a model rule added while a request is in flight: the reservation, made
+-- by a check that could not name the rule, holds on it until it settles
+INSERT INTO ai_rules (rule_id, scope, scope_id, model, metric, "window", max_value)
+VALUES (109, 'user', 'r-8', '*', 'cents', 'month', 1000);
+SELECT reservation_id AS r8_resv FROM ai_check_limit('r-8', 'r-team', 8, model => 'gpt-4o-mini') \gset
+INSERT INTO ai_rules (rule_id, scope, scope_id, model, metric, "window", max_value)
+VALUES (110, 'user', 'r-8', 'gpt-4o*', 'cents', 'day', 10);
+SELECT allowed, limited_by, error, used, held FROM ai_check_limit('r-8', 'r-team', 5, model => 'gpt-4o-mini');
+SELECT used, held FROM ai_explain_limits('r-8', 'gpt-4o-mini', 'r-team') WHERE rule_id = 110;
+-- a check made now names the rule, and holds on it alone among model rules
+SELECT allowed FROM ai_check_limit('r-8', 'r-team', 1, model => 'gpt-4o-mini');
+SELECT ai_release_reservation(:r8_resv);
+SELECT allowed FROM ai_check_limit('r-8', 'r-team', 5, model => 'gpt-4o-mini');
+SELECT used, held FROM ai_explain_limits('r-8', 'gpt-4o-mini', 'r-team') WHERE rule_id = 110;
+-- a rule changed to take in a model in flight: the same
+SELECT reservation_id AS r8_resv2 FROM ai_check_limit('r-8', 'r-team', 3, model => 'o3') \gset
+UPDATE ai_rules SET model = 'o*' WHERE rule_id = 110;
+SELECT used, held FROM ai_explain_limits('r-8', 'o3', 'r-team') WHERE rule_id = 110;
+SELECT allowed, limited_by FROM ai_check_limit('r-8', 'r-team', 2, model => 'o3');
+SELECT ai_release_reservation(:r8_resv2);
+DELETE FROM ai_rules WHERE rule_id IN (109, 110);
+
 -- requests per minute of one model, and per hour of every model, for one user
 INSERT INTO ai_rules (rule_id, scope, scope_id, model, metric, "window", max_value) VALUES
     (103, 'plan', 'r-team', 'gpt-4o', 'requests', 'minute', 2),

@@ -39,10 +39,13 @@ typedef struct AiRule
 	AiWindowKind window;
 	int64		max;			/* requests or tokens; cents in money units */
 	uint64		sig;			/* names the rule's counters of a user (rulestate.c) */
+	int32		revision;		/* ai_rules.revision: new at every insert and update */
 } AiRule;
 
 /* rules.c */
 extern int	ai_rules_count(void);
+extern int32 ai_rules_known_mark(void);
+extern bool ai_rules_mark_knows(int32 mark, const AiRule *r);
 extern int	ai_rules_binding(const char *plan, const AiUser *u, const AiRule ***list);
 extern const AiRule *ai_rule_at(int i);
 extern bool ai_rule_applies(const AiRule *r, const char *plan, const AiUser *u);

@@ -120,8 +120,9 @@ ai_spend_is_cached(const AiEntry *e, int32 month)
 	return e->spend_state == AI_SPEND_VALID && e->spend_month == month;
 }
 
-/* Model rules one reservation can hold on; more hold on every rule. */
+/* A reservation's rule slots: the model rules it names, then which rules its check knew. */
 #define AI_RESV_RULES			4
+#define AI_RESV_RULES_NAMED		(AI_RESV_RULES - 1)
 
 typedef enum AiResvState
 {
@@ -142,7 +143,9 @@ typedef struct AiReservation
 	uint8		state;			/* AiResvState */
 	bool		all_rules;		/* made without a model: holds on every rule */
 	int64		tokens;			/* tokens it holds for token rules */
-	int32		rules[AI_RESV_RULES];	/* model rules (ai_rules ids) it holds on; 0: none */
+	int32		rules[AI_RESV_RULES];	/* model rules (ai_rules ids) it holds on, 0: none;
+										 * the last: which rules its check knew
+										 * (rulestate.c) */
 } AiReservation;
 
 /* Most reservation slots a server may have (ai_ratelimit.max_reservations). */

@@ -45,6 +45,7 @@ typedef struct AiRuleGroup
 } AiRuleGroup;
 
 static HTAB *rule_groups = NULL;
+static int32 max_revision = 0;	/* the highest revision of the cached rules */
 static bool have_user_rules = false;
 
 /* Group key of a scope: "p:plan" or "u:user"; false when too long to be one. */
@@ -107,6 +108,9 @@ ai_cache_rule_row(HeapTuple tup, TupleDesc td)
 		r->max = ai_money_from_numeric(d, false, "max_value");
 	else
 		r->max = DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
+	(void) ai_spi_col(tup, td, 8, &d);
+	r->revision = DatumGetInt32(d);
+	max_revision = Max(max_revision, r->revision);
 	MemoryContextSwitchTo(old);
 
 	if (strcmp(r->model, "*") == 0)
@@ -143,13 +147,16 @@ ai_reload_rules(void)
 	rules_gen = 0;
 	rule_groups = NULL;
 	have_user_rules = false;
+	max_revision = 0;
 
 	ai_load_extension_info();
 	if (ai_ext_has_relation("ai_rules"))
 	{
 		SPI_connect();
+		/* 1.6 has no revisions: every rule reads as known */
 		ai_spi_each_row(psprintf("SELECT rule_id, scope, scope_id, model, metric, \"window\","
-								 " max_value FROM %s.ai_rules ORDER BY scope, scope_id, rule_id",
+								 " max_value, %s FROM %s.ai_rules ORDER BY scope, scope_id, rule_id",
+								 ai_ext_has_column("ai_rules", "revision") ? "revision" : "0",
 								 ai_ext_schema()),
 						ai_cache_rule_row);
 		SPI_finish();
@@ -193,6 +200,27 @@ ai_rules_count(void)
 	if (rules_gen == 0 || rules_gen != pg_atomic_read_u32(&ai_shared->rules_gen))
 		ai_reload_rules();
 	return nrules;
+}
+
+/*
+ * Which rules this backend knows, as a reservation keeps it: the highest
+ * revision of ai_rules in the cache, as -(revision + 1), so never 0 (a
+ * reservation made by an older library has no mark).  Every insert into
+ * ai_rules, and every update, takes a new revision from a sequence, so a
+ * rule with a higher one was added or changed after the check.  Call after
+ * ai_rules_count.
+ */
+int32
+ai_rules_known_mark(void)
+{
+	return (int32) (-(int64) max_revision - 1);
+}
+
+/* Did the check that kept this mark know rule r as it is? */
+bool
+ai_rules_mark_knows(int32 mark, const AiRule *r)
+{
+	return mark < 0 && (int64) r->revision <= -(int64) mark - 1;
 }
 
 /*

@@ -31,8 +31,10 @@
  * ran) is left with an old stamp and loads again.
  *
  * A reservation holds its estimate on the rules of the check that made it:
- * every rule for all models, the model rules it names (AI_RESV_RULES of
- * them; more, or a check without a model, hold on every rule).
+ * every rule for all models, the model rules it names (AI_RESV_RULES_NAMED
+ * of them; more, or a check without a model, hold on every rule), and every
+ * rule added or changed after its check (ai_rules.revision), which may take
+ * in its model.
  *
  * What a check or record took is kept here as "touches", ended by xact.c
  * with the charge that names them.
@@ -539,9 +541,15 @@ ai_rule_held(const AiRule *r, const AiEntry *user, TimestampTz now)
 	ai_resv_iter_init(&it, user, AI_RESV_WALK_HOLDING, now);
 	while ((res = ai_resv_iter_next(&it, NULL)) != NULL)
 	{
-		bool		holds = (r->match == AI_MODELS_ALL || res->all_rules);
+		/*
+		 * A rule added or changed after the check may take in the model the
+		 * reservation was made for, which it could not name: it holds there
+		 * too until it settles (at worst a request is refused meanwhile).
+		 */
+		bool		holds = (r->match == AI_MODELS_ALL || res->all_rules ||
+							 !ai_rules_mark_knows(res->rules[AI_RESV_RULES_NAMED], r));
 
-		for (int k = 0; !holds && k < AI_RESV_RULES; k++)
+		for (int k = 0; !holds && k < AI_RESV_RULES_NAMED; k++)
 			holds = (res->rules[k] == r->id);
 		if (holds)
 			sum = ai_money_add(sum, r->metric == AI_METRIC_CENTS ? res->amount : res->tokens);
@@ -717,11 +725,12 @@ ai_rules_hold(const AiRuleSet *rs, AiReservation *res, int64 est_tokens)
 
 		if (r->metric == AI_METRIC_REQUESTS || r->match == AI_MODELS_ALL)
 			continue;
-		if (k == AI_RESV_RULES)
+		if (k == AI_RESV_RULES_NAMED)
 			res->all_rules = true;	/* more than it can name: it holds on all */
 		else
 			res->rules[k++] = r->id;
 	}
+	res->rules[AI_RESV_RULES_NAMED] = ai_rules_known_mark();
 }
 
 /* A rule as a person reads it, for refusals: "500 cents/day for claude-opus-*". */
