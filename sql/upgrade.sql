@@ -47,6 +47,14 @@ ORDER BY 1;
 SELECT max_keys > 0 AS has_max_keys, tracked_keys >= 1 AS tracks FROM ai_ratelimit_capacity();
 -- data and counters made under 1.0 are still there
 SELECT ai_monthly_spend('up-1');
+-- 1.7: the usage index has created_at, today's rows are totalled up to an
+-- hour, and the spend is the same from the totals
+SELECT indexrelid::regclass AS usage_index, pg_get_indexdef(indexrelid) LIKE '%(user_id, day, created_at)' AS with_time
+FROM pg_index WHERE indrelid = 'ai_usage'::regclass AND NOT indisprimary ORDER BY 1;
+UPDATE ai_usage SET created_at = now() - interval '2 hours' WHERE user_id = 'up-1';
+SELECT ai_compact_usage() > 0 AS totalled;
+SELECT count(*) AS totals, bool_and(upto IS NOT NULL) AS up_to_an_hour FROM ai_usage_days WHERE user_id = 'up-1';
+SELECT ai_monthly_spend('up-1');
 SELECT plan, burst_limit, ai_plan_is_seed(p) AS as_seeded FROM ai_plans p ORDER BY plan;
 -- 1.4: the seeded prices as installed get their cache write prices and stay seeds
 SELECT model, cache_write_usd_per_mtok, cache_write_1h_usd_per_mtok, ai_price_is_seed(p) AS as_seeded
