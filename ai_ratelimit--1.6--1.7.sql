@@ -33,12 +33,14 @@ REVOKE ALL ON FUNCTION @extschema@.ai_ratelimit_oldest_open_record() FROM PUBLIC
 -- and created at the time it was recorded, and every transaction that
 -- records publishes, in shared memory, when it first did
 -- (ai_ratelimit_oldest_open_record(), which does not depend on
--- track_activities).  So no open transaction can still add a row to a day
--- before the one of the oldest open record (closed; two days earlier when
--- ai_ratelimit.timezone changed since then, with a minute of grace for the
--- sessions still reloading), nor a row created before that record.  The
--- open days are totalled up to an hour boundary at least five minutes
--- before it (room for a clock step back).  Rows written another way mark
+-- track_activities).  So no open transaction can still add a row created
+-- before that record, nor one labelled with a day more than two days
+-- before its date here, in any time zone (zones are at most 26 hours
+-- apart, so a session that has not reloaded a new ai_ratelimit.timezone,
+-- or has, cannot label further back).  Those earlier days are closed and
+-- totalled whole; the later ones are open and totalled up to an hour
+-- boundary at least five minutes before that record (room for a clock step
+-- back), which no zone can move.  Rows written another way mark
 -- their day (ai_usage_days_stale), so a row committed after this snapshot
 -- never hides behind a total.  Days of the last two months are totalled;
 -- older ones are read from the log.  Runs at READ COMMITTED only, where each
@@ -54,7 +56,6 @@ DECLARE
     closed date;
     oldest timestamptz;
     cut timestamptz;
-    changed timestamptz := @extschema@.ai_ratelimit_timezone_changed_at();
     written bigint;
 BEGIN
     IF pg_catalog.pg_is_in_recovery() THEN
@@ -71,10 +72,8 @@ BEGIN
     -- one at a time; budget loads read on (EXCLUSIVE lets readers in)
     LOCK TABLE @extschema@.ai_usage_days IN EXCLUSIVE MODE;
     oldest := @extschema@.ai_ratelimit_oldest_open_record();
-    closed := pg_catalog.timezone(pg_catalog.current_setting('ai_ratelimit.timezone'), oldest)::date;
-    IF changed OPERATOR(pg_catalog.>) (oldest OPERATOR(pg_catalog.-) '1 minute'::pg_catalog.interval) THEN
-        closed := closed OPERATOR(pg_catalog.-) 2;
-    END IF;
+    closed := pg_catalog.timezone(pg_catalog.current_setting('ai_ratelimit.timezone'), oldest)::date
+              OPERATOR(pg_catalog.-) 2;
     cut := pg_catalog.date_trunc('hour', oldest OPERATOR(pg_catalog.-) '5 minutes'::pg_catalog.interval);
     -- days that changed since they were totalled: total them again
     WITH marked AS (

@@ -65,13 +65,16 @@ SELECT ai_monthly_spend('d-1', :'last_month') AS after_purge;
 SELECT ai_compact_usage() >= 0 AS totalled;
 SELECT ai_monthly_spend('d-1', :'last_month') AS after_totals;
 
--- yesterday is closed once no transaction from before today is open ...
+-- 1.7: days more than two days before the oldest open record (here: now)
+-- are closed and totalled whole; today and the two days before stay open,
+-- totalled up to an hour (a session labels a record in the old zone or the
+-- new one after a change of ai_ratelimit.timezone, at most 26 hours apart)
 SELECT (now() AT TIME ZONE 'UTC')::date - 1 AS yesterday \gset
-SELECT put('d-4', :'yesterday'::date, 1);
+SELECT put('d-4', :'yesterday'::date - 2, 1), put('d-4', :'yesterday'::date - 1, 2);
 SELECT ai_compact_usage() > 0 AS totalled;
-SELECT day = :'yesterday' AS yesterday_totalled FROM ai_usage_days WHERE user_id = 'd-4';
--- ... but after a change of ai_ratelimit.timezone, an open transaction may
--- still label its records with a day the new zone calls two days ago
+SELECT :'yesterday'::date + 1 - day AS days_ago, upto IS NULL AS whole
+FROM ai_usage_days WHERE user_id = 'd-4' ORDER BY 1;
+-- a change of the zone is seen by every process (ai_ratelimit_timezone_changed_at)
 SELECT ai_ratelimit_timezone_changed_at() IS NULL AS never_changed;
 ALTER SYSTEM SET ai_ratelimit.timezone = 'Pacific/Kiritimati';
 SELECT pg_reload_conf();
@@ -80,15 +83,13 @@ SELECT current_setting('ai_ratelimit.timezone'),
        ai_ratelimit_timezone_changed_at() > now() - interval '1 minute' AS just_changed;
 SELECT put('d-5', :'yesterday'::date, 1);
 SELECT ai_compact_usage() >= 0 AS ran;
--- (yesterday is totalled up to an hour before the oldest open record only,
--- as an open day, not whole)
+-- (yesterday is open: totalled up to an hour before the oldest open record)
 SELECT count(*) AS d5_totals, bool_and(upto IS NOT NULL) AS up_to_a_time
 FROM ai_usage_days WHERE user_id = 'd-5';
 
--- 1.7: open days are totalled up to an hour boundary at least five minutes
+-- Open days are totalled up to an hour boundary at least five minutes
 -- before the oldest open record (here: now), and a load adds their later
--- rows from the log.  With the zone just changed, today and the two days
--- before are open, whatever the time of day.
+-- rows from the log.
 CREATE FUNCTION put_at(u text, at timestamptz, cents numeric) RETURNS void LANGUAGE sql AS $$
     INSERT INTO ai_usage (created_at, day, user_id, model, priced_as, input_tokens, output_tokens,
                           cached_input_tokens, cost_cents)
