@@ -4,7 +4,7 @@
  *
  *   route seed  SECONDS CLIENTS USERS PREFIX PGCONN REDIS_SOCKET
  *   route ours  SECONDS CLIENTS USERS PREFIX PGCONN
- *   route first USERS PREFIX PGCONN
+ *   route first USERS PREFIX_A PREFIX_B PGCONN
  *
  * seed: Redis INCR + EXPIRE of the user's burst key (one round trip,
  * pipelined), then COUNT of the user's usage rows of the last 24 hours and
@@ -14,9 +14,11 @@
  * reservation.
  * Each of CLIENTS threads runs routes for SECONDS, for users PREFIX1 ..
  * PREFIXUSERS at random; prints routes per second.
- * first: one ai_check_limit with an estimate for each user in turn, timed;
- * prints the median in milliseconds (run it on a fresh start: each user's
- * first budget check loads the month's spend).
+ * first: one ai_check_limit with an estimate for each user in turn, timed,
+ * users of the two prefixes alternating on one connection, so that both
+ * see the same moments of the machine; prints the median of each prefix in
+ * milliseconds (run it on a fresh start: each user's first budget check
+ * loads the month's spend).
  *
  * Redis is spoken to in RESP over its unix socket: two commands, no library.
  */
@@ -233,14 +235,25 @@ cmp_double(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* Each user's first budget check, timed; prints the median in ms. */
+static double
+median_ms(double *ms, int n)
+{
+	qsort(ms, n, sizeof(double), cmp_double);
+	return n % 2 ? ms[n / 2] : (ms[n / 2 - 1] + ms[n / 2]) / 2;
+}
+
+/*
+ * Each user's first budget check, timed, the users of prefix and prefix_b
+ * alternating; prints the median of each in ms.
+ */
 static int
-first_checks(void)
+first_checks(const char *prefix_b)
 {
 	PGconn	   *conn = PQconnectdb(pgconn);
-	double	   *ms = malloc(sizeof(double) * users);
+	double	   *ms[2] = {malloc(sizeof(double) * users), malloc(sizeof(double) * users)};
+	const char *prefixes[2] = {prefix, prefix_b};
 
-	if (PQstatus(conn) != CONNECTION_OK || ms == NULL)
+	if (PQstatus(conn) != CONNECTION_OK || ms[0] == NULL || ms[1] == NULL)
 	{
 		fprintf(stderr, "route: could not connect to PostgreSQL\n");
 		return 1;
@@ -251,31 +264,33 @@ first_checks(void)
 		return 1;
 	for (int i = 0; i < users; i++)
 	{
-		char		user[128];
-		char		id[32];
-		const char *p[1] = {user};
-		const char *pid[1] = {id};
-		double		t0;
-		PGresult   *r;
-
-		snprintf(user, sizeof(user), "%s%d", prefix, i + 1);
-		t0 = now_s();
-		r = PQexecPrepared(conn, "check", 1, p, NULL, NULL, 0);
-		ms[i] = (now_s() - t0) * 1000;
-		if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQgetisnull(r, 0, 0))
+		for (int k = 0; k < 2; k++)
 		{
-			fprintf(stderr, "route: the first check was refused or failed: %s", PQresultErrorMessage(r));
-			return 1;
+			char		user[128];
+			char		id[32];
+			const char *p[1] = {user};
+			const char *pid[1] = {id};
+			double		t0;
+			PGresult   *r;
+
+			snprintf(user, sizeof(user), "%s%d", prefixes[k], i + 1);
+			t0 = now_s();
+			r = PQexecPrepared(conn, "check", 1, p, NULL, NULL, 0);
+			ms[k][i] = (now_s() - t0) * 1000;
+			if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQgetisnull(r, 0, 0))
+			{
+				fprintf(stderr, "route: the first check was refused or failed: %s", PQresultErrorMessage(r));
+				return 1;
+			}
+			/* give the estimate back: the next run starts from the same spend */
+			snprintf(id, sizeof(id), "%s", PQgetvalue(r, 0, 0));
+			PQclear(r);
+			if (!ok(PQexecParams(conn, "SELECT ai_release_reservation($1::bigint)", 1, NULL,
+								 pid, NULL, NULL, 0), PGRES_TUPLES_OK))
+				return 1;
 		}
-		/* give the estimate back: the next run starts from the same spend */
-		snprintf(id, sizeof(id), "%s", PQgetvalue(r, 0, 0));
-		PQclear(r);
-		if (!ok(PQexecParams(conn, "SELECT ai_release_reservation($1::bigint)", 1, NULL,
-							 pid, NULL, NULL, 0), PGRES_TUPLES_OK))
-			return 1;
 	}
-	qsort(ms, users, sizeof(double), cmp_double);
-	printf("%.3f\n", users % 2 ? ms[users / 2] : (ms[users / 2 - 1] + ms[users / 2]) / 2);
+	printf("%.3f %.3f\n", median_ms(ms[0], users), median_ms(ms[1], users));
 	PQfinish(conn);
 	return 0;
 }
@@ -288,19 +303,19 @@ main(int argc, char **argv)
 	long		total = 0;
 	double		t0;
 
-	if (argc == 5 && strcmp(argv[1], "first") == 0)
+	if (argc == 6 && strcmp(argv[1], "first") == 0)
 	{
 		users = atoi(argv[2]);
 		prefix = argv[3];
-		pgconn = argv[4];
-		return users > 0 ? first_checks() : 2;
+		pgconn = argv[5];
+		return users > 0 ? first_checks(argv[4]) : 2;
 	}
 	if (argc < 7 || (strcmp(argv[1], "seed") == 0 && argc != 8) ||
 		(strcmp(argv[1], "ours") == 0 && argc != 7) ||
 		(strcmp(argv[1], "seed") != 0 && strcmp(argv[1], "ours") != 0))
 	{
 		fprintf(stderr, "usage: route seed|ours SECONDS CLIENTS USERS PREFIX PGCONN [REDIS_SOCKET]\n"
-				"       route first USERS PREFIX PGCONN\n");
+				"       route first USERS PREFIX_A PREFIX_B PGCONN\n");
 		return 2;
 	}
 	seed_mode = strcmp(argv[1], "seed") == 0;
