@@ -79,10 +79,11 @@ ai_timezone_check(char **newval, void **extra, GucSource source)
 }
 
 /*
- * A new zone: the day a record is labelled with changes with it, which
- * ai_compact_usage() must know (the per-day totals of a day that a
- * transaction still open may label its records with are not made).  Every
- * process that sees the change says when (the latest wins).
+ * A new zone: the day a record is labelled with changes with it.  Every
+ * process that sees the change says when (the latest wins), for the
+ * ai_compact_usage() of databases still on 1.6, which keeps two more days
+ * out after a change; 1.7's keeps the last three days open whatever the
+ * zone, and needs no such time.
  */
 static void
 ai_timezone_assign(const char *newval, void *extra)

@@ -713,7 +713,7 @@ ai_explain_limits(PG_FUNCTION_ARGS)
 
 /*
  * ai_ratelimit_timezone_changed_at(): when a process of this server last
- * saw ai_ratelimit.timezone change, or NULL (for ai_compact_usage).
+ * saw ai_ratelimit.timezone change, or NULL (for 1.6's ai_compact_usage).
  */
 Datum
 ai_ratelimit_timezone_changed_at(PG_FUNCTION_ARGS)

@@ -167,7 +167,7 @@ ai_open_records_size(void)
 	return mul_size(ai_open_record_slots(), sizeof(pg_atomic_uint64));
 }
 
-/* Called from ai_shmem_startup under AddinShmemInitLock. */
+/* Called from the shared-memory startup hook, under AddinShmemInitLock. */
 void
 ai_open_records_init(void)
 {
