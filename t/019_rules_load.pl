@@ -17,8 +17,11 @@ my $node = PostgreSQL::Test::Cluster->new('rules_load');
 $node->init;
 $node->append_conf('postgresql.conf', "shared_preload_libraries = 'ai_ratelimit'");
 $node->append_conf('postgresql.conf', "max_connections = 40");
-# abandoned estimates expire several times during the load
-$node->append_conf('postgresql.conf', "ai_ratelimit.reservation_ttl = 2");
+# Abandoned estimates expire during the load.  The time to live is long
+# enough that no check-then-record step outlives it even on a loaded machine
+# (2 seconds was not: a step's record once came after its estimate expired).
+my $ttl = 5;
+$node->append_conf('postgresql.conf', "ai_ratelimit.reservation_ttl = $ttl");
 $node->start;
 
 # the rules' maximums: low enough that the load reaches them
@@ -106,7 +109,7 @@ LANGUAGE sql AS \$\$
 });
 
 # act 10: the whole transaction rolls back, check and record with it
-$node->pgbench('-n -c 16 -j 4 -T 8', 0, [qr/actually processed: \d+/], [qr/^$/],
+$node->pgbench('-n -c 16 -j 4 -T ' . (3 * $ttl), 0, [qr/actually processed: \d+/], [qr/^$/],
 	'16 clients check and record against the rules',
 	{
 		'rules_load' => q{
@@ -166,7 +169,7 @@ is($node->safe_psql('postgres',
 # Every estimate settled, released, rolled back or expired: a check is
 # allowed exactly when the log leaves room for it under every rule that
 # binds it, for small and large estimates (some fit, some do not).
-sleep(3);
+sleep($ttl + 1);
 my $answers = $node->safe_psql('postgres', q{
 	SELECT format('%s %s %s/%s %s %s', u, m, e.cents, e.tokens, lt_room(u, m, e.cents, e.tokens),
 	              lt_try(u, m, e.cents, e.tokens))
