@@ -1,0 +1,124 @@
+-- ai_ratelimit 1.7 -> 1.8
+\echo Use "ALTER EXTENSION ai_ratelimit UPDATE TO '1.8'" to load this file. \quit
+
+-- ---------------------------------------------------------------------------
+-- Accounts: organisations, teams and the users in them.  Accounts form a
+-- tree (an account's parent_id names the account it belongs to), at most
+-- eight levels deep and without cycles; users are members of accounts, with
+-- at most one default account each.  Both tables are kept by pg_dump.
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE @extschema@.ai_accounts (
+    account_id  text PRIMARY KEY
+        CONSTRAINT ai_accounts_id CHECK (pg_catalog.octet_length(account_id) OPERATOR(pg_catalog.>=) 1
+                                         AND pg_catalog.octet_length(account_id) OPERATOR(pg_catalog.<=) 256),
+    parent_id   text REFERENCES @extschema@.ai_accounts (account_id),
+    name        text,
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT ai_accounts_not_own_parent CHECK (parent_id OPERATOR(pg_catalog.<>) account_id)
+);
+COMMENT ON TABLE @extschema@.ai_accounts IS
+    'ai_ratelimit: accounts (organisation, team, ...) as a tree: parent_id is the account this one belongs to';
+CREATE INDEX ai_accounts_parent_idx ON @extschema@.ai_accounts (parent_id);
+
+CREATE TABLE @extschema@.ai_account_members (
+    account_id  text NOT NULL REFERENCES @extschema@.ai_accounts (account_id) ON DELETE CASCADE,
+    user_id     text NOT NULL
+        CONSTRAINT ai_account_members_user CHECK (pg_catalog.octet_length(user_id) OPERATOR(pg_catalog.>=) 1
+                                                  AND pg_catalog.octet_length(user_id) OPERATOR(pg_catalog.<=) 256),
+    is_default  boolean NOT NULL DEFAULT false,
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (account_id, user_id)
+);
+COMMENT ON TABLE @extschema@.ai_account_members IS
+    'ai_ratelimit: which users belong to which accounts; is_default marks the account a check uses when it names none';
+CREATE UNIQUE INDEX ai_account_members_one_default
+    ON @extschema@.ai_account_members (user_id) WHERE is_default;
+CREATE INDEX ai_account_members_user_idx ON @extschema@.ai_account_members (user_id);
+
+-- The tree stays a tree: an account is never its own ancestor, and no chain
+-- is longer than eight accounts.  Changes of parent are serialised (a
+-- transaction-level advisory lock keyed by the table) and run at READ
+-- COMMITTED, so each sees the last one committed and two transactions
+-- cannot each add half of a cycle.  An account's id never
+-- changes: its counters and usage rows are filed under it.
+CREATE FUNCTION @extschema@.ai_accounts_check_tree()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    above integer;
+    below integer;
+    cycle boolean;
+BEGIN
+    IF TG_OP OPERATOR(pg_catalog.=) 'UPDATE'
+       AND NEW.account_id OPERATOR(pg_catalog.<>) OLD.account_id THEN
+        RAISE EXCEPTION 'an account''s id cannot change'
+            USING ERRCODE = 'integrity_constraint_violation',
+                  DETAIL = pg_catalog.format('Account %s would become %s.', OLD.account_id, NEW.account_id),
+                  HINT = 'Create an account with the new id and move the members and sub-accounts to it.';
+    END IF;
+    IF NEW.parent_id IS NULL
+       OR (TG_OP OPERATOR(pg_catalog.=) 'UPDATE'
+           AND NEW.parent_id OPERATOR(pg_catalog.=) OLD.parent_id) THEN
+        RETURN NEW;             -- no new edge in the tree
+    END IF;
+    -- one change of the tree at a time, each seeing the last one committed
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed' THEN
+        RAISE EXCEPTION 'the account tree can change only at READ COMMITTED'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'A snapshot older than the statement could miss a change that makes a cycle.',
+                  HINT = 'Change parent_id in a READ COMMITTED transaction.';
+    END IF;
+    PERFORM pg_catalog.pg_advisory_xact_lock(TG_RELID::integer, 0);
+    -- the chain above the new parent: does it reach this account, and how long is it
+    WITH RECURSIVE up(id, depth, seen) AS (
+        SELECT a.account_id, 1, ARRAY[a.account_id]
+          FROM @extschema@.ai_accounts a WHERE a.account_id OPERATOR(pg_catalog.=) NEW.parent_id
+        UNION ALL
+        SELECT a.parent_id, up.depth OPERATOR(pg_catalog.+) 1, up.seen OPERATOR(pg_catalog.||) a.parent_id
+          FROM up JOIN @extschema@.ai_accounts a ON a.account_id OPERATOR(pg_catalog.=) up.id
+         WHERE a.parent_id IS NOT NULL AND up.depth OPERATOR(pg_catalog.<) 64
+           AND NOT a.parent_id OPERATOR(pg_catalog.=) ANY (up.seen)
+    )
+    SELECT pg_catalog.max(depth), pg_catalog.bool_or(id OPERATOR(pg_catalog.=) NEW.account_id)
+      INTO above, cycle FROM up;
+    IF cycle THEN
+        RAISE EXCEPTION 'account "%" cannot belong to "%": it would be its own ancestor',
+                        NEW.account_id, NEW.parent_id
+            USING ERRCODE = 'check_violation',
+                  CONSTRAINT = 'ai_accounts_tree',
+                  DETAIL = 'Accounts form a tree: an account belongs to at most one parent, and never to one of its own sub-accounts.';
+    END IF;
+    -- the levels below this account come along when it moves
+    WITH RECURSIVE down(id, depth) AS (
+        SELECT NEW.account_id, 1
+        UNION ALL
+        SELECT a.account_id, down.depth OPERATOR(pg_catalog.+) 1
+          FROM down JOIN @extschema@.ai_accounts a ON a.parent_id OPERATOR(pg_catalog.=) down.id
+         WHERE down.depth OPERATOR(pg_catalog.<) 64
+    )
+    SELECT pg_catalog.max(depth) INTO below FROM down;
+    IF coalesce(above, 0) OPERATOR(pg_catalog.+) below OPERATOR(pg_catalog.>) 8 THEN
+        RAISE EXCEPTION 'account "%" under "%" would make a chain of % accounts',
+                        NEW.account_id, NEW.parent_id, coalesce(above, 0) OPERATOR(pg_catalog.+) below
+            USING ERRCODE = 'check_violation',
+                  CONSTRAINT = 'ai_accounts_tree',
+                  DETAIL = 'An account may have at most eight levels from its root down to its deepest sub-account.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.ai_accounts_check_tree() IS
+    'trigger: accounts form a tree, without cycles, at most eight levels deep';
+REVOKE ALL ON FUNCTION @extschema@.ai_accounts_check_tree() FROM PUBLIC;
+CREATE TRIGGER ai_accounts_tree
+    BEFORE INSERT OR UPDATE ON @extschema@.ai_accounts
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.ai_accounts_check_tree();
+ALTER TABLE @extschema@.ai_accounts ENABLE ALWAYS TRIGGER ai_accounts_tree;
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.ai_accounts', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.ai_account_members', '');
+REVOKE ALL ON TABLE @extschema@.ai_accounts, @extschema@.ai_account_members FROM PUBLIC;
