@@ -19,6 +19,7 @@ OBJS = \
 	src/replica.o \
 	src/resvid.o \
 	src/rings.o \
+	src/accounts.o \
 	src/rules.o \
 	src/rulestate.o \
 	src/saved.o \

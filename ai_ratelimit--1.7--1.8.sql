@@ -122,3 +122,19 @@ ALTER TABLE @extschema@.ai_accounts ENABLE ALWAYS TRIGGER ai_accounts_tree;
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.ai_accounts', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.ai_account_members', '');
 REVOKE ALL ON TABLE @extschema@.ai_accounts, @extschema@.ai_account_members FROM PUBLIC;
+
+-- every session reads the tree again after a change commits
+CREATE TRIGGER ai_accounts_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.ai_accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.ai_ratelimit_config_changed('accounts');
+
+CREATE FUNCTION @extschema@.ai_account_chain(
+    account_id text,
+    OUT level integer,
+    OUT account_id text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'ai_account_chain_srf'
+LANGUAGE C STRICT STABLE;
+COMMENT ON FUNCTION @extschema@.ai_account_chain(text) IS
+    'the accounts a check for this account charges: itself (level 0), then each account above it up to its root';
+REVOKE ALL ON FUNCTION @extschema@.ai_account_chain(text) FROM PUBLIC;

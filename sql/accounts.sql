@@ -51,3 +51,12 @@ BEGIN ISOLATION LEVEL REPEATABLE READ;
 UPDATE ai_accounts SET name = 'Natural language' WHERE account_id = 'acme-research-nlp';
 COMMIT;
 SELECT account_id, parent_id, name FROM ai_accounts ORDER BY 1;
+-- the chain a check for an account charges: the account, then those above it
+SELECT * FROM ai_account_chain('acme-research-nlp');
+SELECT * FROM ai_account_chain('acme');
+SELECT count(*) AS none FROM ai_account_chain('nowhere');
+-- a change of the tree is seen by the next call, in this session too
+UPDATE ai_accounts SET parent_id = 'acme-sales' WHERE account_id = 'acme-research-nlp';
+SELECT * FROM ai_account_chain('acme-research-nlp');
+UPDATE ai_accounts SET parent_id = 'acme-research' WHERE account_id = 'acme-research-nlp';
+SELECT string_agg(account_id, ' < ' ORDER BY level) FROM ai_account_chain('acme-research-nlp');

@@ -97,6 +97,7 @@ extern void ai_config_init(void);
 #define AI_GEN_PRICES			0x2		/* ai_model_prices */
 #define AI_GEN_USAGE			0x4		/* ai_usage rows deleted: spend reloads */
 #define AI_GEN_RULES			0x8		/* ai_rules */
+#define AI_GEN_ACCOUNTS			0x10	/* ai_accounts */
 extern void ai_config_bump_at_end(uint32 bits);
 extern void ai_config_changed(uint32 bits);
 extern void ai_config_init_xact(void);

@@ -165,6 +165,7 @@ typedef struct AiShared
 	AiKey		users_ring[AI_USERS_RING];
 	pg_atomic_uint32 prices_gen;	/* bumped when ai_model_prices changes */
 	pg_atomic_uint32 rules_gen;	/* bumped when ai_rules changes */
+	pg_atomic_uint32 accounts_gen;	/* bumped when ai_accounts changes */
 	pg_atomic_uint64 tz_changed_at;	/* TimestampTz a process last saw
 									 * ai_ratelimit.timezone change; 0: never */
 	pg_atomic_uint32 usage_gen; /* bumped when ai_usage rows are deleted */

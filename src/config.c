@@ -407,6 +407,8 @@ ai_bump(uint32 bits)
 		pg_atomic_fetch_add_u32(&ai_shared->usage_gen, 1);
 	if (bits & AI_GEN_RULES)
 		pg_atomic_fetch_add_u32(&ai_shared->rules_gen, 1);
+	if (bits & AI_GEN_ACCOUNTS)
+		pg_atomic_fetch_add_u32(&ai_shared->accounts_gen, 1);
 }
 
 /* Bump generations when the current transaction ends. */

@@ -207,6 +207,7 @@ ai_after_recovery(void)
 		pg_atomic_fetch_add_u32(&ai_shared->plans_gen, 1);
 		pg_atomic_fetch_add_u32(&ai_shared->prices_gen, 1);
 		pg_atomic_fetch_add_u32(&ai_shared->rules_gen, 1);
+		pg_atomic_fetch_add_u32(&ai_shared->accounts_gen, 1);
 		pg_atomic_fetch_add_u32(&ai_shared->users_gen, 1);
 		pg_atomic_fetch_add_u32(&ai_shared->limits_gen, 1);
 		pg_atomic_fetch_add_u32(&ai_shared->ext_gen, 1);

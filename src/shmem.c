@@ -200,6 +200,7 @@ ai_shmem_startup(void)
 		pg_atomic_init_u64(&ai_shared->users_seq, 0);
 		pg_atomic_init_u32(&ai_shared->prices_gen, 1);
 		pg_atomic_init_u32(&ai_shared->rules_gen, 1);
+		pg_atomic_init_u32(&ai_shared->accounts_gen, 1);
 		pg_atomic_init_u64(&ai_shared->tz_changed_at, 0);
 		pg_atomic_init_u32(&ai_shared->usage_gen, 1);
 		pg_atomic_init_u32(&ai_shared->ext_gen, 1);

@@ -22,6 +22,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "ai_accounts.h"
 #include "ai_calendar.h"
 #include "ai_config.h"
 #include "ai_limits.h"
@@ -50,6 +51,7 @@ PG_FUNCTION_INFO_V1(ai_ratelimit_reset_stats);
 PG_FUNCTION_INFO_V1(ai_ratelimit_saves);
 PG_FUNCTION_INFO_V1(ai_ratelimit_timezone_changed_at);
 PG_FUNCTION_INFO_V1(ai_ratelimit_oldest_open_record);
+PG_FUNCTION_INFO_V1(ai_account_chain_srf);
 PG_FUNCTION_INFO_V1(ai_release_reservation);
 PG_FUNCTION_INFO_V1(ai_limit_state);
 PG_FUNCTION_INFO_V1(ai_estimate_cost);
@@ -736,6 +738,35 @@ ai_ratelimit_oldest_open_record(PG_FUNCTION_ARGS)
 {
 	ai_require_loaded();
 	PG_RETURN_TIMESTAMPTZ(ai_oldest_open_record());
+}
+
+/*
+ * ai_account_chain(account_id): the accounts a check made for this account
+ * charges, level 0 being the account itself and each next level the one it
+ * belongs to, up to its root.  No rows for an account that does not exist.
+ */
+Datum
+ai_account_chain_srf(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	const char *chain[AI_MAX_ACCOUNT_DEPTH];
+	int			n;
+
+	ai_require_loaded();
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	if (PG_ARGISNULL(0))
+		return (Datum) 0;
+	n = ai_account_chain(text_to_cstring(PG_GETARG_TEXT_PP(0)), chain);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		v[2];
+		bool		nl[2] = {false, false};
+
+		v[0] = Int32GetDatum(i);
+		v[1] = CStringGetTextDatum(chain[i]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
+	}
+	return (Datum) 0;
 }
 
 /*

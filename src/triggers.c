@@ -111,6 +111,8 @@ ai_ratelimit_config_changed(PG_FUNCTION_ARGS)
 			bits |= AI_GEN_USAGE;
 		else if (strcmp(a, "rules") == 0)
 			bits |= AI_GEN_RULES;
+		else if (strcmp(a, "accounts") == 0)
+			bits |= AI_GEN_ACCOUNTS;
 	}
 	ai_config_changed(bits);
 
@@ -129,7 +131,8 @@ ai_triggers_xact_callback(XactEvent event, void *arg)
 	{
 		ai_forget_database(MyDatabaseId);
 		pg_atomic_fetch_add_u32(&ai_shared->ext_gen, 1);
-		ai_config_bump_at_end(AI_GEN_PLANS | AI_GEN_PRICES | AI_GEN_USAGE | AI_GEN_RULES);
+		ai_config_bump_at_end(AI_GEN_PLANS | AI_GEN_PRICES | AI_GEN_USAGE | AI_GEN_RULES |
+							  AI_GEN_ACCOUNTS);
 		ai_users_all_changed(true);
 	}
 	drop_at_commit = false;

@@ -1,0 +1,17 @@
+/*-------------------------------------------------------------------------
+ *
+ * ai_accounts.h
+ *		The account tree and memberships, as checks find them (accounts.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AI_ACCOUNTS_H_
+#define AI_ACCOUNTS_H_
+
+/* The most accounts from a root down to its deepest sub-account (ai_accounts' trigger). */
+#define AI_MAX_ACCOUNT_DEPTH	8
+
+/* accounts.c */
+extern int	ai_account_chain(const char *account_id, const char **chain);
+
+#endif							/* AI_ACCOUNTS_H_ */
