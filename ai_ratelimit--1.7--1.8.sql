@@ -123,7 +123,14 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.ai_accounts', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.ai_account_members', '');
 REVOKE ALL ON TABLE @extschema@.ai_accounts, @extschema@.ai_account_members FROM PUBLIC;
 
--- every session reads the tree again after a change commits
+-- every session reads the tree again after a change commits, and a user's
+-- memberships after a change of that user's
+CREATE TRIGGER ai_account_members_changed
+    AFTER INSERT OR UPDATE OR DELETE ON @extschema@.ai_account_members
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.ai_ratelimit_config_changed('members');
+CREATE TRIGGER ai_account_members_truncated
+    AFTER TRUNCATE ON @extschema@.ai_account_members
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.ai_ratelimit_config_changed('members');
 CREATE TRIGGER ai_accounts_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.ai_accounts
     FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.ai_ratelimit_config_changed('accounts');
@@ -138,3 +145,105 @@ LANGUAGE C STRICT STABLE;
 COMMENT ON FUNCTION @extschema@.ai_account_chain(text) IS
     'the accounts a check for this account charges: itself (level 0), then each account above it up to its root';
 REVOKE ALL ON FUNCTION @extschema@.ai_account_chain(text) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Usage filed under accounts: ai_record_usage writes the account a call is
+-- charged to (the user's default account) into ai_usage.account_id, and
+-- ai_purge_usage keeps it in the archive, so an account's spend is exact
+-- from the tables, whatever path its rows took.
+-- ---------------------------------------------------------------------------
+
+ALTER TABLE @extschema@.ai_usage ADD COLUMN account_id text;
+COMMENT ON COLUMN @extschema@.ai_usage.account_id IS
+    'the account the call was charged to (1.8), or NULL';
+CREATE INDEX ai_usage_account_day_idx ON @extschema@.ai_usage (account_id, day)
+    WHERE account_id IS NOT NULL;
+
+ALTER TABLE @extschema@.ai_usage_archive ADD COLUMN account_id text NOT NULL DEFAULT '';
+COMMENT ON COLUMN @extschema@.ai_usage_archive.account_id IS
+    'the account of the purged rows, or the empty string for none';
+ALTER TABLE @extschema@.ai_usage_archive DROP CONSTRAINT ai_usage_archive_pkey;
+ALTER TABLE @extschema@.ai_usage_archive ADD PRIMARY KEY (user_id, day, model, account_id);
+CREATE INDEX ai_usage_archive_account_day_idx ON @extschema@.ai_usage_archive (account_id, day)
+    WHERE account_id OPERATOR(pg_catalog.<>) '';
+
+CREATE OR REPLACE FUNCTION @extschema@.ai_purge_usage(older_than interval)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    purged bigint;
+BEGIN
+    IF older_than IS NULL OR older_than OPERATOR(pg_catalog.<) '0'::pg_catalog.interval THEN
+        RAISE EXCEPTION 'older_than must be a non-negative interval'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- log rows leave for the archive as per-day totals, in one statement:
+    -- ai_usage_daily and the monthly spend read both, so they stay exact
+    WITH moved AS (
+        DELETE FROM @extschema@.ai_usage
+         WHERE created_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) older_than)
+        RETURNING user_id, day, model, input_tokens, output_tokens, cached_input_tokens, cost_cents,
+                  cache_write_tokens, cache_write_1h_tokens, COALESCE(account_id, '') AS account_id
+    ), totals AS (
+        SELECT user_id, day, model, pg_catalog.count(*) AS calls,
+               pg_catalog.sum(input_tokens)::bigint AS input_tokens,
+               pg_catalog.sum(output_tokens)::bigint AS output_tokens,
+               pg_catalog.sum(cached_input_tokens)::bigint AS cached_input_tokens,
+               pg_catalog.sum(cost_cents) AS cost_cents,
+               pg_catalog.sum(cache_write_tokens)::bigint AS cache_write_tokens,
+               pg_catalog.sum(cache_write_1h_tokens)::bigint AS cache_write_1h_tokens,
+               account_id
+          FROM moved GROUP BY user_id, day, model, account_id
+    ), merged AS (
+        INSERT INTO @extschema@.ai_usage_archive AS a
+               (user_id, day, model, calls, input_tokens, output_tokens, cached_input_tokens,
+                cost_cents, cache_write_tokens, cache_write_1h_tokens, account_id)
+        SELECT * FROM totals
+        ON CONFLICT (user_id, day, model, account_id) DO UPDATE
+           SET calls = a.calls OPERATOR(pg_catalog.+) excluded.calls,
+               input_tokens = a.input_tokens OPERATOR(pg_catalog.+) excluded.input_tokens,
+               output_tokens = a.output_tokens OPERATOR(pg_catalog.+) excluded.output_tokens,
+               cached_input_tokens = a.cached_input_tokens OPERATOR(pg_catalog.+) excluded.cached_input_tokens,
+               cost_cents = a.cost_cents OPERATOR(pg_catalog.+) excluded.cost_cents,
+               cache_write_tokens = a.cache_write_tokens OPERATOR(pg_catalog.+) excluded.cache_write_tokens,
+               cache_write_1h_tokens = a.cache_write_1h_tokens OPERATOR(pg_catalog.+) excluded.cache_write_1h_tokens
+        RETURNING 1
+    )
+    SELECT COALESCE(pg_catalog.sum(calls), 0)::bigint INTO purged FROM totals;
+    RETURN purged;
+END
+$$;
+
+-- An account's spend in a month, from the tables: its own calls and those
+-- of every account below it, in the log and the archive.
+CREATE FUNCTION @extschema@.ai_account_spend(account_id text, month date DEFAULT NULL)
+RETURNS numeric
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH RECURSIVE below(id) AS (
+        SELECT $1
+        UNION
+        SELECT a.account_id FROM @extschema@.ai_accounts a JOIN below b ON a.parent_id OPERATOR(pg_catalog.=) b.id
+    ), m AS (
+        SELECT pg_catalog.date_trunc('month', COALESCE($2,
+                   pg_catalog.timezone(pg_catalog.current_setting('ai_ratelimit.timezone'), pg_catalog.now())::date))::date AS first
+    ), w AS (
+        SELECT m.first, (m.first OPERATOR(pg_catalog.+) '1 month'::pg_catalog.interval)::date AS next FROM m
+    )
+    SELECT COALESCE(pg_catalog.sum(x), 0) FROM (
+        SELECT u.cost_cents AS x FROM @extschema@.ai_usage u, w
+         WHERE u.account_id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT id FROM below))
+           AND u.day OPERATOR(pg_catalog.>=) w.first AND u.day OPERATOR(pg_catalog.<) w.next
+        UNION ALL
+        SELECT a.cost_cents FROM @extschema@.ai_usage_archive a, w
+         WHERE a.account_id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT id FROM below))
+           AND a.day OPERATOR(pg_catalog.>=) w.first AND a.day OPERATOR(pg_catalog.<) w.next
+    ) s
+$$;
+COMMENT ON FUNCTION @extschema@.ai_account_spend(text, date) IS
+    'cents spent in a month (default: this one) through an account and every account below it, from the tables';
+REVOKE ALL ON FUNCTION @extschema@.ai_account_spend(text, date) FROM PUBLIC;

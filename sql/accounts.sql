@@ -60,3 +60,38 @@ UPDATE ai_accounts SET parent_id = 'acme-sales' WHERE account_id = 'acme-researc
 SELECT * FROM ai_account_chain('acme-research-nlp');
 UPDATE ai_accounts SET parent_id = 'acme-research' WHERE account_id = 'acme-research-nlp';
 SELECT string_agg(account_id, ' < ' ORDER BY level) FROM ai_account_chain('acme-research-nlp');
+
+-- usage is filed under the account a call is charged to: for now the
+-- user's default account (none: NULL)
+SELECT ai_record_usage('alice', 'gpt-4o', 1000, 1000) AS alice,
+       ai_record_usage('bob', 'gpt-4o', 2000, 0) AS bob,
+       ai_record_usage('carol', 'gpt-4o', 1000, 0) AS carol;
+SELECT user_id, account_id, cost_cents FROM ai_usage WHERE user_id IN ('alice', 'bob', 'carol') ORDER BY 1;
+-- an account spends what it and every account below it spent
+SELECT ai_account_spend('acme') AS acme, ai_account_spend('acme-research') AS research,
+       ai_account_spend('acme-research-nlp') AS nlp, ai_account_spend('acme-sales') AS sales,
+       ai_account_spend('nowhere') AS nowhere;
+SELECT ai_account_spend('acme', (date_trunc('month', now()) - interval '1 month')::date) AS acme_last_month;
+-- a new default account files the next call under it, at once
+UPDATE ai_account_members SET is_default = (account_id = 'acme-sales') WHERE user_id = 'alice';
+SELECT ai_record_usage('alice', 'gpt-4o', 1000, 0) AS alice_again;
+SELECT account_id, count(*) FROM ai_usage WHERE user_id = 'alice' GROUP BY 1 ORDER BY 1;
+-- and leaving every account files none
+DELETE FROM ai_account_members WHERE user_id = 'bob';
+SELECT ai_record_usage('bob', 'gpt-4o', 1000, 0) AS bob_again;
+SELECT account_id, count(*) FROM ai_usage WHERE user_id = 'bob' GROUP BY 1 ORDER BY 1;
+INSERT INTO ai_account_members (account_id, user_id, is_default) VALUES ('acme-research-nlp', 'bob', true);
+
+-- purged rows keep their account in the archive (a database of its own)
+CREATE DATABASE ai_accounts_purge;
+\c ai_accounts_purge
+CREATE EXTENSION ai_ratelimit;
+INSERT INTO ai_accounts (account_id, parent_id) VALUES ('org', NULL), ('team', 'org');
+INSERT INTO ai_account_members (account_id, user_id, is_default) VALUES ('team', 'p-1', true);
+SELECT ai_record_usage('p-1', 'gpt-4o', 1000, 1000), ai_record_usage('p-2', 'gpt-4o', 1000, 1000);
+SELECT ai_account_spend('org') AS before_purge;
+SELECT ai_purge_usage('0 seconds') AS purged;
+SELECT user_id, account_id, calls FROM ai_usage_archive ORDER BY 1;
+SELECT ai_account_spend('org') AS after_purge, ai_monthly_spend('p-1') AS p1, ai_monthly_spend('p-2') AS p2;
+\c contrib_regression
+DROP DATABASE ai_accounts_purge;

@@ -83,7 +83,20 @@ ai_ratelimit_config_changed(PG_FUNCTION_ARGS)
 		const char *a = trigdata->tg_trigger->tgargs[i];
 		bool		limits = strcmp(a, "user_limits") == 0;
 
-		if (limits || strcmp(a, "user_plans") == 0)
+		if (strcmp(a, "members") == 0)
+		{
+			/* a member's accounts: that user; whether any member exists: everyone */
+			bits |= AI_GEN_ACCOUNTS;
+			if (!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+				ai_users_all_changed(false);
+			else
+			{
+				ai_users_row_changed(trigdata->tg_trigtuple, trigdata->tg_relation->rd_att, false);
+				if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+					ai_users_row_changed(trigdata->tg_newtuple, trigdata->tg_relation->rd_att, false);
+			}
+		}
+		else if (limits || strcmp(a, "user_plans") == 0)
 		{
 			if (!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
 				ai_users_all_changed(limits);

@@ -322,6 +322,7 @@ typedef struct AiRecordCall
 	AiCalendar	cal;
 	AiPrice		price;
 	AiMoney		cost;
+	const char *account;		/* the account charged (1.8), or NULL */
 } AiRecordCall;
 
 /*
@@ -372,27 +373,38 @@ ai_insert_usage(const AiRecordCall *r, Datum cost_num)
 {
 	static const char *ins =
 	"INSERT INTO %s.ai_usage (created_at, day, user_id, model, priced_as,"
+	" input_tokens, output_tokens, cached_input_tokens, cost_cents, reservation_id,"
+	" cache_write_tokens, cache_write_1h_tokens%s)"
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12%s)";
+	static const char *ins_old =
+	"INSERT INTO %s.ai_usage (created_at, day, user_id, model, priced_as,"
 	" input_tokens, output_tokens, cached_input_tokens, cost_cents, reservation_id%s)"
 	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10%s)";
 	static AiKeptPlan kept;
 	static AiKeptPlan kept_writes;
-	static Oid	types[12] = {TIMESTAMPTZOID, DATEOID, TEXTOID, TEXTOID, TEXTOID,
-	INT8OID, INT8OID, INT8OID, NUMERICOID, INT8OID, INT8OID, INT8OID};
+	static Oid	types[13] = {TIMESTAMPTZOID, DATEOID, TEXTOID, TEXTOID, TEXTOID,
+	INT8OID, INT8OID, INT8OID, NUMERICOID, INT8OID, INT8OID, INT8OID, TEXTOID};
 	bool		writes = (r->tok.cache_write > 0 || r->tok.cache_write_1h > 0);
 	SPIPlanPtr	plan;
-	Datum		vals[12];
-	char		nulls[12];
+	Datum		vals[13];
+	char		nulls[13];
 	AiInternalState st;
 	int			rc;
 
 	SPI_connect();
-	if (writes)
+	if (ai_ext_has_column("ai_usage", "account_id"))
+		plan = ai_kept_plan(&kept, psprintf(ins, ai_ext_schema(), ", account_id", ", $13"),
+							13, types);		/* 1.8: every column */
+	else if (writes)
 		plan = ai_kept_plan(&kept_writes,
-							psprintf(ins, ai_ext_schema(), ", cache_write_tokens, cache_write_1h_tokens",
+							psprintf(ins_old, ai_ext_schema(), ", cache_write_tokens, cache_write_1h_tokens",
 									 ", $11, $12"), 12, types);
 	else
-		plan = ai_kept_plan(&kept, psprintf(ins, ai_ext_schema(), "", ""), 10, types);
+		plan = ai_kept_plan(&kept, psprintf(ins_old, ai_ext_schema(), "", ""), 10, types);
 	memset(nulls, ' ', sizeof(nulls));
+	vals[12] = r->account ? CStringGetTextDatum(r->account) : (Datum) 0;
+	if (r->account == NULL)
+		nulls[12] = 'n';
 	vals[0] = TimestampTzGetDatum(r->now);
 	vals[1] = DateADTGetDatum(r->cal.day_date);
 	vals[2] = PointerGetDatum(cstring_to_text_with_len(r->user->id, r->user->len));
@@ -545,6 +557,8 @@ ai_record(const AiUser *u, const char *model,
 	AiRuleRecord rules;
 	uint32		seq_before;
 
+	/* the account the call is filed under: the user's default, for now */
+	r.account = ai_user_account(u, NULL);
 	ai_open_record_publish();
 	r.now = GetCurrentTimestamp();
 	ai_calendar_at(r.now, &r.cal);

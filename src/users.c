@@ -32,6 +32,7 @@
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -53,11 +54,17 @@ typedef struct UserConfig
 	AiKey		key;			/* hash key: the user id's key */
 	const char *plan;			/* interned; NULL when the user has no row */
 	AiUserLimits limits;
+	const char *default_account;	/* interned; NULL: none */
+	int			naccounts;		/* accounts it is a member of; -1: more than cached */
+	const char *accounts[AI_USER_ACCOUNTS];	/* interned, in id order */
 } UserConfig;
 
 static MemoryContext users_cxt = NULL;
 static HTAB *user_cache = NULL;
 static HTAB *plan_names = NULL; /* interned plan names of user_cache */
+static HTAB *account_names = NULL;	/* interned account ids of user_cache */
+static uint32 members_gen_seen = 0;
+static bool members_exist = false;
 static uint32 users_gen_seen = 0;
 static uint64 users_seq_seen = 0;
 static uint32 limits_gen_seen = 0;
@@ -89,6 +96,46 @@ ai_users_reset_cache(void)
 	ctl.entrysize = NAMEDATALEN * 2;
 	plan_names = hash_create("ai_ratelimit user plan names", 16, &ctl,
 							 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	ctl.keysize = AI_MAX_USER_ID_LEN + 1;
+	ctl.entrysize = AI_MAX_USER_ID_LEN + 1;
+	account_names = hash_create("ai_ratelimit user account ids", 16, &ctl,
+								HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+}
+
+/*
+ * Does this database's ai_account_members have any row?  Known per
+ * accounts_gen, which every change to the table bumps.
+ */
+static bool
+ai_members_exist(void)
+{
+	uint32		gen = pg_atomic_read_u32(&ai_shared->accounts_gen);
+
+	if (gen != members_gen_seen)
+	{
+		members_exist = false;
+		if (ai_ext_has_relation("ai_account_members"))
+		{
+			SPI_connect();
+			ai_spi_read(psprintf("SELECT FROM %s.ai_account_members LIMIT 1", ai_ext_schema()),
+						0, NULL, NULL);
+			members_exist = (SPI_processed > 0);
+			SPI_finish();
+		}
+		members_gen_seen = gen;
+	}
+	return members_exist;
+}
+
+/* An account id, interned in the cache's memory. */
+static const char *
+ai_intern_account(Datum d)
+{
+	char	   *id = TextDatumGetCString(d);
+
+	if (strlen(id) > AI_MAX_USER_ID_LEN)
+		return "";				/* names no account: the table's CHECK allows none */
+	return hash_search(account_names, id, HASH_ENTER, NULL);
 }
 
 /* Drop the users that other transactions changed since the last look. */
@@ -173,16 +220,32 @@ ai_users_query(const char *user_id, int len, UserConfig *u)
 	char	   *sql;
 	int			rc;
 
+	bool		members = ai_ext_has_relation("ai_account_members");
+	char	   *accounts = members ?
+		psprintf(", (SELECT m.account_id FROM %s.ai_account_members m"
+				 "    WHERE m.user_id OPERATOR(pg_catalog.=) u.user_id AND m.is_default),"
+				 " ARRAY(SELECT m.account_id FROM %s.ai_account_members m"
+				 "    WHERE m.user_id OPERATOR(pg_catalog.=) u.user_id"
+				 "    ORDER BY m.account_id LIMIT %d)",
+				 schema, schema, AI_USER_ACCOUNTS + 1) : "";
+	int			acol;
+
 	if (ai_ext_has_user_limits())
-		sql = psprintf("SELECT up.plan, l.user_id IS NOT NULL, " AI_LIMIT_COLS_OF("l") ", l.blocked_until"
+	{
+		sql = psprintf("SELECT up.plan, l.user_id IS NOT NULL, " AI_LIMIT_COLS_OF("l") ", l.blocked_until%s"
 					   " FROM (SELECT $1 AS user_id) u"
 					   " LEFT JOIN %s.ai_user_plans up ON up.user_id OPERATOR(pg_catalog.=) u.user_id"
 					   " LEFT JOIN %s.ai_user_limits l ON l.user_id OPERATOR(pg_catalog.=) u.user_id",
-					   "l.tokens_per_minute", schema, schema);
+					   "l.tokens_per_minute", accounts, schema, schema);
+		acol = 4 + AI_NUM_LIMIT_COLS;
+	}
 	else
-		sql = psprintf("SELECT up.plan, false FROM (SELECT $1 AS user_id) u"
+	{
+		sql = psprintf("SELECT up.plan, false%s FROM (SELECT $1 AS user_id) u"
 					   " LEFT JOIN %s.ai_user_plans up ON up.user_id OPERATOR(pg_catalog.=) u.user_id",
-					   schema);
+					   accounts, schema);
+		acol = 3;
+	}
 	SPI_connect();
 	plan = ai_kept_plan(&kept, sql, 1, types);
 
@@ -218,6 +281,25 @@ ai_users_query(const char *user_id, int len, UserConfig *u)
 			u->limits.blocked_until = u->limits.has_block ? DatumGetTimestampTz(d) : 0;
 			u->limits.has_row = true;
 		}
+		u->default_account = NULL;
+		u->naccounts = 0;
+		if (members)
+		{
+			ArrayType  *arr;
+			Datum	   *ids;
+			int			n;
+
+			if (ai_spi_col(tup, td, acol, &d))
+				u->default_account = ai_intern_account(d);
+			if (ai_spi_col(tup, td, acol + 1, &d))
+			{
+				arr = DatumGetArrayTypeP(d);
+				deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &ids, NULL, &n);
+				u->naccounts = n > AI_USER_ACCOUNTS ? -1 : n;
+				for (int i = 0; i < Min(n, AI_USER_ACCOUNTS); i++)
+					u->accounts[i] = ai_intern_account(ids[i]);
+			}
+		}
 	}
 	SPI_finish();
 }
@@ -252,6 +334,9 @@ ai_user_config(const AiUser *user, bool need_plan)
 	u = hash_search(user_cache, &user->key, HASH_ENTER, NULL);
 	u->plan = fresh.plan;
 	u->limits = fresh.limits;
+	u->default_account = fresh.default_account;
+	u->naccounts = fresh.naccounts;
+	memcpy(u->accounts, fresh.accounts, sizeof(u->accounts));
 	return u;
 }
 
@@ -281,6 +366,56 @@ ai_apply_user_limits(const AiUser *user, AiPlan *plan)
 		plan->blocked = true;
 		plan->blocked_until = u->limits.blocked_until;
 	}
+}
+
+/* Is the user a member of the account?  Asked of the table when the cache holds too many. */
+static bool
+ai_user_is_member(const AiUser *user, const UserConfig *u, const char *account)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		vals[2];
+	bool		member;
+
+	if (u->naccounts >= 0)
+	{
+		for (int i = 0; i < u->naccounts; i++)
+			if (strcmp(u->accounts[i], account) == 0)
+				return true;
+		return false;
+	}
+	vals[0] = PointerGetDatum(cstring_to_text_with_len(user->id, user->len));
+	vals[1] = CStringGetTextDatum(account);
+	SPI_connect();
+	ai_spi_read(psprintf("SELECT FROM %s.ai_account_members"
+						 " WHERE user_id OPERATOR(pg_catalog.=) $1 AND account_id OPERATOR(pg_catalog.=) $2",
+						 ai_ext_schema()),
+				2, types, vals);
+	member = (SPI_processed > 0);
+	SPI_finish();
+	return member;
+}
+
+/*
+ * The account a call of this user is charged to: the one named, which the
+ * user must be a member of, or the user's default account; NULL when none
+ * is named and the user has no default.
+ */
+const char *
+ai_user_account(const AiUser *user, const char *named)
+{
+	const UserConfig *u;
+
+	if (named == NULL && !ai_members_exist())
+		return NULL;
+	u = ai_user_config(user, true);
+	if (named == NULL)
+		return u->default_account;
+	if (!ai_members_exist() || !ai_user_is_member(user, u, named))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("user \"%s\" is not a member of account \"%s\"", user->id, named),
+				 errhint("Add the user to the account in ai_account_members, or name an account the user belongs to.")));
+	return named;
 }
 
 /*
