@@ -25,6 +25,11 @@ INSERT INTO ai_model_prices VALUES ('claude-haiku', 1, 5, 0.1);                 
 INSERT INTO ai_rules (scope, scope_id, model, metric, "window", max_value, note) VALUES  -- rules
     ('plan', 'pro', 'claude-*', 'cents', 'day', 40, 'model budget'),
     ('user', 'bob', 'gpt-4o', 'requests', 'hour', 30, NULL);
+INSERT INTO ai_accounts (account_id, parent_id, name) VALUES                          -- accounts
+    ('acme', NULL, 'Acme'), ('acme-a', 'acme', 'Team A'), ('acme-b', 'acme', 'Team B');
+UPDATE ai_accounts SET name = 'Acme Inc.' WHERE account_id = 'acme';                  -- a parent after its children
+INSERT INTO ai_account_members (account_id, user_id, is_default) VALUES
+    ('acme-a', 'alice', true), ('acme-b', 'alice', false), ('acme-b', 'bob', true);
 SELECT ai_record_usage(u, m, 1000 * g, 500 * g, 10 * g)
 FROM unnest(ARRAY['alice', 'bob', 'carol']) u,
      unnest(ARRAY['claude-sonnet-4-6', 'gpt-4o', 'claude-haiku', 'unknown-model']) m,
@@ -39,6 +44,9 @@ UNION ALL SELECT 'rules', string_agg(format('%s', r), ';' ORDER BY rule_id) FROM
 UNION ALL SELECT 'usage', count(*) || ' rows, ' || sum(cost_cents) || ' cents, ids ' || min(id) || '-' || max(id) FROM ai_usage
 UNION ALL SELECT 'daily', string_agg(format('%s', d), ';' ORDER BY user_id, model) FROM ai_usage_daily d
 UNION ALL SELECT 'spend', string_agg(ai_monthly_spend(u)::text, ',' ORDER BY u) FROM unnest(ARRAY['alice', 'bob', 'carol']) u
+UNION ALL SELECT 'accounts', string_agg(format('%s %s %s', account_id, parent_id, name), ';' ORDER BY account_id) FROM ai_accounts
+UNION ALL SELECT 'members', string_agg(format('%s %s %s', account_id, user_id, is_default), ';' ORDER BY account_id, user_id) FROM ai_account_members
+UNION ALL SELECT 'account spend', string_agg(a || ' ' || ai_account_spend(a), ',' ORDER BY a) FROM unnest(ARRAY['acme', 'acme-a', 'acme-b']) a
 };
 my $before = $node->safe_psql('postgres', $snapshot);
 
@@ -65,7 +73,7 @@ foreach my $format ('custom', 'plain')
 	is($stderr, '', "restore ($format) prints no error or warning");
 
 	my $after = $node->safe_psql($db, $snapshot);
-	is($after, $before, "restore ($format): plans, user plans, prices, rules, usage, rollup and spend are identical");
+	is($after, $before, "restore ($format): plans, user plans, prices, rules, usage, rollup, spend, accounts, members and account spend are identical");
 	# the rules bind in the restored database, from the restored usage: what
 	# alice spent on claude-* today (her Sonnet and Haiku calls) counts, and
 	# a cent more than is left of the 40 is refused
