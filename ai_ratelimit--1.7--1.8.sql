@@ -247,3 +247,177 @@ $$;
 COMMENT ON FUNCTION @extschema@.ai_account_spend(text, date) IS
     'cents spent in a month (default: this one) through an account and every account below it, from the tables';
 REVOKE ALL ON FUNCTION @extschema@.ai_account_spend(text, date) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Rules on accounts: scope 'account' binds the sum over an account and every
+-- account below it; scope 'member' binds one user (member_id) inside one
+-- account (scope_id) and the accounts below it.
+-- ---------------------------------------------------------------------------
+
+ALTER TABLE @extschema@.ai_rules
+    ADD COLUMN member_id text
+        CONSTRAINT ai_rules_member_id CHECK (pg_catalog.octet_length(member_id) OPERATOR(pg_catalog.>=) 1
+                                             AND pg_catalog.octet_length(member_id) OPERATOR(pg_catalog.<=) 256);
+COMMENT ON COLUMN @extschema@.ai_rules.member_id IS
+    'scope member: the user the rule binds inside the account scope_id; NULL for every other scope';
+ALTER TABLE @extschema@.ai_rules DROP CONSTRAINT ai_rules_scope;
+ALTER TABLE @extschema@.ai_rules ADD CONSTRAINT ai_rules_scope
+    CHECK (scope OPERATOR(pg_catalog.=) ANY (ARRAY['plan', 'user', 'account', 'member'])
+           AND (scope OPERATOR(pg_catalog.=) 'member') OPERATOR(pg_catalog.=) (member_id IS NOT NULL));
+ALTER TABLE @extschema@.ai_rules DROP CONSTRAINT ai_rules_once;
+ALTER TABLE @extschema@.ai_rules ADD CONSTRAINT ai_rules_once
+    UNIQUE NULLS NOT DISTINCT (scope, scope_id, member_id, model, metric, "window");
+COMMENT ON TABLE @extschema@.ai_rules IS
+    'ai_ratelimit: limits as data: scope (plan, user, account, or a member of an account) x model (*, exact, or prefix*) x metric (requests, tokens, cents) x window (minute, hour, day, week, month) x max_value';
+
+-- ---------------------------------------------------------------------------
+-- A check and a record name the account: account => '...' (the user must be
+-- a member), or the user's default account is charged.  One function each
+-- with every argument named; the earlier forms resolve to it unchanged, and
+-- EXECUTE granted on them is granted on the new ones before they go.
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.ai_check_limit(
+    user_id text,
+    plan text DEFAULT NULL,
+    estimated_cost_cents numeric DEFAULT 0,
+    estimated_tokens bigint DEFAULT NULL,
+    model text DEFAULT NULL,
+    input_tokens bigint DEFAULT NULL,
+    max_output_tokens bigint DEFAULT NULL,
+    account text DEFAULT NULL)
+RETURNS @extschema@.ai_limit_result
+AS 'MODULE_PATHNAME', 'ai_check_limit'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.ai_check_limit(text, text, numeric, bigint, text, bigint, bigint, text) IS
+    'check and count one AI request against the user''s limits and those of the account charged (named, or the user''s default) and every account above it';
+
+CREATE FUNCTION @extschema@.ai_enforce_limit(
+    user_id text,
+    plan text DEFAULT NULL,
+    estimated_cost_cents numeric DEFAULT 0,
+    estimated_tokens bigint DEFAULT NULL,
+    model text DEFAULT NULL,
+    input_tokens bigint DEFAULT NULL,
+    max_output_tokens bigint DEFAULT NULL,
+    account text DEFAULT NULL)
+RETURNS @extschema@.ai_limit_result
+AS 'MODULE_PATHNAME', 'ai_enforce_limit'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.ai_enforce_limit(text, text, numeric, bigint, text, bigint, bigint, text) IS
+    'like ai_check_limit, but a refused request raises SQLSTATE 53400';
+
+CREATE FUNCTION @extschema@.ai_record_usage(
+    user_id text,
+    model text,
+    input_tokens bigint,
+    output_tokens bigint,
+    cached_input_tokens bigint DEFAULT 0,
+    reservation_id bigint DEFAULT NULL,
+    cache_write_tokens bigint DEFAULT 0,
+    cache_write_1h_tokens bigint DEFAULT 0,
+    account text DEFAULT NULL)
+RETURNS numeric
+AS 'MODULE_PATHNAME', 'ai_record_usage'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.ai_record_usage(text, text, bigint, bigint, bigint, bigint, bigint, bigint, text) IS
+    'record one AI call, filed under the account named (or the user''s default) and settled there and above it; returns its exact cost in cents';
+
+CREATE FUNCTION @extschema@.ai_limit_state(
+    user_id text, plan text DEFAULT NULL, account text DEFAULT NULL,
+    OUT layer text, OUT limit_value numeric, OUT used numeric, OUT held numeric,
+    OUT remaining numeric, OUT reset_at timestamptz, OUT window_seconds integer)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'ai_limit_state'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.ai_limit_state(text, text, text) IS
+    'every limit that applies to a user now, and to the account charged and those above it (limit, used, held, remaining, reset time, window), counting nothing: for rate-limit headers';
+
+CREATE FUNCTION @extschema@.ai_explain_limits(
+    user_id text,
+    model text DEFAULT NULL,
+    plan text DEFAULT NULL,
+    account text DEFAULT NULL,
+    OUT rule_id integer,
+    OUT scope text,
+    OUT scope_id text,
+    OUT model_selector text,
+    OUT metric text,
+    OUT "window" text,
+    OUT max_value numeric,
+    OUT used numeric,
+    OUT held numeric,
+    OUT remaining numeric,
+    OUT resets_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'ai_explain_limits'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.ai_explain_limits(text, text, text, text) IS
+    'every limit that applies to a user (and a model), as a member and on the account charged and those above it: its maximum, what is used, held by requests in flight and left, and when it resets; changes nothing';
+
+REVOKE ALL ON FUNCTION @extschema@.ai_check_limit(text, text, numeric, bigint, text, bigint, bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.ai_enforce_limit(text, text, numeric, bigint, text, bigint, bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.ai_record_usage(text, text, bigint, bigint, bigint, bigint, bigint, bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.ai_limit_state(text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.ai_explain_limits(text, text, text, text) FROM PUBLIC;
+
+DO $$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN
+        SELECT DISTINCT f.new_args, p.proname::text AS fn, a.grantee, a.is_grantable
+        FROM (VALUES
+                ('ai_check_limit(text, text, numeric, bigint, text, bigint, bigint)',
+                 'text, text, numeric, bigint, text, bigint, bigint, text'),
+                ('ai_enforce_limit(text, text, numeric, bigint, text, bigint, bigint)',
+                 'text, text, numeric, bigint, text, bigint, bigint, text'),
+                ('ai_record_usage(text, text, bigint, bigint, bigint, bigint)',
+                 'text, text, bigint, bigint, bigint, bigint, bigint, bigint, text'),
+                ('ai_record_usage(text, text, bigint, bigint, bigint, bigint, bigint, bigint)',
+                 'text, text, bigint, bigint, bigint, bigint, bigint, bigint, text'),
+                ('ai_limit_state(text, text)', 'text, text, text'),
+                ('ai_explain_limits(text, text, text)', 'text, text, text, text')) f(old, new_args),
+             pg_catalog.pg_proc p, LATERAL pg_catalog.aclexplode(p.proacl) a
+        WHERE p.oid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure('@extschema@.' OPERATOR(pg_catalog.||) f.old)
+          AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+          AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+    LOOP
+        EXECUTE pg_catalog.format(
+            'GRANT EXECUTE ON FUNCTION @extschema@.%I(%s) TO %s%s',
+            g.fn, g.new_args,
+            CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC' ELSE g.grantee::pg_catalog.regrole::text END,
+            CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+END
+$$;
+
+DROP FUNCTION @extschema@.ai_check_limit(text, text, numeric, bigint, text, bigint, bigint);
+DROP FUNCTION @extschema@.ai_enforce_limit(text, text, numeric, bigint, text, bigint, bigint);
+DROP FUNCTION @extschema@.ai_record_usage(text, text, bigint, bigint, bigint, bigint);
+DROP FUNCTION @extschema@.ai_record_usage(text, text, bigint, bigint, bigint, bigint, bigint, bigint);
+DROP FUNCTION @extschema@.ai_limit_state(text, text);
+DROP FUNCTION @extschema@.ai_explain_limits(text, text, text);
+
+-- ---------------------------------------------------------------------------
+-- What each account holds now, as ai_ratelimit_status shows each user.
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.ai_account_status(
+    OUT account_id text,
+    OUT open_reservations integer,
+    OUT reserved_cents numeric,
+    OUT records_in_flight bigint,
+    OUT in_flight_cents numeric)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'ai_account_status'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.ai_account_status() IS
+    'the rows of the view ai_account_status: live counters of each account of this database';
+REVOKE ALL ON FUNCTION @extschema@.ai_account_status() FROM PUBLIC;
+
+CREATE VIEW @extschema@.ai_account_status AS
+    SELECT * FROM @extschema@.ai_account_status();
+COMMENT ON VIEW @extschema@.ai_account_status IS
+    'ai_ratelimit: one row per account of this database with live counters in shared memory: estimates its members'' requests in flight hold there, and records in flight filed under it or below it';
+REVOKE ALL ON @extschema@.ai_account_status FROM PUBLIC;

@@ -5,10 +5,10 @@
 CREATE ROLE regress_ai_app LOGIN;
 -- what the README tells an operator to grant an application role
 GRANT EXECUTE ON FUNCTION
-    ai_check_limit(text, text, numeric, bigint, text, bigint, bigint),
-    ai_enforce_limit(text, text, numeric, bigint, text, bigint, bigint),
+    ai_check_limit(text, text, numeric, bigint, text, bigint, bigint, text),
+    ai_enforce_limit(text, text, numeric, bigint, text, bigint, bigint, text),
     ai_peek_limit(text, text),
-    ai_record_usage(text, text, bigint, bigint, bigint, bigint),
+    ai_record_usage(text, text, bigint, bigint, bigint, bigint, bigint, bigint, text),
     ai_monthly_spend(text, date)
 TO regress_ai_app;
 INSERT INTO ai_user_plans VALUES ('sec-1', 'pro');

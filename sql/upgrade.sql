@@ -33,8 +33,8 @@ WHERE refclassid = 'pg_extension'::regclass
 ORDER BY 1;
 -- 1.1: nothing for PUBLIC, the dump filters, capacity counters
 SELECT has_function_privilege('public', 'ai_reset_limits(text)', 'EXECUTE') AS public_may_reset;
-SELECT has_function_privilege('public', 'ai_check_limit(text, text, numeric, bigint, text, bigint, bigint)', 'EXECUTE') AS public_may_check;
-SELECT has_function_privilege('regress_ai_upgrade_app', 'ai_check_limit(text, text, numeric, bigint, text, bigint, bigint)', 'EXECUTE') AS app_may_check;
+SELECT has_function_privilege('public', 'ai_check_limit(text, text, numeric, bigint, text, bigint, bigint, text)', 'EXECUTE') AS public_may_check;
+SELECT has_function_privilege('regress_ai_upgrade_app', 'ai_check_limit(text, text, numeric, bigint, text, bigint, bigint, text)', 'EXECUTE') AS app_may_check;
 SET ROLE regress_ai_upgrade_app;
 SELECT allowed FROM ai_check_limit('up-2', 'pro', 1.5, 10);
 RESET ROLE;

@@ -39,8 +39,10 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
@@ -145,6 +147,51 @@ ai_accounts_fresh(void)
 {
 	if (accounts_gen == 0 || accounts_gen != pg_atomic_read_u32(&ai_shared->accounts_gen))
 		ai_reload_accounts();
+}
+
+/*
+ * An account and every account below it, as a text[] for the queries that
+ * sum what was filed under them (rulestate.c).  An account not in the tree
+ * is its own subtree: rows may name it all the same.
+ */
+Datum
+ai_account_subtree(const char *account_id)
+{
+	AiAccountSlot *s = NULL;
+	Datum	   *ids;
+	int			n = 0;
+
+	ai_accounts_fresh();
+	ids = palloc(sizeof(Datum) * (nnodes + 1));
+	if (strlen(account_id) <= AI_MAX_USER_ID_LEN)
+		s = hash_search(by_id, account_id, HASH_FIND, NULL);
+	if (s == NULL)
+		ids[n++] = CStringGetTextDatum(account_id);
+	else
+		for (int i = 0; i < nnodes; i++)
+		{
+			/* below it: its chain passes through it (a chain is short) */
+			int			depth = 0;
+
+			for (int j = i; j >= 0 && depth <= AI_MAX_ACCOUNT_DEPTH; j = nodes[j].parent, depth++)
+				if (j == s->node)
+				{
+					ids[n++] = CStringGetTextDatum(nodes[i].id);
+					break;
+				}
+		}
+	return PointerGetDatum(construct_array(ids, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/*
+ * What the use of an account's rules depends on besides records: the tree
+ * and memberships as they are now (ai_shared->accounts_gen), for the stamp
+ * of their cached use (rulestate.c).
+ */
+uint32
+ai_accounts_stamp(void)
+{
+	return pg_atomic_read_u32(&ai_shared->accounts_gen);
 }
 
 /*

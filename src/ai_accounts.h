@@ -13,5 +13,7 @@
 
 /* accounts.c */
 extern int	ai_account_chain(const char *account_id, const char **chain);
+extern Datum ai_account_subtree(const char *account_id);
+extern uint32 ai_accounts_stamp(void);
 
 #endif							/* AI_ACCOUNTS_H_ */

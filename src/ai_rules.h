@@ -8,6 +8,7 @@
 #ifndef AI_RULES_H_
 #define AI_RULES_H_
 
+#include "ai_accounts.h"
 #include "ai_calendar.h"
 #include "ai_shmem.h"
 
@@ -27,11 +28,24 @@ typedef enum AiModelMatch
 	AI_MODELS_PREFIX			/* 'claude-opus-*': every name that starts so */
 } AiModelMatch;
 
+/* Whom a rule binds (ai_rules.scope); the values name the rule's counters. */
+typedef enum AiScope
+{
+	AI_SCOPE_PLAN = 0,			/* every user checked under the plan */
+	AI_SCOPE_USER = 1,			/* one user */
+	AI_SCOPE_ACCOUNT = 2,		/* the sum over an account and the accounts below it */
+	AI_SCOPE_MEMBER = 3			/* one user (member_id) inside one account */
+} AiScope;
+
+/* Does the rule's use depend on the account tree (accounts.c)? */
+#define AI_SCOPE_IN_TREE(s)		((s) >= AI_SCOPE_ACCOUNT)
+
 typedef struct AiRule
 {
 	int32		id;				/* ai_rules.rule_id */
-	bool		user_scope;		/* scope 'user'; otherwise 'plan' */
-	char	   *scope_id;
+	AiScope		scope;
+	char	   *scope_id;		/* the plan, user or account */
+	char	   *member_id;		/* AI_SCOPE_MEMBER: the user; otherwise NULL */
 	char	   *model;			/* as written: '*', a name or a prefix with '*' */
 	AiModelMatch match;
 	int			prefix_len;		/* AI_MODELS_PREFIX: bytes before the '*' */
@@ -51,5 +65,6 @@ extern const AiRule *ai_rule_at(int i);
 extern bool ai_rule_applies(const AiRule *r, const char *plan, const AiUser *u);
 extern bool ai_rule_matches_model(const AiRule *r, const char *model);
 extern const char *ai_metric_name(AiMetric m);
+extern const char *ai_scope_name(AiScope s);
 
 #endif							/* AI_RULES_H_ */

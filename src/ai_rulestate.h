@@ -45,6 +45,10 @@ typedef struct AiRuleRefusal
 	int64		held;
 } AiRuleRefusal;
 
+/* rulestate.c: several holders in one call */
+extern void ai_rules_reserve_touches(int n);
+extern AiEntry *ai_holder_lookup(const AiUser *u, TimestampTz now, bool create);
+
 /* rulestate.c: a check (limits.c) */
 extern void ai_rules_prepare(AiRuleSet *rs, const AiUser *u, const char *plan,
 							 const char *model, TimestampTz now, bool consume);
@@ -54,6 +58,7 @@ extern bool ai_rules_refuse(const AiRuleSet *rs, AiEntry *user, AiMoney est, int
 extern bool ai_rules_make_room(const AiRuleSet *rs, const AiUser *u, TimestampTz now);
 extern void ai_rules_charge(const AiRuleSet *rs, TimestampTz now, int32 *first, int16 *n);
 extern void ai_rules_hold(const AiRuleSet *rs, AiReservation *r, int64 est_tokens);
+extern void ai_rules_hold_more(const AiRuleSet *rs, AiReservation *r, int64 est_tokens);
 extern char *ai_rule_words(const AiRule *r);
 
 /* rulestate.c: a record (usage.c) */

@@ -96,7 +96,9 @@ typedef struct AiEntry
  */
 #define AI_ENTRY_USER			0
 #define AI_ENTRY_RULE			0x10	/* | AiWindowKind */
+#define AI_ENTRY_ACCOUNT		0x20	/* an account: its records in flight and holds */
 #define AI_ENTRY_IS_RULE(e)		(((e)->kind & AI_ENTRY_RULE) != 0)
+#define AI_ENTRY_IS_USER(e)		((e)->kind == AI_ENTRY_USER)
 #define AI_ENTRY_WINDOW(e)		((AiWindowKind) ((e)->kind & 0x0f))
 
 #define AI_SAVE_DIRTY			0x1 /* changed since it was last saved */
@@ -131,7 +133,12 @@ typedef enum AiResvState
 	AI_RESV_SETTLING			/* settled by an open transaction */
 } AiResvState;
 
-/* A budget reservation, in a fixed pool of slots. */
+/*
+ * A budget reservation, in a fixed pool of slots.  A check that charges
+ * accounts makes one more slot per account, in the account's list, with
+ * the negated id (a "shadow", accounts.c): found by walking that list,
+ * never by the id index.
+ */
 typedef struct AiReservation
 {
 	int64		id;				/* see resvid.c; 0 when free */
@@ -303,10 +310,14 @@ typedef struct AiUser
 	AiKey		key;
 	uint32		hashcode;		/* ai_key_hash(&key) */
 	LWLock	   *lock;			/* the key's partition lock */
+	bool		account;		/* an account's counters (ai_account_init), not a user's */
+	int			nchain;			/* a user's call: the accounts it charges, */
+	const char *const *chain;	/* nearest first (accounts.c); 0 and NULL: none */
 } AiUser;
 
 /* shmem.c */
 extern void ai_user_init(AiUser *u, const char *id, int len);
+extern void ai_account_init(AiUser *a, const char *id, int len);
 extern void ai_shmem_request(void);
 extern bool ai_shmem_startup(void);
 extern void ai_require_loaded(void);
@@ -336,6 +347,8 @@ extern bool ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampT
 							int32 *slot);
 extern void ai_entry_forget(AiEntry *e);
 extern void ai_resv_free(AiEntry *entry, int32 slot);
+extern bool ai_resv_shadow(AiEntry *account, int32 primary, int32 *slot);
+extern void ai_resv_free_shadows(int64 id, TimestampTz now);
 extern void ai_resv_unreserve(AiEntry *entry, AiMoney amount);
 extern AiMoney ai_resv_held(const AiEntry *entry, TimestampTz after, int32 *count);
 

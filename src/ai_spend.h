@@ -28,5 +28,7 @@ typedef enum AiModelCond
 } AiModelCond;
 extern char *ai_usage_sum_sql(const char *x, const char *x_totals, const char *x_archive,
 							  AiModelCond model, bool timed, bool minute);
+extern char *ai_account_sum_sql(const char *x, const char *x_archive, AiModelCond model,
+								bool timed, bool minute, bool member);
 
 #endif							/* AI_SPEND_H_ */

@@ -37,6 +37,7 @@ typedef struct AiCharge
 
 extern void ai_xact_init(void);
 extern void ai_charge_reserve(void);
+extern void ai_charge_reserve_n(int n);
 extern void ai_charge_add(const AiCharge *c);
 
 #endif							/* AI_XACT_H_ */

@@ -25,6 +25,7 @@
 #include "utils/datetime.h"
 #include "utils/timestamp.h"
 
+#include "ai_accounts.h"
 #include "ai_calendar.h"
 #include "ai_config.h"
 #include "ai_limits.h"
@@ -36,10 +37,28 @@
 #include "ai_stats.h"
 #include "ai_xact.h"
 
+/*
+ * One account a check charges (a level): the account as the holder of its
+ * rules' counters, the rules on it, its entry while the locks are held, and
+ * what an allowed check took there.
+ */
+typedef struct AiLevel
+{
+	AiUser		acct;
+	AiRuleSet	rules;
+	AiEntry    *entry;			/* under the locks; NULL: none (a peek) */
+	AiCharge	charge;
+} AiLevel;
+
 /* One check in progress: what it was asked and what it found. */
 typedef struct AiCheck
 {
 	const AiUser *user;
+	int			nlevels;		/* the accounts it charges (user->chain) */
+	AiLevel		levels[AI_MAX_ACCOUNT_DEPTH];
+	int			refused_level;	/* the level whose rule refused it, or -1: the user's */
+	int			nlocks;			/* the partition locks it takes, ascending */
+	LWLock	   *locks[AI_MAX_ACCOUNT_DEPTH + 1];
 	const AiPlan *plan;
 	const char *model;			/* NULL: the check named none */
 	AiRuleSet	rules;			/* the rules of ai_rules that apply */
@@ -105,6 +124,92 @@ ai_check_blank(AiCheck *c)
 }
 
 /*
+ * The partition locks of a check: the user's, and those of the accounts it
+ * charges, in ascending order (the order of ai_locks), each once.  Every
+ * process that holds more than one partition lock takes them in this order,
+ * so none waits for a lock held by one that waits for its own: LWLocks
+ * have no deadlock detector.
+ */
+static int
+ai_lock_cmp(const void *a, const void *b)
+{
+	uintptr_t	x = (uintptr_t) *(LWLock *const *) a;
+	uintptr_t	y = (uintptr_t) *(LWLock *const *) b;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+static void
+ai_check_locks_init(AiCheck *c)
+{
+	int			n = 0;
+
+	c->locks[n++] = c->user->lock;
+	for (int k = 0; k < c->nlevels; k++)
+		c->locks[n++] = c->levels[k].acct.lock;
+	qsort(c->locks, n, sizeof(LWLock *), ai_lock_cmp);
+	c->nlocks = 0;
+	for (int i = 0; i < n; i++)
+		if (c->nlocks == 0 || c->locks[c->nlocks - 1] != c->locks[i])
+			c->locks[c->nlocks++] = c->locks[i];
+}
+
+static void
+ai_check_acquire(AiCheck *c)
+{
+	for (int i = 0; i < c->nlocks; i++)
+		LWLockAcquire(c->locks[i], LW_EXCLUSIVE);
+}
+
+static void
+ai_check_release(AiCheck *c)
+{
+	for (int i = c->nlocks - 1; i >= 0; i--)
+		LWLockRelease(c->locks[i]);
+}
+
+/* The rules of every account the check charges, read as the user's are. */
+static void
+ai_check_prepare_levels(AiCheck *c)
+{
+	int			touches = c->rules.n;
+
+	for (int k = 0; k < c->nlevels; k++)
+	{
+		AiLevel    *lv = &c->levels[k];
+
+		ai_rules_prepare(&lv->rules, &lv->acct, NULL, c->model, c->now, c->consume);
+		touches += lv->rules.n;
+	}
+	ai_rules_reserve_touches(touches);
+}
+
+/*
+ * Under the locks: the entry of every account the check charges (made when
+ * consuming), and whether the use of its rules found cached is still so.
+ * False when it is not; *full when a consuming check found no room.
+ */
+static bool
+ai_check_levels_exact(AiCheck *c, bool *full)
+{
+	*full = false;
+	for (int k = 0; k < c->nlevels; k++)
+	{
+		AiLevel    *lv = &c->levels[k];
+
+		lv->entry = ai_holder_lookup(&lv->acct, c->now, c->consume);
+		if (lv->entry == NULL && c->consume)
+		{
+			*full = true;
+			return false;
+		}
+		if (!ai_rules_still_exact(&lv->rules, lv->entry))
+			return false;
+	}
+	return true;
+}
+
+/*
  * Load the spend when the plan has a budget, then take the partition lock
  * and find the user's entry: made when consuming, looked up when peeking (a
  * user with no entry reads as the blank one; a peek makes no entry, and
@@ -119,20 +224,34 @@ ai_check_lock_entry(AiCheck *c)
 
 	for (int attempt = 1;; attempt++)
 	{
+		bool		full = false;
+
 		if (plan->has_budget)
 			c->spend_exact = ai_ensure_spend(c->user, &c->cal, c->now, c->consume,
 											 &c->fallback_spend);
 		if (attempt > 1)
+		{
 			ai_rules_prepare(&c->rules, c->user, plan->name, c->model, c->now, c->consume);
-		LWLockAcquire(c->user->lock, LW_EXCLUSIVE);
-		if (c->consume)
+			ai_check_prepare_levels(c);
+		}
+		if (c->consume && c->nlevels > 0)
+		{
+			/* made under its lock alone: making room may release it */
+			LWLockAcquire(c->user->lock, LW_EXCLUSIVE);
+			(void) ai_entry_get(&c->user->key, c->user->hashcode, c->user->lock, c->now,
+								c->user->id, c->user->len);
+			LWLockRelease(c->user->lock);
+		}
+		ai_check_acquire(c);
+		if (c->consume && c->nlevels == 0)
 			c->entry = ai_entry_get(&c->user->key, c->user->hashcode, c->user->lock, c->now,
 									c->user->id, c->user->len);
 		else
-			c->entry = ai_entry_lookup(&c->user->key, c->user->hashcode, false, c->now, NULL, 0);
+			c->entry = ai_entry_lookup(&c->user->key, c->user->hashcode, c->consume, c->now,
+									   c->user->id, c->user->len);
 		if (c->entry == NULL && c->consume)
 		{
-			LWLockRelease(c->user->lock);
+			ai_check_release(c);
 			return false;
 		}
 		c->live = (c->entry != NULL);
@@ -141,7 +260,7 @@ ai_check_lock_entry(AiCheck *c)
 		else if (c->entry->resv_restored && c->consume)
 		{
 			/* after a crash: drop what was settled since the last save */
-			LWLockRelease(c->user->lock);
+			ai_check_release(c);
 			ai_resv_drop_settled(c->user);
 			continue;
 		}
@@ -153,9 +272,16 @@ ai_check_lock_entry(AiCheck *c)
 		 */
 		if ((!plan->has_budget || !c->spend_exact ||
 			 ai_spend_is_cached(c->entry, c->cal.month)) &&
-			ai_rules_still_exact(&c->rules, c->live ? c->entry : NULL))
+			ai_rules_still_exact(&c->rules, c->live ? c->entry : NULL) &&
+			ai_check_levels_exact(c, &full))
 			break;
-		LWLockRelease(c->user->lock);
+		ai_check_release(c);
+		if (full)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+					 errmsg("ai_ratelimit cannot count the accounts of another check: all %d counters are in use", ai_max_keys),
+					 errdetail("Each account a check charges takes a counter of its own."),
+					 errhint("Raise ai_ratelimit.max_keys and restart.")));
 		if (attempt > 5)
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
@@ -346,12 +472,95 @@ ai_refused_by_rules(AiCheck *c, AiEntry *user, AiVerdict *v)
 	return true;
 }
 
-/* Does an allowed check hold its estimate in a reservation? */
+/*
+ * The rules on every account the check charges, after the user's own: all
+ * must pass.  A refusal names the level (c->refused_level).
+ */
+static bool
+ai_refused_by_accounts(AiCheck *c, AiVerdict *v)
+{
+	for (int k = 0; k < c->nlevels; k++)
+	{
+		AiLevel    *lv = &c->levels[k];
+		AiRuleRefusal rr;
+
+		if (lv->rules.n == 0 ||
+			!ai_rules_refuse(&lv->rules, lv->entry, c->est, c->est_tokens, c->now, &rr))
+			continue;
+		c->refused_by = lv->rules.use[rr.index].rule;
+		c->refused_level = k;
+		(void) ai_refuse_with(v, AI_OUT_RULE, rr.never, rr.retry_at, rr.limit, rr.used, rr.held,
+							  c->refused_by->metric == AI_METRIC_CENTS);
+		v->held_only = rr.held_only;
+		return true;
+	}
+	return false;
+}
+
+/*
+ * Does an allowed check hold its estimate in a reservation?  A check that
+ * charges accounts holds any estimate: a rule on an account may come while
+ * it is in flight (ai_rules.revision), and must find it held there.
+ */
 static bool
 ai_check_reserves(const AiCheck *c)
 {
-	return (c->est > 0 && (c->plan->has_budget || c->rules.money)) ||
-		(c->est_tokens > 0 && c->rules.tokens);
+	return (c->est > 0 && (c->plan->has_budget || c->rules.money || c->nlevels > 0)) ||
+		(c->est_tokens > 0 && (c->rules.tokens || c->nlevels > 0));
+}
+
+/* Make the counters of every level an allowed check will charge. */
+static bool
+ai_levels_make_room(AiCheck *c)
+{
+	for (int k = 0; k < c->nlevels; k++)
+		if (!ai_rules_make_room(&c->levels[k].rules, &c->levels[k].acct, c->now))
+			return false;
+	return true;
+}
+
+/*
+ * Charge every level of an allowed check: a shadow of its reservation in
+ * each account (the estimate held there until it settles, is released,
+ * rolls back or expires), and the requests rules on each account.  False,
+ * with nothing taken at any level, when the pool has no slot for a shadow.
+ * Caller holds every lock of the check.
+ */
+static bool
+ai_take_levels(AiCheck *c)
+{
+	AiCharge   *charge = &c->charge;
+
+	for (int k = 0; k < c->nlevels; k++)
+	{
+		AiLevel    *lv = &c->levels[k];
+		AiCharge   *lc = &lv->charge;
+
+		memset(lc, 0, sizeof(*lc));
+		lc->kind = AI_CHARGE_CHECK;
+		lc->key = lv->acct.key;
+		lc->burst_bucket = -1;
+		lc->day = -1;
+		if (charge->resv_id > 0)
+		{
+			if (!ai_resv_shadow(lv->entry, charge->resv_slot, &lc->resv_slot))
+			{
+				/* give back the shadows made so far */
+				for (int j = 0; j < k; j++)
+					ai_resv_free(c->levels[j].entry, c->levels[j].charge.resv_slot);
+				return false;
+			}
+			lc->resv_id = -charge->resv_id;
+		}
+	}
+	for (int k = 0; k < c->nlevels; k++)
+	{
+		AiLevel    *lv = &c->levels[k];
+
+		ai_rules_charge(&lv->rules, c->now, &lv->charge.rule_first, &lv->charge.rule_n);
+		ai_entry_changed(lv->entry);
+	}
+	return true;
 }
 
 /* What ai_take_charge did. */
@@ -392,6 +601,16 @@ ai_take_charge(AiCheck *c, AiDecision *d)
 			return AI_TAKEN_NEED_IDS;
 		d->reservation_id = charge->resv_id = id;
 		ai_rules_hold(&c->rules, &ai_shared->resv[charge->resv_slot], c->est_tokens);
+		for (int k = 0; k < c->nlevels; k++)
+			ai_rules_hold_more(&c->levels[k].rules, &ai_shared->resv[charge->resv_slot],
+							   c->est_tokens);
+	}
+	if (!ai_take_levels(c))
+	{
+		if (charge->resv_id > 0)
+			ai_resv_free(e, charge->resv_slot);
+		d->reservation_id = 0;
+		return AI_TAKEN_POOL_FULL;
 	}
 	ai_rules_charge(&c->rules, c->now, &charge->rule_first, &charge->rule_n);
 	if (c->plan->has_burst)
@@ -482,10 +701,22 @@ ai_refusal_message(const AiVerdict *v, const AiPlan *plan, const AiRule *rule)
 				return pstrdup("Monthly AI budget held by requests in flight");
 			return pstrdup("Monthly AI budget exceeded");
 		case AI_OUT_RULE:
+			if (v->held_only && rule->scope == AI_SCOPE_ACCOUNT)
+				return psprintf("Limit: %s for account %s held by requests in flight (rule %d)",
+								ai_rule_words(rule), rule->scope_id, rule->id);
+			if (v->held_only && rule->scope == AI_SCOPE_MEMBER)
+				return psprintf("Limit: %s for this user in account %s held by requests in flight (rule %d)",
+								ai_rule_words(rule), rule->scope_id, rule->id);
 			if (v->held_only)
 				return psprintf("Limit: %s held by requests in flight (rule %d)",
 								ai_rule_words(rule), rule->id);
-			if (rule->user_scope)
+			if (rule->scope == AI_SCOPE_ACCOUNT)
+				return psprintf("Limit: %s for account %s (rule %d)",
+								ai_rule_words(rule), rule->scope_id, rule->id);
+			if (rule->scope == AI_SCOPE_MEMBER)
+				return psprintf("Limit: %s for this user in account %s (rule %d)",
+								ai_rule_words(rule), rule->scope_id, rule->id);
+			if (rule->scope == AI_SCOPE_USER)
 				return psprintf("Limit: %s for this user (rule %d)",
 								ai_rule_words(rule), rule->id);
 			return psprintf("Limit: %s on %s plan (rule %d)",
@@ -525,13 +756,17 @@ ai_check_untracked(AiCheck *c, AiVerdict *v)
 		bool		refused = false;
 		bool		exact;
 
+		bool		full;
+
+		c->consume = false;		/* nothing is made or counted */
 		ai_rules_prepare(&c->rules, c->user, c->plan->name, c->model, c->now, false);
-		LWLockAcquire(c->user->lock, LW_EXCLUSIVE);
+		ai_check_prepare_levels(c);
+		ai_check_acquire(c);
 		ue = ai_entry_lookup(&c->user->key, c->user->hashcode, false, c->now, NULL, 0);
-		exact = ai_rules_still_exact(&c->rules, ue);
+		exact = ai_rules_still_exact(&c->rules, ue) && ai_check_levels_exact(c, &full);
 		if (exact)
-			refused = ai_refused_by_rules(c, ue, v);
-		LWLockRelease(c->user->lock);
+			refused = ai_refused_by_rules(c, ue, v) || ai_refused_by_accounts(c, v);
+		ai_check_release(c);
 		if (refused)
 			return;
 		if (exact)
@@ -576,10 +811,16 @@ ai_decide(const AiUser *u, const AiPlan *plan, const char *model,
 		c.est = estimate;
 	c.est_tokens = est_tokens;
 	c.spend_exact = true;
+	c.refused_level = -1;
+	c.nlevels = Min(u->nchain, AI_MAX_ACCOUNT_DEPTH);
+	for (int k = 0; k < c.nlevels; k++)
+		ai_account_init(&c.levels[k].acct, u->chain[k], strlen(u->chain[k]));
+	ai_check_locks_init(&c);
 	if (consume)
-		ai_charge_reserve();
+		ai_charge_reserve_n(1 + c.nlevels);
 	/* the rules that apply, and what they need from the tables */
 	ai_rules_prepare(&c.rules, u, plan->name, model, c.now, consume);
+	ai_check_prepare_levels(&c);
 	/* an id must be promised durably before it is issued (resvid.c) */
 	if (consume && ai_check_reserves(&c))
 		ai_ids_ensure(c.now, AI_IDS_CHECK);
@@ -597,11 +838,12 @@ again:
 			 !ai_refused_by_tokens(&c, &v) &&
 			 !ai_refused_by_budget(&c, &v) &&
 			 !ai_refused_by_rules(&c, c.live ? c.entry : NULL, &v) &&
+			 !ai_refused_by_accounts(&c, &v) &&
 			 consume)
 	{
-		if (!ai_rules_make_room(&c.rules, c.user, c.now))
+		if (!ai_rules_make_room(&c.rules, c.user, c.now) || !ai_levels_make_room(&c))
 		{
-			LWLockRelease(c.user->lock);
+			ai_check_release(&c);
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 					 errmsg("ai_ratelimit cannot count the rules of another user: all %d counters are in use", ai_max_keys),
@@ -613,13 +855,13 @@ again:
 		if (taken == AI_TAKEN_NEED_IDS)
 		{
 			/* nothing was taken: raise the ceiling and decide again */
-			LWLockRelease(c.user->lock);
+			ai_check_release(&c);
 			ai_ids_ensure(c.now, AI_IDS_FORCE);
 			goto again;
 		}
 		if (taken == AI_TAKEN_POOL_FULL)
 		{
-			LWLockRelease(c.user->lock);
+			ai_check_release(&c);
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 					 errmsg("ai_ratelimit cannot hold another reservation: all %d are in use",
@@ -628,10 +870,14 @@ again:
 		}
 	}
 	if (locked)
-		LWLockRelease(c.user->lock);
+		ai_check_release(&c);
 
 	if (charged)
+	{
 		ai_charge_add(&c.charge);
+		for (int k = 0; k < c.nlevels; k++)
+			ai_charge_add(&c.levels[k].charge);
+	}
 	if (consume && plan->stats)
 		pg_atomic_fetch_add_u64(&plan->stats->count[v.outcome], 1);
 
@@ -644,6 +890,9 @@ again:
 		return;
 	}
 	d->limited_by = ai_outcome_name(v.outcome);
+	/* a rule on an account, or on the user as a member of one, names its level */
+	if (c.refused_by != NULL && AI_SCOPE_IN_TREE(c.refused_by->scope))
+		d->limited_by = ai_scope_name(c.refused_by->scope);
 	d->error = ai_refusal_message(&v, plan, c.refused_by);
 	d->has_remaining = false;
 	d->retryable = v.retryable;

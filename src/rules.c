@@ -34,8 +34,9 @@ static int	maxrules = 0;
 static uint32 rules_gen = 0;	/* rules_gen they were read at; 0: never */
 
 /*
- * The rules of one plan or one user: rules[start .. start + n), found by
- * "p:" or "u:" and the name, so that a check looks at its own rules only.
+ * The rules of one plan, user or account: rules[start .. start + n), found
+ * by "p:", "u:", "a:" (the account's rules) or "m:" (rules on members of
+ * the account) and the name, so that a check looks at its own rules only.
  */
 typedef struct AiRuleGroup
 {
@@ -47,15 +48,16 @@ typedef struct AiRuleGroup
 static HTAB *rule_groups = NULL;
 static int32 max_revision = 0;	/* the highest revision of the cached rules */
 static bool have_user_rules = false;
+static bool have_member_rules = false;
 
-/* Group key of a scope: "p:plan" or "u:user"; false when too long to be one. */
+/* Group key of a scope: "p:plan", "u:user", "a:account" or "m:account"; false when too long. */
 static bool
-ai_rule_group_key(char *key, bool user, const char *id, int len)
+ai_rule_group_key(char *key, AiScope scope, const char *id, int len)
 {
 	if (len > AI_MAX_USER_ID_LEN)
 		return false;
 	memset(key, 0, AI_MAX_USER_ID_LEN + 3);
-	key[0] = user ? 'u' : 'p';
+	key[0] = "puam"[scope];
 	key[1] = ':';
 	memcpy(key + 2, id, len);
 	return true;
@@ -67,6 +69,14 @@ const char *
 ai_metric_name(AiMetric m)
 {
 	return metric_names[m];
+}
+
+static const char *const scope_names[] = {"plan", "user", "account", "member"};
+
+const char *
+ai_scope_name(AiScope s)
+{
+	return scope_names[s];
 }
 
 /* One row of ai_rules into the cache. */
@@ -91,9 +101,16 @@ ai_cache_rule_row(HeapTuple tup, TupleDesc td)
 	(void) ai_spi_col(tup, td, 1, &d);
 	r->id = DatumGetInt32(d);
 	(void) ai_spi_col(tup, td, 2, &d);
-	r->user_scope = strcmp(TextDatumGetCString(d), "user") == 0;
+	s = TextDatumGetCString(d);
+	r->scope = strcmp(s, "user") == 0 ? AI_SCOPE_USER :
+		strcmp(s, "account") == 0 ? AI_SCOPE_ACCOUNT :
+		strcmp(s, "member") == 0 ? AI_SCOPE_MEMBER : AI_SCOPE_PLAN;
 	(void) ai_spi_col(tup, td, 3, &d);
 	r->scope_id = TextDatumGetCString(d);
+	if (ai_spi_col(tup, td, 9, &d))
+		r->member_id = TextDatumGetCString(d);
+	if (r->scope == AI_SCOPE_MEMBER && r->member_id == NULL)
+		r->scope = AI_SCOPE_ACCOUNT;	/* the CHECK constraint allows no such row */
 	(void) ai_spi_col(tup, td, 4, &d);
 	r->model = TextDatumGetCString(d);
 	(void) ai_spi_col(tup, td, 5, &d);
@@ -125,8 +142,10 @@ ai_cache_rule_row(HeapTuple tup, TupleDesc td)
 
 	/* what the rule counts, not its maximum: a new maximum keeps the counts */
 	initStringInfo(&sig);
-	appendStringInfo(&sig, "%d|%d|%s|%s|%d|%d", r->id, (int) r->user_scope, r->scope_id,
+	appendStringInfo(&sig, "%d|%d|%s|%s|%d|%d", r->id, (int) r->scope, r->scope_id,
 					 r->model, (int) r->metric, (int) r->window);
+	if (r->member_id != NULL)
+		appendStringInfo(&sig, "|%s", r->member_id);
 	r->sig = hash_bytes_extended((const unsigned char *) sig.data, sig.len, 0x72756c6573ULL);
 	pfree(sig.data);
 	nrules++;
@@ -147,6 +166,7 @@ ai_reload_rules(void)
 	rules_gen = 0;
 	rule_groups = NULL;
 	have_user_rules = false;
+	have_member_rules = false;
 	max_revision = 0;
 
 	ai_load_extension_info();
@@ -155,8 +175,9 @@ ai_reload_rules(void)
 		SPI_connect();
 		/* 1.6 has no revisions: every rule reads as known */
 		ai_spi_each_row(psprintf("SELECT rule_id, scope, scope_id, model, metric, \"window\","
-								 " max_value, %s FROM %s.ai_rules ORDER BY scope, scope_id, rule_id",
+								 " max_value, %s, %s FROM %s.ai_rules ORDER BY scope, scope_id, rule_id",
 								 ai_ext_has_column("ai_rules", "revision") ? "revision" : "0",
+								 ai_ext_has_column("ai_rules", "member_id") ? "member_id" : "NULL::text",
 								 ai_ext_schema()),
 						ai_cache_rule_row);
 		SPI_finish();
@@ -176,7 +197,7 @@ ai_reload_rules(void)
 			AiRuleGroup *g;
 			bool		found;
 
-			if (!ai_rule_group_key(key, rules[i].user_scope, rules[i].scope_id,
+			if (!ai_rule_group_key(key, rules[i].scope, rules[i].scope_id,
 								   strlen(rules[i].scope_id)))
 				continue;
 			g = hash_search(rule_groups, key, HASH_ENTER, &found);
@@ -186,8 +207,10 @@ ai_reload_rules(void)
 				g->n = 0;
 			}
 			g->n++;				/* the rows came grouped: the group is contiguous */
-			if (rules[i].user_scope)
+			if (rules[i].scope == AI_SCOPE_USER)
 				have_user_rules = true;
+			if (rules[i].scope == AI_SCOPE_MEMBER)
+				have_member_rules = true;
 		}
 	}
 	rules_gen = gen;
@@ -223,9 +246,19 @@ ai_rules_mark_knows(int32 mark, const AiRule *r)
 	return mark < 0 && (int64) r->revision <= -(int64) mark - 1;
 }
 
+/* Is this the member a member rule names? */
+static inline bool
+ai_rule_is_member(const AiRule *r, const AiUser *u)
+{
+	return r->member_id != NULL && strlen(r->member_id) == (size_t) u->len &&
+		memcmp(r->member_id, u->id, u->len) == 0;
+}
+
 /*
- * The rules that bind user u under plan (the plan's, then the user's):
- * their count, and in *list an array of them (palloc'd; NULL when none).
+ * The rules that bind user u under plan (the plan's, the user's, then those
+ * on u as a member of each account its call charges, u->chain), or, for an
+ * account (u->account), the account's own: their count, and in *list an
+ * array of them (palloc'd; NULL when none).
  */
 int
 ai_rules_binding(const char *plan, const AiUser *u, const AiRule ***list)
@@ -235,37 +268,54 @@ ai_rules_binding(const char *plan, const AiUser *u, const AiRule ***list)
 	static uint32 last_gen = 0;
 	static AiRuleGroup *last_group = NULL;
 	char		key[AI_MAX_USER_ID_LEN + 3];
-	AiRuleGroup *groups[2] = {NULL, NULL};
+	AiRuleGroup *groups[2 + AI_MAX_ACCOUNT_DEPTH] = {NULL};
+	int			ngroups = 2;
 	int			n = 0;
 
 	*list = NULL;
 	if (ai_rules_count() == 0)
 		return 0;
-	if (last_gen == rules_gen && strcmp(last_plan, plan) == 0)
-		groups[0] = last_group;
-	else if (ai_rule_group_key(key, false, plan, strlen(plan)))
+	if (u->account)
 	{
-		groups[0] = hash_search(rule_groups, key, HASH_FIND, NULL);
-		if (strlen(plan) < sizeof(last_plan))
-		{
-			strlcpy(last_plan, plan, sizeof(last_plan));
-			last_group = groups[0];
-			last_gen = rules_gen;
-		}
+		if (ai_rule_group_key(key, AI_SCOPE_ACCOUNT, u->id, u->len))
+			groups[0] = hash_search(rule_groups, key, HASH_FIND, NULL);
 	}
-	if (have_user_rules && ai_rule_group_key(key, true, u->id, u->len))
-		groups[1] = hash_search(rule_groups, key, HASH_FIND, NULL);
-	for (int k = 0; k < 2; k++)
+	else
+	{
+		if (last_gen == rules_gen && strcmp(last_plan, plan) == 0)
+			groups[0] = last_group;
+		else if (ai_rule_group_key(key, AI_SCOPE_PLAN, plan, strlen(plan)))
+		{
+			groups[0] = hash_search(rule_groups, key, HASH_FIND, NULL);
+			if (strlen(plan) < sizeof(last_plan))
+			{
+				strlcpy(last_plan, plan, sizeof(last_plan));
+				last_group = groups[0];
+				last_gen = rules_gen;
+			}
+		}
+		if (have_user_rules && ai_rule_group_key(key, AI_SCOPE_USER, u->id, u->len))
+			groups[1] = hash_search(rule_groups, key, HASH_FIND, NULL);
+		for (int k = 0; have_member_rules && k < u->nchain && k < AI_MAX_ACCOUNT_DEPTH; k++)
+			if (ai_rule_group_key(key, AI_SCOPE_MEMBER, u->chain[k], strlen(u->chain[k])))
+				groups[ngroups++] = hash_search(rule_groups, key, HASH_FIND, NULL);
+	}
+	for (int k = 0; k < ngroups; k++)
 		if (groups[k] != NULL)
 			n += groups[k]->n;
 	if (n == 0)
 		return 0;
 	*list = palloc(sizeof(AiRule *) * n);
 	n = 0;
-	for (int k = 0; k < 2; k++)
+	for (int k = 0; k < ngroups; k++)
 		if (groups[k] != NULL)
 			for (int i = 0; i < groups[k]->n; i++)
-				(*list)[n++] = &rules[groups[k]->start + i];
+			{
+				const AiRule *r = &rules[groups[k]->start + i];
+
+				if (r->scope != AI_SCOPE_MEMBER || ai_rule_is_member(r, u))
+					(*list)[n++] = r;
+			}
 	return n;
 }
 
@@ -277,14 +327,32 @@ ai_rule_at(int i)
 	return &rules[i];
 }
 
-/* Does the rule bind this user under this plan (plan NULL: any plan)? */
+/*
+ * Does the rule bind this user under this plan (plan NULL: any plan), or
+ * this account (u->account)?  A member rule binds its member in a call that
+ * charges its account (u->chain).
+ */
 bool
 ai_rule_applies(const AiRule *r, const char *plan, const AiUser *u)
 {
-	if (r->user_scope)
-		return strlen(r->scope_id) == (size_t) u->len &&
-			memcmp(r->scope_id, u->id, u->len) == 0;
-	return plan == NULL || strcmp(r->scope_id, plan) == 0;
+	switch (r->scope)
+	{
+		case AI_SCOPE_ACCOUNT:
+			return u->account && strlen(r->scope_id) == (size_t) u->len &&
+				memcmp(r->scope_id, u->id, u->len) == 0;
+		case AI_SCOPE_MEMBER:
+			if (u->account || !ai_rule_is_member(r, u))
+				return false;
+			for (int k = 0; k < u->nchain; k++)
+				if (strcmp(u->chain[k], r->scope_id) == 0)
+					return true;
+			return false;
+		case AI_SCOPE_USER:
+			return !u->account && strlen(r->scope_id) == (size_t) u->len &&
+				memcmp(r->scope_id, u->id, u->len) == 0;
+		default:
+			return !u->account && (plan == NULL || strcmp(r->scope_id, plan) == 0);
+	}
 }
 
 /*

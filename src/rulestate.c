@@ -52,6 +52,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "ai_accounts.h"
 #include "ai_calendar.h"
 #include "ai_extension.h"
 #include "ai_rings.h"
@@ -92,6 +93,44 @@ ai_user_stamp(const AiEntry *ue)
 	return (int64) (((uint64) ai_table->part_epoch[p] << 32) | ue->change_seq);
 }
 
+/*
+ * What a rule's cached use is exact at: its holder's stamp and, for a use
+ * summed over an account's subtree, the tree it was summed over (both
+ * counts only grow, so their sum in the high half moves when either does).
+ */
+static inline int64
+ai_tree_offset(const AiRule *r)
+{
+	return AI_SCOPE_IN_TREE(r->scope) ? (int64) ((uint64) ai_accounts_stamp() << 32) : 0;
+}
+
+/* Stamps are compared, never ordered: their sums wrap. */
+static inline int64
+ai_stamp_add(int64 a, int64 b)
+{
+	return (int64) ((uint64) a + (uint64) b);
+}
+
+static inline int64
+ai_rule_stamp(const AiRule *r, const AiEntry *holder)
+{
+	return ai_stamp_add(ai_user_stamp(holder), ai_tree_offset(r));
+}
+
+/*
+ * The entry of a holder of rules (a user or an account), made if need be:
+ * ai_entry_get, which may release and take the lock again.
+ */
+static AiEntry *
+ai_holder_get(const AiUser *u, TimestampTz now)
+{
+	AiEntry    *e = ai_entry_get(&u->key, u->hashcode, u->lock, now, u->id, u->len);
+
+	if (e != NULL && u->account)
+		e->kind = AI_ENTRY_ACCOUNT;
+	return e;
+}
+
 static inline bool
 ai_is_calendar_use(const AiRule *r)
 {
@@ -130,6 +169,7 @@ typedef struct AiRuleTouch
 	uint8		window;			/* AiWindowKind */
 	bool		matches;		/* record: the rule counts its model */
 	bool		added;			/* record: counted in flight in the cached use */
+	bool		tree;			/* record: its use is summed over an account's subtree */
 	bool		ended;
 	int32		code;			/* calendar window at the time */
 	int64		bucket;			/* minute ring bucket charged, or -1 */
@@ -162,6 +202,31 @@ ai_touch_add(AiTouchKind kind, const AiKey *key)
 	t->key = *key;
 	t->bucket = -1;
 	return t;
+}
+
+/*
+ * Room for the touches of a call that charges several holders (a user and
+ * its accounts): the sum of what each set may take, before any lock.
+ */
+void
+ai_rules_reserve_touches(int n)
+{
+	ai_touch_reserve(n);
+}
+
+/*
+ * The entry of a holder, looked up under its partition lock (which the
+ * caller holds exclusively, perhaps with others); with create, made
+ * without releasing the lock (NULL when the table is full).
+ */
+AiEntry *
+ai_holder_lookup(const AiUser *u, TimestampTz now, bool create)
+{
+	AiEntry    *e = ai_entry_lookup(&u->key, u->hashcode, create, now, u->id, u->len);
+
+	if (e != NULL && create && u->account)
+		e->kind = AI_ENTRY_ACCOUNT;
+	return e;
 }
 
 /* The transaction ended: every charge that named touches has ended. */
@@ -231,8 +296,9 @@ ai_rule_sum(const AiRule *r, const AiUser *u, const AiWindow *w)
 		r->match == AI_MODELS_EXACT ? AI_MODEL_EXACT : AI_MODEL_PREFIX;
 	bool		timed = (w->kind == AI_WIN_MINUTE || w->kind == AI_WIN_HOUR);
 	char	   *q;
-	Oid			types[6] = {TEXTOID, DATEOID, DATEOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID};
-	Datum		vals[6];
+	Oid			types[7] = {TEXTOID, DATEOID, DATEOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID,
+	TEXTARRAYOID};
+	Datum		vals[7];
 	Datum		d;
 	int64		result;
 	MemoryContext outer = CurrentMemoryContext;
@@ -244,12 +310,24 @@ ai_rule_sum(const AiRule *r, const AiUser *u, const AiWindow *w)
 	vals[4] = TimestampTzGetDatum(w->end);
 	vals[5] = CStringGetTextDatum(r->match == AI_MODELS_PREFIX ?
 								  pnstrdup(r->model, r->prefix_len) : r->model);
+	/* an account's rule: its subtree; a member rule: the member's use there */
+	if (AI_SCOPE_IN_TREE(r->scope))
+		vals[6] = ai_account_subtree(r->scope_id);
 
 	/* this transaction's own records must be seen: their use is taken off */
 	CommandCounterIncrement();
 	SPI_connect();
-	q = ai_usage_sum_sql(x, x_totals, x_totals, model, timed, w->kind == AI_WIN_MINUTE);
-	ai_spi_read(q, model == AI_MODEL_ANY ? 5 : 6, types, vals);
+	if (AI_SCOPE_IN_TREE(r->scope))
+	{
+		q = ai_account_sum_sql(x, x_totals, model, timed, w->kind == AI_WIN_MINUTE,
+							   r->scope == AI_SCOPE_MEMBER);
+		ai_spi_read(q, 7, types, vals);
+	}
+	else
+	{
+		q = ai_usage_sum_sql(x, x_totals, x_totals, model, timed, w->kind == AI_WIN_MINUTE);
+		ai_spi_read(q, model == AI_MODEL_ANY ? 5 : 6, types, vals);
+	}
 	if (SPI_processed != 1 || !ai_spi_col(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &d))
 		elog(ERROR, "ai_ratelimit: rule use query returned no row");
 	MemoryContextSwitchTo(outer);
@@ -294,7 +372,7 @@ ai_rule_load_cached(AiRuleUse *ru, const AiUser *u, TimestampTz now, bool create
 		int64		own;
 
 		LWLockAcquire(u->lock, LW_EXCLUSIVE);
-		ue = create ? ai_entry_get(&u->key, u->hashcode, u->lock, now, u->id, u->len) :
+		ue = create ? ai_holder_get(u, now) :
 			ai_entry_lookup(&u->key, u->hashcode, false, now, NULL, 0);
 		if (ue == NULL)
 		{
@@ -305,13 +383,13 @@ ai_rule_load_cached(AiRuleUse *ru, const AiUser *u, TimestampTz now, bool create
 			return;
 		}
 		s = ai_entry_lookup(&ru->key, ru->hashcode, false, now, NULL, 0);
-		if (s != NULL && ai_rule_cache_at(s, ai_user_stamp(ue)) && s->spend_month == ru->win.code)
+		if (s != NULL && ai_rule_cache_at(s, ai_rule_stamp(r, ue)) && s->spend_month == ru->win.code)
 		{
 			LWLockRelease(u->lock);
 			ru->exact = true;
 			return;
 		}
-		stamp0 = ai_user_stamp(ue);
+		stamp0 = ai_rule_stamp(r, ue);
 		quiet = (ue->inflight == (uint32) ai_own_records(&u->key));
 		inflight0 = ai_inflight_cost(ue);
 		total0 = ue->recorded_total;
@@ -326,7 +404,7 @@ ai_rule_load_cached(AiRuleUse *ru, const AiUser *u, TimestampTz now, bool create
 			s->kind = AI_ENTRY_RULE | r->window;	/* never a user's, even unloaded */
 		ue = ai_entry_lookup(&u->key, u->hashcode, false, now, NULL, 0);
 		if (ue != NULL && quiet && ue->inflight == (uint32) ai_own_records(&u->key) &&
-			ai_user_stamp(ue) == stamp0)
+			ai_rule_stamp(r, ue) == stamp0)
 		{
 			own = ai_own_use(&ru->key, ru->win.code, s != NULL, &own_count);
 			if (s != NULL)
@@ -519,7 +597,7 @@ ai_rules_still_exact(const AiRuleSet *rs, const AiEntry *user)
 		if (!ru->exact || !ai_is_calendar_use(ru->rule))
 			continue;
 		s = ai_entry_lookup(&ru->key, ru->hashcode, false, 0, NULL, 0);
-		if (user == NULL || s == NULL || !ai_rule_cache_at(s, ai_user_stamp(user)) ||
+		if (user == NULL || s == NULL || !ai_rule_cache_at(s, ai_rule_stamp(ru->rule, user)) ||
 			s->spend_month != ru->win.code)
 			return false;
 	}
@@ -733,6 +811,33 @@ ai_rules_hold(const AiRuleSet *rs, AiReservation *res, int64 est_tokens)
 	res->rules[AI_RESV_RULES_NAMED] = ai_rules_known_mark();
 }
 
+/*
+ * What the same reservation holds on the rules of an account the check
+ * charges (its shadow there copies it): their model rules are named too,
+ * and the token estimate is held.  After ai_rules_hold.
+ */
+void
+ai_rules_hold_more(const AiRuleSet *rs, AiReservation *res, int64 est_tokens)
+{
+	int			k = 0;
+
+	/* any account may get a token rule while the request is in flight */
+	res->tokens = est_tokens;
+	while (k < AI_RESV_RULES_NAMED && res->rules[k] != 0)
+		k++;
+	for (int i = 0; i < rs->n && !res->all_rules; i++)
+	{
+		const AiRule *r = rs->use[i].rule;
+
+		if (r->metric == AI_METRIC_REQUESTS || r->match == AI_MODELS_ALL)
+			continue;
+		if (k == AI_RESV_RULES_NAMED)
+			res->all_rules = true;
+		else
+			res->rules[k++] = r->id;
+	}
+}
+
 /* A rule as a person reads it, for refusals: "500 cents/day for claude-opus-*". */
 char *
 ai_rule_words(const AiRule *r)
@@ -842,7 +947,8 @@ ai_rules_record_begin(const AiRuleRecord *rr, AiEntry *user, TimestampTz now,
 		t->matches = ai_rule_matches_model(r, rr->model);
 		t->amount = amount;
 		t->code = rr->codes[i];
-		if (s != NULL && ai_rule_cache_at(s, stamp_before))
+		t->tree = AI_SCOPE_IN_TREE(r->scope);
+		if (s != NULL && ai_rule_cache_at(s, ai_stamp_add(stamp_before, ai_tree_offset(r))))
 		{
 			if (t->matches && s->spend_month == t->code)
 			{
@@ -850,7 +956,7 @@ ai_rules_record_begin(const AiRuleRecord *rr, AiEntry *user, TimestampTz now,
 				int128_add_int64(&s->inflight_cost, amount);
 				t->added = true;
 			}
-			s->recorded_total = stamp_now;
+			s->recorded_total = ai_stamp_add(stamp_now, ai_tree_offset(r));
 		}
 	}
 	*n = (int16) (ntouches - *first);
@@ -894,6 +1000,7 @@ ai_rules_record_end(int32 first, int16 n, bool commit, AiEntry *user, uint32 seq
 {
 	int64		stamp_now = ai_user_stamp(user);
 	int64		stamp_before = (stamp_now & ~(int64) PG_UINT32_MAX) | seq_before;
+	int64		tree = (int64) ((uint64) ai_accounts_stamp() << 32);
 
 	for (int i = first; i < first + n && i < ntouches; i++)
 	{
@@ -922,11 +1029,11 @@ ai_rules_record_end(int32 first, int16 n, bool commit, AiEntry *user, uint32 seq
 			if (int128_compare(s->inflight_cost, int64_to_int128(0)) < 0 || s->inflight == 0)
 				s->inflight_cost = int64_to_int128(0);
 		}
-		if (ai_rule_cache_at(s, stamp_before))
+		if (ai_rule_cache_at(s, ai_stamp_add(stamp_before, t->tree ? tree : 0)))
 		{
 			if (commit && t->added && s->spend_month == t->code)
 				s->committed_spend = ai_money_add(s->committed_spend, t->amount);
-			s->recorded_total = stamp_now;
+			s->recorded_total = ai_stamp_add(stamp_now, t->tree ? tree : 0);
 		}
 	}
 }
@@ -993,7 +1100,7 @@ ai_rule_state(const AiRule *r, const AiUser *u, TimestampTz now, AiRuleState *st
 	ue = ai_entry_lookup(&u->key, u->hashcode, false, now, NULL, 0);
 	s = ai_entry_lookup(&ru.key, ru.hashcode, false, now, NULL, 0);
 	if (ru.exact && ai_is_calendar_use(r) &&
-		(ue == NULL || s == NULL || !ai_rule_cache_at(s, ai_user_stamp(ue)) ||
+		(ue == NULL || s == NULL || !ai_rule_cache_at(s, ai_rule_stamp(r, ue)) ||
 		 s->spend_month != ru.win.code))
 	{
 		/* changed since it was read: read the tables once more */

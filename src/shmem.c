@@ -296,6 +296,28 @@ ai_user_init(AiUser *u, const char *id, int len)
 	ai_make_key(&u->key, id, len);
 	u->hashcode = ai_key_hash(&u->key);
 	u->lock = ai_partition_lock(u->hashcode);
+	u->account = false;
+	u->nchain = 0;
+	u->chain = NULL;
+}
+
+/*
+ * An account of the current database, as the holder of its rules'
+ * counters: a key of its own namespace (another seed), so an account and a
+ * user of the same name never share counters.
+ */
+void
+ai_account_init(AiUser *a, const char *id, int len)
+{
+	memset(a, 0, sizeof(*a));
+	a->id = id;
+	a->len = len;
+	a->key.dbid = MyDatabaseId;
+	a->key.h64 = hash_bytes_extended((const unsigned char *) id, len, 0x61695f6163ULL);
+	a->key.h32 = hash_bytes_uint32(hash_bytes((const unsigned char *) id, len) ^ 0x61636374U);
+	a->hashcode = ai_key_hash(&a->key);
+	a->lock = ai_partition_lock(a->hashcode);
+	a->account = true;
 }
 
 /* The hash value of a key: its own 32 hash bits, mixed with the database. */
@@ -840,7 +862,7 @@ ai_resv_lookup(int64 id, AiKey *key)
 	int32		slot = -1;
 
 	if (id <= 0)
-		return -1;
+		return -1;				/* a shadow's negated id is not indexed */
 	LWLockAcquire(ai_shared->resv_lock, LW_SHARED);
 	cell = ai_resv_index_cell(id);
 	if (cell >= 0)
@@ -861,7 +883,17 @@ ai_resv_lookup(int64 id, AiKey *key)
 int32
 ai_resv_find(const AiEntry *entry, int64 id)
 {
-	int32		slot = ai_resv_lookup(id, NULL);
+	int32		slot;
+
+	if (id < 0)
+	{
+		/* a shadow: an account's list holds what its members' checks made */
+		for (slot = entry->resv_head; slot >= 0; slot = ai_shared->resv[slot].next)
+			if (ai_shared->resv[slot].id == id)
+				return slot;
+		return -1;
+	}
+	slot = ai_resv_lookup(id, NULL);
 
 	if (slot < 0 || ai_shared->resv[slot].state == AI_RESV_FREE ||
 		memcmp(&ai_shared->resv[slot].key, &entry->key, sizeof(AiKey)) != 0)
@@ -962,7 +994,8 @@ ai_resv_unfree(int32 slot, int64 id)
 	ai_resv_unlink(&ai_shared->resv[slot], &ai_shared->resv_free, NULL);
 	ai_shared->resv_used++;
 	ai_shared->resv[slot].id = id;
-	ai_resv_index_add(slot);
+	if (id > 0)
+		ai_resv_index_add(slot);
 }
 
 /*
@@ -1010,12 +1043,13 @@ ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampTz expires_at
 {
 	int32		s;
 
-	if (id <= 0)
+	if (id == 0 || (id < 0 && ai_resv_find(entry, id) >= 0))
 		return false;
 	LWLockAcquire(ai_shared->resv_lock, LW_EXCLUSIVE);
-	ai_ids_floor_id(id);
+	if (id > 0)
+		ai_ids_floor_id(id);
 	s = ai_shared->resv_free;
-	if (s < 0 || ai_resv_index_cell(id) >= 0)
+	if (s < 0 || (id > 0 && ai_resv_index_cell(id) >= 0))
 	{
 		LWLockRelease(ai_shared->resv_lock);
 		return false;
@@ -1045,7 +1079,8 @@ ai_resv_free(AiEntry *entry, int32 slot)
 		ai_resv_unreserve(entry, r->amount);
 
 	LWLockAcquire(ai_shared->resv_lock, LW_EXCLUSIVE);
-	ai_resv_index_remove(r->id);
+	if (r->id > 0)
+		ai_resv_index_remove(r->id);
 	r->id = 0;
 	r->state = AI_RESV_FREE;
 	r->prev = -1;
@@ -1055,6 +1090,74 @@ ai_resv_free(AiEntry *entry, int32 slot)
 	ai_shared->resv_free = slot;
 	ai_shared->resv_used--;
 	LWLockRelease(ai_shared->resv_lock);
+}
+
+/*
+ * Hold a check's estimate on an account too: a shadow of the reservation in
+ * slot `primary` (just made by the check), with the negated id, the same
+ * amount, expiry and rules, in the account entry's list.  False when the
+ * pool is full.  Caller holds the partition locks of both entries
+ * exclusively.
+ */
+bool
+ai_resv_shadow(AiEntry *account, int32 primary, int32 *slot)
+{
+	AiReservation *p = &ai_shared->resv[primary];
+	AiReservation *r;
+	int32		s;
+
+	LWLockAcquire(ai_shared->resv_lock, LW_EXCLUSIVE);
+	s = ai_shared->resv_free;
+	if (s < 0)
+	{
+		LWLockRelease(ai_shared->resv_lock);
+		return false;
+	}
+	ai_resv_unfree(s, -p->id);
+	LWLockRelease(ai_shared->resv_lock);
+	(void) ai_resv_link(account, s, p->amount, p->expires_at);
+	r = &ai_shared->resv[s];
+	r->all_rules = p->all_rules;
+	r->tokens = p->tokens;
+	memcpy(r->rules, p->rules, sizeof(r->rules));
+	*slot = s;
+	return true;
+}
+
+/*
+ * The estimate of reservation `id` leaves every account it was held on:
+ * its open shadows are freed, each confirmed under its account's partition
+ * lock (one at a time).  A shadow being settled stays: its record's
+ * transaction ends it.  Caller holds no lock.
+ */
+void
+ai_resv_free_shadows(int64 id, TimestampTz now)
+{
+	if (id <= 0)
+		return;
+	for (int32 i = 0; i < ai_max_reservations; i++)
+	{
+		AiReservation *r = &ai_shared->resv[i];
+		AiKey		key;
+		uint32		hashcode;
+		LWLock	   *lock;
+		AiEntry    *e;
+
+		if (r->id != -id || r->state != AI_RESV_OPEN || r->key.dbid != MyDatabaseId)
+			continue;
+		key = r->key;
+		hashcode = ai_key_hash(&key);
+		lock = ai_partition_lock(hashcode);
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		if (r->id == -id && r->state == AI_RESV_OPEN &&
+			memcmp(&r->key, &key, sizeof(AiKey)) == 0 &&
+			(e = ai_entry_lookup(&key, hashcode, false, now, NULL, 0)) != NULL)
+		{
+			ai_resv_free(e, i);
+			ai_partition_changed(hashcode);
+		}
+		LWLockRelease(lock);
+	}
 }
 
 /*
@@ -1072,7 +1175,13 @@ ai_resv_release(int64 id, TimestampTz now)
 	AiEntry    *e;
 	AiReleaseResult result = AI_RELEASE_NOT_FOUND;
 
-	if (slot < 0 || key.dbid != MyDatabaseId)
+	if (slot < 0)
+	{
+		/* settled, or expired and swept: an account may still hold it */
+		ai_resv_free_shadows(id, now);
+		return AI_RELEASE_NOT_FOUND;
+	}
+	if (key.dbid != MyDatabaseId)
 		return AI_RELEASE_NOT_FOUND;
 
 	hashcode = ai_key_hash(&key);
@@ -1095,6 +1204,9 @@ ai_resv_release(int64 id, TimestampTz now)
 		}
 	}
 	LWLockRelease(lock);
+	/* and from the accounts it was held on, unless a record settles it */
+	if (result != AI_RELEASE_SETTLING)
+		ai_resv_free_shadows(id, now);
 	return result;
 }
 
@@ -1222,6 +1334,7 @@ ai_verify(List **problems_out)
 	AiPartIter	it;
 	AiEntry    *e;
 	int64		indexed = 0;
+	int64		shadows = 0;
 	int64		linked = 0;
 	int64		free_len = 0;
 	int64		counted = 0;
@@ -1265,13 +1378,15 @@ ai_verify(List **problems_out)
 		int32		cell = ai_shared->resv[s].state == AI_RESV_FREE ? -1 :
 			ai_resv_index_cell(ai_shared->resv[s].id);
 
-		if (ai_shared->resv[s].state != AI_RESV_FREE && (cell < 0 || ai_resv_index[cell] != s))
+		if (ai_shared->resv[s].state != AI_RESV_FREE && ai_shared->resv[s].id < 0)
+			shadows++;			/* not indexed */
+		else if (ai_shared->resv[s].state != AI_RESV_FREE && (cell < 0 || ai_resv_index[cell] != s))
 			ai_verify_problem(problems, "reservation slot %d is not found by its id", s);
 	}
 	for (uint32 c = 0; c <= ai_resv_index_mask; c++)
 		if (ai_resv_index[c] >= 0)
 			indexed++;
-	if (indexed != ai_shared->resv_used)
+	if (indexed + shadows != ai_shared->resv_used)
 		ai_verify_problem(problems, "the id index holds " INT64_FORMAT " reservations but %d are in use",
 						  indexed, ai_shared->resv_used);
 	if (linked != ai_shared->resv_used)

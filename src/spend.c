@@ -118,6 +118,43 @@ ai_usage_sum_sql(const char *x, const char *x_totals, const char *x_archive,
 	return q.data;
 }
 
+/*
+ * The query that sums the use filed under the accounts $7 (an account and
+ * every account below it) in the local days [$2, $3): x over the rows of
+ * ai_usage, through the index on (account_id, day), and x_archive over
+ * ai_usage_archive; with member, only user $1's.  Timed: rows with
+ * created_at in [$4, $5), and the archive's whole days for the hour.  With
+ * a model condition, $6 is the model or prefix.
+ */
+char *
+ai_account_sum_sql(const char *x, const char *x_archive, AiModelCond model, bool timed,
+				   bool minute, bool member)
+{
+	const char *schema = ai_ext_schema();
+	const char *cond[3] = {"", " AND u.model OPERATOR(pg_catalog.=) $6",
+	" AND pg_catalog.starts_with(u.model, $6)"};
+	const char *who = member ? " AND u.user_id OPERATOR(pg_catalog.=) $1" : "";
+	StringInfoData q;
+
+	initStringInfo(&q);
+	appendStringInfo(&q, "SELECT COALESCE(pg_catalog.sum(x), 0) FROM ("
+					 " SELECT (%s)::pg_catalog.numeric AS x FROM %s.ai_usage u"
+					 "  WHERE u.account_id OPERATOR(pg_catalog.=) ANY ($7)%s"
+					 "    AND u.day OPERATOR(pg_catalog.>=) $2 AND u.day OPERATOR(pg_catalog.<) $3%s%s",
+					 x, schema, who,
+					 timed ? " AND u.created_at OPERATOR(pg_catalog.>=) $4"
+					 " AND u.created_at OPERATOR(pg_catalog.<) $5" : "",
+					 cond[model]);
+	if (!minute)
+		appendStringInfo(&q, " UNION ALL"
+						 " SELECT (%s)::pg_catalog.numeric FROM %s.ai_usage_archive u"
+						 "  WHERE u.account_id OPERATOR(pg_catalog.=) ANY ($7)%s"
+						 "    AND u.day OPERATOR(pg_catalog.>=) $2 AND u.day OPERATOR(pg_catalog.<) $3%s",
+						 x_archive, schema, who, cond[model]);
+	appendStringInfoString(&q, ") t");
+	return q.data;
+}
+
 /* Sum of cost_cents of a user in a month, read with the active snapshot. */
 static Datum
 ai_sum_month(const char *user_id, const AiCalendar *cal, bool latest)

@@ -149,6 +149,48 @@ ai_arg_user(FunctionCallInfo fcinfo, int argno, AiUser *u)
 }
 
 /*
+ * The accounts a call of this user charges (1.8): the account named by
+ * argument argno (the user must be a member), or else the user's default
+ * account, and every account above it, into user->chain.  None when the
+ * user belongs to no account and names none.
+ */
+static void
+ai_arg_account(FunctionCallInfo fcinfo, int argno, AiUser *user)
+{
+	const char *named = NULL;
+	const char *account;
+	const char *chain[AI_MAX_ACCOUNT_DEPTH];
+	const char **copy;
+	int			n;
+
+	if (argno < PG_NARGS() && !PG_ARGISNULL(argno))
+	{
+		text	   *t = PG_GETARG_TEXT_PP(argno);
+
+		if (VARSIZE_ANY_EXHDR(t) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("account must not be empty"),
+					 errhint("Name an account of ai_accounts, or pass NULL for the user's default account.")));
+		named = text_to_cstring(t);
+	}
+	account = ai_user_account(user, named);
+	if (account == NULL)
+		return;
+	n = ai_account_chain(account, chain);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("account \"%s\" does not exist", account)));
+	/* the tree's cache may be read again during the call: keep copies */
+	copy = palloc(sizeof(char *) * n);
+	for (int k = 0; k < n; k++)
+		copy[k] = pstrdup(chain[k]);
+	user->chain = copy;
+	user->nchain = n;
+}
+
+/*
  * The plan for a check: the named one, or the user's, or 'free'; with the
  * user's row of ai_user_limits applied, into *out.
  */
@@ -444,6 +486,8 @@ ai_run_check(FunctionCallInfo fcinfo, const char *func, bool consume, bool with_
 		if (!PG_ARGISNULL(4))
 			model = ai_arg_model(fcinfo, 4);	/* 1.6: the rules of that model apply */
 	}
+	/* 1.8: the account named, or the user's default one, and those above it */
+	ai_arg_account(fcinfo, with_estimate ? 7 : PG_NARGS(), &user);
 	ai_decide(&user, &plan, model, est, has_est, est_tokens, consume, d);
 }
 
@@ -528,13 +572,37 @@ ai_rule_facts(const AiRule *r, const AiUser *user, TimestampTz now, AiFacts *f,
  * under the plan, for calls of any model: layer "rule:<rule_id>", in what
  * the rule counts, with its window's length.
  */
+static void ai_limit_state_holder(ReturnSetInfo *rsinfo, const AiUser *user,
+								  const AiRule **binding, int n, TimestampTz now);
+
 static void
 ai_limit_state_rules(ReturnSetInfo *rsinfo, const AiUser *user, const AiPlan *plan)
 {
 	const AiRule **binding;
-	int			n = ai_rules_binding(plan->name, user, &binding);
+	int			n;
 	TimestampTz now = GetCurrentTimestamp();
+	AiUser		acct;
 
+	/* the user's rules, then those of each account its call charges */
+	for (int k = -1; k < user->nchain; k++)
+	{
+		const AiUser *holder = user;
+
+		if (k >= 0)
+		{
+			ai_account_init(&acct, user->chain[k], strlen(user->chain[k]));
+			holder = &acct;
+		}
+		n = ai_rules_binding(plan->name, holder, &binding);
+		ai_limit_state_holder(rsinfo, holder, binding, n, now);
+	}
+}
+
+/* The rows of ai_limit_state for some rules of one holder (user or account). */
+static void
+ai_limit_state_holder(ReturnSetInfo *rsinfo, const AiUser *user, const AiRule **binding, int n,
+					  TimestampTz now)
+{
 	for (int i = 0; i < n; i++)
 	{
 		AiRuleState rs;
@@ -576,6 +644,7 @@ ai_limit_state(PG_FUNCTION_ARGS)
 	ai_require_primary("ai_limit_state");
 	ai_arg_user(fcinfo, 0, &user);
 	ai_arg_plan(fcinfo, 1, &user, &plan);
+	ai_arg_account(fcinfo, 2, &user);	/* 1.8: the account's rules too */
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	n = ai_layer_states(&user, &plan, st);
 	for (int i = 0; i < n; i++)
@@ -663,6 +732,7 @@ ai_explain_limits(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(1))
 		model = ai_arg_model(fcinfo, 1);
 	ai_arg_plan(fcinfo, 2, &user, &plan);
+	ai_arg_account(fcinfo, 3, &user);	/* 1.8: member and account rules */
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 
 	n = ai_layer_states(&user, &plan, st);
@@ -695,20 +765,32 @@ ai_explain_limits(PG_FUNCTION_ARGS)
 					   st[i].remaining, st[i].reset_at);
 	}
 
-	n = ai_rules_binding(plan.name, &user, &binding);
-	for (int i = 0; i < n; i++)
+	/* the user's rules, then those of each account its call charges */
+	for (int k = -1; k < user.nchain; k++)
 	{
-		const AiRule *r = binding[i];
-		AiRuleState rs;
-		AiFacts		f;
-		int64		remaining;
+		const AiUser *holder = &user;
+		AiUser		acct;
 
-		if (!ai_rule_matches_model(r, model))
-			continue;
-		ai_rule_facts(r, &user, now, &f, &remaining, &rs);
-		ai_explain_row(rsinfo, r, r->user_scope ? "user" : "plan", r->scope_id,
-					   ai_metric_name(r->metric), ai_window_name(r->window), &f,
-					   remaining, rs.reset_at);
+		if (k >= 0)
+		{
+			ai_account_init(&acct, user.chain[k], strlen(user.chain[k]));
+			holder = &acct;
+		}
+		n = ai_rules_binding(plan.name, holder, &binding);
+		for (int i = 0; i < n; i++)
+		{
+			const AiRule *r = binding[i];
+			AiRuleState rs;
+			AiFacts		f;
+			int64		remaining;
+
+			if (!ai_rule_matches_model(r, model))
+				continue;
+			ai_rule_facts(r, holder, now, &f, &remaining, &rs);
+			ai_explain_row(rsinfo, r, ai_scope_name(r->scope), r->scope_id,
+						   ai_metric_name(r->metric), ai_window_name(r->window), &f,
+						   remaining, rs.reset_at);
+		}
 	}
 	return (Datum) 0;
 }
@@ -851,6 +933,8 @@ ai_record_usage(PG_FUNCTION_ARGS)
 					 errmsg("reservation_id must be positive"),
 					 errhint("Pass the reservation_id returned by ai_check_limit, or NULL.")));
 	}
+	/* 1.8: filed under the account named, or the user's default one */
+	ai_arg_account(fcinfo, 8, &user);
 	PG_RETURN_DATUM(ai_record(&user, model, &tok, resv, has_resv));
 }
 
@@ -1083,6 +1167,78 @@ ai_status_row(ReturnSetInfo *rsinfo, AiStatusCopy *c, TimestampTz now, const AiC
 }
 
 /*
+ * ai_account_status() (1.8): one row per account of this database with
+ * counters in shared memory: the estimates its members' requests in flight
+ * hold there, and the records in flight filed under it or below it.
+ */
+PG_FUNCTION_INFO_V1(ai_account_status);
+
+typedef struct AiAccountRow
+{
+	char		id[AI_ID_PREFIX_LEN + 1];
+	int32		nresv;
+	AiMoney		reserved;
+	uint32		inflight;
+	AiMoney		inflight_cost;
+} AiAccountRow;
+
+Datum
+ai_account_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	TimestampTz now = GetCurrentTimestamp();
+	List	   *rows = NIL;
+	ListCell   *lc;
+
+	ai_require_loaded();
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
+	{
+		LWLock	   *lock = ai_partition_lock_at(p);
+		AiPartIter	it;
+		AiEntry    *e;
+		AiAccountRow *batch;
+		int			n = 0;
+		int			max;
+
+		LWLockAcquire(lock, LW_SHARED);
+		max = ai_table->part_count[p];
+		batch = max > 0 ? palloc(sizeof(AiAccountRow) * max) : NULL;
+		ai_part_iter_init(&it, p);
+		while (n < max && (e = ai_part_iter_next(&it)) != NULL)
+		{
+			AiAccountRow *r = &batch[n];
+
+			if (e->key.dbid != MyDatabaseId || e->kind != AI_ENTRY_ACCOUNT)
+				continue;
+			memset(r->id, 0, sizeof(r->id));
+			memcpy(r->id, e->id_prefix, Min(e->id_len, AI_ID_PREFIX_LEN));
+			r->reserved = ai_resv_held(e, now, &r->nresv);
+			r->inflight = e->inflight;
+			r->inflight_cost = ai_inflight_cost(e);
+			n++;
+		}
+		LWLockRelease(lock);
+		for (int i = 0; i < n; i++)
+			rows = lappend(rows, &batch[i]);
+	}
+	foreach(lc, rows)
+	{
+		AiAccountRow *r = lfirst(lc);
+		Datum		v[5];
+		bool		nl[5] = {0};
+
+		v[0] = CStringGetTextDatum(r->id);
+		v[1] = Int32GetDatum(r->nresv);
+		v[2] = ai_money_to_numeric(r->reserved);
+		v[3] = Int64GetDatum((int64) r->inflight);
+		v[4] = ai_money_to_numeric(r->inflight_cost);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
+	}
+	return (Datum) 0;
+}
+
+/*
  * ai_ratelimit_status(): one row per user of this database with counters in
  * shared memory.  Copies the entries of one partition at a time under its
  * lock (shared), then builds that partition's rows without locks.
@@ -1126,8 +1282,8 @@ ai_ratelimit_status(PG_FUNCTION_ARGS)
 		ai_part_iter_init(&it, p);
 		while ((e = ai_part_iter_next(&it)) != NULL)
 		{
-			if (e->key.dbid != MyDatabaseId || AI_ENTRY_IS_RULE(e))
-				continue;		/* a rule's counters show in ai_explain_limits */
+			if (e->key.dbid != MyDatabaseId || !AI_ENTRY_IS_USER(e))
+				continue;		/* a rule's or an account's counters show elsewhere */
 			copy[n].e = *e;
 			/* reservations live outside the entry: count the open ones now */
 			copy[n].reserved = ai_resv_held(e, now, &copy[n].nresv);

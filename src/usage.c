@@ -536,6 +536,59 @@ ai_count_call(const AiRecordCall *r, AiEntry *e, AiCharge *charge)
 }
 
 /*
+ * Count the call in one account it is filed under (the account, and each
+ * above it): in flight until the transaction ends, like the user's own
+ * count, so the cached use of the account's rules stays exact; and the
+ * estimate its check held there (the shadow of reservation resv_id, if
+ * any) is settled with it.  Each account under its own lock: what one
+ * level shows moves from held to recorded in one step.
+ */
+static void
+ai_record_account(const AiRecordCall *r, const AiUser *a, const AiRuleRecord *rules,
+				  int64 resv_id)
+{
+	AiCharge	charge;
+	AiEntry    *e;
+	uint32		seq_before;
+
+	memset(&charge, 0, sizeof(charge));
+	charge.kind = AI_CHARGE_RECORD;
+	charge.key = a->key;
+	charge.burst_bucket = -1;
+	charge.day = -1;
+	charge.month = r->cal.month;
+	charge.cost = r->cost;
+	LWLockAcquire(a->lock, LW_EXCLUSIVE);
+	e = ai_entry_get(&a->key, a->hashcode, a->lock, r->now, a->id, a->len);
+	if (e == NULL)
+	{
+		/* cannot track it: every account's cached use reloads at commit */
+		LWLockRelease(a->lock);
+		ai_config_bump_at_end(AI_GEN_ACCOUNTS);
+		return;
+	}
+	e->kind = AI_ENTRY_ACCOUNT;
+	if (resv_id > 0)
+	{
+		int32		s = ai_resv_find(e, -resv_id);
+
+		if (s >= 0 && ai_shared->resv[s].state == AI_RESV_OPEN)
+		{
+			ai_shared->resv[s].state = AI_RESV_SETTLING;
+			ai_resv_unreserve(e, ai_shared->resv[s].amount);
+			charge.resv_id = -resv_id;
+			charge.resv_slot = s;
+		}
+	}
+	seq_before = e->change_seq;
+	ai_count_call(r, e, &charge);
+	ai_rules_record_begin(rules, e, r->now, r->cost, ai_call_tokens(&r->tok), seq_before,
+						  &charge.rule_first, &charge.rule_n);
+	LWLockRelease(a->lock);
+	ai_charge_add(&charge);
+}
+
+/*
  * Record one call.  Returns its cost in cents (numeric).  The row goes to
  * ai_usage; the cost counts toward the user's month in shared memory at
  * once and is settled against a reservation.
@@ -556,9 +609,13 @@ ai_record(const AiUser *u, const char *model,
 	bool		resv_missing = false;
 	AiRuleRecord rules;
 	uint32		seq_before;
+	int			nlevels = Min(u->nchain, AI_MAX_ACCOUNT_DEPTH);
+	AiUser		acct[AI_MAX_ACCOUNT_DEPTH];
+	AiRuleRecord acct_rules[AI_MAX_ACCOUNT_DEPTH];
+	int			touches;
 
-	/* the account the call is filed under: the user's default, for now */
-	r.account = ai_user_account(u, NULL);
+	/* the account the call is filed under: named, or the user's default (sql_api.c) */
+	r.account = nlevels > 0 ? u->chain[0] : NULL;
 	ai_open_record_publish();
 	r.now = GetCurrentTimestamp();
 	ai_calendar_at(r.now, &r.cal);
@@ -579,6 +636,14 @@ ai_record(const AiUser *u, const char *model,
 	ai_resv_drop_settled(u);
 	ai_insert_usage(&r, cost_num);
 	ai_rules_record_prepare(&rules, u, model, r.now);
+	touches = rules.n + 1;
+	for (int k = 0; k < nlevels; k++)
+	{
+		ai_account_init(&acct[k], u->chain[k], strlen(u->chain[k]));
+		ai_rules_record_prepare(&acct_rules[k], &acct[k], model, r.now);
+		touches += acct_rules[k].n + 1;
+	}
+	ai_rules_reserve_touches(touches);
 
 	memset(&charge, 0, sizeof(charge));
 	charge.kind = AI_CHARGE_RECORD;
@@ -587,7 +652,7 @@ ai_record(const AiUser *u, const char *model,
 	charge.day = -1;
 	charge.month = r.cal.month;
 	charge.cost = r.cost;
-	ai_charge_reserve();
+	ai_charge_reserve_n(1 + nlevels);
 	LWLockAcquire(u->lock, LW_EXCLUSIVE);
 	e = ai_entry_get(&u->key, u->hashcode, u->lock, r.now, u->id, u->len);
 	if (e == NULL)
@@ -606,6 +671,8 @@ ai_record(const AiUser *u, const char *model,
 						  &charge.rule_first, &charge.rule_n);
 	LWLockRelease(u->lock);
 	ai_charge_add(&charge);
+	for (int k = 0; k < nlevels; k++)
+		ai_record_account(&r, &acct[k], &acct_rules[k], charge.resv_id);
 
 	for (int k = 0; k < nfired; k++)
 	{
@@ -668,5 +735,13 @@ ai_ratelimit_usage_inserted(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);	/* not preloaded: nothing is cached */
 	ai_make_key(&key, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
 	ai_spend_row_written(&key);
+	/* filed under an account (1.8): the use of every account's rules reloads */
+	col = SPI_fnumber(trigdata->tg_relation->rd_att, "account_id");
+	if (col > 0)
+	{
+		(void) heap_getattr(trigdata->tg_trigtuple, col, trigdata->tg_relation->rd_att, &isnull);
+		if (!isnull)
+			ai_config_changed(AI_GEN_ACCOUNTS);
+	}
 	return PointerGetDatum(NULL);
 }

@@ -40,9 +40,16 @@ static int	maxcharges = 0;
 void
 ai_charge_reserve(void)
 {
-	if (ncharges >= maxcharges)
+	ai_charge_reserve_n(1);
+}
+
+/* Room for n more charges (a call that charges a user and its accounts). */
+void
+ai_charge_reserve_n(int n)
+{
+	if (ncharges + n > maxcharges)
 	{
-		int			newmax = maxcharges ? maxcharges * 2 : 16;
+		int			newmax = Max(maxcharges ? maxcharges * 2 : 16, ncharges + n);
 
 		if (charges == NULL)
 			charges = MemoryContextAlloc(TopMemoryContext, newmax * sizeof(AiCharge));
@@ -90,7 +97,7 @@ ai_charge_end(AiCharge *c, bool commit)
 				e->burst[c->burst_bucket % AI_BURST_RING]--;
 			if (c->day >= 0 && e->day == c->day && e->daily_count > 0)
 				e->daily_count--;
-			if (c->resv_id > 0 && ai_shared->resv[c->resv_slot].id == c->resv_id)
+			if (c->resv_id != 0 && ai_shared->resv[c->resv_slot].id == c->resv_id)
 				ai_resv_free(e, c->resv_slot);
 			ai_rules_check_undo(c->rule_first, c->rule_n);
 		}
@@ -115,7 +122,7 @@ ai_charge_end(AiCharge *c, bool commit)
 		}
 		if (commit && e->spend_state == AI_SPEND_VALID && e->spend_month == c->month)
 			e->committed_spend = ai_money_add(e->committed_spend, c->cost);
-		if (c->resv_id > 0)
+		if (c->resv_id != 0)
 		{
 			AiReservation *r = &ai_shared->resv[c->resv_slot];
 

@@ -1,0 +1,154 @@
+--
+-- shared_budgets: rules on accounts and on members (1.8).  A check charges
+-- the user's own limits, the member rules of the user in the account and
+-- the rules of the account and every account above it, all in one step:
+-- all pass and are counted, or none.  Records, releases and rollbacks act
+-- on every level.
+--
+SET ai_ratelimit.reservation_ttl = 600;
+INSERT INTO ai_plans (plan, burst_limit, daily_limit) VALUES ('sb', NULL, NULL);
+INSERT INTO ai_model_prices (model, input_usd_per_mtok, output_usd_per_mtok) VALUES ('sb-model', 10, 10);
+INSERT INTO ai_accounts (account_id, parent_id, name) VALUES
+    ('sb-org', NULL, 'Org'), ('sb-red', 'sb-org', 'Red team'), ('sb-blue', 'sb-org', 'Blue team'),
+    ('sb-other', NULL, 'Another org');
+INSERT INTO ai_account_members (account_id, user_id, is_default) VALUES
+    ('sb-red', 'sb-ann', true), ('sb-red', 'sb-ben', true), ('sb-blue', 'sb-cat', true),
+    ('sb-blue', 'sb-ann', false), ('sb-org', 'sb-dan', true), ('sb-other', 'sb-eve', true);
+-- the organisation 10 cents a month, the red team 6, ben 2 a day inside it
+INSERT INTO ai_rules (rule_id, scope, scope_id, metric, "window", max_value) VALUES
+    (801, 'account', 'sb-org', 'cents', 'month', 10),
+    (802, 'account', 'sb-red', 'cents', 'month', 6);
+INSERT INTO ai_rules (rule_id, scope, scope_id, member_id, metric, "window", max_value) VALUES
+    (803, 'member', 'sb-red', 'sb-ben', 'cents', 'day', 2);
+-- a member rule names its member, and only a member rule does
+\set VERBOSITY terse
+INSERT INTO ai_rules (scope, scope_id, metric, "window", max_value) VALUES ('member', 'sb-red', 'cents', 'day', 1);
+INSERT INTO ai_rules (scope, scope_id, member_id, metric, "window", max_value) VALUES ('account', 'sb-red', 'sb-ben', 'cents', 'day', 1);
+\set VERBOSITY default
+-- what a call of each level sees: the rules that bind it, used and held
+CREATE FUNCTION sb_levels(u text, acct text DEFAULT NULL)
+RETURNS TABLE (rule_id integer, scope text, scope_id text, max_value numeric, used numeric, held numeric)
+LANGUAGE sql AS $$
+    SELECT rule_id, scope, scope_id, max_value, used, held
+    FROM ai_explain_limits(u, NULL, 'sb', acct) WHERE rule_id IS NOT NULL ORDER BY rule_id
+$$;
+
+-- ann (red team) holds 5 cents: on red and on the organisation
+SELECT allowed, reservation_id > 0 AS held FROM ai_check_limit('sb-ann', 'sb', 5);
+SELECT * FROM sb_levels('sb-ann');
+-- ben in the same team: 5 + 2 is over the team's 6, held by requests in flight
+SELECT allowed, limited_by, error, retry_after FROM ai_check_limit('sb-ben', 'sb', 2);
+-- ben's own 2 a day can never take 3: no retry can pass
+SELECT allowed, limited_by, error, retry_after, retryable FROM ai_check_limit('sb-ben', 'sb', 3);
+-- cat (blue team) has 5 left of the organisation's 10, not 6
+SELECT allowed, limited_by, error FROM ai_check_limit('sb-cat', 'sb', 6);
+SELECT allowed, reservation_id AS cat_resv FROM ai_check_limit('sb-cat', 'sb', 5) \gset
+SELECT :'allowed' AS allowed;
+-- the organisation is full: dan (a member of the organisation itself) gets nothing
+SELECT allowed, limited_by, error FROM ai_check_limit('sb-dan', 'sb', 0.01);
+-- a refusal by an account in ai_enforce_limit's stable form
+DO $$
+DECLARE
+    state text;
+    hint text;
+    cons text;
+BEGIN
+    PERFORM ai_enforce_limit('sb-dan', 'sb', 0.01);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, hint = PG_EXCEPTION_HINT,
+                            cons = CONSTRAINT_NAME;
+    RAISE NOTICE '% % %', state, cons, hint::jsonb - 'reset_at';
+END $$;
+-- another organisation is not touched
+SELECT allowed FROM ai_check_limit('sb-eve', 'sb', 5);
+
+-- ann records 3 cents on her default account: her 5 held becomes 3 spent, on every level
+SELECT ai_record_usage('sb-ann', 'sb-model', 1500, 1500);
+SELECT * FROM sb_levels('sb-ann');
+SELECT user_id, account_id, cost_cents FROM ai_usage WHERE user_id LIKE 'sb-%' ORDER BY 1;
+SELECT ai_account_spend('sb-org') AS org, ai_account_spend('sb-red') AS red,
+       ai_account_spend('sb-blue') AS blue;
+-- 10 - 3 spent - 5 held by cat: ben may take 2
+SELECT allowed FROM ai_check_limit('sb-ben', 'sb', 2);
+SELECT allowed, limited_by FROM ai_check_limit('sb-ben', 'sb', 0.01);
+SELECT * FROM sb_levels('sb-ben');
+
+-- cat's call failed: the release gives back its estimate on blue and on the organisation
+SELECT ai_release_reservation(:cat_resv) AS released;
+SELECT * FROM sb_levels('sb-cat');
+-- and only once
+SELECT ai_release_reservation(:cat_resv) AS released;
+SELECT * FROM sb_levels('sb-cat');
+-- what each account holds now: ann's 5 on red settled, ben's 2 held on red and the organisation
+SELECT * FROM ai_account_status WHERE account_id LIKE 'sb-%' ORDER BY 1;
+
+-- a check rolled back holds nothing, at any level; one rolled back to a savepoint neither
+BEGIN;
+SELECT allowed FROM ai_check_limit('sb-cat', 'sb', 4);
+SELECT * FROM sb_levels('sb-cat');
+SAVEPOINT s;
+SELECT allowed FROM ai_check_limit('sb-dan', 'sb', 1);
+ROLLBACK TO s;
+SELECT * FROM sb_levels('sb-dan');
+ROLLBACK;
+SELECT * FROM sb_levels('sb-cat');
+
+-- a record rolled back: the estimate it settled is held again, on every level
+SELECT reservation_id AS cat_resv FROM ai_check_limit('sb-cat', 'sb', 4) \gset
+BEGIN;
+SELECT ai_record_usage('sb-cat', 'sb-model', 500, 500, 0, :cat_resv);
+SELECT * FROM sb_levels('sb-cat');
+ROLLBACK;
+SELECT * FROM sb_levels('sb-cat');
+-- committed: 1 cent spent, the 4 held are gone, on blue and the organisation
+SELECT ai_record_usage('sb-cat', 'sb-model', 500, 500, 0, :cat_resv);
+SELECT * FROM sb_levels('sb-cat');
+
+-- ann checks for the blue team by name: blue and the organisation, not red
+SELECT * FROM sb_levels('sb-ann', 'sb-blue');
+SELECT allowed, reservation_id AS ann_resv FROM ai_check_limit('sb-ann', 'sb', 1, account => 'sb-blue') \gset
+SELECT :'allowed' AS allowed;
+SELECT ai_record_usage('sb-ann', 'sb-model', 500, 500, 0, :ann_resv, account => 'sb-blue');
+SELECT user_id, account_id, cost_cents FROM ai_usage WHERE user_id LIKE 'sb-%' ORDER BY 1, 2;
+SELECT ai_account_spend('sb-org') AS org, ai_account_spend('sb-red') AS red,
+       ai_account_spend('sb-blue') AS blue;
+SELECT * FROM sb_levels('sb-ann', 'sb-blue');
+-- not a member, an account that does not exist, an empty name
+SELECT allowed FROM ai_check_limit('sb-cat', 'sb', 1, account => 'sb-red');
+SELECT ai_record_usage('sb-cat', 'sb-model', 1, 1, account => 'sb-red');
+SELECT allowed FROM ai_check_limit('sb-cat', 'sb', 1, account => 'nowhere');
+SELECT allowed FROM ai_check_limit('sb-cat', 'sb', 1, account => '');
+
+-- a row written another way, filed under an account, counts at once
+INSERT INTO ai_usage (created_at, day, user_id, model, priced_as, input_tokens, output_tokens,
+                      cached_input_tokens, cost_cents, account_id)
+VALUES (now(), timezone('UTC', now())::date, 'sb-dan', 'sb-model', 'sb-model', 0, 0, 0, 0.5, 'sb-org');
+SELECT * FROM sb_levels('sb-dan');
+-- a team moved to another organisation takes its spend along
+UPDATE ai_accounts SET parent_id = 'sb-other' WHERE account_id = 'sb-blue';
+SELECT * FROM sb_levels('sb-dan');
+SELECT * FROM sb_levels('sb-cat');
+INSERT INTO ai_rules (rule_id, scope, scope_id, metric, "window", max_value) VALUES
+    (804, 'account', 'sb-other', 'cents', 'month', 7);
+SELECT * FROM sb_levels('sb-cat');
+SELECT allowed, limited_by, error FROM ai_check_limit('sb-cat', 'sb', 3);
+
+-- a requests rule on an account counts checks, and gives back a rolled back one
+INSERT INTO ai_rules (rule_id, scope, scope_id, metric, "window", max_value) VALUES
+    (805, 'account', 'sb-red', 'requests', 'day', 3);
+SELECT rule_id, used FROM sb_levels('sb-ann') WHERE rule_id = 805;
+BEGIN;
+SELECT allowed FROM ai_check_limit('sb-ann', 'sb');
+SELECT rule_id, used FROM sb_levels('sb-ann') WHERE rule_id = 805;
+ROLLBACK;
+SELECT allowed FROM ai_check_limit('sb-ann', 'sb');
+SELECT allowed FROM ai_check_limit('sb-ann', 'sb');
+SELECT allowed, limited_by, error FROM ai_check_limit('sb-ann', 'sb');
+
+-- a peek counts nothing and holds nothing
+SELECT allowed, limited_by FROM ai_peek_limit('sb-ben', 'sb');
+SELECT layer, limit_value, used, held FROM ai_limit_state('sb-ben', 'sb') ORDER BY 1;
+
+SELECT ai_ratelimit_verify();
+DELETE FROM ai_rules WHERE rule_id BETWEEN 801 AND 805;
+RESET ai_ratelimit.reservation_ttl;
