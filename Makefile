@@ -41,7 +41,7 @@ PGFILEDESC = "ai_ratelimit - per-user AI rate limits and budgets"
 REGRESS = setup plans limits usage bad_input security upgrade operations user_config money_guard around_call models rules usage_days accounts shared_budgets shared_state
 REGRESS_OPTS = --temp-config=$(srcdir)/test/ai_ratelimit.conf --temp-instance=./tmp_check
 
-ISOLATION = no_wait budget model_budget compact_open account_tree
+ISOLATION = no_wait budget model_budget compact_open account_tree shared_budget
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/ai_ratelimit.conf --temp-instance=./tmp_check_iso
 
 TAP_TESTS = 1

@@ -10,30 +10,37 @@
  * user's memberships are read per user and cached with the user's other
  * configuration generation, since members may be millions.
  *
- * How shared budgets are enforced (the plan this file is the first part
- * of):
+ * How shared budgets are enforced:
  *
  *   - An account's rules (ai_rules scope 'account') count what every member
  *     uses through the account or any account below it.  Their counters are
- *     entries of the shared table keyed from the account (a key of its own
- *     namespace, never equal to a user's), so they live in the account's
- *     partition.  A member rule (scope 'member') bounds one user inside one
- *     account; its counters are keyed from the user and the rule, in the
- *     user's partition, like a user's rule.
+ *     entries of the shared table keyed from the account (ai_account_init:
+ *     a key of its own namespace, never equal to a user's), so they live in
+ *     the account's partition, beside the account's own entry (kind
+ *     AI_ENTRY_ACCOUNT: its records in flight and the estimates held on
+ *     it).  A member rule (scope 'member') bounds one user inside one
+ *     account and the accounts below it; its counters are keyed from the
+ *     user and the rule, in the user's partition, like a user's rule.
  *   - A check takes the partition locks of the user and of every account
- *     on the chain in ascending partition order and releases them in
- *     descending order (LWLocks have no deadlock detector); nothing that
- *     holds a partition lock ever waits for a lower one.  So every level is
- *     refused, charged and held under one set of locks, or none is.
- *   - A reservation remembers the account it was made for; release,
- *     settle, rollback and expiry take the same lock set.  An account
- *     entry cannot walk its members' reservations, so it counts what they
- *     hold by expiry time, in buckets that expire whole at their end
- *     (never earlier than any reservation in them).
- *   - The calendar use of an account rule is loaded from ai_usage rows
- *     whose account_id is the account or one below it, and kept exact by
- *     every record as a user's is (in flight, then committed or rolled
- *     back), with the account entry's own change counter as its stamp.
+ *     on the chain in ascending order and releases them in descending
+ *     order (limits.c); nothing else holds two partition locks but
+ *     ai_lock_all, which takes them all in the same order.  LWLocks have
+ *     no deadlock detector; this order makes a cycle impossible.  So every
+ *     level is refused, charged and held under one set of locks, or none.
+ *   - The check's reservation is held on each account by a shadow: a slot
+ *     of the pool with the negated id, in the account's list, with the same
+ *     amount, expiry and rules.  A record settles the shadows of the chain
+ *     it is filed under (usage.c), ai_release_reservation frees them, a
+ *     rollback frees them (xact.c), and they expire with the reservation.
+ *     Being reservations, they are saved and sent to standbys.
+ *   - A record counts in flight on each account of its chain, one lock at
+ *     a time (what one level shows moves from held to recorded in one
+ *     step), so the calendar use of an account rule, loaded from the rows
+ *     whose account_id is in the account's subtree, is kept exact as a
+ *     user's is, with the account entry's change counter as its stamp.
+ *     That stamp also carries the tree's generation: a use summed over a
+ *     subtree loads again when the tree or a membership changes, or a row
+ *     filed under an account is written another way.
  *
  *-------------------------------------------------------------------------
  */
