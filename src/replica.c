@@ -65,8 +65,11 @@ ai_register_rmgr(void)
 	RegisterCustomRmgr(AI_RMGR_ID, &ai_rmgr);
 }
 
-/* Log one record: entries [0, nentries), their reservations, tombstones. */
-static void
+/*
+ * Log one record: entries [0, nentries), their reservations, tombstones.
+ * Returns where the record ends.
+ */
+static XLogRecPtr
 ai_wal_log_chunk(const AiSaveHeader *save, const AiSavedEntry *entries, uint32 nentries,
 				 const AiSavedResv *resv, uint32 nresv, const AiKey *tomb, uint32 ntomb)
 {
@@ -83,7 +86,7 @@ ai_wal_log_chunk(const AiSaveHeader *save, const AiSavedEntry *entries, uint32 n
 		XLogRegisterData((char *) resv, sizeof(AiSavedResv) * nresv);
 	if (ntomb > 0)
 		XLogRegisterData((char *) tomb, sizeof(AiKey) * ntomb);
-	(void) XLogInsert(AI_RMGR_ID, XLOG_AI_SAVE);
+	return XLogInsert(AI_RMGR_ID, XLOG_AI_SAVE);
 }
 
 /*
@@ -99,6 +102,7 @@ ai_wal_log_save(const AiSaveHeader *hdr, const AiSavedEntry *entries,
 	uint32		e = 0;
 	uint32		r = 0;
 	uint32		ntomb = hdr->ntomb;
+	XLogRecPtr	end = InvalidXLogRecPtr;
 
 	while (e < hdr->nentries || ntomb > 0)
 	{
@@ -108,11 +112,18 @@ ai_wal_log_save(const AiSaveHeader *hdr, const AiSavedEntry *entries,
 		for (uint32 i = e; i < e + ne; i++)
 			while (r < hdr->nresv && memcmp(&resv[r].key, &entries[i].key, sizeof(AiKey)) == 0)
 				r++;
-		ai_wal_log_chunk(hdr, entries + e, ne, resv + r0, r - r0, tomb, ntomb);
+		end = ai_wal_log_chunk(hdr, entries + e, ne, resv + r0, r - r0, tomb, ntomb);
 		e += ne;
 		ntomb = 0;
 	}
-	XLogFlush(GetXLogInsertRecPtr());
+
+	/*
+	 * Flushed to the end of the last record, not to the insert position: at
+	 * a page boundary that points past the page header, beyond any WAL
+	 * written, and the flush fails.
+	 */
+	if (!XLogRecPtrIsInvalid(end))
+		XLogFlush(end);
 }
 
 static void
