@@ -24,6 +24,7 @@
 #include "utils/date.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "ai_calendar.h"
 #include "ai_config.h"
@@ -405,6 +406,9 @@ ai_resv_drop_settled(const AiUser *u)
 		e->resv_restored = 0;
 	}
 	LWLockRelease(lock);
+	/* and from the accounts its check held them on (1.8) */
+	for (int i = 0; i < n; i++)
+		ai_resv_free_shadows(DatumGetInt64(ids[i]), GetCurrentTimestamp());
 	pfree(ids);
 }
 
