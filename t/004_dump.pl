@@ -30,6 +30,9 @@ INSERT INTO ai_accounts (account_id, parent_id, name) VALUES                    
 UPDATE ai_accounts SET name = 'Acme Inc.' WHERE account_id = 'acme';                  -- a parent after its children
 INSERT INTO ai_account_members (account_id, user_id, is_default) VALUES
     ('acme-a', 'alice', true), ('acme-b', 'alice', false), ('acme-b', 'bob', true);
+INSERT INTO ai_rules (scope, scope_id, member_id, model, metric, "window", max_value) VALUES  -- shared budgets
+    ('account', 'acme', NULL, '*', 'cents', 'month', 1000),
+    ('member', 'acme-b', 'bob', '*', 'requests', 'day', 500);
 SELECT ai_record_usage(u, m, 1000 * g, 500 * g, 10 * g)
 FROM unnest(ARRAY['alice', 'bob', 'carol']) u,
      unnest(ARRAY['claude-sonnet-4-6', 'gpt-4o', 'claude-haiku', 'unknown-model']) m,
@@ -83,7 +86,13 @@ foreach my $format ('custom', 'plain')
 		SELECT c.allowed::text || ' ' || (c.used = s.spent) || ' ' || c.limited_by
 		FROM s, ai_check_limit('alice', 'pro', 40 - s.spent + 0.01, model => 'claude-haiku') c}),
 		'false true rule', "restore ($format): a model budget binds from the restored usage");
-	is($node->safe_psql($db, "SELECT nextval('ai_rules_rule_id_seq') > 2"), 't',
+	# the organisation's budget binds from the restored usage of both teams
+	is($node->safe_psql($db, q{
+		WITH s AS (SELECT ai_account_spend('acme') AS spent)
+		SELECT c.allowed::text || ' ' || (c.used = s.spent) || ' ' || c.limited_by
+		FROM s, ai_check_limit('bob', 'team', 1000 - s.spent + 0.01) c}),
+		'false true account', "restore ($format): an organisation's budget binds from the restored usage");
+	is($node->safe_psql($db, "SELECT nextval('ai_rules_rule_id_seq') > 4"), 't',
 		"restore ($format): rule ids continue after the restored ones");
 
 	# the restored database goes on: new usage gets new ids, checks work
