@@ -76,8 +76,10 @@ SELECT * FROM sb_levels('sb-ben');
 -- cat's call failed: the release gives back its estimate on blue and on the organisation
 SELECT ai_release_reservation(:cat_resv) AS released;
 SELECT * FROM sb_levels('sb-cat');
--- and only once
+-- and only once (the NOTICE names the id)
+SET client_min_messages = warning;
 SELECT ai_release_reservation(:cat_resv) AS released;
+RESET client_min_messages;
 SELECT * FROM sb_levels('sb-cat');
 -- what each account holds now: ann's 5 on red settled, ben's 2 held on red and the organisation
 SELECT * FROM ai_account_status WHERE account_id LIKE 'sb-%' ORDER BY 1;

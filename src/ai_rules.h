@@ -62,6 +62,7 @@ extern int32 ai_rules_known_mark(void);
 extern bool ai_rules_mark_knows(int32 mark, const AiRule *r);
 extern int	ai_rules_binding(const char *plan, const AiUser *u, const AiRule ***list);
 extern const AiRule *ai_rule_at(int i);
+extern int	ai_rules_for_record(const AiUser *u, const AiRule ***list);
 extern bool ai_rule_applies(const AiRule *r, const char *plan, const AiUser *u);
 extern bool ai_rule_matches_model(const AiRule *r, const char *model);
 extern const char *ai_metric_name(AiMetric m);

@@ -49,6 +49,8 @@ static HTAB *rule_groups = NULL;
 static int32 max_revision = 0;	/* the highest revision of the cached rules */
 static bool have_user_rules = false;
 static bool have_member_rules = false;
+static const AiRule **plan_amounts = NULL;	/* the plans' rules of tokens or cents */
+static int	nplan_amounts = 0;
 
 /* Group key of a scope: "p:plan", "u:user", "a:account" or "m:account"; false when too long. */
 static bool
@@ -167,6 +169,8 @@ ai_reload_rules(void)
 	rule_groups = NULL;
 	have_user_rules = false;
 	have_member_rules = false;
+	plan_amounts = NULL;
+	nplan_amounts = 0;
 	max_revision = 0;
 
 	ai_load_extension_info();
@@ -186,6 +190,10 @@ ai_reload_rules(void)
 	{
 		HASHCTL		ctl;
 
+		plan_amounts = MemoryContextAlloc(rules_cxt, sizeof(AiRule *) * nrules);
+		for (int i = 0; i < nrules; i++)
+			if (rules[i].scope == AI_SCOPE_PLAN && rules[i].metric != AI_METRIC_REQUESTS)
+				plan_amounts[nplan_amounts++] = &rules[i];
 		ctl.keysize = AI_MAX_USER_ID_LEN + 3;
 		ctl.entrysize = sizeof(AiRuleGroup);
 		ctl.hcxt = rules_cxt;
@@ -255,10 +263,10 @@ ai_rule_is_member(const AiRule *r, const AiUser *u)
 }
 
 /*
- * The rules that bind user u under plan (the plan's, the user's, then those
- * on u as a member of each account its call charges, u->chain), or, for an
- * account (u->account), the account's own: their count, and in *list an
- * array of them (palloc'd; NULL when none).
+ * The rules that bind user u under plan (the plan's, unless plan is NULL,
+ * the user's, then those on u as a member of each account its call
+ * charges, u->chain), or, for an account (u->account), the account's own:
+ * their count, and in *list an array of them (palloc'd; NULL when none).
  */
 int
 ai_rules_binding(const char *plan, const AiUser *u, const AiRule ***list)
@@ -282,7 +290,9 @@ ai_rules_binding(const char *plan, const AiUser *u, const AiRule ***list)
 	}
 	else
 	{
-		if (last_gen == rules_gen && strcmp(last_plan, plan) == 0)
+		if (plan == NULL)
+			groups[0] = NULL;	/* no plan's rules */
+		else if (last_gen == rules_gen && strcmp(last_plan, plan) == 0)
 			groups[0] = last_group;
 		else if (ai_rule_group_key(key, AI_SCOPE_PLAN, plan, strlen(plan)))
 		{
@@ -317,6 +327,36 @@ ai_rules_binding(const char *plan, const AiUser *u, const AiRule ***list)
 					(*list)[n++] = r;
 			}
 	return n;
+}
+
+/*
+ * The rules a record of user u (or, for an account, a record filed under
+ * it) may count in: the plans' rules of tokens or cents (a record does not
+ * know the user's plan), the user's own, and the user's as a member of each
+ * account on u->chain; or the account's own.  Requests rules are counted
+ * by checks only and left out.  Their count, and in *list an array of them
+ * (palloc'd; NULL when none).
+ */
+int
+ai_rules_for_record(const AiUser *u, const AiRule ***list)
+{
+	const AiRule **binding;
+	int			n;
+	int			k = 0;
+
+	*list = NULL;
+	if (ai_rules_count() == 0)
+		return 0;
+	/* the groups of the user (or account) and its memberships, by any plan */
+	n = ai_rules_binding(NULL, u, &binding);
+	*list = palloc(sizeof(AiRule *) * (n + (u->account ? 0 : nplan_amounts) + 1));
+	if (!u->account)
+		for (int i = 0; i < nplan_amounts; i++)
+			(*list)[k++] = plan_amounts[i];
+	for (int i = 0; i < n; i++)
+		if (binding[i]->scope != AI_SCOPE_PLAN && binding[i]->metric != AI_METRIC_REQUESTS)
+			(*list)[k++] = binding[i];
+	return k;
 }
 
 /* Rule i, 0 <= i < ai_rules_count(). */

@@ -857,29 +857,31 @@ ai_rule_words(const AiRule *r)
 
 /*
  * The rules a record of user u for model may count in: every tokens and
- * cents rule of any plan or of the user (the record does not know the
- * user's plan; rules of other plans have no counters of this user, or keep
- * theirs exact for when the plan comes back).  Caller holds no lock.
+ * cents rule of any plan, of the user, and of the user as a member of the
+ * accounts it is filed under (the record does not know the user's plan;
+ * rules of other plans have no counters of this user, or keep theirs exact
+ * for when the plan comes back); for an account (u->account), the
+ * account's own (ai_rules_for_record).  Caller holds no lock.
  */
 void
 ai_rules_record_prepare(AiRuleRecord *rr, const AiUser *u, const char *model, TimestampTz now)
 {
-	int			total = ai_rules_count();
+	const AiRule **list;
+	int			total;
 
 	memset(rr, 0, sizeof(*rr));
 	rr->user = u;
 	rr->model = model;
-	if (total == 0)
+	if (ai_rules_count() == 0)
 		return;
-	rr->cand = palloc(sizeof(AiRule *) * total);
-	rr->codes = palloc(sizeof(int32) * total);
+	total = ai_rules_for_record(u, &list);
+	rr->cand = palloc(sizeof(AiRule *) * (total + 1));
+	rr->codes = palloc(sizeof(int32) * (total + 1));
 	for (int i = 0; i < total; i++)
 	{
-		const AiRule *r = ai_rule_at(i);
+		const AiRule *r = list[i];
 		AiWindow	w;
 
-		if (r->metric == AI_METRIC_REQUESTS || !ai_rule_applies(r, NULL, u))
-			continue;
 		if (r->window == AI_WIN_MINUTE && !ai_rule_matches_model(r, model))
 			continue;
 		/* the window is computed here: nothing may raise an error under the lock */
