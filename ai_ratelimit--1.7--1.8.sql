@@ -15,8 +15,16 @@ CREATE TABLE @extschema@.ai_accounts (
     parent_id   text REFERENCES @extschema@.ai_accounts (account_id),
     name        text,
     created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    alert_percents integer[]
+        CONSTRAINT ai_accounts_alert_percents
+        CHECK (pg_catalog.cardinality(alert_percents) OPERATOR(pg_catalog.<=) 8
+               AND pg_catalog.array_position(alert_percents, NULL) IS NULL
+               AND 1 OPERATOR(pg_catalog.<=) ALL (alert_percents)
+               AND 1000 OPERATOR(pg_catalog.>=) ALL (alert_percents)),
     CONSTRAINT ai_accounts_not_own_parent CHECK (parent_id OPERATOR(pg_catalog.<>) account_id)
 );
+COMMENT ON COLUMN @extschema@.ai_accounts.alert_percents IS
+    'percents of each cents rule on the account whose crossing raises an alert (ai_account_alerts and pg_notify), once per rule, window and threshold';
 COMMENT ON TABLE @extschema@.ai_accounts IS
     'ai_ratelimit: accounts (organisation, team, ...) as a tree: parent_id is the account this one belongs to';
 CREATE INDEX ai_accounts_parent_idx ON @extschema@.ai_accounts (parent_id);
@@ -421,3 +429,32 @@ CREATE VIEW @extschema@.ai_account_status AS
 COMMENT ON VIEW @extschema@.ai_account_status IS
     'ai_ratelimit: one row per account of this database with live counters in shared memory: estimates its members'' requests in flight hold there, and records in flight filed under it or below it';
 REVOKE ALL ON @extschema@.ai_account_status FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Budget alerts of accounts: the record whose cost crosses a threshold of
+-- ai_accounts.alert_percents on a cents rule of the account writes a row,
+-- in its own transaction (so it commits or rolls back with the usage), and
+-- sends a notification; once per account, rule, window and threshold.
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE @extschema@.ai_account_alerts (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    created_at        timestamptz NOT NULL,
+    account_id        text NOT NULL,
+    rule_id           integer NOT NULL,
+    window_start      timestamptz NOT NULL,
+    threshold_percent integer NOT NULL,
+    spend_cents       numeric NOT NULL,
+    budget_cents      numeric NOT NULL,
+    user_id           text NOT NULL,
+    acknowledged_at   timestamptz,
+    CONSTRAINT ai_account_alerts_once UNIQUE (account_id, rule_id, window_start, threshold_percent)
+);
+CREATE INDEX ai_account_alerts_open_idx ON @extschema@.ai_account_alerts (id) WHERE acknowledged_at IS NULL;
+COMMENT ON TABLE @extschema@.ai_account_alerts IS
+    'ai_ratelimit: budget alerts of accounts, one row per account, cents rule, window and threshold crossed, with the user whose call crossed it; set acknowledged_at when handled';
+COMMENT ON SEQUENCE @extschema@.ai_account_alerts_id_seq IS
+    'ids of ai_account_alerts rows';
+REVOKE ALL ON @extschema@.ai_account_alerts FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.ai_account_alerts', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.ai_account_alerts_id_seq', '');

@@ -151,6 +151,33 @@ SELECT allowed, limited_by, error FROM ai_check_limit('sb-ann', 'sb');
 SELECT allowed, limited_by FROM ai_peek_limit('sb-ben', 'sb');
 SELECT layer, limit_value, used, held FROM ai_limit_state('sb-ben', 'sb') ORDER BY 1;
 
+-- budget alerts of an account: each threshold of alert_percents, on each
+-- cents rule of the account, once per window; a record that rolls back
+-- takes its alert with it, and the next crossing fires it again
+INSERT INTO ai_accounts (account_id, parent_id, alert_percents) VALUES ('al-org', NULL, '{50, 90, 100}');
+INSERT INTO ai_accounts (account_id, parent_id) VALUES ('al-team', 'al-org');
+INSERT INTO ai_account_members (account_id, user_id, is_default) VALUES ('al-team', 'al-ann', true);
+INSERT INTO ai_rules (rule_id, scope, scope_id, metric, "window", max_value) VALUES
+    (806, 'account', 'al-org', 'cents', 'month', 10);
+SELECT ai_record_usage('al-ann', 'sb-model', 2000, 2000);   -- 4 cents: 40%
+BEGIN;
+SELECT ai_record_usage('al-ann', 'sb-model', 1000, 1000);   -- 6 cents: 60%
+SELECT account_id, threshold_percent, spend_cents FROM ai_account_alerts;
+ROLLBACK;
+SELECT count(*) AS none FROM ai_account_alerts;
+SELECT ai_record_usage('al-ann', 'sb-model', 1000, 1000);   -- 6 cents: 60%, again
+SELECT ai_record_usage('al-ann', 'sb-model', 1500, 1500);   -- 9 cents: 90%
+SELECT ai_record_usage('al-ann', 'sb-model', 1000, 1000);   -- 11 cents: 110%
+SELECT ai_record_usage('al-ann', 'sb-model', 1000, 1000);   -- 13 cents: nothing new
+SELECT account_id, rule_id, threshold_percent, spend_cents, budget_cents, user_id,
+       window_start = date_trunc('month', now(), 'UTC') AS this_month
+FROM ai_account_alerts ORDER BY id;
+-- bad thresholds are refused by the table
+\set VERBOSITY terse
+UPDATE ai_accounts SET alert_percents = '{0}' WHERE account_id = 'al-org';
+UPDATE ai_accounts SET alert_percents = '{1,2,3,4,5,6,7,8,9}' WHERE account_id = 'al-org';
+\set VERBOSITY default
+
 SELECT ai_ratelimit_verify();
-DELETE FROM ai_rules WHERE rule_id BETWEEN 801 AND 805;
+DELETE FROM ai_rules WHERE rule_id BETWEEN 801 AND 806;
 RESET ai_ratelimit.reservation_ttl;

@@ -54,6 +54,7 @@
 #include "utils/memutils.h"
 
 #include "ai_accounts.h"
+#include "ai_config.h"
 #include "ai_extension.h"
 #include "ai_shmem.h"
 
@@ -63,6 +64,8 @@ typedef struct AiAccountNode
 	char	   *id;
 	char	   *parent_id;		/* NULL: a root */
 	int			parent;			/* index of the parent, or -1 */
+	int			nalerts;		/* alert_percents */
+	int32		alert_percent[AI_MAX_ALERTS];
 } AiAccountNode;
 
 typedef struct AiAccountSlot
@@ -97,6 +100,19 @@ ai_cache_account_row(HeapTuple tup, TupleDesc td)
 	n->id = TextDatumGetCString(d);
 	n->parent_id = ai_spi_col(tup, td, 2, &d) ? TextDatumGetCString(d) : NULL;
 	n->parent = -1;
+	n->nalerts = 0;
+	if (ai_spi_col(tup, td, 3, &d))
+	{
+		Datum	   *elems;
+		bool	   *nulls;
+		int			k;
+
+		deconstruct_array(DatumGetArrayTypeP(d), INT4OID, sizeof(int32), true,
+						  TYPALIGN_INT, &elems, &nulls, &k);
+		for (int i = 0; i < k && n->nalerts < AI_MAX_ALERTS; i++)
+			if (!nulls[i])
+				n->alert_percent[n->nalerts++] = DatumGetInt32(elems[i]);
+	}
 	MemoryContextSwitchTo(old);
 	nnodes++;
 }
@@ -121,7 +137,9 @@ ai_reload_accounts(void)
 	if (ai_ext_has_relation("ai_accounts"))
 	{
 		SPI_connect();
-		ai_spi_each_row(psprintf("SELECT account_id, parent_id FROM %s.ai_accounts",
+		ai_spi_each_row(psprintf("SELECT account_id, parent_id, %s FROM %s.ai_accounts",
+								 ai_ext_has_column("ai_accounts", "alert_percents") ?
+								 "alert_percents" : "NULL::pg_catalog.int4[]",
 								 ai_ext_schema()),
 						ai_cache_account_row);
 		SPI_finish();
@@ -188,6 +206,27 @@ ai_account_subtree(const char *account_id)
 				}
 		}
 	return PointerGetDatum(construct_array(ids, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/*
+ * The alert thresholds of an account (ai_accounts.alert_percents), in
+ * percents of each cents rule on it, into pct[AI_MAX_ALERTS]; how many.
+ */
+int
+ai_account_alert_percents(const char *account_id, int32 *pct)
+{
+	AiAccountSlot *s;
+	AiAccountNode *n;
+
+	if (strlen(account_id) > AI_MAX_USER_ID_LEN)
+		return 0;
+	ai_accounts_fresh();
+	s = hash_search(by_id, account_id, HASH_FIND, NULL);
+	if (s == NULL)
+		return 0;
+	n = &nodes[s->node];
+	memcpy(pct, n->alert_percent, sizeof(int32) * n->nalerts);
+	return n->nalerts;
 }
 
 /*

@@ -15,5 +15,6 @@
 extern int	ai_account_chain(const char *account_id, const char **chain);
 extern Datum ai_account_subtree(const char *account_id);
 extern uint32 ai_accounts_stamp(void);
+extern int	ai_account_alert_percents(const char *account_id, int32 *pct);
 
 #endif							/* AI_ACCOUNTS_H_ */

@@ -9,6 +9,7 @@
 #define AI_RULESTATE_H_
 
 #include "ai_calendar.h"
+#include "ai_config.h"
 #include "ai_rules.h"
 #include "ai_shmem.h"
 
@@ -62,6 +63,15 @@ extern void ai_rules_hold_more(const AiRuleSet *rs, AiReservation *r, int64 est_
 extern char *ai_rule_words(const AiRule *r);
 
 /* rulestate.c: a record (usage.c) */
+/* A budget alert a record fired on a rule of an account (1.8). */
+typedef struct AiRuleAlert
+{
+	const AiRule *rule;
+	int32		pct;
+	AiMoney		after;			/* the rule's use with the record */
+	TimestampTz window_start;
+} AiRuleAlert;
+
 typedef struct AiRuleRecord
 {
 	const AiUser *user;
@@ -70,10 +80,16 @@ typedef struct AiRuleRecord
 	int			n;				/* candidate rules */
 	const AiRule **cand;
 	int32	   *codes;			/* the calendar window of each at the record's time */
+	TimestampTz *starts;		/* ... and its start */
+	/* an account's alert thresholds (set after prepare), and what fired */
+	int			nalerts;
+	int32		alert_pct[AI_MAX_ALERTS];
+	int			nfired;
+	AiRuleAlert *fired;			/* room for n * AI_MAX_ALERTS */
 } AiRuleRecord;
 extern void ai_rules_record_prepare(AiRuleRecord *rr, const AiUser *u, const char *model,
 									TimestampTz now);
-extern void ai_rules_record_begin(const AiRuleRecord *rr, AiEntry *user, TimestampTz now,
+extern void ai_rules_record_begin(AiRuleRecord *rr, AiEntry *user, TimestampTz now,
 								  AiMoney cost, int64 tokens, uint32 seq_before,
 								  int32 *first, int16 *n);
 

@@ -170,6 +170,7 @@ typedef struct AiRuleTouch
 	bool		matches;		/* record: the rule counts its model */
 	bool		added;			/* record: counted in flight in the cached use */
 	bool		tree;			/* record: its use is summed over an account's subtree */
+	uint32		alert_bits;		/* record: alert thresholds it fired on the rule */
 	bool		ended;
 	int32		code;			/* calendar window at the time */
 	int64		bucket;			/* minute ring bucket charged, or -1 */
@@ -409,6 +410,8 @@ ai_rule_load_cached(AiRuleUse *ru, const AiUser *u, TimestampTz now, bool create
 			own = ai_own_use(&ru->key, ru->win.code, s != NULL, &own_count);
 			if (s != NULL)
 			{
+				if (s->spend_month != ru->win.code)
+					s->alerts_sent = 0;	/* a new window: its alerts are to come */
 				s->spend_state = AI_SPEND_VALID;
 				s->spend_month = ru->win.code;
 				s->spend_gen = pg_atomic_read_u32(&ai_shared->usage_gen);
@@ -855,6 +858,8 @@ ai_rule_words(const AiRule *r)
 
 /* ---- a record ---- */
 
+static void ai_rule_alerts_crossed(AiRuleRecord *rr, int i, AiEntry *s, AiRuleTouch *t);
+
 /*
  * The rules a record of user u for model may count in: every tokens and
  * cents rule of any plan, of the user, and of the user as a member of the
@@ -877,6 +882,9 @@ ai_rules_record_prepare(AiRuleRecord *rr, const AiUser *u, const char *model, Ti
 	total = ai_rules_for_record(u, &list);
 	rr->cand = palloc(sizeof(AiRule *) * (total + 1));
 	rr->codes = palloc(sizeof(int32) * (total + 1));
+	rr->starts = palloc(sizeof(TimestampTz) * (total + 1));
+	if (u->account)
+		rr->fired = palloc(sizeof(AiRuleAlert) * (total * AI_MAX_ALERTS + 1));
 	for (int i = 0; i < total; i++)
 	{
 		const AiRule *r = list[i];
@@ -887,6 +895,7 @@ ai_rules_record_prepare(AiRuleRecord *rr, const AiUser *u, const char *model, Ti
 		/* the window is computed here: nothing may raise an error under the lock */
 		ai_window_at(r->window, now, &w);
 		rr->codes[rr->n] = w.code;
+		rr->starts[rr->n] = w.start;
 		rr->cand[rr->n++] = r;
 	}
 	rr->any = true;
@@ -902,7 +911,7 @@ ai_rules_record_prepare(AiRuleRecord *rr, const AiUser *u, const char *model, Ti
  * holds the user's partition lock exclusively.
  */
 void
-ai_rules_record_begin(const AiRuleRecord *rr, AiEntry *user, TimestampTz now,
+ai_rules_record_begin(AiRuleRecord *rr, AiEntry *user, TimestampTz now,
 					  AiMoney cost, int64 tokens, uint32 seq_before,
 					  int32 *first, int16 *n)
 {
@@ -952,6 +961,9 @@ ai_rules_record_begin(const AiRuleRecord *rr, AiEntry *user, TimestampTz now,
 		t->tree = AI_SCOPE_IN_TREE(r->scope);
 		if (s != NULL && ai_rule_cache_at(s, ai_stamp_add(stamp_before, ai_tree_offset(r))))
 		{
+			if (t->matches && s->spend_month == t->code && rr->nalerts > 0 &&
+				r->metric == AI_METRIC_CENTS)
+				ai_rule_alerts_crossed(rr, i, s, t);
 			if (t->matches && s->spend_month == t->code)
 			{
 				s->inflight++;
@@ -962,6 +974,39 @@ ai_rules_record_begin(const AiRuleRecord *rr, AiEntry *user, TimestampTz now,
 		}
 	}
 	*n = (int16) (ntouches - *first);
+}
+
+/*
+ * The alert thresholds of an account (rr->alert_pct) that the record's cost
+ * crosses on its rule rr->cand[i], once per rule, window and threshold:
+ * into rr->fired, their bits into the rule's counters and the touch (given
+ * back if the record rolls back).  Caller holds the lock exclusively; the
+ * use cached in s is exact.
+ */
+static void
+ai_rule_alerts_crossed(AiRuleRecord *rr, int i, AiEntry *s, AiRuleTouch *t)
+{
+	const AiRule *r = rr->cand[i];
+	AiMoney		before = ai_money_add(s->committed_spend, ai_inflight_cost(s));
+	AiMoney		after = ai_money_add(before, t->amount);
+
+	for (int k = 0; k < rr->nalerts; k++)
+	{
+		AiMoney		at = ai_money_percent(r->max, rr->alert_pct[k]);
+		uint32		bit = 1U << k;
+
+		if (before < at && after >= at && (s->alerts_sent & bit) == 0)
+		{
+			AiRuleAlert *a = &rr->fired[rr->nfired++];
+
+			s->alerts_sent |= bit;
+			t->alert_bits |= bit;
+			a->rule = r;
+			a->pct = rr->alert_pct[k];
+			a->after = after;
+			a->window_start = rr->starts[i];
+		}
+	}
 }
 
 /* ---- the end of a transaction (xact.c), under the user's lock ---- */
@@ -1031,6 +1076,8 @@ ai_rules_record_end(int32 first, int16 n, bool commit, AiEntry *user, uint32 seq
 			if (int128_compare(s->inflight_cost, int64_to_int128(0)) < 0 || s->inflight == 0)
 				s->inflight_cost = int64_to_int128(0);
 		}
+		if (!commit && t->alert_bits != 0 && s->spend_month == t->code)
+			s->alerts_sent &= ~t->alert_bits;	/* they fire again, with a record that stays */
 		if (ai_rule_cache_at(s, ai_stamp_add(stamp_before, t->tree ? tree : 0)))
 		{
 			if (commit && t->added && s->spend_month == t->code)

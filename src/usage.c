@@ -31,6 +31,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "ai_accounts.h"
 #include "ai_calendar.h"
 #include "ai_config.h"
 #include "ai_rings.h"
@@ -105,6 +106,62 @@ ai_insert_alert(const char *user_id, int idlen, const AiPlan *plan, int pct,
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "ai_ratelimit: alert insert failed: %s", SPI_result_code_string(rc));
 	SPI_finish();
+}
+
+/*
+ * A budget alert of an account (1.8): a row of ai_account_alerts, in the
+ * recording transaction, once per account, rule, window and threshold, and
+ * a notification on the channel ai_ratelimit.  The rule's shared alert bits
+ * let one transaction at a time fire a threshold, so the insert never waits
+ * for another's.
+ */
+static void
+ai_account_alert(const AiUser *account, const AiUser *user, const AiRuleAlert *a, TimestampTz now)
+{
+	static const char *ins =
+	"INSERT INTO %s.ai_account_alerts (created_at, account_id, rule_id, window_start,"
+	" threshold_percent, spend_cents, budget_cents, user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+	" ON CONFLICT ON CONSTRAINT ai_account_alerts_once DO NOTHING";
+	static AiKeptPlan kept;
+	static Oid	types[8] = {TIMESTAMPTZOID, TEXTOID, INT4OID, TIMESTAMPTZOID, INT4OID,
+	NUMERICOID, NUMERICOID, TEXTOID};
+	Datum		vals[8];
+	AiInternalState st;
+	SPIPlanPtr	splan;
+	int			rc;
+	StringInfoData buf;
+
+	if (!ai_ext_has_relation("ai_account_alerts"))
+		return;
+	SPI_connect();
+	splan = ai_kept_plan(&kept, psprintf(ins, ai_ext_schema()), 8, types);
+	vals[0] = TimestampTzGetDatum(now);
+	vals[1] = PointerGetDatum(cstring_to_text_with_len(account->id, account->len));
+	vals[2] = Int32GetDatum(a->rule->id);
+	vals[3] = TimestampTzGetDatum(a->window_start);
+	vals[4] = Int32GetDatum(a->pct);
+	vals[5] = ai_money_to_numeric(a->after);
+	vals[6] = ai_money_to_numeric(a->rule->max);
+	vals[7] = PointerGetDatum(cstring_to_text_with_len(user->id, user->len));
+	ai_as_owner_begin(&st);
+	rc = SPI_execute_plan(splan, vals, NULL, false, 0);
+	ai_as_owner_end(&st);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "ai_ratelimit: account alert insert failed: %s", SPI_result_code_string(rc));
+	SPI_finish();
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"event\": \"account_budget_alert\", \"account_id\": ");
+	escape_json(&buf, account->id);
+	appendStringInfo(&buf, ", \"rule_id\": %d, \"user_id\": ", a->rule->id);
+	escape_json(&buf, user->id);
+	appendStringInfo(&buf, ", \"threshold_percent\": %d, \"spend_cents\": %s, \"budget_cents\": %s, \"window_start\": ",
+					 a->pct,
+					 DatumGetCString(DirectFunctionCall1(numeric_out, ai_money_to_numeric(a->after))),
+					 DatumGetCString(DirectFunctionCall1(numeric_out, ai_money_to_numeric(a->rule->max))));
+	escape_json(&buf, timestamptz_to_str(a->window_start));
+	appendStringInfoChar(&buf, '}');
+	Async_Notify("ai_ratelimit", buf.data);
 }
 
 /* True while ai_record_usage inserts its row (the row trigger skips it). */
@@ -544,7 +601,7 @@ ai_count_call(const AiRecordCall *r, AiEntry *e, AiCharge *charge)
  * level shows moves from held to recorded in one step.
  */
 static void
-ai_record_account(const AiRecordCall *r, const AiUser *a, const AiRuleRecord *rules,
+ai_record_account(const AiRecordCall *r, const AiUser *a, AiRuleRecord *rules,
 				  int64 resv_id)
 {
 	AiCharge	charge;
@@ -586,6 +643,8 @@ ai_record_account(const AiRecordCall *r, const AiUser *a, const AiRuleRecord *ru
 						  &charge.rule_first, &charge.rule_n);
 	LWLockRelease(a->lock);
 	ai_charge_add(&charge);
+	for (int k = 0; k < rules->nfired; k++)
+		ai_account_alert(a, r->user, &rules->fired[k], r->now);
 }
 
 /*
@@ -632,6 +691,24 @@ ai_record(const AiUser *u, const char *model,
 		 */
 		want_alerts = ai_ensure_spend(u, &r.cal, r.now, true, &ignored);
 	}
+	/*
+	 * Alerts of an account compare the exact use of its rules before and
+	 * after this call: load them before the row is inserted, as the user's
+	 * spend is loaded above.
+	 */
+	for (int k = 0; k < nlevels; k++)
+	{
+		int32		pct[AI_MAX_ALERTS];
+
+		if (ai_account_alert_percents(u->chain[k], pct) > 0)
+		{
+			AiUser		a;
+			AiRuleSet	rs;
+
+			ai_account_init(&a, u->chain[k], strlen(u->chain[k]));
+			ai_rules_prepare(&rs, &a, NULL, model, r.now, true);
+		}
+	}
 	/* after a crash: drop reservations settled since the last save first */
 	ai_resv_drop_settled(u);
 	ai_insert_usage(&r, cost_num);
@@ -641,6 +718,8 @@ ai_record(const AiUser *u, const char *model,
 	{
 		ai_account_init(&acct[k], u->chain[k], strlen(u->chain[k]));
 		ai_rules_record_prepare(&acct_rules[k], &acct[k], model, r.now);
+		if (acct_rules[k].fired != NULL)
+			acct_rules[k].nalerts = ai_account_alert_percents(u->chain[k], acct_rules[k].alert_pct);
 		touches += acct_rules[k].n + 1;
 	}
 	ai_rules_reserve_touches(touches);
