@@ -13,11 +13,13 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use AiTest;
 use Time::HiRes qw(sleep);
 
 my %seen;    # every id issued in this test, by any server
 
-sub sql { my ($node, $q) = @_; return $node->safe_psql('postgres', $q); }
 
 # a check with an estimate: the id, or '' when refused
 sub reserve
@@ -33,18 +35,6 @@ sub reserve
 	return $r;
 }
 
-# wait until the saver has saved everything done so far: a save that
-# started after $t took every change made before it, and one change after
-# $t makes sure there is such a save (one that started just before $t may
-# have taken them all and left nothing to save)
-sub saved
-{
-	my ($node) = @_;
-	my $t = sql($node, 'SELECT clock_timestamp()');
-	sql($node, "SELECT allowed FROM ai_check_limit('zz-save-marker', 'cap')");
-	ok($node->poll_query_until('postgres', "SELECT last_save > '$t' FROM ai_ratelimit_saves()"),
-		$node->name . ': saved');
-}
 
 my $setup = q{
 CREATE EXTENSION ai_ratelimit;
@@ -70,7 +60,7 @@ $node->restart;
 my $second = reserve($node, 'ann', 90);
 like($second, qr/^\d+$/, 'after a clean restart: 90 cents reserved again (1 spent)');
 cmp_ok($second, '>', $first, 'the new id is above every id issued before the restart');
-saved($node);
+saved($node, 'cap');
 $node->stop('immediate');
 $node->start;
 is(reserve($node, 'ann', 90), '', 'after a crash: the reservation in flight still holds its 90 cents');
@@ -96,7 +86,7 @@ ok($node->poll_query_until('postgres',
 		"SELECT saver_pid IS NOT NULL AND saver_pid <> $saver AND saver_starts = 2 FROM ai_ratelimit_saves()"),
 	'terminated, the saver is started again by the postmaster');
 sql($node, "SELECT allowed FROM ai_check_limit('ben', 'cap')") for 1 .. 3;
-saved($node);
+saved($node, 'cap');
 is(sql($node, "SELECT daily_used FROM ai_ratelimit_status WHERE user_id = 'ben'"), '3',
 	'ben counted 3 after the saver came back');
 $node->stop('immediate');

@@ -10,6 +10,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use AiTest;
 
 my $primary = PostgreSQL::Test::Cluster->new('rules_primary');
 $primary->init(allows_streaming => 1);
@@ -20,17 +23,6 @@ ai_ratelimit.timezone = 'UTC'
 });
 $primary->start;
 
-sub sql { my ($node, $q) = @_; return $node->safe_psql('postgres', $q); }
-
-# wait until the saver has saved everything done so far (as in t/014)
-sub saved
-{
-	my ($node) = @_;
-	my $t = sql($node, 'SELECT clock_timestamp()');
-	sql($node, "SELECT allowed FROM ai_check_limit('zz-save-marker', 'r')");
-	ok($node->poll_query_until('postgres', "SELECT last_save > '$t' FROM ai_ratelimit_saves()"),
-		$node->name . ': saved');
-}
 
 sql($primary, q{
 CREATE EXTENSION ai_ratelimit;
@@ -72,7 +64,7 @@ $primary->restart;
 state_is($primary, 'after a clean restart');
 
 # a crash: what the last save held
-saved($primary);
+saved($primary, 'r');
 $primary->stop('immediate');
 $primary->start;
 state_is($primary, 'after a crash');
@@ -85,7 +77,7 @@ $standby->start;
 sql($primary, q{SELECT allowed FROM ai_check_limit('dan', 'r', model => 'gpt-4o')}) for 1 .. 3;
 my $rid2 = sql($primary, q{SELECT reservation_id FROM ai_check_limit('eve', 'r', 7, model => 'claude-opus-4-5')});
 like($rid2, qr/^\d+$/, "eve holds reservation $rid2");
-saved($primary);
+saved($primary, 'r');
 $primary->wait_for_catchup($standby);
 
 # failover: the standby is promoted, the old primary is gone

@@ -11,6 +11,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use AiTest;
 
 my $primary = PostgreSQL::Test::Cluster->new('accounts_primary');
 $primary->init(allows_streaming => 1);
@@ -21,17 +24,6 @@ ai_ratelimit.timezone = 'UTC'
 });
 $primary->start;
 
-sub sql { my ($node, $q) = @_; return $node->safe_psql('postgres', $q); }
-
-# wait until the saver has saved everything done so far (as in t/018)
-sub saved
-{
-	my ($node) = @_;
-	my $t = sql($node, 'SELECT clock_timestamp()');
-	sql($node, "SELECT allowed FROM ai_check_limit('zz-save-marker', 'r')");
-	ok($node->poll_query_until('postgres', "SELECT last_save > '$t' FROM ai_ratelimit_saves()"),
-		$node->name . ': saved');
-}
 
 sql($primary, q{
 CREATE EXTENSION ai_ratelimit;
@@ -78,7 +70,7 @@ $primary->restart;
 state_is($primary, 'after a clean restart', '3 6');
 
 # a crash: what the last save held
-saved($primary);
+saved($primary, 'r');
 $primary->stop('immediate');
 $primary->start;
 state_is($primary, 'after a crash', '3 6');
@@ -86,7 +78,7 @@ state_is($primary, 'after a crash', '3 6');
 # a record that settles an estimate after the last save, then a crash: the
 # estimate is not held again, on the user or on the accounts
 my $rid_eve = sql($primary, q{SELECT reservation_id FROM ai_check_limit('eve', 'r', 5)});
-saved($primary);
+saved($primary, 'r');
 is(org($primary), '3 11', 'eve holds 5 more');
 sql($primary, "SELECT ai_record_usage('eve', 'claude-opus-4-5', 0, 800, 0, $rid_eve)");   # 2 cents
 is(org($primary), '5 6', 'her record settles it: 2 cents spent');
@@ -103,7 +95,7 @@ $standby->init_from_backup($primary, 'b1', has_streaming => 1);
 $standby->start;
 my $rid2 = sql($primary, q{SELECT reservation_id FROM ai_check_limit('fay', 'r', 7)});
 like($rid2, qr/^\d+$/, "fay holds reservation $rid2 on blue and the organisation");
-saved($primary);
+saved($primary, 'r');
 $primary->wait_for_catchup($standby);
 
 # failover: the standby is promoted, the old primary is gone
