@@ -28,15 +28,21 @@
  *   config.c        backend-local caches of ai_plans and ai_model_prices,
  *                   invalidated through shared generations
  *   triggers.c      the trigger on the configuration tables; DROP EXTENSION
- *   users.c         per-user configuration (ai_user_plans, ai_user_limits),
- *                   looked up and invalidated one user at a time
+ *   users.c         per-user configuration (ai_user_plans, ai_user_limits,
+ *                   memberships), looked up and invalidated one user at a time
+ *   accounts.c      the account tree: the chain a check charges, an
+ *                   account's subtree, its alert thresholds; how shared
+ *                   budgets are enforced
  *   xact.c          what a check or record took, given back on abort
  *   limits.c        the decision, layer by layer: block, burst, daily,
- *                   tokens per minute, monthly budget, then the rules
+ *                   tokens per minute, monthly budget, then the rules of
+ *                   the user and of every account charged, under one set
+ *                   of locks
  *   rules.c         ai_rules: the backend's cache of rules, which bind a
- *                   check (by plan, user and model)
- *   rulestate.c     a rule's counters for one user: requests, tokens and
- *                   cents per window, held, charged and given back
+ *                   check (by plan, user, member, account and model)
+ *   rulestate.c     a rule's counters for one user or account: requests,
+ *                   tokens and cents per window, held, charged and given
+ *                   back; account alerts
  *   spend.c         a user's monthly spend: from the tables, cached exact;
  *                   the query that sums a window from totals and log
  *   usage.c         ai_record_usage: cost, usage row, shared counters; the

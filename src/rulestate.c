@@ -7,7 +7,11 @@
  * A rule's counters for one user are an entry of the shared table (its
  * kind AI_ENTRY_RULE), keyed from the user's key and the rule, in the
  * user's partition: the partition lock a check holds covers the user and
- * every rule that applies, so all of them pass or none is charged.  Being
+ * every rule that applies, so all of them pass or none is charged.  The
+ * rules of an account are counted the same way for the account (an AiUser
+ * made by ai_account_init, its entry of kind AI_ENTRY_ACCOUNT: its
+ * "holder"), in the account's partition, whose lock the check holds too
+ * (accounts.c).  Being
  * entries, they are saved, sent to standbys and swept like a user's.  The
  * fields such an entry uses depend on what the rule counts:
  *

@@ -17,16 +17,25 @@
  * The free list of slots is guarded by a spinlock, taken under a partition
  * lock for a few instructions.
  *
- * Nothing takes more than one partition lock at a time except
- * ai_ratelimit_verify(), a debugging aid that takes them all (shared).  A
- * rule's counters of a user are keyed into the user's partition, so one
- * lock covers a check's user and every rule that binds it.
+ * Two kinds of caller take more than one partition lock at a time, and
+ * both take them in ascending partition order and release them in
+ * descending order: ai_ratelimit_verify(), a debugging aid that takes them
+ * all (shared), and a check that charges accounts (limits.c), which takes
+ * the locks of its user and of each account on the chain, each once.
+ * LWLocks have no deadlock detector; with one global order no process can
+ * wait for a lock held by one that waits for its own.  Nothing that holds a
+ * partition lock waits for a lower one, and making room for an entry
+ * (ai_entry_get, which releases its lock) is done before the set is taken.
+ * A rule's counters of a user are keyed into the user's partition, and an
+ * account's into the account's (ai_account_init), so a check's set of
+ * locks covers every rule that binds it.
  * When the table is full, a new user's check sweeps a few partitions, one
  * at a time, for entries that hold nothing live (ai_make_room); the
  * background worker sweeps too, and frees expired reservations.
  *
  * The reservation pool (ai_resv_* below): a slot in use belongs to one user
- * and is read and changed only under that user's partition lock.  The free
+ * (or, a shadow, to one account) and is read and changed only under its
+ * owner's partition lock.  The free
  * list, the slot counters, the index of ids and the last id issued
  * (resvid.c) are guarded by resv_lock, always taken after a partition lock,
  * never before.  ids_lock (resvid.c) is taken with no other lock held.
