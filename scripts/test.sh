@@ -53,9 +53,12 @@ run_here() {
 	use_pg "$1"
 	# psycopg 3 and PgBouncer for the second client test (t/012)
 	install_deps python3-psycopg pgbouncer
-	# pg_cron for the README's recipe (t/013); the roots have it already
+	# pg_cron for the README's recipe (t/013); the roots have it already.
+	# Patroni and etcd for the high-availability test (t/022), on the
+	# host's major only: t/022 skips where they are not installed.
 	in_prepared_root ||
-		apt-get install -y -qq --no-install-recommends postgresql-$PG_MAJOR-cron >/dev/null
+		apt-get install -y -qq --no-install-recommends postgresql-$PG_MAJOR-cron \
+			patroni etcd-server etcd-client >/dev/null
 	# node and npm for the node-postgres client test (test/client)
 	command -v node >/dev/null && command -v npm >/dev/null ||
 		apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
