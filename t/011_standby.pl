@@ -12,6 +12,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use AiTest;
 use IPC::Run;
 use Time::HiRes qw(sleep);
 
@@ -24,7 +27,6 @@ ai_ratelimit.timezone = 'UTC'
 });
 $primary->start;
 
-sub sql { my ($node, $q) = @_; return $node->safe_psql('postgres', $q); }
 
 # what a statement raised, as "SQLSTATE message", or "ok"
 sql($primary, q{
@@ -48,6 +50,12 @@ sql($primary, q{SELECT ai_record_usage('bea', 'm', 0, 150000)});
 is(sql($primary, q{SELECT limited_by FROM ai_check_limit('bea', 'tight')}), 'monthly_budget',
 	'primary: bea is over her budget');
 
+# The backup starts after a save that holds these counts has reached both
+# the WAL and the files.  (A save writes the WAL first, then its files: a
+# backup whose start falls between the two, and that copies the files
+# before they are written, misses that save's counts until they change
+# again; the README says so.)
+saved($primary, 'tight');
 $primary->backup('b1');
 
 # after the backup: only the WAL can bring these to the standby
