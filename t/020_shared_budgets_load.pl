@@ -21,7 +21,7 @@ $node->append_conf('postgresql.conf', "shared_preload_libraries = 'ai_ratelimit'
 $node->append_conf('postgresql.conf', "max_connections = 40");
 # abandoned estimates expire during the load; no check-then-record step
 # outlives one on a loaded machine
-my $ttl = 5;
+my $ttl = 10;
 $node->append_conf('postgresql.conf', "ai_ratelimit.reservation_ttl = $ttl");
 $node->start;
 
@@ -109,7 +109,7 @@ LANGUAGE sql AS \$\$
 });
 
 # act 10: the whole transaction rolls back, check and record with it
-$node->pgbench('-n -c 16 -j 4 -T ' . (3 * $ttl), 0, [qr/actually processed: \d+/], [qr/^$/],
+$node->pgbench('-n -c 16 -j 4 -T ' . (2 * $ttl), 0, [qr/actually processed: \d+/], [qr/^$/],
 	'16 clients in 2 teams check and record against every level',
 	{
 		'shared_load' => q{
