@@ -71,7 +71,11 @@ run_here() {
 
 	log "running the tests on PostgreSQL $PG_MAJOR as postgres in $WORK"
 	local status=0
-	as_postgres "cd '$WORK' && make -s PG_CONFIG=$PG_BIN/pg_config installcheck" || status=$?
+	# t/022 (Patroni) runs on the host's major only: the roots have no Patroni
+	local env=
+	in_prepared_root &&
+		env="AI_RATELIMIT_NO_PATRONI='not run in the prepared roots of 17 and 18: they have no Patroni and etcd (README, With Patroni)'"
+	as_postgres "cd '$WORK' && $env make -s PG_CONFIG=$PG_BIN/pg_config installcheck" || status=$?
 	if [ $status -ne 0 ]; then
 		for f in "$WORK"/regression.diffs "$WORK"/output_iso/regression.diffs; do
 			[ -f "$f" ] && { log "$f"; cat "$f"; }
