@@ -575,6 +575,19 @@ ai_rule_facts(const AiRule *r, const AiUser *user, TimestampTz now, AiFacts *f,
 static void ai_limit_state_holder(ReturnSetInfo *rsinfo, const AiUser *user,
 								  const AiRule **binding, int n, TimestampTz now);
 
+/*
+ * The holder of the rules of level k of a user's call: the user itself
+ * (k = -1), or the k-th account it charges (made in *acct).
+ */
+static const AiUser *
+ai_level_holder(const AiUser *user, int k, AiUser *acct)
+{
+	if (k < 0)
+		return user;
+	ai_account_init(acct, user->chain[k], strlen(user->chain[k]));
+	return acct;
+}
+
 static void
 ai_limit_state_rules(ReturnSetInfo *rsinfo, const AiUser *user, const AiPlan *plan)
 {
@@ -586,13 +599,8 @@ ai_limit_state_rules(ReturnSetInfo *rsinfo, const AiUser *user, const AiPlan *pl
 	/* the user's rules, then those of each account its call charges */
 	for (int k = -1; k < user->nchain; k++)
 	{
-		const AiUser *holder = user;
+		const AiUser *holder = ai_level_holder(user, k, &acct);
 
-		if (k >= 0)
-		{
-			ai_account_init(&acct, user->chain[k], strlen(user->chain[k]));
-			holder = &acct;
-		}
 		n = ai_rules_binding(plan->name, holder, &binding);
 		ai_limit_state_holder(rsinfo, holder, binding, n, now);
 	}
@@ -768,14 +776,9 @@ ai_explain_limits(PG_FUNCTION_ARGS)
 	/* the user's rules, then those of each account its call charges */
 	for (int k = -1; k < user.nchain; k++)
 	{
-		const AiUser *holder = &user;
 		AiUser		acct;
+		const AiUser *holder = ai_level_holder(&user, k, &acct);
 
-		if (k >= 0)
-		{
-			ai_account_init(&acct, user.chain[k], strlen(user.chain[k]));
-			holder = &acct;
-		}
 		n = ai_rules_binding(plan.name, holder, &binding);
 		for (int i = 0; i < n; i++)
 		{

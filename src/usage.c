@@ -671,6 +671,8 @@ ai_record(const AiUser *u, const char *model,
 	int			nlevels = Min(u->nchain, AI_MAX_ACCOUNT_DEPTH);
 	AiUser		acct[AI_MAX_ACCOUNT_DEPTH];
 	AiRuleRecord acct_rules[AI_MAX_ACCOUNT_DEPTH];
+	int32		pct[AI_MAX_ACCOUNT_DEPTH][AI_MAX_ALERTS];	/* each account's alert thresholds */
+	int			npct[AI_MAX_ACCOUNT_DEPTH];
 	int			touches;
 
 	/* the account the call is filed under: named, or the user's default (sql_api.c) */
@@ -698,9 +700,8 @@ ai_record(const AiUser *u, const char *model,
 	 */
 	for (int k = 0; k < nlevels; k++)
 	{
-		int32		pct[AI_MAX_ALERTS];
-
-		if (ai_account_alert_percents(u->chain[k], pct) > 0)
+		npct[k] = ai_account_alert_percents(u->chain[k], pct[k]);
+		if (npct[k] > 0)
 		{
 			AiUser		a;
 			AiRuleSet	rs;
@@ -719,7 +720,10 @@ ai_record(const AiUser *u, const char *model,
 		ai_account_init(&acct[k], u->chain[k], strlen(u->chain[k]));
 		ai_rules_record_prepare(&acct_rules[k], &acct[k], model, r.now);
 		if (acct_rules[k].fired != NULL)
-			acct_rules[k].nalerts = ai_account_alert_percents(u->chain[k], acct_rules[k].alert_pct);
+		{
+			acct_rules[k].nalerts = npct[k];
+			memcpy(acct_rules[k].alert_pct, pct[k], sizeof(int32) * npct[k]);
+		}
 		touches += acct_rules[k].n + 1;
 	}
 	ai_rules_reserve_touches(touches);
