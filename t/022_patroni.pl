@@ -70,6 +70,7 @@ sub kill_bg
 END
 {
 	local $?;    # the test's own exit status stays
+	return unless defined $base;    # not run: nothing was started
 	kill_bg($_) for @procs;
 	# postmasters outlive a killed Patroni: stop them too
 	for my $n (1, 2)
