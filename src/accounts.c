@@ -80,6 +80,7 @@ static int	nnodes = 0;
 static int	maxnodes = 0;
 static HTAB *by_id = NULL;
 static uint32 accounts_gen = 0; /* accounts_gen they were read at; 0: never */
+static uint64 accounts_call = 0;	/* the call that last looked at accounts_gen */
 
 static void
 ai_cache_account_row(HeapTuple tup, TupleDesc td)
@@ -124,10 +125,11 @@ ai_reload_accounts(void)
 	uint32		gen = pg_atomic_read_u32(&ai_shared->accounts_gen);
 	HASHCTL		ctl;
 
-	if (accounts_cxt == NULL)
-		accounts_cxt = AllocSetContextCreate(TopMemoryContext, "ai_ratelimit accounts",
-											 ALLOCSET_SMALL_SIZES);
-	MemoryContextReset(accounts_cxt);
+	/* a call may still point at the tree it read: retire it, never reset */
+	if (accounts_cxt != NULL)
+		ai_cache_retire(accounts_cxt);
+	accounts_cxt = AllocSetContextCreate(TopMemoryContext, "ai_ratelimit accounts",
+										 ALLOCSET_SMALL_SIZES);
 	nodes = NULL;
 	nnodes = maxnodes = 0;
 	accounts_gen = 0;
@@ -167,11 +169,23 @@ ai_reload_accounts(void)
 	accounts_gen = gen;
 }
 
+/*
+ * Read the tree again if it changed, looking at most once per call; with
+ * now, look whatever the call saw (the old tree stays readable: retired).
+ */
+static void
+ai_accounts_look(bool now)
+{
+	if (accounts_gen == 0 ||
+		((ai_cache_look_due(&accounts_call) || now) &&
+		 accounts_gen != pg_atomic_read_u32(&ai_shared->accounts_gen)))
+		ai_reload_accounts();
+}
+
 static void
 ai_accounts_fresh(void)
 {
-	if (accounts_gen == 0 || accounts_gen != pg_atomic_read_u32(&ai_shared->accounts_gen))
-		ai_reload_accounts();
+	ai_accounts_look(false);
 }
 
 /*
@@ -186,7 +200,12 @@ ai_account_subtree(const char *account_id)
 	Datum	   *ids;
 	int			n = 0;
 
-	ai_accounts_fresh();
+	/*
+	 * The tree as it is now, not as the call first read it: the sum is
+	 * stamped with the tree's generation read before (rulestate.c), so it
+	 * must not be summed over an older tree.
+	 */
+	ai_accounts_look(true);
 	ids = palloc(sizeof(Datum) * (nnodes + 1));
 	if (strlen(account_id) <= AI_MAX_USER_ID_LEN)
 		s = hash_search(by_id, account_id, HASH_FIND, NULL);
@@ -232,7 +251,8 @@ ai_account_alert_percents(const char *account_id, int32 *pct)
 /*
  * What the use of an account's rules depends on besides records: the tree
  * and memberships as they are now (ai_shared->accounts_gen), for the stamp
- * of their cached use (rulestate.c).
+ * of their cached use (rulestate.c).  Never reads the tree: it is called
+ * under partition locks and when transactions end.
  */
 uint32
 ai_accounts_stamp(void)

@@ -92,6 +92,11 @@ extern void ai_plans_refresh_in_recovery(void);
 extern void ai_price_lookup(const char *model, AiPrice *price, bool recording);
 extern void ai_config_init(void);
 
+/* One snapshot of the caches per call (config.c). */
+extern void ai_caches_new_call(void);
+extern bool ai_cache_look_due(uint64 *seen);
+extern void ai_cache_retire(MemoryContext cxt);
+
 /* Generations of the caches, as bits for ai_config_bump_at_end(). */
 #define AI_GEN_PLANS			0x1		/* ai_plans */
 #define AI_GEN_PRICES			0x2		/* ai_model_prices */

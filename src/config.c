@@ -47,10 +47,28 @@
 
 static MemoryContext config_cxt = NULL;
 static HTAB *plan_cache = NULL;
+static MemoryContext plan_cxt = NULL;	/* plan_cache's, a child of config_cxt */
+static MemoryContext price_cxt = NULL;	/* price_cache's */
 static uint32 plan_cache_gen = 0;
+static uint64 plan_cache_call = 0;	/* the call that last looked at plans_gen */
+static uint64 plan_cache_loads = 0; /* times ai_plans was read */
 static bool plans_have_alerts = false;
 static HTAB *price_cache = NULL;
 static uint32 price_cache_gen = 0;
+static uint64 price_cache_call = 0;
+
+/*
+ * One snapshot of the caches per call.  Every SQL entry point opens a call
+ * (ai_caches_new_call); each cache looks at its shared generation at most
+ * once per call (ai_cache_look_due), so what a call reads of plans, prices,
+ * rules, accounts and users stays as it was when the call first read it,
+ * and no pointer a cache handed out is freed under the call.  A cache read
+ * again gives its old memory to ai_cache_retire, which frees it when the
+ * transaction ends: a call never outlives its transaction, even when our
+ * functions are called inside one another.
+ */
+static uint64 call_seq = 1;
+static MemoryContext retired_cxt = NULL;
 
 typedef struct PriceEntry
 {
@@ -62,38 +80,86 @@ typedef struct PriceEntry
 	AiMoney		cache_write_1h;
 } PriceEntry;
 
+/*
+ * An empty hash of plans or prices, in a context of its own (a child of
+ * config_cxt), so that reading the table again retires it whole.
+ */
+static HTAB *
+ai_new_config_hash(const char *name, Size keysize, Size entrysize, MemoryContext *cxt)
+{
+	HASHCTL		ctl;
+
+	if (*cxt != NULL)
+		ai_cache_retire(*cxt);
+	*cxt = AllocSetContextCreate(config_cxt, "ai_ratelimit config table", ALLOCSET_SMALL_SIZES);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = keysize;
+	ctl.entrysize = entrysize;
+	ctl.hcxt = *cxt;
+	return hash_create(name, 16, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+}
+
+static HTAB *
+ai_new_plan_cache(void)
+{
+	return ai_new_config_hash("ai_ratelimit plans", NAMEDATALEN * 2, sizeof(AiPlan), &plan_cxt);
+}
+
+static HTAB *
+ai_new_price_cache(void)
+{
+	return ai_new_config_hash("ai_ratelimit prices", AI_MAX_MODEL_LEN + 1, sizeof(PriceEntry),
+							  &price_cxt);
+}
+
 void
 ai_config_init(void)
 {
-	HASHCTL		ctl;
 
 	if (config_cxt != NULL)
 		return;
 	config_cxt = AllocSetContextCreate(TopMemoryContext, "ai_ratelimit config",
-									   ALLOCSET_DEFAULT_SIZES);
-
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = NAMEDATALEN * 2;
-	ctl.entrysize = sizeof(AiPlan);
-	ctl.hcxt = config_cxt;
-	plan_cache = hash_create("ai_ratelimit plans", 16, &ctl,
-							 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-
-	ctl.keysize = AI_MAX_MODEL_LEN + 1;
-	ctl.entrysize = sizeof(PriceEntry);
-	price_cache = hash_create("ai_ratelimit prices", 32, &ctl,
-							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+									   ALLOCSET_SMALL_SIZES);
+	plan_cache = ai_new_plan_cache();
+	price_cache = ai_new_price_cache();
 }
 
-static void
-ai_clear_hash(HTAB *h)
+/* A new call begins: every cache may look at its generation once more. */
+void
+ai_caches_new_call(void)
 {
-	HASH_SEQ_STATUS st;
-	void	   *e;
+	call_seq++;
+}
 
-	hash_seq_init(&st, h);
-	while ((e = hash_seq_search(&st)) != NULL)
-		hash_search(h, e, HASH_REMOVE, NULL);
+/*
+ * Is a look at a cache's generation due in this call?  *seen is the call
+ * the cache last looked in; it becomes this one.
+ */
+bool
+ai_cache_look_due(uint64 *seen)
+{
+	if (*seen == call_seq)
+		return false;
+	*seen = call_seq;
+	return true;
+}
+
+/*
+ * The memory of a cache that was read again: freed when the transaction
+ * ends (at once outside one), since a call may still point into it.
+ */
+void
+ai_cache_retire(MemoryContext cxt)
+{
+	if (!IsTransactionState())
+	{
+		MemoryContextDelete(cxt);
+		return;
+	}
+	if (retired_cxt == NULL)
+		retired_cxt = AllocSetContextCreate(TopMemoryContext, "ai_ratelimit retired caches",
+											ALLOCSET_SMALL_SIZES);
+	MemoryContextSetParent(cxt, retired_cxt);
 }
 
 /* 16 bits of a plan name's hash, never 0 (0 means "unknown"). */
@@ -199,7 +265,7 @@ ai_reload_plans(void)
 
 	ai_load_extension_info();
 	schema = ai_ext_schema();
-	ai_clear_hash(plan_cache);
+	plan_cache = ai_new_plan_cache();	/* the old one is retired */
 	plan_cache_gen = 0;
 	plans_have_alerts = false;
 
@@ -211,6 +277,7 @@ ai_reload_plans(void)
 					ai_cache_plan_row);
 	SPI_finish();
 	plan_cache_gen = gen;
+	plan_cache_loads++;
 }
 
 /*
@@ -222,7 +289,20 @@ void
 ai_plans_refresh_in_recovery(void)
 {
 	if (RecoveryInProgress())
+	{
 		plan_cache_gen = 0;
+		plan_cache_call = 0;
+	}
+}
+
+/* Read ai_plans again if it changed, looking at most once per call. */
+static void
+ai_plans_fresh(void)
+{
+	if (plan_cache_gen != 0 && !ai_cache_look_due(&plan_cache_call))
+		return;
+	if (plan_cache_gen != pg_atomic_read_u32(&ai_shared->plans_gen))
+		ai_reload_plans();
 }
 
 /* The name of the plan in this database whose name hashes to h, if one. */
@@ -236,8 +316,7 @@ ai_plan_name_by_hash(uint16 h)
 
 	if (h == 0)
 		return NULL;
-	if (plan_cache_gen != pg_atomic_read_u32(&ai_shared->plans_gen))
-		ai_reload_plans();
+	ai_plans_fresh();
 	hash_seq_init(&st, plan_cache);
 	while ((p = hash_seq_search(&st)) != NULL)
 		if (p->name_hash == h)
@@ -252,8 +331,7 @@ ai_plan_name_by_hash(uint16 h)
 bool
 ai_plans_have_alerts(void)
 {
-	if (plan_cache_gen != pg_atomic_read_u32(&ai_shared->plans_gen))
-		ai_reload_plans();
+	ai_plans_fresh();
 	return plans_have_alerts;
 }
 
@@ -263,20 +341,19 @@ ai_plan_lookup(const char *plan)
 {
 	static char last_name[NAMEDATALEN * 2];
 	static const AiPlan *last_plan = NULL;
-	static uint32 last_gen = 0;
+	static uint64 last_load = 0;
 
 	if (strlen(plan) >= NAMEDATALEN * 2)
 		return NULL;
-	if (plan_cache_gen != pg_atomic_read_u32(&ai_shared->plans_gen))
-		ai_reload_plans();
+	ai_plans_fresh();
 	/* most sessions check the same plan over and over */
-	if (last_plan == NULL || last_gen != plan_cache_gen || strcmp(last_name, plan) != 0)
+	if (last_plan == NULL || last_load != plan_cache_loads || strcmp(last_name, plan) != 0)
 	{
 		last_plan = hash_search(plan_cache, plan, HASH_FIND, NULL);
 		if (last_plan == NULL)
 			return NULL;
 		strlcpy(last_name, plan, sizeof(last_name));
-		last_gen = plan_cache_gen;
+		last_load = plan_cache_loads;
 	}
 	return last_plan;
 }
@@ -325,7 +402,7 @@ ai_reload_prices(void)
 	uint32		gen = pg_atomic_read_u32(&ai_shared->prices_gen);
 
 	ai_load_extension_info();
-	ai_clear_hash(price_cache);
+	price_cache = ai_new_price_cache();	/* the old one is retired */
 	price_cache_gen = 0;
 
 	SPI_connect();
@@ -356,8 +433,11 @@ ai_price_lookup(const char *model, AiPrice *price, bool recording)
 {
 	PriceEntry *p;
 
-	if (price_cache_gen != pg_atomic_read_u32(&ai_shared->prices_gen))
-		ai_reload_prices();
+	if (price_cache_gen == 0 || ai_cache_look_due(&price_cache_call))
+	{
+		if (price_cache_gen != pg_atomic_read_u32(&ai_shared->prices_gen))
+			ai_reload_prices();
+	}
 
 	p = hash_search(price_cache, model, HASH_FIND, NULL);
 	price->fallback = (p == NULL);
@@ -428,6 +508,7 @@ ai_config_changed(uint32 bits)
 {
 	ai_bump(bits);
 	pending_bumps |= bits;
+	ai_caches_new_call();		/* this transaction's next read sees it */
 }
 
 /* A transaction ends, committed or not: bump what it changed. */
@@ -441,6 +522,10 @@ ai_config_xact_callback(XactEvent event, void *arg)
 		ai_bump(pending_bumps);
 		pending_bumps = 0;
 	}
+	/* no call of the transaction points into a retired cache now */
+	if (retired_cxt != NULL)
+		MemoryContextDeleteChildren(retired_cxt);
+	ai_caches_new_call();
 }
 
 void

@@ -32,6 +32,8 @@ static AiRule *rules = NULL;	/* ordered by scope, scope_id, rule_id */
 static int	nrules = 0;
 static int	maxrules = 0;
 static uint32 rules_gen = 0;	/* rules_gen they were read at; 0: never */
+static uint64 rules_call = 0;	/* the call that last looked at rules_gen */
+static uint64 rules_loads = 0;	/* times the rules were read */
 
 /*
  * The rules of one plan, user or account: rules[start .. start + n), found
@@ -159,10 +161,11 @@ ai_reload_rules(void)
 {
 	uint32		gen = pg_atomic_read_u32(&ai_shared->rules_gen);
 
-	if (rules_cxt == NULL)
-		rules_cxt = AllocSetContextCreate(TopMemoryContext, "ai_ratelimit rules",
-										  ALLOCSET_SMALL_SIZES);
-	MemoryContextReset(rules_cxt);
+	/* a call may still point at the rules it read: retire them, never reset */
+	if (rules_cxt != NULL)
+		ai_cache_retire(rules_cxt);
+	rules_cxt = AllocSetContextCreate(TopMemoryContext, "ai_ratelimit rules",
+									  ALLOCSET_SMALL_SIZES);
 	rules = NULL;
 	nrules = maxrules = 0;
 	rules_gen = 0;
@@ -222,13 +225,19 @@ ai_reload_rules(void)
 		}
 	}
 	rules_gen = gen;
+	rules_loads++;
 }
 
-/* How many rules there are; reads them first when they changed. */
+/*
+ * How many rules there are; reads them first when they changed, looking at
+ * most once per call (config.c): a call sees one set of rules throughout.
+ */
 int
 ai_rules_count(void)
 {
-	if (rules_gen == 0 || rules_gen != pg_atomic_read_u32(&ai_shared->rules_gen))
+	if (rules_gen == 0 ||
+		(ai_cache_look_due(&rules_call) &&
+		 rules_gen != pg_atomic_read_u32(&ai_shared->rules_gen)))
 		ai_reload_rules();
 	return nrules;
 }
@@ -273,7 +282,7 @@ ai_rules_binding(const char *plan, const AiUser *u, const AiRule ***list)
 {
 	/* most sessions check the same plan over and over */
 	static char last_plan[NAMEDATALEN * 2];
-	static uint32 last_gen = 0;
+	static uint64 last_load = 0;
 	static AiRuleGroup *last_group = NULL;
 	char		key[AI_MAX_USER_ID_LEN + 3];
 	AiRuleGroup *groups[2 + AI_MAX_ACCOUNT_DEPTH] = {NULL};
@@ -292,7 +301,7 @@ ai_rules_binding(const char *plan, const AiUser *u, const AiRule ***list)
 	{
 		if (plan == NULL)
 			groups[0] = NULL;	/* no plan's rules */
-		else if (last_gen == rules_gen && strcmp(last_plan, plan) == 0)
+		else if (last_load == rules_loads && strcmp(last_plan, plan) == 0)
 			groups[0] = last_group;
 		else if (ai_rule_group_key(key, AI_SCOPE_PLAN, plan, strlen(plan)))
 		{
@@ -301,7 +310,7 @@ ai_rules_binding(const char *plan, const AiUser *u, const AiRule ***list)
 			{
 				strlcpy(last_plan, plan, sizeof(last_plan));
 				last_group = groups[0];
-				last_gen = rules_gen;
+				last_load = rules_loads;
 			}
 		}
 		if (have_user_rules && ai_rule_group_key(key, AI_SCOPE_USER, u->id, u->len))

@@ -71,6 +71,17 @@ typedef struct ResultDesc
 	TupleDesc	desc;
 } ResultDesc;
 
+/*
+ * Every SQL entry point begins here: the library must be preloaded, and
+ * the call reads one snapshot of the caches throughout (config.c).
+ */
+static void
+ai_call_start(void)
+{
+	ai_require_loaded();
+	ai_caches_new_call();
+}
+
 static ResultDesc *result_descs = NULL;
 static int	nresult_descs = 0;
 static int	maxresult_descs = 0;
@@ -460,7 +471,7 @@ ai_run_check(FunctionCallInfo fcinfo, const char *func, bool consume, bool with_
 	int64		est_tokens = 0;
 	const char *model = NULL;
 
-	ai_require_loaded();
+	ai_call_start();
 	ai_require_primary(func);
 	ai_arg_user(fcinfo, 0, &user);
 	ai_arg_plan(fcinfo, 1, &user, &plan);
@@ -541,7 +552,7 @@ ai_reset_limits(PG_FUNCTION_ARGS)
 {
 	AiUser		user;
 
-	ai_require_loaded();
+	ai_call_start();
 	ai_require_primary("ai_reset_limits");
 	ai_arg_user(fcinfo, 0, &user);
 	ai_reset_user(&user);
@@ -648,7 +659,7 @@ ai_limit_state(PG_FUNCTION_ARGS)
 	AiLayerState st[AI_MAX_LAYERS];
 	int			n;
 
-	ai_require_loaded();
+	ai_call_start();
 	ai_require_primary("ai_limit_state");
 	ai_arg_user(fcinfo, 0, &user);
 	ai_arg_plan(fcinfo, 1, &user, &plan);
@@ -734,7 +745,7 @@ ai_explain_limits(PG_FUNCTION_ARGS)
 	const AiRule **binding;
 	int			n;
 
-	ai_require_loaded();
+	ai_call_start();
 	ai_require_primary("ai_explain_limits");
 	ai_arg_user(fcinfo, 0, &user);
 	if (!PG_ARGISNULL(1))
@@ -807,7 +818,7 @@ ai_ratelimit_timezone_changed_at(PG_FUNCTION_ARGS)
 {
 	uint64		at;
 
-	ai_require_loaded();
+	ai_call_start();
 	at = pg_atomic_read_u64(&ai_shared->tz_changed_at);
 	if (at == 0)
 		PG_RETURN_NULL();
@@ -821,7 +832,7 @@ ai_ratelimit_timezone_changed_at(PG_FUNCTION_ARGS)
 Datum
 ai_ratelimit_oldest_open_record(PG_FUNCTION_ARGS)
 {
-	ai_require_loaded();
+	ai_call_start();
 	PG_RETURN_TIMESTAMPTZ(ai_oldest_open_record());
 }
 
@@ -837,7 +848,7 @@ ai_account_chain_srf(PG_FUNCTION_ARGS)
 	const char *chain[AI_MAX_ACCOUNT_DEPTH];
 	int			n;
 
-	ai_require_loaded();
+	ai_call_start();
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	if (PG_ARGISNULL(0))
 		return (Datum) 0;
@@ -869,7 +880,7 @@ ai_release_reservation(PG_FUNCTION_ARGS)
 	int64		id;
 	AiReleaseResult r;
 
-	ai_require_loaded();
+	ai_call_start();
 	ai_require_primary("ai_release_reservation");
 	/* STRICT: a check that reserved nothing (NULL id) releases nothing */
 	id = PG_GETARG_INT64(0);
@@ -911,7 +922,7 @@ ai_record_usage(PG_FUNCTION_ARGS)
 	int64		resv = 0;
 	bool		has_resv = false;
 
-	ai_require_loaded();
+	ai_call_start();
 	ai_require_primary("ai_record_usage");
 	ai_arg_user(fcinfo, 0, &user);
 	model = ai_arg_model(fcinfo, 1);
@@ -956,7 +967,7 @@ ai_estimate_cost(PG_FUNCTION_ARGS)
 	int64		in_tok;
 	int64		out_tok;
 
-	ai_require_loaded();
+	ai_call_start();
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -980,7 +991,7 @@ ai_monthly_spend(PG_FUNCTION_ARGS)
 	char	   *user_id;
 	DateADT		month;
 
-	ai_require_loaded();
+	ai_call_start();
 	user_id = ai_arg_user_id(fcinfo, 0, &len);
 	if (PG_NARGS() > 1 && !PG_ARGISNULL(1))
 	{
@@ -1009,7 +1020,7 @@ ai_ratelimit_capacity(PG_FUNCTION_ARGS)
 	bool		nulls[6] = {0};
 	int32		open_resv;
 
-	ai_require_loaded();
+	ai_call_start();
 	if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "ai_ratelimit_capacity must return a composite type");
 	td = BlessTupleDesc(td);
@@ -1038,7 +1049,7 @@ ai_ratelimit_verify(PG_FUNCTION_ARGS)
 	List	   *problems = NIL;
 	ListCell   *lc;
 
-	ai_require_loaded();
+	ai_call_start();
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	ai_verify(&problems);
 	foreach(lc, problems)
@@ -1193,7 +1204,7 @@ ai_account_status(PG_FUNCTION_ARGS)
 	List	   *rows = NIL;
 	ListCell   *lc;
 
-	ai_require_loaded();
+	ai_call_start();
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
 	{
@@ -1256,7 +1267,7 @@ ai_ratelimit_status(PG_FUNCTION_ARGS)
 	int32		max = 0;
 	HTAB	   *spends = NULL;
 
-	ai_require_loaded();
+	ai_call_start();
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	ai_calendar_at(now, &cal);
 	ai_plans_refresh_in_recovery();
@@ -1310,7 +1321,7 @@ ai_ratelimit_stats(PG_FUNCTION_ARGS)
 	TimestampTz since;
 	int			nstats;
 
-	ai_require_loaded();
+	ai_call_start();
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 
 	LWLockAcquire(ai_shared->stats_lock, LW_SHARED);
@@ -1364,7 +1375,7 @@ ai_ratelimit_stats(PG_FUNCTION_ARGS)
 Datum
 ai_ratelimit_reset_stats(PG_FUNCTION_ARGS)
 {
-	ai_require_loaded();
+	ai_call_start();
 	ai_stats_reset();
 	PG_RETURN_VOID();
 }
@@ -1384,7 +1395,7 @@ ai_ratelimit_saves(PG_FUNCTION_ARGS)
 	TimestampTz times[4];
 	uint32		pid;
 
-	ai_require_loaded();
+	ai_call_start();
 	if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "ai_ratelimit_saves must return a composite type");
 	if (td->natts != 2 && td->natts != 7)

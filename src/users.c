@@ -66,6 +66,7 @@ static HTAB *account_names = NULL;	/* interned account ids of user_cache */
 static uint32 members_gen_seen = 0;
 static bool members_exist = false;
 static uint32 users_gen_seen = 0;
+static uint64 users_call = 0;	/* the call that last looked at other backends' changes */
 static uint64 users_seq_seen = 0;
 static uint32 limits_gen_seen = 0;
 static bool limits_exist = false;
@@ -81,11 +82,11 @@ ai_users_reset_cache(void)
 {
 	HASHCTL		ctl;
 
-	if (users_cxt == NULL)
-		users_cxt = AllocSetContextCreate(TopMemoryContext, "ai_ratelimit users",
-										  ALLOCSET_DEFAULT_SIZES);
-	else
-		MemoryContextReset(users_cxt);
+	/* a call may still point at a plan name it read: retire, never reset */
+	if (users_cxt != NULL)
+		ai_cache_retire(users_cxt);
+	users_cxt = AllocSetContextCreate(TopMemoryContext, "ai_ratelimit users",
+									  ALLOCSET_DEFAULT_SIZES);
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(AiKey);
 	ctl.entrysize = sizeof(UserConfig);
@@ -142,9 +143,13 @@ ai_intern_account(Datum d)
 static void
 ai_users_sync(void)
 {
-	uint32		gen = pg_atomic_read_u32(&ai_shared->users_gen);
-	uint64		seq = pg_atomic_read_u64(&ai_shared->users_seq);
+	uint32		gen;
+	uint64		seq;
 
+	if (user_cache != NULL && !ai_cache_look_due(&users_call))
+		return;					/* one look per call */
+	gen = pg_atomic_read_u32(&ai_shared->users_gen);
+	seq = pg_atomic_read_u64(&ai_shared->users_seq);
 	if (user_cache == NULL || gen != users_gen_seen)
 	{
 		ai_users_reset_cache();
