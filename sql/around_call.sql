@@ -66,9 +66,10 @@ SELECT reserved_cents FROM ai_ratelimit_status WHERE user_id = 'ac-5';
 SELECT ai_release_reservation(:r);
 
 -- the message tells a budget held by requests in flight from one spent
-SELECT allowed FROM ai_check_limit('ac-6', 'ten', 8);
+SELECT allowed, reservation_id AS ac6_resv FROM ai_check_limit('ac-6', 'ten', 8) \gset
+SELECT :'allowed' AS allowed;
 SELECT allowed, error, retry_after FROM ai_check_limit('ac-6', 'ten', 4);
-SELECT ai_record_usage('ac-6', 'gpt-4o', 0, 8000);
+SELECT ai_record_usage('ac-6', 'gpt-4o', 0, 8000, 0, :ac6_resv);
 SELECT allowed, error, retry_after IS NOT NULL AND retry_after > 5 AS waits_for_next_month
 FROM ai_check_limit('ac-6', 'ten', 4);
 
@@ -83,10 +84,11 @@ SELECT allowed, limited_by, limit_value, used, held, retryable FROM checks('ac-7
 SELECT allowed, limited_by, limit_value, used, held, retryable,
        reset_at = next_midnight() AS resets_at_midnight FROM checks('ac-8', 'ac-daily', 2);
 -- budget: held by requests in flight (retry soon) or spent (not before next month)
-SELECT allowed FROM ai_check_limit('ac-9', 'ten', 6);
+SELECT allowed, reservation_id AS ac9_resv FROM ai_check_limit('ac-9', 'ten', 6) \gset
+SELECT :'allowed' AS allowed;
 SELECT allowed, limited_by, limit_value, used, held, retryable, retry_after
 FROM ai_check_limit('ac-9', 'ten', 6);
-SELECT ai_record_usage('ac-9', 'gpt-4o', 0, 9000);
+SELECT ai_record_usage('ac-9', 'gpt-4o', 0, 9000, 0, :ac9_resv);
 SELECT allowed, limited_by, limit_value, used, held, retryable
 FROM ai_check_limit('ac-9', 'ten', 2);
 -- a budget of 0 cuts the user off, with or without an estimate, for good
@@ -134,8 +136,9 @@ SELECT state IS NULL AS allowed FROM enforce_facts('ac-12', 'pro');
 INSERT INTO ai_plans (plan, burst_limit, burst_window, daily_limit, monthly_budget_cents, tokens_per_minute)
 VALUES ('ac-all', 10, '1 minute', 100, 50, 100000);
 SELECT allowed FROM checks('ac-13', 'ac-all', 3);
-SELECT allowed FROM ai_check_limit('ac-13', 'ac-all', 20);
-SELECT ai_record_usage('ac-13', 'gpt-4o', 0, 5000, 0, NULL);
+SELECT allowed, reservation_id AS ac13_resv FROM ai_check_limit('ac-13', 'ac-all', 20) \gset
+SELECT :'allowed' AS allowed;
+SELECT ai_record_usage('ac-13', 'gpt-4o', 0, 5000, 0, :ac13_resv);
 SELECT allowed FROM ai_check_limit('ac-13', 'ac-all', 7);
 SELECT layer, limit_value, used, held, remaining,
        CASE WHEN layer = 'monthly_budget'

@@ -36,9 +36,10 @@ VALUES (now(), (now() AT TIME ZONE current_setting('ai_ratelimit.timezone'))::da
 SELECT month_spend_cents FROM ai_ratelimit_status WHERE user_id = 'ops-spend';
 SELECT month_spend_cents FROM ai_ratelimit_status WHERE user_id = 'ops-1';
 -- reservations and in-flight costs show up as they happen
-SELECT allowed FROM ai_check_limit('ops-2', 'ttl', 2.5);
+SELECT allowed, reservation_id AS ops2_resv FROM ai_check_limit('ops-2', 'ttl', 2.5) \gset
+SELECT :'allowed' AS allowed;
 BEGIN;
-SELECT ai_record_usage('ops-2', 'gpt-4o', 0, 1000);
+SELECT ai_record_usage('ops-2', 'gpt-4o', 0, 1000, 0, :ops2_resv);
 SELECT reserved_cents, open_reservations, in_flight_cents, month_spend_cents, tokens_last_minute
 FROM ai_ratelimit_status WHERE user_id = 'ops-2';
 COMMIT;

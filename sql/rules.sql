@@ -21,9 +21,10 @@ INSERT INTO ai_rules (scope, scope_id, metric, "window", max_value) VALUES ('pla
 INSERT INTO ai_rules (rule_id, scope, scope_id, model, metric, "window", max_value, note)
 VALUES (101, 'plan', 'r-team', 'claude-opus-*', 'cents', 'day', 10, 'opus budget');
 -- 1,000 tokens in and 1,000 out on claude-opus-4-1 can cost 1.5 + 7.5 = 9 cents
-SELECT allowed, reservation_id IS NOT NULL AS reserved
+SELECT allowed, reservation_id IS NOT NULL AS reserved, reservation_id AS r1_resv
 FROM ai_check_limit('r-1', 'r-team', model => 'claude-opus-4-1',
-                    input_tokens => 1000, max_output_tokens => 1000);
+                    input_tokens => 1000, max_output_tokens => 1000) \gset
+SELECT :'allowed' AS allowed, :'reserved' AS reserved;
 -- 9 held: another such call does not fit; the refusal names the rule
 SELECT allowed, limited_by, error, limit_value, used, held, retryable
 FROM ai_check_limit('r-1', 'r-team', model => 'claude-opus-4-1',
@@ -34,8 +35,8 @@ SELECT allowed FROM ai_check_limit('r-1', 'r-team', model => 'claude-sonnet-4-6'
 -- a check that names no model may be any model: the rule binds it too
 SELECT allowed, limited_by FROM ai_check_limit('r-1', 'r-team', 2);
 SELECT allowed, reservation_id IS NOT NULL AS reserved FROM ai_check_limit('r-1', 'r-team', 1);
--- the record settles the oldest reservation; what it cost is what counts
-SELECT ai_record_usage('r-1', 'claude-opus-4-1', 1000, 200);
+-- the record settles the first reservation; what it cost is what counts
+SELECT ai_record_usage('r-1', 'claude-opus-4-1', 1000, 200, 0, :r1_resv);
 SELECT rule_id, scope, scope_id, model_selector, metric, "window", max_value, used, held, remaining,
        resets_at > now() AND resets_at <= now() + interval '1 day' AS resets_today
 FROM ai_explain_limits('r-1', 'claude-opus-4-1', 'r-team') WHERE rule_id IS NOT NULL;
@@ -140,10 +141,11 @@ DELETE FROM ai_rules WHERE rule_id = 107;
 -- tokens per day: the estimate is held until the record
 INSERT INTO ai_rules (rule_id, scope, scope_id, model, metric, "window", max_value)
 VALUES (105, 'user', 'r-5', '*', 'tokens', 'day', 5000);
-SELECT allowed, reservation_id IS NOT NULL AS reserved
-FROM ai_check_limit('r-5', 'r-team', estimated_tokens => 3000);
+SELECT allowed, reservation_id IS NOT NULL AS reserved, reservation_id AS r5_resv
+FROM ai_check_limit('r-5', 'r-team', estimated_tokens => 3000) \gset
+SELECT :'allowed' AS allowed, :'reserved' AS reserved;
 SELECT allowed, limited_by, used, held FROM ai_check_limit('r-5', 'r-team', estimated_tokens => 3000);
-SELECT ai_record_usage('r-5', 'gpt-4o', 1000, 1500);
+SELECT ai_record_usage('r-5', 'gpt-4o', 1000, 1500, 0, :r5_resv);
 SELECT used, held FROM ai_explain_limits('r-5', plan => 'r-team') WHERE rule_id = 105;
 SELECT allowed FROM ai_check_limit('r-5', 'r-team', estimated_tokens => 2500);
 SELECT allowed, limited_by FROM ai_check_limit('r-5', 'r-team', estimated_tokens => 1);

@@ -34,7 +34,8 @@ LANGUAGE sql AS $$
 $$;
 
 -- ann (red team) holds 5 cents: on red and on the organisation
-SELECT allowed, reservation_id > 0 AS held FROM ai_check_limit('sb-ann', 'sb', 5);
+SELECT allowed, reservation_id > 0 AS held, reservation_id AS ann5_resv FROM ai_check_limit('sb-ann', 'sb', 5) \gset
+SELECT :'allowed' AS allowed, :'held' AS held;
 SELECT * FROM sb_levels('sb-ann');
 -- ben in the same team: 5 + 2 is over the team's 6, held by requests in flight
 SELECT allowed, limited_by, error, retry_after FROM ai_check_limit('sb-ben', 'sb', 2);
@@ -63,7 +64,7 @@ END $$;
 SELECT allowed FROM ai_check_limit('sb-eve', 'sb', 5);
 
 -- ann records 3 cents on her default account: her 5 held becomes 3 spent, on every level
-SELECT ai_record_usage('sb-ann', 'sb-model', 1500, 1500);
+SELECT ai_record_usage('sb-ann', 'sb-model', 1500, 1500, 0, :ann5_resv);
 SELECT * FROM sb_levels('sb-ann');
 SELECT user_id, account_id, cost_cents FROM ai_usage WHERE user_id LIKE 'sb-%' ORDER BY 1;
 SELECT ai_account_spend('sb-org') AS org, ai_account_spend('sb-red') AS red,

@@ -39,5 +39,6 @@ extern void ai_xact_init(void);
 extern void ai_charge_reserve(void);
 extern void ai_charge_reserve_n(int n);
 extern void ai_charge_add(const AiCharge *c);
+extern int64 ai_xact_own_reservation(const AiKey *key, TimestampTz now, int32 *slot);
 
 #endif							/* AI_XACT_H_ */

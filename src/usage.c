@@ -496,8 +496,10 @@ ai_insert_usage(const AiRecordCall *r, Datum cost_num)
 
 /*
  * The reservation the call settles, marked as being settled: the one named,
- * or else the user's oldest open one; 0 for none.  Sets *missing when the
- * named one is not open.  Caller holds the partition lock.
+ * or else the oldest open one that a check of this transaction made for
+ * the user (never another request's: that one is still in flight, and its
+ * estimate must stay held until its own record); 0 for none.  Sets
+ * *missing when the named one is not open.  Caller holds the partition lock.
  */
 static int64
 ai_settle_begin(const AiRecordCall *r, AiEntry *e, int32 *slot, bool *missing)
@@ -514,15 +516,8 @@ ai_settle_begin(const AiRecordCall *r, AiEntry *e, int32 *slot, bool *missing)
 			return 0;
 		}
 	}
-	else
-	{
-		AiResvIter	it;
-
-		/* the oldest that holds */
-		ai_resv_iter_init(&it, e, AI_RESV_WALK_HOLDING, r->now);
-		if (ai_resv_iter_next(&it, &s) == NULL)
-			return 0;
-	}
+	else if (ai_xact_own_reservation(&e->key, r->now, &s) == 0)
+		return 0;
 	res = &ai_shared->resv[s];
 	res->state = AI_RESV_SETTLING;
 	ai_resv_unreserve(e, res->amount);

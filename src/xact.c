@@ -142,6 +142,33 @@ ai_charge_end(AiCharge *c, bool commit)
 	LWLockRelease(lock);
 }
 
+/*
+ * The oldest reservation of user `key` that a check of this transaction
+ * made and that is still open: what a record without a reservation id
+ * settles (never another request's).  Its slot in *slot; 0 when none.
+ * Caller holds the user's partition lock.
+ */
+int64
+ai_xact_own_reservation(const AiKey *key, TimestampTz now, int32 *slot)
+{
+	for (int i = 0; i < ncharges; i++)
+	{
+		AiCharge   *c = &charges[i];
+		AiReservation *r;
+
+		if (c->kind != AI_CHARGE_CHECK || c->resv_id <= 0 ||
+			memcmp(&c->key, key, sizeof(AiKey)) != 0)
+			continue;
+		r = &ai_shared->resv[c->resv_slot];
+		if (r->id == c->resv_id && r->state == AI_RESV_OPEN && r->expires_at > now)
+		{
+			*slot = c->resv_slot;
+			return c->resv_id;
+		}
+	}
+	return 0;
+}
+
 static void
 ai_xact_callback(XactEvent event, void *arg)
 {

@@ -110,9 +110,9 @@ LANGUAGE sql AS \$\$
 });
 
 # act 10: the whole transaction rolls back, check and record with it, and
-# a second record, of a user of its own: one without a reservation id
-# settles its user's oldest open reservation, which for L-1 to L-4 may be
-# another client's in flight (that client's record then finds it "not open")
+# a second record without a reservation id, of a user of its own (a record
+# without an id settles only a reservation of its own transaction, never
+# another client's in flight)
 $node->pgbench('-n -c 16 -j 4 -T ' . (2 * $ttl), 0, [qr/actually processed: \d+/], [qr/^$/],
 	'16 clients check and record against the rules',
 	{
