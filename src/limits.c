@@ -726,11 +726,16 @@ ai_refusal_message(const AiVerdict *v, const AiPlan *plan, const AiRule *rule)
 	}
 }
 
+static bool ai_check_reserves(const AiCheck *c);
+
 /*
  * A consuming check met a full table: ai_ratelimit.on_full decides.  With
  * refuse, an error.  With allow, the user is checked without counters: a
  * block and the monthly budget (spend from the tables) still refuse; burst,
- * daily and tokens per minute cannot be counted.  Fills *v.
+ * daily and tokens per minute cannot be counted.  A check that would hold
+ * an estimate is an error under both: an untracked user has nowhere to hold
+ * it, and letting the call through unheld would let requests in flight
+ * together pass a budget.  Fills *v.
  */
 static void
 ai_check_untracked(AiCheck *c, AiVerdict *v)
@@ -742,6 +747,12 @@ ai_check_untracked(AiCheck *c, AiVerdict *v)
 				 errmsg("ai_ratelimit cannot track another user: all %d counters are in use", ai_max_keys),
 				 errdetail("Every counter holds a live burst window, daily count or reservation."),
 				 errhint("Raise ai_ratelimit.max_keys and restart, or set ai_ratelimit.on_full = 'allow'.")));
+	if (ai_check_reserves(c))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+				 errmsg("ai_ratelimit cannot hold the estimate of another user: all %d counters are in use", ai_max_keys),
+				 errdetail("ai_ratelimit.on_full = 'allow' admits an untracked user only when its check holds no estimate; this one would hold one for a budget."),
+				 errhint("Raise ai_ratelimit.max_keys and restart.")));
 	ai_check_blank(c);
 	if (ai_refused_by_block(c, v) || ai_refused_by_budget(c, v))
 		return;
@@ -781,7 +792,7 @@ ai_check_untracked(AiCheck *c, AiVerdict *v)
 	ereport(WARNING,
 			(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
 			 errmsg("ai_ratelimit allowed a request without counting it: all %d counters are in use", ai_max_keys),
-			 errdetail("Blocks and the monthly budget were checked; burst, daily and token limits were not. Rules of ai_rules were checked against what is recorded; requests were not counted under them."),
+			 errdetail("Blocks, the monthly budget and the rules of ai_rules were checked against what is recorded, and no estimate is held; burst, daily and token limits were not checked, and requests were not counted under rules."),
 			 errhint("Raise ai_ratelimit.max_keys and restart.")));
 }
 

@@ -74,10 +74,39 @@ is(sql(q{SELECT count(*) FILTER (WHERE allowed) FROM generate_series(1, 50) g,
 sql(q{INSERT INTO ai_user_limits (user_id, blocked_until) VALUES ('u104', 'infinity')});
 ($ret, $out, $err) = $node->psql('postgres', "SELECT allowed, limited_by FROM ai_check_limit('u104', 'tiny')");
 is($out, 'f|blocked', 'on_full = allow: a blocked untracked user is refused');
-($ret, $out, $err) = $node->psql('postgres', "SELECT allowed FROM ai_check_limit('u105', 'capped', 5)");
-is($out, 't', 'an untracked user under the budget is allowed');
-like($err, qr/DETAIL:  Blocks and the monthly budget were checked; burst, daily and token limits were not/,
-	'the warning says what was checked');
+($ret, $out, $err) = $node->psql('postgres', "SELECT allowed FROM ai_check_limit('u105', 'capped')");
+is($out, 't', 'an untracked user under the budget, holding no estimate, is allowed');
+like($err, qr/DETAIL:  Blocks, the monthly budget and the rules of ai_rules were checked against what is recorded, and no estimate is held; burst, daily and token limits were not checked/,
+	'the warning says what was checked, and that nothing is held');
+($ret, $out, $err) = $node->psql('postgres', "SELECT allowed FROM ai_check_limit('u105', 'capped', 5)",
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+isnt($ret, 0, 'on_full = allow: a check that would hold an estimate for an untracked user is an error');
+like($err, qr/ERROR:  53000: ai_ratelimit cannot hold the estimate of another user: all 100 counters are in use/,
+	'SQLSTATE 53000, saying why');
+
+# The adversary's move: the table is full, and 8 clients of one untracked
+# user check with a 10-cent estimate, call (sleep) and record 10 cents in
+# separate transactions, against its 100-cent budget.  No estimate can be
+# held, so none is admitted: nothing is spent over the budget.
+sql(q{INSERT INTO ai_model_prices (model, input_usd_per_mtok, output_usd_per_mtok)
+	VALUES ('cap-10c', 1000, 0)});
+sql(q{CREATE FUNCTION cap_try(u text, est numeric) RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN (SELECT allowed::int FROM ai_check_limit(u, 'capped', est));
+EXCEPTION WHEN insufficient_resources THEN
+    RETURN 0;
+END $$});
+$node->pgbench('-n -c 8 -j 2 -t 10', 0, [qr/actually processed: 80/], [qr/^$/],
+	'8 clients of an untracked user check, call and record',
+	{
+		'full_allow' => q{
+SELECT cap_try('u106', 10) AS ok \gset
+\sleep 5 ms
+SELECT ai_record_usage('u106', 'cap-10c', 100, 0) WHERE :ok = 1;
+}
+	});
+cmp_ok(sql("SELECT coalesce(sum(cost_cents), 0) FROM ai_usage WHERE user_id = 'u106'"), '<=', 100,
+	'on_full = allow: the untracked user spent no more than its budget');
 
 # expired windows are reclaimed: move the local day forward (UTC-12 -> UTC+14)
 # so every daily count is from an earlier day, and let the 1-second bursts pass
