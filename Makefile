@@ -35,10 +35,10 @@ OBJS = \
 DATA = ai_ratelimit--1.0.sql ai_ratelimit--1.0--1.1.sql ai_ratelimit--1.1--1.2.sql \
 	ai_ratelimit--1.2--1.3.sql ai_ratelimit--1.3--1.4.sql \
 	ai_ratelimit--1.4--1.5.sql ai_ratelimit--1.5--1.6.sql \
-	ai_ratelimit--1.6--1.7.sql ai_ratelimit--1.7--1.8.sql
+	ai_ratelimit--1.6--1.7.sql ai_ratelimit--1.7--1.8.sql ai_ratelimit--1.8--1.9.sql
 PGFILEDESC = "ai_ratelimit - per-user AI rate limits and budgets"
 
-REGRESS = setup plans limits usage bad_input security upgrade operations user_config money_guard around_call models rules usage_days accounts shared_budgets shared_state
+REGRESS = setup plans limits usage bad_input security upgrade operations user_config money_guard around_call models rules usage_days accounts shared_budgets shared_state contract
 REGRESS_OPTS = --temp-config=$(srcdir)/test/ai_ratelimit.conf --temp-instance=./tmp_check
 
 ISOLATION = no_wait budget model_budget compact_open account_tree shared_budget
@@ -54,7 +54,8 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-$(OBJS): src/ai_ratelimit.h
+# every object depends on every header: a changed shared struct rebuilds all
+$(OBJS): $(wildcard $(srcdir)/src/*.h)
 
 # Out-of-tree builds (make -f ../Makefile VPATH=.., as pg_buildext does for
 # the Debian package): the objects go to src/ in the build directory.

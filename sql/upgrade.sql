@@ -1,5 +1,5 @@
 --
--- upgrade: 1.0 installed, then ALTER EXTENSION ... UPDATE walks 1.0 -> ... -> 1.5
+-- upgrade: 1.0 installed, then ALTER EXTENSION ... UPDATE walks 1.0 -> ... -> 1.8 -> 1.9
 --
 CREATE DATABASE ai_upgrade;
 \c ai_upgrade
@@ -16,8 +16,15 @@ CREATE ROLE regress_ai_upgrade_app;
 GRANT EXECUTE ON FUNCTION ai_check_limit(text, text, numeric) TO regress_ai_upgrade_app;
 
 SELECT * FROM pg_extension_update_paths('ai_ratelimit') WHERE path IS NOT NULL ORDER BY 1, 2;
+-- 1.9: a role that may release by id alone under 1.8 gets the release and
+-- the extension that name their user instead
+ALTER EXTENSION ai_ratelimit UPDATE TO '1.8';
+GRANT EXECUTE ON FUNCTION ai_release_reservation(bigint) TO regress_ai_upgrade_app;
 ALTER EXTENSION ai_ratelimit UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'ai_ratelimit';
+SELECT has_function_privilege('regress_ai_upgrade_app', 'ai_release_reservation(bigint, text)', 'EXECUTE') AS app_may_release_own,
+       has_function_privilege('regress_ai_upgrade_app', 'ai_extend_reservation(bigint, text, integer)', 'EXECUTE') AS app_may_extend,
+       has_function_privilege('regress_ai_upgrade_app', 'ai_release_reservation(bigint)', 'EXECUTE') AS app_may_release_any;
 
 -- the same objects as a fresh install
 SELECT pg_describe_object(classid, objid, 0) AS object

@@ -149,6 +149,7 @@ typedef struct AiReservation
 	int32		prev;
 	uint8		state;			/* AiResvState */
 	bool		all_rules;		/* made without a model: holds on every rule */
+	TransactionId settler;		/* AI_RESV_SETTLING: the recording transaction */
 	int64		tokens;			/* tokens it holds for token rules */
 	int32		rules[AI_RESV_RULES];	/* model rules (ai_rules ids) it holds on, 0: none;
 										 * the last: which rules its check knew
@@ -187,6 +188,8 @@ typedef struct AiShared
 	pg_atomic_uint64 save_failures;	/* saves that failed since start */
 	pg_atomic_uint64 evictions;
 	pg_atomic_uint64 full_refusals;
+	pg_atomic_uint64 late_records;	/* records naming a reservation no longer open */
+	pg_atomic_uint64 repeated_records;	/* records of a reservation recorded before */
 	TimestampTz stats_reset;	/* guarded by stats_lock */
 	LWLock	   *stats_lock;		/* guards adding plans to ai_stats */
 	int32		nstats;
@@ -360,7 +363,9 @@ typedef enum AiReleaseResult
 	AI_RELEASE_SETTLING,		/* a record in an open transaction settles it */
 	AI_RELEASE_NOT_FOUND		/* released, settled, expired and swept, or never ours */
 } AiReleaseResult;
-extern AiReleaseResult ai_resv_release(int64 id, TimestampTz now);
+extern AiReleaseResult ai_resv_release(int64 id, TimestampTz now, const AiKey *owner);
+extern TimestampTz ai_resv_extend(int64 id, const AiKey *owner, TimestampTz now,
+								  TimestampTz until, bool *settling);
 extern AiMoney ai_resv_open_amount(AiEntry *entry, TimestampTz now);
 
 /* Note that something to save changed, for the saver (persist.c). */

@@ -16,6 +16,7 @@ extern bool ai_ensure_spend(const AiUser *u, const AiCalendar *cal, TimestampTz 
 							bool create, AiMoney *fallback);
 extern Datum ai_spend_in_month(const char *user_id, DateADT month);
 extern void ai_resv_drop_settled(const AiUser *u);
+extern bool ai_usage_of_reservation(const AiUser *u, int64 id, Datum *cost);
 extern void ai_spend_init(void);
 extern void ai_spend_row_written(const AiKey *key);
 

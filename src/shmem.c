@@ -223,6 +223,8 @@ ai_shmem_startup(void)
 		pg_atomic_init_u64(&ai_shared->save_failures, 0);
 		pg_atomic_init_u64(&ai_shared->evictions, 0);
 		pg_atomic_init_u64(&ai_shared->full_refusals, 0);
+		pg_atomic_init_u64(&ai_shared->late_records, 0);
+		pg_atomic_init_u64(&ai_shared->repeated_records, 0);
 		ai_shared->resv_used = 0;
 		for (int i = 0; i < ai_max_reservations; i++)
 		{
@@ -1170,12 +1172,74 @@ ai_resv_free_shadows(int64 id, TimestampTz now)
 }
 
 /*
+ * Hold reservation `id` of user `owner` until `until` (ai_extend_reservation),
+ * on its user and on every account its check held it on, when it is open
+ * and has not expired: a reservation is never shortened, and one that
+ * expired stays so (its room may have been taken).  Returns the expiry it
+ * has now, or 0 when it is not open (*settling: a record is settling it).
+ * Caller holds no lock.
+ */
+TimestampTz
+ai_resv_extend(int64 id, const AiKey *owner, TimestampTz now, TimestampTz until, bool *settling)
+{
+	int32		slot;
+	uint32		hashcode = ai_key_hash(owner);
+	LWLock	   *lock = ai_partition_lock(hashcode);
+	AiEntry    *e;
+	TimestampTz result = 0;
+
+	*settling = false;
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = ai_entry_lookup(owner, hashcode, false, now, NULL, 0);
+	slot = e != NULL ? ai_resv_find(e, id) : -1;
+	if (slot >= 0)
+	{
+		AiReservation *r = &ai_shared->resv[slot];
+
+		*settling = (r->state == AI_RESV_SETTLING);
+		if (r->state == AI_RESV_OPEN && r->expires_at > now)
+		{
+			r->expires_at = Max(r->expires_at, until);
+			result = r->expires_at;
+			ai_entry_changed(e);
+		}
+	}
+	LWLockRelease(lock);
+	if (result == 0)
+		return 0;
+	/* its shadows, each under its account's lock (rare: long calls only) */
+	for (int32 i = 0; i < ai_max_reservations; i++)
+	{
+		AiReservation *r = &ai_shared->resv[i];
+		AiKey		key;
+		LWLock	   *alock;
+
+		if (r->id != -id || r->state != AI_RESV_OPEN || r->key.dbid != MyDatabaseId)
+			continue;
+		key = r->key;
+		hashcode = ai_key_hash(&key);
+		alock = ai_partition_lock(hashcode);
+		LWLockAcquire(alock, LW_EXCLUSIVE);
+		if (r->id == -id && r->state == AI_RESV_OPEN &&
+			memcmp(&r->key, &key, sizeof(AiKey)) == 0 &&
+			(e = ai_entry_lookup(&key, hashcode, false, now, NULL, 0)) != NULL)
+		{
+			r->expires_at = Max(r->expires_at, result);
+			ai_entry_changed(e);
+		}
+		LWLockRelease(alock);
+	}
+	return result;
+}
+
+/*
  * Give back a reservation of this database by its id (ai_release_reservation):
  * its slot is found by the index, then confirmed under its owner's
- * partition lock.  Caller holds no lock.
+ * partition lock.  With owner, only a reservation of that user: another
+ * user's is not touched.  Caller holds no lock.
  */
 AiReleaseResult
-ai_resv_release(int64 id, TimestampTz now)
+ai_resv_release(int64 id, TimestampTz now, const AiKey *owner)
 {
 	AiKey		key;
 	int32		slot = ai_resv_lookup(id, &key);
@@ -1187,10 +1251,12 @@ ai_resv_release(int64 id, TimestampTz now)
 	if (slot < 0)
 	{
 		/* settled, or expired and swept: an account may still hold it */
-		ai_resv_free_shadows(id, now);
+		if (owner == NULL)
+			ai_resv_free_shadows(id, now);
 		return AI_RELEASE_NOT_FOUND;
 	}
-	if (key.dbid != MyDatabaseId)
+	if (key.dbid != MyDatabaseId ||
+		(owner != NULL && memcmp(&key, owner, sizeof(AiKey)) != 0))
 		return AI_RELEASE_NOT_FOUND;
 
 	hashcode = ai_key_hash(&key);

@@ -16,12 +16,14 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
+#include "utils/datum.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -410,6 +412,50 @@ ai_resv_drop_settled(const AiUser *u)
 	for (int i = 0; i < n; i++)
 		ai_resv_free_shadows(DatumGetInt64(ids[i]), GetCurrentTimestamp());
 	pfree(ids);
+}
+
+/*
+ * The cost of the usage row that settled reservation `id` of user u, if
+ * one is there: committed by any transaction, or written by this one.
+ * Read with a new snapshot (a retry after a lost COMMIT must see the
+ * first record), from the days since the id was issued (two earlier, as
+ * ai_resv_drop_settled reads them).  Caller holds no partition lock.
+ */
+bool
+ai_usage_of_reservation(const AiUser *u, int64 id, Datum *cost)
+{
+	Oid			types[3] = {TEXTOID, INT8OID, DATEOID};
+	Datum		vals[3];
+	bool		found = false;
+	MemoryContext outer = CurrentMemoryContext;
+
+	vals[0] = PointerGetDatum(cstring_to_text_with_len(u->id, u->len));
+	vals[1] = Int64GetDatum(id);
+	vals[2] = DateADTGetDatum((DateADT) (ai_id_time(id) / USECS_PER_DAY) - 2);
+	CommandCounterIncrement();
+	SPI_connect();
+	ai_spi_read(psprintf("SELECT cost_cents FROM %s.ai_usage"
+						 " WHERE user_id OPERATOR(pg_catalog.=) $1"
+						 " AND day OPERATOR(pg_catalog.>=) $3"
+						 " AND reservation_id OPERATOR(pg_catalog.=) $2 LIMIT 1",
+						 ai_ext_schema()),
+				3, types, vals);
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+		{
+			MemoryContext spi = MemoryContextSwitchTo(outer);
+
+			*cost = datumCopy(d, false, -1);
+			MemoryContextSwitchTo(spi);
+			found = true;
+		}
+	}
+	SPI_finish();
+	return found;
 }
 
 /* ---- usage rows that ai_record_usage did not write ---- */

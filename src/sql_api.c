@@ -53,6 +53,7 @@ PG_FUNCTION_INFO_V1(ai_ratelimit_timezone_changed_at);
 PG_FUNCTION_INFO_V1(ai_ratelimit_oldest_open_record);
 PG_FUNCTION_INFO_V1(ai_account_chain_srf);
 PG_FUNCTION_INFO_V1(ai_release_reservation);
+PG_FUNCTION_INFO_V1(ai_extend_reservation);
 PG_FUNCTION_INFO_V1(ai_limit_state);
 PG_FUNCTION_INFO_V1(ai_estimate_cost);
 
@@ -879,12 +880,17 @@ ai_release_reservation(PG_FUNCTION_ARGS)
 {
 	int64		id;
 	AiReleaseResult r;
+	AiUser		owner;
+	bool		named = (PG_NARGS() > 1);
 
 	ai_call_start();
 	ai_require_primary("ai_release_reservation");
 	/* STRICT: a check that reserved nothing (NULL id) releases nothing */
 	id = PG_GETARG_INT64(0);
-	r = ai_resv_release(id, GetCurrentTimestamp());
+	/* 1.9: (reservation_id, user_id) releases only that user's reservation */
+	if (named)
+		ai_arg_user(fcinfo, 1, &owner);
+	r = ai_resv_release(id, GetCurrentTimestamp(), named ? &owner.key : NULL);
 	switch (r)
 	{
 		case AI_RELEASE_DONE:
@@ -902,10 +908,55 @@ ai_release_reservation(PG_FUNCTION_ARGS)
 		case AI_RELEASE_NOT_FOUND:
 			ereport(NOTICE,
 					(errmsg("reservation " INT64_FORMAT " is not open", id),
+					 named ?
+					 errdetail("It was released or settled before, it expired, or it is not a reservation of user \"%s\" in this database; nothing was given back.", owner.id) :
 					 errdetail("It was released or settled before, it expired, or it is not a reservation of this database; nothing was given back.")));
 			break;
 	}
 	PG_RETURN_BOOL(false);
+}
+
+/*
+ * ai_extend_reservation(reservation_id, user_id, seconds) returns
+ * timestamptz (1.9): a call that may outlive its reservation keeps its
+ * estimate held, on the user and every account its check charged, until
+ * `seconds` from now (never shorter than it was).  NULL, with a NOTICE,
+ * when the reservation is not open: settled, released, expired (its room
+ * may have been taken: the late record is counted in full), or another
+ * user's.
+ */
+Datum
+ai_extend_reservation(PG_FUNCTION_ARGS)
+{
+	int64		id = PG_GETARG_INT64(0);
+	AiUser		owner;
+	int32		secs;
+	TimestampTz now;
+	TimestampTz until;
+	bool		settling;
+
+	ai_call_start();
+	ai_require_primary("ai_extend_reservation");
+	ai_arg_user(fcinfo, 1, &owner);
+	secs = PG_GETARG_INT32(2);
+	if (secs <= 0 || secs > 31 * 86400)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("seconds must be between 1 and %d", 31 * 86400),
+				 errdetail("A reservation is held for at most 31 days from now.")));
+	now = GetCurrentTimestamp();
+	until = ai_resv_extend(id, &owner.key, now, now + (int64) secs * USECS_PER_SEC, &settling);
+	if (until != 0)
+		PG_RETURN_TIMESTAMPTZ(until);
+	if (settling)
+		ereport(NOTICE,
+				(errmsg("reservation " INT64_FORMAT " is being settled by ai_record_usage in an open transaction", id),
+				 errdetail("Nothing to extend: its record is in.")));
+	else
+		ereport(NOTICE,
+				(errmsg("reservation " INT64_FORMAT " of user \"%s\" is not open", id, owner.id),
+				 errdetail("It was settled, released or has expired, or it is not this user's; nothing was extended. A record that names it is counted in full all the same.")));
+	PG_RETURN_NULL();
 }
 
 /*
@@ -1356,15 +1407,22 @@ ai_ratelimit_stats(PG_FUNCTION_ARGS)
 			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
 		}
 	}
-	/* capacity events: counters reclaimed, requests met with a full hash */
-	for (int k = 0; k < 2; k++)
+	/*
+	 * Events of no plan: counters reclaimed, requests met with a full hash,
+	 * records that named a reservation no longer open (late: counted in
+	 * full), and records of a reservation recorded before (repeated:
+	 * nothing stored or charged)
+	 */
+	for (int k = 0; k < 4; k++)
 	{
+		static const char *const names[] = {"evicted", "full", "late_record", "repeated_record"};
+		pg_atomic_uint64 *const counts[] = {&ai_shared->evictions, &ai_shared->full_refusals,
+		&ai_shared->late_records, &ai_shared->repeated_records};
 		Datum		v[4];
 		bool		nl[4] = {true, false, false, false};
 
-		v[1] = CStringGetTextDatum(k == 0 ? "evicted" : "full");
-		v[2] = Int64GetDatum((int64) pg_atomic_read_u64(k == 0 ? &ai_shared->evictions
-														: &ai_shared->full_refusals));
+		v[1] = CStringGetTextDatum(names[k]);
+		v[2] = Int64GetDatum((int64) pg_atomic_read_u64(counts[k]));
 		v[3] = TimestampTzGetDatum(since);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
 	}

@@ -23,6 +23,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
+#include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
@@ -502,7 +503,7 @@ ai_insert_usage(const AiRecordCall *r, Datum cost_num)
  * *missing when the named one is not open.  Caller holds the partition lock.
  */
 static int64
-ai_settle_begin(const AiRecordCall *r, AiEntry *e, int32 *slot, bool *missing)
+ai_settle_begin(const AiRecordCall *r, AiEntry *e, int32 *slot, bool *missing, bool *busy)
 {
 	int32		s = -1;
 	AiReservation *res;
@@ -510,6 +511,12 @@ ai_settle_begin(const AiRecordCall *r, AiEntry *e, int32 *slot, bool *missing)
 	if (r->has_resv)
 	{
 		s = ai_resv_find(e, r->resv_id);
+		if (s >= 0 && ai_shared->resv[s].state == AI_RESV_SETTLING)
+		{
+			/* another record of the same reservation, in flight */
+			*busy = true;
+			return 0;
+		}
 		if (s < 0 || ai_shared->resv[s].state != AI_RESV_OPEN)
 		{
 			*missing = true;
@@ -520,6 +527,7 @@ ai_settle_begin(const AiRecordCall *r, AiEntry *e, int32 *slot, bool *missing)
 		return 0;
 	res = &ai_shared->resv[s];
 	res->state = AI_RESV_SETTLING;
+	res->settler = GetTopTransactionIdIfAny();	/* the usage row took one */
 	ai_resv_unreserve(e, res->amount);
 	*slot = s;
 	return res->id;
@@ -642,6 +650,56 @@ ai_record_account(const AiRecordCall *r, const AiUser *a, AiRuleRecord *rules,
 		ai_account_alert(a, r->user, &rules->fired[k], r->now);
 }
 
+/* What became of the reservation a record names, before it writes anything. */
+typedef enum AiNamedResv
+{
+	AI_NAMED_OPEN,				/* open: the record settles it */
+	AI_NAMED_GONE,				/* expired, released or never issued: a late record */
+	AI_NAMED_REPEAT				/* recorded before: the first cost, nothing more */
+} AiNamedResv;
+
+/*
+ * Look at the reservation a record names.  One being settled by another
+ * transaction (the same record sent twice, the first still committing) is
+ * waited for; one no longer open is looked for in ai_usage, where a record
+ * that settled it left its row: then this record is a repeat, and *first
+ * is that record's cost.  Caller holds no lock.
+ */
+static AiNamedResv
+ai_named_reservation(const AiUser *u, int64 id, Datum *first)
+{
+	for (int attempt = 0;; attempt++)
+	{
+		AiEntry    *e;
+		int32		s;
+		bool		open = false;
+		TransactionId settler = InvalidTransactionId;
+
+		LWLockAcquire(u->lock, LW_SHARED);
+		e = ai_entry_lookup(&u->key, u->hashcode, false, 0, NULL, 0);
+		s = e != NULL ? ai_resv_find(e, id) : -1;
+		if (s >= 0)
+		{
+			AiReservation *res = &ai_shared->resv[s];
+
+			open = (res->state == AI_RESV_OPEN);
+			if (res->state == AI_RESV_SETTLING)
+				settler = res->settler;
+		}
+		LWLockRelease(u->lock);
+		if (open)
+			return AI_NAMED_OPEN;
+		if (!TransactionIdIsValid(settler) ||
+			TransactionIdEquals(settler, GetTopTransactionIdIfAny()) || attempt >= 3)
+			break;
+		/* its transaction ends: committed, the slot is freed; aborted, open again */
+		XactLockTableWait(settler, NULL, NULL, XLTW_None);
+	}
+	if (ai_usage_of_reservation(u, id, first))
+		return AI_NAMED_REPEAT;
+	return AI_NAMED_GONE;
+}
+
 /*
  * Record one call.  Returns its cost in cents (numeric).  The row goes to
  * ai_usage; the cost counts toward the user's month in shared memory at
@@ -661,6 +719,7 @@ ai_record(const AiUser *u, const char *model,
 	AiEntry    *e;
 	AiCharge	charge;
 	bool		resv_missing = false;
+	bool		resv_busy = false;
 	AiRuleRecord rules;
 	uint32		seq_before;
 	int			nlevels = Min(u->nchain, AI_MAX_ACCOUNT_DEPTH);
@@ -707,6 +766,26 @@ ai_record(const AiUser *u, const char *model,
 	}
 	/* after a crash: drop reservations settled since the last save first */
 	ai_resv_drop_settled(u);
+	/*
+	 * Records are idempotent by reservation id: a record of a reservation
+	 * that a record settled before (a retry after a connection lost during
+	 * COMMIT, a client that sends twice) returns the first cost and stores
+	 * and charges nothing, also after a restart, a crash or a failover
+	 * (ai_usage is the proof).
+	 */
+	if (has_resv)
+	{
+		Datum		first;
+
+		if (ai_named_reservation(u, resv_id, &first) == AI_NAMED_REPEAT)
+		{
+			pg_atomic_fetch_add_u64(&ai_shared->repeated_records, 1);
+			ereport(NOTICE,
+					(errmsg("reservation " INT64_FORMAT " of user \"%s\" was recorded before", resv_id, u->id),
+					 errdetail("Nothing was recorded or charged again; the cost returned is the first record's.")));
+			return first;
+		}
+	}
 	ai_insert_usage(&r, cost_num);
 	ai_rules_record_prepare(&rules, u, model, r.now);
 	touches = rules.n + 1;
@@ -740,7 +819,17 @@ ai_record(const AiUser *u, const char *model,
 		ai_config_bump_at_end(AI_GEN_USAGE);
 		return cost_num;
 	}
-	charge.resv_id = ai_settle_begin(&r, e, &charge.resv_slot, &resv_missing);
+	charge.resv_id = ai_settle_begin(&r, e, &charge.resv_slot, &resv_missing, &resv_busy);
+	if (resv_busy)
+	{
+		/* nothing was counted yet: the row goes with the error */
+		LWLockRelease(u->lock);
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("reservation " INT64_FORMAT " of user \"%s\" is being recorded by another transaction", resv_id, u->id),
+				 errdetail("The same call was recorded twice at once; only one record may settle a reservation."),
+				 errhint("Retry: once the other record commits, a retry returns its cost and records nothing.")));
+	}
 	if (want_alerts)
 		nfired = ai_alerts_crossed(&r, e, &eff, &charge.alert_bits, fired, &spend_after);
 	seq_before = e->change_seq;
@@ -758,10 +847,14 @@ ai_record(const AiUser *u, const char *model,
 		ai_notify_alert(u->id, &eff, fired[k], spend_after, &r.cal);
 	}
 	if (resv_missing)
+	{
+		pg_atomic_fetch_add_u64(&ai_shared->late_records, 1);
 		ereport(WARNING,
 				(errcode(ERRCODE_WARNING),
 				 errmsg("reservation " INT64_FORMAT " of user \"%s\" is not open", resv_id, u->id),
-				 errdetail("It expired, was already settled, or belongs to another user; the usage is recorded all the same.")));
+				 errdetail("It expired, was released, or belongs to another user; the usage is recorded all the same (a late record, counted in ai_ratelimit_stats)."),
+				 errhint("Extend the reservation of a call that may outlive ai_ratelimit.reservation_ttl with ai_extend_reservation.")));
+	}
 	return cost_num;
 }
 

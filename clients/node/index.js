@@ -84,7 +84,7 @@ const CHECK = 'SELECT * FROM ai_check_limit($1::text, $2::text, $3::numeric, NUL
   ' $4::text, $5::bigint, $6::bigint)'
 const RECORD = 'SELECT ai_record_usage($1::text, $2::text, $3::bigint, $4::bigint, $5::bigint,' +
   ' $6::bigint, $7::bigint, $8::bigint) AS cost_cents'
-const RELEASE = 'SELECT ai_release_reservation($1::bigint)'
+const RELEASE = 'SELECT ai_release_reservation($1::bigint, $2::text)'
 
 export function createLimiter (db, defaults = {}) {
   return {
@@ -104,7 +104,7 @@ export function createLimiter (db, defaults = {}) {
       try {
         result = await fn()
       } catch (err) {
-        if (check.reservation_id !== null) await db.query(RELEASE, [check.reservation_id])
+        if (check.reservation_id !== null) await db.query(RELEASE, [check.reservation_id, userId])
         throw err
       }
       const u = { input: 0, output: 0, cached: 0, cacheWrite: 0, cacheWrite1h: 0, ...o.usage(result) }

@@ -65,7 +65,7 @@ export function createApp (pool, anthropic = stubModel) {
         })
       } catch (err) {
         // the call failed: give its estimate back at once (NULL: nothing reserved)
-        await pool.query('SELECT ai_release_reservation($1)', [check.reservation_id])
+        await pool.query('SELECT ai_release_reservation($1, $2)', [check.reservation_id, userId])
         return send(502, { error: err.message })
       }
 

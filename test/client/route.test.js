@@ -20,7 +20,7 @@ before(async () => {
         ai_check_limit(text, text, numeric, bigint, text, bigint, bigint, text),
         ai_enforce_limit(text, text, numeric, bigint, text, bigint, bigint, text), ai_peek_limit(text, text),
         ai_record_usage(text, text, bigint, bigint, bigint, bigint, bigint, bigint, text),
-        ai_release_reservation(bigint), ai_monthly_spend(text, date)
+        ai_release_reservation(bigint, text), ai_monthly_spend(text, date)
     TO ai_app;
     INSERT INTO ai_plans (plan, burst_limit, daily_limit, monthly_budget_cents, alert_percents)
     VALUES ('capped', NULL, NULL, 5, '{50}');

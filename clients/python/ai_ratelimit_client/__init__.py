@@ -30,7 +30,7 @@ _CHECK = ("SELECT * FROM ai_check_limit(%s::text, %s::text, %s::numeric, NULL::b
 _ESTIMATE = "SELECT ai_estimate_cost(%s::text, %s::bigint, %s::bigint)"
 _RECORD = ("SELECT ai_record_usage(%s::text, %s::text, %s::bigint, %s::bigint, %s::bigint,"
            " %s::bigint, %s::bigint, %s::bigint)")
-_RELEASE = "SELECT ai_release_reservation(%s::bigint)"
+_RELEASE = "SELECT ai_release_reservation(%s::bigint, %s::text)"
 
 
 def http_answer(row):
@@ -138,7 +138,7 @@ class Limiter:
             result = fn()
         except BaseException:
             if check["reservation_id"] is not None:
-                self._one(_RELEASE, (check["reservation_id"],))
+                self._one(_RELEASE, (check["reservation_id"], user_id))
             raise
         u = {"input": 0, "output": 0, "cached": 0, "cache_write": 0, "cache_write_1h": 0}
         u.update(usage(result))
