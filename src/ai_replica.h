@@ -21,9 +21,24 @@
 /* The kinds of record: replica.c redoes both, resvid.c writes the second. */
 #define XLOG_AI_SAVE			0x00	/* entries, reservations, tombstones */
 #define XLOG_AI_IDS				0x10	/* a reservation id ceiling (resvid.c) */
+#define XLOG_AI_RESV			0x20	/* a reservation made or extended (1.9) */
+#define XLOG_AI_RESV_END		0x30	/* a reservation released (1.9) */
 
 /* replica.c */
 extern void ai_register_rmgr(void);
+
+/*
+ * Reservations in the WAL (1.9): a check's reservation is logged when it
+ * is made, and flushed when its transaction commits (ai_wal_resv_flush).
+ */
+struct AiKey;
+struct AiReservation;
+struct AiUser;
+extern void ai_wal_log_resv(const struct AiReservation *r, const struct AiUser *user,
+							const struct AiUser *const *accounts, int naccounts);
+extern void ai_wal_log_resv_end(int64 id, const struct AiKey *owner);
+extern void ai_wal_resv_flush(void);
+extern void ai_wal_resv_forget(void);
 extern bool ai_on_primary;
 extern void ai_require_primary_slow(const char *func);
 

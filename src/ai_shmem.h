@@ -352,6 +352,7 @@ extern void ai_entry_forget(AiEntry *e);
 extern void ai_resv_free(AiEntry *entry, int32 slot);
 extern bool ai_resv_shadow(AiEntry *account, int32 primary, int32 *slot);
 extern void ai_resv_free_shadows(int64 id, TimestampTz now);
+extern void ai_resv_free_shadows_of(Oid dbid, int64 id, TimestampTz now);
 extern void ai_resv_unreserve(AiEntry *entry, AiMoney amount);
 extern AiMoney ai_resv_held(const AiEntry *entry, TimestampTz after, int32 *count);
 
@@ -363,9 +364,11 @@ typedef enum AiReleaseResult
 	AI_RELEASE_SETTLING,		/* a record in an open transaction settles it */
 	AI_RELEASE_NOT_FOUND		/* released, settled, expired and swept, or never ours */
 } AiReleaseResult;
-extern AiReleaseResult ai_resv_release(int64 id, TimestampTz now, const AiKey *owner);
+extern AiReleaseResult ai_resv_release(int64 id, TimestampTz now, const AiKey *owner,
+									   AiKey *released);
 extern TimestampTz ai_resv_extend(int64 id, const AiKey *owner, TimestampTz now,
-								  TimestampTz until, bool *settling);
+								  TimestampTz until, bool *settling, AiReservation *copy,
+								  AiKey *shadows, int *nshadows);
 extern AiMoney ai_resv_open_amount(AiEntry *entry, TimestampTz now);
 
 /* Note that something to save changed, for the saver (persist.c). */

@@ -29,6 +29,7 @@
 #include "ai_calendar.h"
 #include "ai_config.h"
 #include "ai_limits.h"
+#include "ai_replica.h"
 #include "ai_resvid.h"
 #include "ai_rings.h"
 #include "ai_rulestate.h"
@@ -611,6 +612,15 @@ ai_take_charge(AiCheck *c, AiDecision *d)
 			ai_resv_free(e, charge->resv_slot);
 		d->reservation_id = 0;
 		return AI_TAKEN_POOL_FULL;
+	}
+	if (charge->resv_id > 0)
+	{
+		/* in the WAL before any save can copy it; flushed at commit (replica.c) */
+		const AiUser *accts[AI_MAX_ACCOUNT_DEPTH];
+
+		for (int k = 0; k < c->nlevels; k++)
+			accts[k] = &c->levels[k].acct;
+		ai_wal_log_resv(&ai_shared->resv[charge->resv_slot], c->user, accts, c->nlevels);
 	}
 	ai_rules_charge(&c->rules, c->now, &charge->rule_first, &charge->rule_n);
 	if (c->plan->has_burst)

@@ -28,11 +28,15 @@
 
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
+#include "access/xact.h"
 #include "access/xloginsert.h"
 #include "access/xlogreader.h"
 #include "miscadmin.h"
+#include "replication/syncrep.h"
+#include "replication/walsender.h"
 #include "utils/timestamp.h"
 
+#include "ai_accounts.h"
 #include "ai_replica.h"
 #include "ai_resvid.h"
 #include "ai_saved.h"
@@ -126,6 +130,234 @@ ai_wal_log_save(const AiSaveHeader *hdr, const AiSavedEntry *entries,
 		XLogFlush(end);
 }
 
+/* ---- reservations in the WAL (1.9) ---- */
+
+/*
+ * A reservation as XLOG_AI_RESV logs it: the user's, then the shadow of
+ * each account its check charged (holder: its key and the id's first
+ * bytes, to make the entry on replay), with what it holds.  Replayed, it
+ * is restored under its id, or, already there, held at least as long.
+ */
+typedef struct AiWalHolder
+{
+	AiKey		key;
+	uint8		id_len;
+	char		id_prefix[AI_ID_PREFIX_LEN];
+} AiWalHolder;
+
+typedef struct AiWalResv
+{
+	int64		id;
+	AiMoney		amount;
+	TimestampTz expires_at;
+	int64		tokens;
+	int32		rules[AI_RESV_RULES];
+	bool		all_rules;
+	uint8		naccounts;		/* AiWalHolder of each account follow the user's */
+	AiWalHolder user;
+} AiWalResv;
+
+typedef struct AiWalResvEnd
+{
+	int64		id;
+	AiKey		key;			/* the user's */
+} AiWalResvEnd;
+
+/* Where this backend's last reservation record ends: flushed at commit. */
+static XLogRecPtr resv_lsn = InvalidXLogRecPtr;
+
+static void
+ai_wal_holder(AiWalHolder *h, const AiUser *u)
+{
+	memset(h, 0, sizeof(*h));
+	h->key = u->key;
+	h->id_len = (uint8) Min(u->len, 255);
+	memcpy(h->id_prefix, u->id, Min(u->len, AI_ID_PREFIX_LEN));
+}
+
+/*
+ * Log a reservation that a check made (or extended), with its accounts.
+ * Caller may hold partition locks: logging takes none of ours, and it is
+ * what orders it before any later save that copies the reservation.
+ */
+void
+ai_wal_log_resv(const AiReservation *r, const AiUser *user,
+				const AiUser *const *accounts, int naccounts)
+{
+	AiWalResv	rec;
+	AiWalHolder acct[AI_MAX_ACCOUNT_DEPTH];
+	XLogRecPtr	end;
+
+	memset(&rec, 0, sizeof(rec));
+	rec.id = r->id;
+	rec.amount = r->amount;
+	rec.expires_at = r->expires_at;
+	rec.tokens = r->tokens;
+	memcpy(rec.rules, r->rules, sizeof(rec.rules));
+	rec.all_rules = r->all_rules;
+	naccounts = Min(naccounts, AI_MAX_ACCOUNT_DEPTH);
+	rec.naccounts = (uint8) naccounts;
+	ai_wal_holder(&rec.user, user);
+	for (int k = 0; k < naccounts; k++)
+		ai_wal_holder(&acct[k], accounts[k]);
+	XLogBeginInsert();
+	XLogRegisterData((char *) &rec, sizeof(rec));
+	if (naccounts > 0)
+		XLogRegisterData((char *) acct, sizeof(AiWalHolder) * naccounts);
+	end = XLogInsert(AI_RMGR_ID, XLOG_AI_RESV);
+	if (end > resv_lsn)
+		resv_lsn = end;
+}
+
+/* Log a reservation given back (not flushed: lost, it is only held longer). */
+void
+ai_wal_log_resv_end(int64 id, const AiKey *owner)
+{
+	AiWalResvEnd rec;
+
+	memset(&rec, 0, sizeof(rec));
+	rec.id = id;
+	rec.key = *owner;
+	XLogBeginInsert();
+	XLogRegisterData((char *) &rec, sizeof(rec));
+	(void) XLogInsert(AI_RMGR_ID, XLOG_AI_RESV_END);
+}
+
+/*
+ * The transaction that made reservations commits: they survive what a
+ * commit survives.  A transaction with an xid has its commit record after
+ * them, flushed (and sent to synchronous standbys) as synchronous_commit
+ * says; one without (a check alone writes no row) gets the same here:
+ * flushed, and waited for on synchronous standbys, unless
+ * synchronous_commit is off, when the WAL writer flushes it soon.
+ */
+void
+ai_wal_resv_flush(void)
+{
+	XLogRecPtr	lsn = resv_lsn;
+
+	resv_lsn = InvalidXLogRecPtr;
+	if (XLogRecPtrIsInvalid(lsn) || TransactionIdIsValid(GetTopTransactionIdIfAny()))
+		return;
+	if (synchronous_commit > SYNCHRONOUS_COMMIT_OFF)
+	{
+		XLogFlush(lsn);
+		if (SyncRepRequested())
+			SyncRepWaitForLSN(lsn, true);
+	}
+	else
+		XLogSetAsyncXactLSN(lsn);
+}
+
+/* The transaction rolled back: what it logged needs no flush. */
+void
+ai_wal_resv_forget(void)
+{
+	resv_lsn = InvalidXLogRecPtr;
+}
+
+/*
+ * Replay: the entry of a holder, made if need be (caller holds its lock);
+ * NULL when the table is full.
+ */
+static AiEntry *
+ai_redo_holder(const AiWalHolder *h, LWLock *lock, bool account, TimestampTz now)
+{
+	AiEntry    *e = ai_entry_get(&h->key, ai_key_hash(&h->key), lock, now,
+								 h->id_prefix, Min(h->id_len, AI_ID_PREFIX_LEN));
+
+	if (e != NULL && account)
+		e->kind = AI_ENTRY_ACCOUNT;
+	return e;
+}
+
+/* Replay one holder's part of a reservation: restored, or held longer. */
+static void
+ai_redo_resv_at(const AiWalResv *rec, const AiWalHolder *h, int64 id, bool account,
+				TimestampTz now)
+{
+	uint32		hashcode = ai_key_hash(&h->key);
+	LWLock	   *lock = ai_partition_lock(hashcode);
+	AiEntry    *e;
+	int32		slot;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = ai_redo_holder(h, lock, account, now);
+	if (e != NULL)
+	{
+		slot = ai_resv_find(e, id);
+		if (slot >= 0)
+		{
+			AiReservation *r = &ai_shared->resv[slot];
+
+			if (r->state == AI_RESV_OPEN && rec->expires_at > r->expires_at)
+				r->expires_at = rec->expires_at;
+		}
+		else if (ai_resv_restore(e, id, rec->amount, rec->expires_at, &slot))
+		{
+			AiReservation *r = &ai_shared->resv[slot];
+
+			r->tokens = rec->tokens;
+			r->all_rules = rec->all_rules;
+			memcpy(r->rules, rec->rules, sizeof(r->rules));
+			/* a record may have settled it since: the user's first check looks */
+			if (!account)
+				e->resv_restored = 1;
+		}
+		ai_entry_changed(e);
+	}
+	LWLockRelease(lock);
+}
+
+static void
+ai_redo_resv(const char *data, uint32 len)
+{
+	AiWalResv	rec;
+	const AiWalHolder *acct;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (len < sizeof(rec))
+		return;
+	memcpy(&rec, data, sizeof(rec));
+	if (len != sizeof(rec) + sizeof(AiWalHolder) * rec.naccounts ||
+		rec.naccounts > AI_MAX_ACCOUNT_DEPTH)
+		return;
+	if (rec.expires_at <= now)
+		return;					/* it holds nothing any more */
+	acct = (const AiWalHolder *) (data + sizeof(rec));
+	ai_redo_resv_at(&rec, &rec.user, rec.id, false, now);
+	for (int k = 0; k < rec.naccounts; k++)
+	{
+		AiWalHolder h;
+
+		memcpy(&h, &acct[k], sizeof(h));
+		ai_redo_resv_at(&rec, &h, -rec.id, true, now);
+	}
+}
+
+static void
+ai_redo_resv_end(const char *data, uint32 len)
+{
+	AiWalResvEnd rec;
+	uint32		hashcode;
+	LWLock	   *lock;
+	AiEntry    *e;
+	int32		slot;
+
+	if (len != sizeof(rec))
+		return;
+	memcpy(&rec, data, sizeof(rec));
+	hashcode = ai_key_hash(&rec.key);
+	lock = ai_partition_lock(hashcode);
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = ai_entry_lookup(&rec.key, hashcode, false, 0, NULL, 0);
+	slot = e != NULL ? ai_resv_find(e, rec.id) : -1;
+	if (slot >= 0 && ai_shared->resv[slot].state == AI_RESV_OPEN)
+		ai_resv_free(e, slot);
+	LWLockRelease(lock);
+	ai_resv_free_shadows_of(rec.key.dbid, rec.id, GetCurrentTimestamp());
+}
+
 static void
 ai_rmgr_redo(XLogReaderState *record)
 {
@@ -135,6 +367,16 @@ ai_rmgr_redo(XLogReaderState *record)
 	if (info == XLOG_AI_IDS)
 	{
 		ai_ids_redo(XLogRecGetData(record), XLogRecGetDataLen(record));
+		return;
+	}
+	if (info == XLOG_AI_RESV)
+	{
+		ai_redo_resv(XLogRecGetData(record), XLogRecGetDataLen(record));
+		return;
+	}
+	if (info == XLOG_AI_RESV_END)
+	{
+		ai_redo_resv_end(XLogRecGetData(record), XLogRecGetDataLen(record));
 		return;
 	}
 	if (info != XLOG_AI_SAVE)
@@ -175,6 +417,25 @@ ai_rmgr_desc(StringInfo buf, XLogReaderState *record)
 		appendStringInfo(buf, "reservation ids below ms " INT64_FORMAT, ceiling);
 		return;
 	}
+	if ((XLogRecGetInfo(record) & ~XLR_INFO_MASK) == XLOG_AI_RESV &&
+		XLogRecGetDataLen(record) >= sizeof(AiWalResv))
+	{
+		AiWalResv	rec;
+
+		memcpy(&rec, XLogRecGetData(record), sizeof(rec));
+		appendStringInfo(buf, "reservation " INT64_FORMAT ", accounts %u, until %s",
+						 rec.id, rec.naccounts, timestamptz_to_str(rec.expires_at));
+		return;
+	}
+	if ((XLogRecGetInfo(record) & ~XLR_INFO_MASK) == XLOG_AI_RESV_END &&
+		XLogRecGetDataLen(record) == sizeof(AiWalResvEnd))
+	{
+		AiWalResvEnd rec;
+
+		memcpy(&rec, XLogRecGetData(record), sizeof(rec));
+		appendStringInfo(buf, "reservation " INT64_FORMAT " released", rec.id);
+		return;
+	}
 	if ((XLogRecGetInfo(record) & ~XLR_INFO_MASK) != XLOG_AI_SAVE ||
 		XLogRecGetDataLen(record) < sizeof(hdr))
 		return;
@@ -192,6 +453,10 @@ ai_rmgr_identify(uint8 info)
 			return "SAVE";
 		case XLOG_AI_IDS:
 			return "IDS";
+		case XLOG_AI_RESV:
+			return "RESV";
+		case XLOG_AI_RESV_END:
+			return "RESV_END";
 		default:
 			return NULL;
 	}

@@ -14,6 +14,7 @@
 
 #include "miscadmin.h"
 
+#include "ai_resvid.h"
 #include "ai_saved.h"
 #include "ai_shmem.h"
 
@@ -45,7 +46,7 @@ ai_apply_unlock(LWLock *lock)
  * room for it (max_keys is lower here than where it was saved).
  */
 static bool
-ai_load_entry(const AiSavedEntry *se, TimestampTz now, AiApplyMode mode)
+ai_load_entry(const AiSavedEntry *se, TimestampTz now, AiApplyMode mode, TimestampTz saved_at)
 {
 	bool		replay = (mode == AI_APPLY_REPLAY);
 	uint32		hashcode = ai_key_hash(&se->key);
@@ -59,9 +60,22 @@ ai_load_entry(const AiSavedEntry *se, TimestampTz now, AiApplyMode mode)
 		ai_apply_unlock(lock);
 		return false;
 	}
-	/* a delta replaces the entry's reservations with its own */
-	while (e->resv_head >= 0)
-		ai_resv_free(e, e->resv_head);
+	/*
+	 * A delta replaces the entry's reservations with its own.  On replay,
+	 * one issued after the save began copying stays: its check logged it
+	 * (replica.c) before this record, which may have copied the entry
+	 * before it was made.
+	 */
+	{
+		AiResvIter	it;
+		AiReservation *r;
+		int32		slot;
+
+		ai_resv_iter_init(&it, e, AI_RESV_WALK_ALL, 0);
+		while ((r = ai_resv_iter_next(&it, &slot)) != NULL)
+			if (!replay || ai_id_time(r->id < 0 ? -r->id : r->id) < saved_at)
+				ai_resv_free(e, slot);
+	}
 	e->burst_head = se->burst_head;
 	e->burst_window_ms = se->burst_window_ms;
 	memcpy(e->burst, se->burst, sizeof(e->burst));
@@ -204,7 +218,7 @@ ai_apply_saved(const AiSaveHeader *saved_hdr, const char *saved, TimestampTz now
 		ai_apply_unlock(lock);
 	}
 	for (uint32 i = 0; i < hdr->nentries; i++)
-		if (!ai_load_entry(&entries[i], now, mode))
+		if (!ai_load_entry(&entries[i], now, mode, hdr->written_at))
 			no_room++;
 	for (uint32 i = 0; i < hdr->nresv; i++)
 	{

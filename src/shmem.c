@@ -56,6 +56,7 @@
 #include "ai_calendar.h"
 #include "ai_resvid.h"
 #include "ai_rings.h"
+#include "ai_accounts.h"
 #include "ai_shmem.h"
 #include "ai_stats.h"
 
@@ -1144,6 +1145,13 @@ ai_resv_shadow(AiEntry *account, int32 primary, int32 *slot)
 void
 ai_resv_free_shadows(int64 id, TimestampTz now)
 {
+	ai_resv_free_shadows_of(MyDatabaseId, id, now);
+}
+
+/* The same for a reservation of database dbid (replay runs in none). */
+void
+ai_resv_free_shadows_of(Oid dbid, int64 id, TimestampTz now)
+{
 	if (id <= 0)
 		return;
 	for (int32 i = 0; i < ai_max_reservations; i++)
@@ -1154,7 +1162,7 @@ ai_resv_free_shadows(int64 id, TimestampTz now)
 		LWLock	   *lock;
 		AiEntry    *e;
 
-		if (r->id != -id || r->state != AI_RESV_OPEN || r->key.dbid != MyDatabaseId)
+		if (r->id != -id || r->state != AI_RESV_OPEN || r->key.dbid != dbid)
 			continue;
 		key = r->key;
 		hashcode = ai_key_hash(&key);
@@ -1180,7 +1188,8 @@ ai_resv_free_shadows(int64 id, TimestampTz now)
  * Caller holds no lock.
  */
 TimestampTz
-ai_resv_extend(int64 id, const AiKey *owner, TimestampTz now, TimestampTz until, bool *settling)
+ai_resv_extend(int64 id, const AiKey *owner, TimestampTz now, TimestampTz until, bool *settling,
+			   AiReservation *copy, AiKey *shadows, int *nshadows)
 {
 	int32		slot;
 	uint32		hashcode = ai_key_hash(owner);
@@ -1201,10 +1210,12 @@ ai_resv_extend(int64 id, const AiKey *owner, TimestampTz now, TimestampTz until,
 		{
 			r->expires_at = Max(r->expires_at, until);
 			result = r->expires_at;
+			*copy = *r;
 			ai_entry_changed(e);
 		}
 	}
 	LWLockRelease(lock);
+	*nshadows = 0;
 	if (result == 0)
 		return 0;
 	/* its shadows, each under its account's lock (rare: long calls only) */
@@ -1226,6 +1237,8 @@ ai_resv_extend(int64 id, const AiKey *owner, TimestampTz now, TimestampTz until,
 		{
 			r->expires_at = Max(r->expires_at, result);
 			ai_entry_changed(e);
+			if (*nshadows < AI_MAX_ACCOUNT_DEPTH)
+				shadows[(*nshadows)++] = key;
 		}
 		LWLockRelease(alock);
 	}
@@ -1239,7 +1252,7 @@ ai_resv_extend(int64 id, const AiKey *owner, TimestampTz now, TimestampTz until,
  * user's is not touched.  Caller holds no lock.
  */
 AiReleaseResult
-ai_resv_release(int64 id, TimestampTz now, const AiKey *owner)
+ai_resv_release(int64 id, TimestampTz now, const AiKey *owner, AiKey *released)
 {
 	AiKey		key;
 	int32		slot = ai_resv_lookup(id, &key);
@@ -1274,6 +1287,7 @@ ai_resv_release(int64 id, TimestampTz now, const AiKey *owner)
 		else
 		{
 			result = r->expires_at > now ? AI_RELEASE_DONE : AI_RELEASE_EXPIRED;
+			*released = key;
 			ai_resv_free(e, slot);
 			ai_partition_changed(hashcode);
 		}

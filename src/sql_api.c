@@ -881,6 +881,7 @@ ai_release_reservation(PG_FUNCTION_ARGS)
 	int64		id;
 	AiReleaseResult r;
 	AiUser		owner;
+	AiKey		released;
 	bool		named = (PG_NARGS() > 1);
 
 	ai_call_start();
@@ -890,7 +891,10 @@ ai_release_reservation(PG_FUNCTION_ARGS)
 	/* 1.9: (reservation_id, user_id) releases only that user's reservation */
 	if (named)
 		ai_arg_user(fcinfo, 1, &owner);
-	r = ai_resv_release(id, GetCurrentTimestamp(), named ? &owner.key : NULL);
+	r = ai_resv_release(id, GetCurrentTimestamp(), named ? &owner.key : NULL, &released);
+	/* in the WAL too, so a crash or a standby does not hold it again */
+	if (r == AI_RELEASE_DONE || r == AI_RELEASE_EXPIRED)
+		ai_wal_log_resv_end(id, &released);
 	switch (r)
 	{
 		case AI_RELEASE_DONE:
@@ -934,6 +938,9 @@ ai_extend_reservation(PG_FUNCTION_ARGS)
 	TimestampTz now;
 	TimestampTz until;
 	bool		settling;
+	AiReservation copy;
+	AiKey		shadows[AI_MAX_ACCOUNT_DEPTH];
+	int			nshadows;
 
 	ai_call_start();
 	ai_require_primary("ai_extend_reservation");
@@ -945,9 +952,25 @@ ai_extend_reservation(PG_FUNCTION_ARGS)
 				 errmsg("seconds must be between 1 and %d", 31 * 86400),
 				 errdetail("A reservation is held for at most 31 days from now.")));
 	now = GetCurrentTimestamp();
-	until = ai_resv_extend(id, &owner.key, now, now + (int64) secs * USECS_PER_SEC, &settling);
+	until = ai_resv_extend(id, &owner.key, now, now + (int64) secs * USECS_PER_SEC, &settling,
+						   &copy, shadows, &nshadows);
 	if (until != 0)
+	{
+		/* durable as the check was: logged, flushed when this commits */
+		AiUser		accts[AI_MAX_ACCOUNT_DEPTH];
+		const AiUser *acctp[AI_MAX_ACCOUNT_DEPTH];
+
+		for (int k = 0; k < nshadows; k++)
+		{
+			memset(&accts[k], 0, sizeof(AiUser));
+			accts[k].id = "";
+			accts[k].key = shadows[k];
+			accts[k].account = true;
+			acctp[k] = &accts[k];
+		}
+		ai_wal_log_resv(&copy, &owner, acctp, nshadows);
 		PG_RETURN_TIMESTAMPTZ(until);
+	}
 	if (settling)
 		ereport(NOTICE,
 				(errmsg("reservation " INT64_FORMAT " is being settled by ai_record_usage in an open transaction", id),

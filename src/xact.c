@@ -23,6 +23,7 @@
 #include "utils/memutils.h"
 
 #include "ai_config.h"
+#include "ai_replica.h"
 #include "ai_rulestate.h"
 #include "ai_shmem.h"
 #include "ai_spend.h"
@@ -181,6 +182,10 @@ ai_xact_callback(XactEvent event, void *arg)
 						 errmsg("cannot prepare a transaction that called ai_ratelimit functions"),
 						 errdetail("A prepared transaction could not give back or settle its limits on rollback.")));
 			break;
+		case XACT_EVENT_PRE_COMMIT:
+			/* its reservations survive what its commit survives (replica.c) */
+			ai_wal_resv_flush();
+			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			/* a committed check keeps what it took: nothing to do */
@@ -192,6 +197,7 @@ ai_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+			ai_wal_resv_forget();
 			for (int i = ncharges - 1; i >= 0; i--)
 				ai_charge_end(&charges[i], false);
 			ncharges = 0;

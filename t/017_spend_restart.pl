@@ -49,9 +49,11 @@ sql(q{INSERT INTO ai_usage (created_at, day, user_id, model, priced_as, input_to
       VALUES (now(), (now() AT TIME ZONE 'UTC')::date, 'cat', 'x', 'x', 0, 0, 0, 70)});
 
 $node->restart;
+# the reservations whose records come later, by id
+sql('CREATE TABLE resv (r bigint)');
 my $before = last_line(usage_scans('SELECT 1'));
 my $after = last_line(usage_scans(
-	"SELECT allowed FROM ai_check_limit('ann', 'cap', 40)"));
+	"INSERT INTO resv SELECT reservation_id FROM ai_check_limit('ann', 'cap', 40)"));
 is($after, $before, 'clean restart: ann\'s first budget check reads no usage row');
 is(sql("SELECT allowed::text || ' ' || limited_by FROM ai_check_limit('ann', 'cap', 1)"),
 	'false monthly_budget', 'and her restored spend with the 40 cents held fills the cap exactly');
@@ -66,7 +68,7 @@ is(sql("SELECT allowed FROM ai_check_limit('cat', 'cap', 1)"), 'f',
 is(sql("SELECT open_reservations FROM ai_ratelimit_status WHERE user_id = 'ann'"), '1',
 	'ann holds the 40 cents of her check');
 # her call costs 20 cents and settles it: spend 80, cached
-sql("SELECT ai_record_usage('ann', 'gpt-4o', 0, 20000)");
+sql("SELECT ai_record_usage('ann', 'gpt-4o', 0, 20000, 0, (SELECT max(r) FROM resv))");
 is(sql("SELECT month_spend_cents || ' ' || open_reservations FROM ai_ratelimit_status WHERE user_id = 'ann'"),
 	'80 0', 'ann spent 80 cents and holds nothing');
 # a periodic save with 80 cents in it: one that started after $t (a change
@@ -80,12 +82,13 @@ $node->stop('immediate');
 $node->start;
 is(sql("SELECT allowed FROM ai_check_limit('ann', 'cap', 6)"), 'f',
 	'after a crash: 95 cents are counted, not the 80 of the last save');
-is(sql("SELECT allowed FROM ai_check_limit('ann', 'cap', 5)"), 't', 'and exactly 5 are left');
+is(sql("WITH c AS (SELECT * FROM ai_check_limit('ann', 'cap', 5)), i AS (INSERT INTO resv SELECT reservation_id FROM c)
+	SELECT allowed FROM c"), 't', 'and exactly 5 are left');
 
 # a cold copy of the stopped primary becomes a standby: its save holds ann's
 # 95 cents, but it replays what the primary records after the copy;
 # promoted, it must count that
-sql("SELECT ai_record_usage('ann', 'gpt-4o', 0, 0)");    # the 5 held settle for nothing
+sql("SELECT ai_record_usage('ann', 'gpt-4o', 0, 0, 0, (SELECT max(r) FROM resv))");    # the 5 held settle for nothing
 is(sql("SELECT month_spend_cents || ' ' || open_reservations FROM ai_ratelimit_status WHERE user_id = 'ann'"),
 	'95 0', 'ann: 95 cents spent, nothing held');
 $node->stop;

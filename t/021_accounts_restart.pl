@@ -60,7 +60,7 @@ sub state_is
 sql($primary, q{SELECT allowed FROM ai_check_limit('ann', 'r')}) for 1 .. 3;
 my $rid = sql($primary, q{SELECT reservation_id FROM ai_check_limit('cal', 'r', 6)});
 like($rid, qr/^\d+$/, "cal holds reservation $rid on blue and the organisation");
-sql($primary, q{SELECT ai_record_usage('cal', 'claude-opus-4-5', 0, 1200, 0, NULL)});   # 3 cents, settles it
+sql($primary, "SELECT ai_record_usage('cal', 'claude-opus-4-5', 0, 1200, 0, $rid)");   # 3 cents, settles it
 $rid = sql($primary, q{SELECT reservation_id FROM ai_check_limit('cal', 'r', 6)});
 like($rid, qr/^\d+$/, "cal holds reservation $rid");
 state_is($primary, 'primary', '3 6');
