@@ -95,3 +95,58 @@ SELECT ai_extend_reservation(:k7, 'k-frank', 60) IS NULL AS settled;
 -- for the owner
 SELECT has_function_privilege('public', 'ai_release_reservation(bigint, text)', 'EXECUTE') AS public_may_release,
        has_function_privilege('public', 'ai_extend_reservation(bigint, text, integer)', 'EXECUTE') AS public_may_extend;
+
+-- a record charges what its check charged: the accounts as of the check
+INSERT INTO ai_model_prices (model, input_usd_per_mtok, output_usd_per_mtok)
+VALUES ('k-model', 10, 10), ('k-other', 10, 10);
+INSERT INTO ai_plans (plan, burst_limit, daily_limit) VALUES ('k-open', NULL, NULL);
+INSERT INTO ai_accounts (account_id, parent_id) VALUES ('k-org', NULL), ('k-red', 'k-org'), ('k-blue', 'k-org');
+INSERT INTO ai_account_members (account_id, user_id, is_default)
+VALUES ('k-red', 'k-gus', true), ('k-red', 'k-hal', true), ('k-blue', 'k-hal', false);
+INSERT INTO ai_rules (rule_id, scope, scope_id, metric, "window", max_value) VALUES
+    (951, 'account', 'k-red', 'cents', 'month', 6), (952, 'account', 'k-blue', 'cents', 'month', 6);
+CREATE FUNCTION k_held(a text) RETURNS numeric LANGUAGE sql AS $$
+    SELECT coalesce(sum(reserved_cents), 0) FROM ai_account_status WHERE account_id = a $$;
+-- gus checks on red; while his call runs he is moved to blue
+SELECT reservation_id AS k8 FROM ai_check_limit('k-gus', 'k-open', 5) \gset
+UPDATE ai_account_members SET account_id = 'k-blue' WHERE user_id = 'k-gus';
+SELECT k_held('k-red') AS red_held, k_held('k-blue') AS blue_held;
+SELECT ai_record_usage('k-gus', 'k-model', 2000, 2000, 0, :k8) AS cost;
+-- filed and counted on red, which admitted the call; nothing held anywhere
+SELECT account_id, cost_cents FROM ai_usage WHERE user_id = 'k-gus';
+SELECT k_held('k-red') AS red_held, k_held('k-blue') AS blue_held,
+       ai_account_spend('k-red') AS red, ai_account_spend('k-blue') AS blue;
+-- blue never admitted it: its budget is whole
+SELECT allowed, ai_release_reservation(reservation_id, 'k-gus') AS released
+FROM ai_check_limit('k-gus', 'k-open', 6);
+-- hal checks on blue by name; a record naming red is charged on blue all the same
+SELECT reservation_id AS k9 FROM ai_check_limit('k-hal', 'k-open', 2, account => 'k-blue') \gset
+\set VERBOSITY sqlstate
+SELECT ai_record_usage('k-hal', 'k-model', 500, 500, 0, :k9, account => 'k-red') AS cost;
+\set VERBOSITY default
+SELECT account_id, cost_cents FROM ai_usage WHERE user_id = 'k-hal';
+-- hal checks on blue by name and leaves blue while the call runs: the
+-- record naming blue is still his check's, and is not lost
+SELECT reservation_id AS k10 FROM ai_check_limit('k-hal', 'k-open', 1, account => 'k-blue') \gset
+DELETE FROM ai_account_members WHERE user_id = 'k-hal' AND account_id = 'k-blue';
+SELECT ai_record_usage('k-hal', 'k-model', 250, 250, 0, :k10, account => 'k-blue') AS cost;
+-- a late record naming an account he left: a WARNING, filed under his default
+\set VERBOSITY sqlstate
+SELECT ai_record_usage('k-hal', 'k-model', 250, 250, 0, :k10 + 1, account => 'k-blue') AS cost;
+\set VERBOSITY default
+SELECT account_id, cost_cents FROM ai_usage WHERE user_id = 'k-hal' ORDER BY id;
+SELECT limited_by, requests FROM ai_ratelimit_stats
+WHERE plan IS NULL AND limited_by = 'misnamed_record';
+-- a record of another model than its check's counts under the rules of the
+-- model it names (the spend is real); its check's estimate is given back
+INSERT INTO ai_rules (rule_id, scope, scope_id, model, metric, "window", max_value) VALUES
+    (953, 'plan', 'k-open', 'k-other', 'cents', 'day', 3),
+    (954, 'plan', 'k-open', 'k-model', 'cents', 'day', 100);
+SELECT reservation_id AS k11 FROM ai_check_limit('k-ida', 'k-open', model => 'k-model',
+       input_tokens => 1000, max_output_tokens => 1000) \gset
+SELECT ai_record_usage('k-ida', 'k-other', 1000, 1000, 0, :k11) AS cost;
+SELECT rule_id, used, held FROM ai_explain_limits('k-ida', NULL, 'k-open')
+WHERE rule_id IN (953, 954) ORDER BY 1;
+-- 2 of its 3 cents used: a call that may cost 2 more is refused
+SELECT allowed, limited_by FROM ai_check_limit('k-ida', 'k-open', model => 'k-other',
+       input_tokens => 1000, max_output_tokens => 1000);

@@ -74,11 +74,19 @@ typedef struct AiAccountSlot
 	int			node;
 } AiAccountSlot;
 
+/* An account by the key of its counters (ai_account_init). */
+typedef struct AiAccountByKey
+{
+	AiKey		key;
+	int			node;
+} AiAccountByKey;
+
 static MemoryContext accounts_cxt = NULL;
 static AiAccountNode *nodes = NULL;
 static int	nnodes = 0;
 static int	maxnodes = 0;
 static HTAB *by_id = NULL;
+static HTAB *by_key = NULL;		/* made when first asked, per reload */
 static uint32 accounts_gen = 0; /* accounts_gen they were read at; 0: never */
 static uint64 accounts_call = 0;	/* the call that last looked at accounts_gen */
 
@@ -134,6 +142,7 @@ ai_reload_accounts(void)
 	nnodes = maxnodes = 0;
 	accounts_gen = 0;
 	by_id = NULL;
+	by_key = NULL;
 
 	ai_load_extension_info();
 	if (ai_ext_has_relation("ai_accounts"))
@@ -258,6 +267,72 @@ uint32
 ai_accounts_stamp(void)
 {
 	return pg_atomic_read_u32(&ai_shared->accounts_gen);
+}
+
+/* How many accounts are above node i. */
+static int
+ai_account_depth(int i)
+{
+	int			d = 0;
+
+	for (int j = nodes[i].parent; j >= 0 && d <= AI_MAX_ACCOUNT_DEPTH; j = nodes[j].parent)
+		d++;
+	return d;
+}
+
+/*
+ * The accounts whose counters have these keys (a reservation's, as its
+ * check charged them): their ids into ids[], nearest first (with ordered
+ * false, put in that order by their depth in the tree).  An account since
+ * removed from the tree is left out.  Returns how many.
+ */
+int
+ai_accounts_of_keys(const AiKey *keys, int n, bool ordered, const char **ids)
+{
+	int			found[AI_MAX_ACCOUNT_DEPTH];
+	int			m = 0;
+
+	ai_accounts_fresh();
+	if (by_key == NULL)
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(AiKey);
+		ctl.entrysize = sizeof(AiAccountByKey);
+		ctl.hcxt = accounts_cxt;
+		by_key = hash_create("ai_ratelimit accounts by key", Max(nnodes, 16), &ctl,
+							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		for (int i = 0; i < nnodes; i++)
+		{
+			AiUser		a;
+			AiAccountByKey *k;
+
+			ai_account_init(&a, nodes[i].id, strlen(nodes[i].id));
+			k = hash_search(by_key, &a.key, HASH_ENTER, NULL);
+			k->node = i;
+		}
+	}
+	for (int i = 0; i < n && m < AI_MAX_ACCOUNT_DEPTH; i++)
+	{
+		AiAccountByKey *k = hash_search(by_key, &keys[i], HASH_FIND, NULL);
+
+		if (k != NULL)
+			found[m++] = k->node;
+	}
+	/* unordered: the deepest first (a chain is a path up the tree) */
+	if (!ordered)
+		for (int i = 1; i < m; i++)
+			for (int j = i; j > 0 && ai_account_depth(found[j]) > ai_account_depth(found[j - 1]); j--)
+			{
+				int			t = found[j];
+
+				found[j] = found[j - 1];
+				found[j - 1] = t;
+			}
+	for (int i = 0; i < m; i++)
+		ids[i] = nodes[found[i]].id;
+	return m;
 }
 
 /*

@@ -13,6 +13,8 @@
 
 /* accounts.c */
 extern int	ai_account_chain(const char *account_id, const char **chain);
+struct AiKey;
+extern int	ai_accounts_of_keys(const struct AiKey *keys, int n, bool ordered, const char **ids);
 extern Datum ai_account_subtree(const char *account_id);
 extern uint32 ai_accounts_stamp(void);
 extern int	ai_account_alert_percents(const char *account_id, int32 *pct);

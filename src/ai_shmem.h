@@ -150,11 +150,17 @@ typedef struct AiReservation
 	uint8		state;			/* AiResvState */
 	bool		all_rules;		/* made without a model: holds on every rule */
 	TransactionId settler;		/* AI_RESV_SETTLING: the recording transaction */
+	int32		shadow;			/* the first shadow (of a primary) or the next
+								 * one (of a shadow), nearest account first;
+								 * -1: none; AI_RESV_SHADOWS_UNLINKED: loaded
+								 * from a save, which keeps no links */
 	int64		tokens;			/* tokens it holds for token rules */
 	int32		rules[AI_RESV_RULES];	/* model rules (ai_rules ids) it holds on, 0: none;
 										 * the last: which rules its check knew
 										 * (rulestate.c) */
 } AiReservation;
+
+#define AI_RESV_SHADOWS_UNLINKED	(-2)
 
 /* Most reservation slots a server may have (ai_ratelimit.max_reservations). */
 #define AI_RESV_MAX_SLOTS		((1 << 24) - 1)
@@ -190,6 +196,7 @@ typedef struct AiShared
 	pg_atomic_uint64 full_refusals;
 	pg_atomic_uint64 late_records;	/* records naming a reservation no longer open */
 	pg_atomic_uint64 repeated_records;	/* records of a reservation recorded before */
+	pg_atomic_uint64 misnamed_records;	/* records naming another account than their check */
 	TimestampTz stats_reset;	/* guarded by stats_lock */
 	LWLock	   *stats_lock;		/* guards adding plans to ai_stats */
 	int32		nstats;
@@ -364,6 +371,7 @@ typedef enum AiReleaseResult
 	AI_RELEASE_SETTLING,		/* a record in an open transaction settles it */
 	AI_RELEASE_NOT_FOUND		/* released, settled, expired and swept, or never ours */
 } AiReleaseResult;
+extern int	ai_resv_accounts(const AiUser *u, int64 id, AiKey *keys, bool *ordered);
 extern AiReleaseResult ai_resv_release(int64 id, TimestampTz now, const AiKey *owner,
 									   AiKey *released);
 extern TimestampTz ai_resv_extend(int64 id, const AiKey *owner, TimestampTz now,

@@ -16,7 +16,7 @@
 #define AI_USER_ACCOUNTS		8
 
 extern const char *ai_user_plan(const AiUser *u);
-extern const char *ai_user_account(const AiUser *u, const char *named);
+extern const char *ai_user_account(const AiUser *u, const char *named, bool record);
 extern void ai_apply_user_limits(const AiUser *u, AiPlan *plan);
 extern void ai_users_row_changed(HeapTuple tup, TupleDesc td, bool limits);
 extern void ai_users_all_changed(bool limits);

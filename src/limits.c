@@ -554,6 +554,18 @@ ai_take_levels(AiCheck *c)
 			lc->resv_id = -charge->resv_id;
 		}
 	}
+	/* the reservation names the accounts it is held on, nearest first */
+	if (charge->resv_id > 0)
+	{
+		int32	   *link = &ai_shared->resv[charge->resv_slot].shadow;
+
+		for (int k = 0; k < c->nlevels; k++)
+		{
+			*link = c->levels[k].charge.resv_slot;
+			link = &ai_shared->resv[c->levels[k].charge.resv_slot].shadow;
+		}
+		*link = -1;
+	}
 	for (int k = 0; k < c->nlevels; k++)
 	{
 		AiLevel    *lv = &c->levels[k];

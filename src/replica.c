@@ -271,8 +271,11 @@ ai_redo_holder(const AiWalHolder *h, LWLock *lock, bool account, TimestampTz now
 	return e;
 }
 
-/* Replay one holder's part of a reservation: restored, or held longer. */
-static void
+/*
+ * Replay one holder's part of a reservation: restored, or held longer.
+ * Returns the slot it restored, or -1 (already there, or no room).
+ */
+static int32
 ai_redo_resv_at(const AiWalResv *rec, const AiWalHolder *h, int64 id, bool account,
 				TimestampTz now)
 {
@@ -280,6 +283,7 @@ ai_redo_resv_at(const AiWalResv *rec, const AiWalHolder *h, int64 id, bool accou
 	LWLock	   *lock = ai_partition_lock(hashcode);
 	AiEntry    *e;
 	int32		slot;
+	int32		restored = -1;
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	e = ai_redo_holder(h, lock, account, now);
@@ -300,6 +304,8 @@ ai_redo_resv_at(const AiWalResv *rec, const AiWalHolder *h, int64 id, bool accou
 			r->tokens = rec->tokens;
 			r->all_rules = rec->all_rules;
 			memcpy(r->rules, rec->rules, sizeof(r->rules));
+			r->shadow = -1;
+			restored = slot;
 			/* a record may have settled it since: the user's first check looks */
 			if (!account)
 				e->resv_restored = 1;
@@ -307,6 +313,7 @@ ai_redo_resv_at(const AiWalResv *rec, const AiWalHolder *h, int64 id, bool accou
 		ai_entry_changed(e);
 	}
 	LWLockRelease(lock);
+	return restored;
 }
 
 static void
@@ -315,6 +322,7 @@ ai_redo_resv(const char *data, uint32 len)
 	AiWalResv	rec;
 	const AiWalHolder *acct;
 	TimestampTz now = GetCurrentTimestamp();
+	int32		prev;
 
 	if (len < sizeof(rec))
 		return;
@@ -325,13 +333,18 @@ ai_redo_resv(const char *data, uint32 len)
 	if (rec.expires_at <= now)
 		return;					/* it holds nothing any more */
 	acct = (const AiWalHolder *) (data + sizeof(rec));
-	ai_redo_resv_at(&rec, &rec.user, rec.id, false, now);
+	prev = ai_redo_resv_at(&rec, &rec.user, rec.id, false, now);
 	for (int k = 0; k < rec.naccounts; k++)
 	{
 		AiWalHolder h;
+		int32		slot;
 
 		memcpy(&h, &acct[k], sizeof(h));
-		ai_redo_resv_at(&rec, &h, -rec.id, true, now);
+		slot = ai_redo_resv_at(&rec, &h, -rec.id, true, now);
+		/* linked as the check linked them: only the startup process writes */
+		if (prev >= 0)
+			ai_shared->resv[prev].shadow = slot >= 0 ? slot : AI_RESV_SHADOWS_UNLINKED;
+		prev = slot;
 	}
 }
 

@@ -226,6 +226,7 @@ ai_shmem_startup(void)
 		pg_atomic_init_u64(&ai_shared->full_refusals, 0);
 		pg_atomic_init_u64(&ai_shared->late_records, 0);
 		pg_atomic_init_u64(&ai_shared->repeated_records, 0);
+		pg_atomic_init_u64(&ai_shared->misnamed_records, 0);
 		ai_shared->resv_used = 0;
 		for (int i = 0; i < ai_max_reservations; i++)
 		{
@@ -982,6 +983,7 @@ ai_resv_link(AiEntry *entry, int32 slot, AiMoney amount, TimestampTz expires_at)
 	r->expires_at = expires_at;
 	r->state = AI_RESV_OPEN;
 	r->all_rules = false;
+	r->shadow = -1;
 	r->tokens = 0;
 	memset(r->rules, 0, sizeof(r->rules));
 	r->next = -1;
@@ -1069,6 +1071,8 @@ ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampTz expires_at
 	ai_resv_unfree(s, id);
 	LWLockRelease(ai_shared->resv_lock);
 	(void) ai_resv_link(entry, s, amount, expires_at);
+	/* a save keeps no links: the record finds the shadows by their id */
+	ai_shared->resv[s].shadow = AI_RESV_SHADOWS_UNLINKED;
 	*slot = s;
 	return true;
 }
@@ -1177,6 +1181,57 @@ ai_resv_free_shadows_of(Oid dbid, int64 id, TimestampTz now)
 		}
 		LWLockRelease(lock);
 	}
+}
+
+/*
+ * The accounts an open reservation of user u is held on, nearest first, as
+ * its check charged them: their keys into keys[AI_MAX_ACCOUNT_DEPTH].
+ * Returns how many (0: the check charged no account), or -1 when the
+ * reservation is not open.  *ordered is false when the shadows were found
+ * by their id (a reservation loaded from a save), in no order.  Shadows
+ * are read without their accounts' locks: each is confirmed by its id.
+ * Caller holds no lock.
+ */
+int
+ai_resv_accounts(const AiUser *u, int64 id, AiKey *keys, bool *ordered)
+{
+	AiEntry    *e;
+	int32		slot;
+	int32		next = -1;
+	int			n = 0;
+
+	*ordered = true;
+	LWLockAcquire(u->lock, LW_SHARED);
+	e = ai_entry_lookup(&u->key, u->hashcode, false, 0, NULL, 0);
+	slot = e != NULL ? ai_resv_find(e, id) : -1;
+	if (slot < 0 || ai_shared->resv[slot].state != AI_RESV_OPEN)
+	{
+		LWLockRelease(u->lock);
+		return -1;
+	}
+	next = ai_shared->resv[slot].shadow;
+	for (; next >= 0 && n < AI_MAX_ACCOUNT_DEPTH; next = ai_shared->resv[next].shadow)
+	{
+		AiReservation *s = &ai_shared->resv[next];
+
+		if (s->id != -id || s->state == AI_RESV_FREE)
+			break;
+		keys[n++] = s->key;
+	}
+	LWLockRelease(u->lock);
+	if (next != AI_RESV_SHADOWS_UNLINKED)
+		return n;
+	/* loaded from a save: every shadow of the id, in no order */
+	*ordered = false;
+	n = 0;
+	for (int32 i = 0; i < ai_max_reservations && n < AI_MAX_ACCOUNT_DEPTH; i++)
+	{
+		AiReservation *s = &ai_shared->resv[i];
+
+		if (s->id == -id && s->state != AI_RESV_FREE && s->key.dbid == u->key.dbid)
+			keys[n++] = s->key;
+	}
+	return n;
 }
 
 /*

@@ -167,7 +167,7 @@ ai_arg_user(FunctionCallInfo fcinfo, int argno, AiUser *u)
  * user belongs to no account and names none.
  */
 static void
-ai_arg_account(FunctionCallInfo fcinfo, int argno, AiUser *user)
+ai_arg_account(FunctionCallInfo fcinfo, int argno, AiUser *user, bool record)
 {
 	const char *named = NULL;
 	const char *account;
@@ -186,7 +186,7 @@ ai_arg_account(FunctionCallInfo fcinfo, int argno, AiUser *user)
 					 errhint("Name an account of ai_accounts, or pass NULL for the user's default account.")));
 		named = text_to_cstring(t);
 	}
-	account = ai_user_account(user, named);
+	account = ai_user_account(user, named, record);
 	if (account == NULL)
 		return;
 	n = ai_account_chain(account, chain);
@@ -200,6 +200,51 @@ ai_arg_account(FunctionCallInfo fcinfo, int argno, AiUser *user)
 		copy[k] = pstrdup(chain[k]);
 	user->chain = copy;
 	user->nchain = n;
+}
+
+/*
+ * The accounts a record of reservation `id` charges (1.9): those its check
+ * charged, nearest first, whatever the tree and the memberships are now, so
+ * a member moved to another team, or a team moved in the tree, while its
+ * call ran is charged where its check held the estimate.  An account named
+ * by argument argno other than the one the check charged is not charged
+ * instead: a WARNING, and a misnamed_record in ai_ratelimit_stats.  False
+ * when the reservation is not open (the record is late, or a repeat).
+ */
+static bool
+ai_reservation_accounts(FunctionCallInfo fcinfo, int argno, AiUser *user, int64 id)
+{
+	AiKey		keys[AI_MAX_ACCOUNT_DEPTH];
+	const char *ids[AI_MAX_ACCOUNT_DEPTH];
+	const char **copy;
+	bool		ordered;
+	int			n = ai_resv_accounts(user, id, keys, &ordered);
+
+	if (n < 0)
+		return false;
+	n = ai_accounts_of_keys(keys, n, ordered, ids);
+	if (argno < PG_NARGS() && !PG_ARGISNULL(argno))
+	{
+		char	   *named = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+
+		if (n == 0 || strcmp(named, ids[0]) != 0)
+		{
+			pg_atomic_fetch_add_u64(&ai_shared->misnamed_records, 1);
+			ereport(WARNING,
+					(errcode(ERRCODE_WARNING),
+					 errmsg("reservation " INT64_FORMAT " was checked under %s%s%s, not account \"%s\"",
+							id, n > 0 ? "account \"" : "no account", n > 0 ? ids[0] : "",
+							n > 0 ? "\"" : "", named),
+					 errdetail("The record charges what its check charged; the account it names is not charged instead."),
+					 errhint("Name the same account at the check and at the record, or none at both.")));
+		}
+	}
+	copy = palloc(sizeof(char *) * Max(n, 1));
+	for (int k = 0; k < n; k++)
+		copy[k] = pstrdup(ids[k]);
+	user->chain = copy;
+	user->nchain = n;
+	return true;
 }
 
 /*
@@ -499,7 +544,7 @@ ai_run_check(FunctionCallInfo fcinfo, const char *func, bool consume, bool with_
 			model = ai_arg_model(fcinfo, 4);	/* 1.6: the rules of that model apply */
 	}
 	/* 1.8: the account named, or the user's default one, and those above it */
-	ai_arg_account(fcinfo, with_estimate ? 7 : PG_NARGS(), &user);
+	ai_arg_account(fcinfo, with_estimate ? 7 : PG_NARGS(), &user, false);
 	ai_decide(&user, &plan, model, est, has_est, est_tokens, consume, d);
 }
 
@@ -664,7 +709,7 @@ ai_limit_state(PG_FUNCTION_ARGS)
 	ai_require_primary("ai_limit_state");
 	ai_arg_user(fcinfo, 0, &user);
 	ai_arg_plan(fcinfo, 1, &user, &plan);
-	ai_arg_account(fcinfo, 2, &user);	/* 1.8: the account's rules too */
+	ai_arg_account(fcinfo, 2, &user, false);	/* 1.8: the account's rules too */
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	n = ai_layer_states(&user, &plan, st);
 	for (int i = 0; i < n; i++)
@@ -752,7 +797,7 @@ ai_explain_limits(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(1))
 		model = ai_arg_model(fcinfo, 1);
 	ai_arg_plan(fcinfo, 2, &user, &plan);
-	ai_arg_account(fcinfo, 3, &user);	/* 1.8: member and account rules */
+	ai_arg_account(fcinfo, 3, &user, false);	/* 1.8: member and account rules */
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 
 	n = ai_layer_states(&user, &plan, st);
@@ -1021,8 +1066,12 @@ ai_record_usage(PG_FUNCTION_ARGS)
 					 errmsg("reservation_id must be positive"),
 					 errhint("Pass the reservation_id returned by ai_check_limit, or NULL.")));
 	}
-	/* 1.8: filed under the account named, or the user's default one */
-	ai_arg_account(fcinfo, 8, &user);
+	/*
+	 * 1.9: a record of an open reservation charges what its check charged;
+	 * otherwise (1.8) the account named, or the user's default one
+	 */
+	if (!has_resv || !ai_reservation_accounts(fcinfo, 8, &user, resv))
+		ai_arg_account(fcinfo, 8, &user, true);
 	PG_RETURN_DATUM(ai_record(&user, model, &tok, resv, has_resv));
 }
 
@@ -1436,11 +1485,12 @@ ai_ratelimit_stats(PG_FUNCTION_ARGS)
 	 * full), and records of a reservation recorded before (repeated:
 	 * nothing stored or charged)
 	 */
-	for (int k = 0; k < 4; k++)
+	for (int k = 0; k < 5; k++)
 	{
-		static const char *const names[] = {"evicted", "full", "late_record", "repeated_record"};
+		static const char *const names[] = {"evicted", "full", "late_record", "repeated_record",
+		"misnamed_record"};
 		pg_atomic_uint64 *const counts[] = {&ai_shared->evictions, &ai_shared->full_refusals,
-		&ai_shared->late_records, &ai_shared->repeated_records};
+		&ai_shared->late_records, &ai_shared->repeated_records, &ai_shared->misnamed_records};
 		Datum		v[4];
 		bool		nl[4] = {true, false, false, false};
 

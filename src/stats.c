@@ -99,6 +99,7 @@ ai_stats_reset(void)
 	pg_atomic_write_u64(&ai_shared->full_refusals, 0);
 	pg_atomic_write_u64(&ai_shared->late_records, 0);
 	pg_atomic_write_u64(&ai_shared->repeated_records, 0);
+	pg_atomic_write_u64(&ai_shared->misnamed_records, 0);
 	ai_shared->stats_reset = GetCurrentTimestamp();
 	LWLockRelease(ai_shared->stats_lock);
 }

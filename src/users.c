@@ -406,7 +406,7 @@ ai_user_is_member(const AiUser *user, const UserConfig *u, const char *account)
  * is named and the user has no default.
  */
 const char *
-ai_user_account(const AiUser *user, const char *named)
+ai_user_account(const AiUser *user, const char *named, bool record)
 {
 	const UserConfig *u;
 
@@ -415,6 +415,16 @@ ai_user_account(const AiUser *user, const char *named)
 	u = ai_user_config(user, true);
 	if (named == NULL)
 		return u->default_account;
+	if ((!ai_members_exist() || !ai_user_is_member(user, u, named)) && record)
+	{
+		/* a call that happened is never lost: filed as a record naming none */
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("user \"%s\" is not a member of account \"%s\"", user->id, named),
+				 errdetail("The call is recorded all the same, under the user's default account%s.",
+						   u->default_account ? "" : " (it has none)")));
+		return u->default_account;
+	}
 	if (!ai_members_exist() || !ai_user_is_member(user, u, named))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -192,6 +192,15 @@ ai_xact_callback(XactEvent event, void *arg)
 			for (int i = 0; i < ncharges; i++)
 				if (charges[i].kind != AI_CHARGE_CHECK)
 					ai_charge_end(&charges[i], true);
+			/*
+			 * Reservations settled by this commit leave standbys too, after
+			 * the commit record (never before: a record that did not commit
+			 * leaves its reservation held).  Not flushed: one lost to a
+			 * crash is dropped by the user's next check (it finds the row).
+			 */
+			for (int i = 0; i < ncharges; i++)
+				if (charges[i].kind == AI_CHARGE_RECORD && charges[i].resv_id > 0)
+					ai_wal_log_resv_end(charges[i].resv_id, &charges[i].key);
 			ncharges = 0;
 			ai_rules_touches_done();
 			break;

@@ -15,7 +15,9 @@ idempotent by id).  Every outcome is one JSON line:
 
 OPTIONS is a comma-separated list: "extend" (a call extends its
 reservation by 60 s before it sleeps), "noid" (records name no
-reservation), "account=NAME" (check and record name the account).
+reservation), "account=NAME" (check and record name the account),
+"record_account=NAME" and "record_model=NAME" (the record names another
+account or model than the check).
 """
 import json
 import os
@@ -31,7 +33,13 @@ options = sys.argv[12].split(",") if len(sys.argv) > 12 and sys.argv[12] else []
 client, in_tok, out_tok, call_ms, seconds = (int(client), int(in_tok), int(out_tok),
                                              int(call_ms), float(seconds))
 users = users.split(",")
-account = next((o.split("=", 1)[1] for o in options if o.startswith("account=")), None)
+def option(name):
+    return next((o.split("=", 1)[1] for o in options if o.startswith(name + "=")), None)
+
+
+account = option("account")
+record_account = option("record_account") or account
+record_model = option("record_model") or model
 deadline = time.time() + seconds
 rng = random.Random(client)
 out = open(out_file, "a", buffering=1)
@@ -65,8 +73,8 @@ def record(user, rid):
             with c.transaction():
                 cost = c.execute(
                     "SELECT ai_record_usage(%s, %s, %s, %s, 0, %s, account => %s)",
-                    (user, model, in_tok, out_tok, None if "noid" in options else rid,
-                     account)).fetchone()[0]
+                    (user, record_model, in_tok, out_tok, None if "noid" in options else rid,
+                     record_account)).fetchone()[0]
             emit(record=rid, user=user, cost=str(cost), attempt=attempt)
             return
         except psycopg.OperationalError:
