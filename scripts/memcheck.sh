@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The regression and isolation suites under valgrind memcheck, with
+# The regression and isolation suites, and the configuration-edit mix of
+# t/023 (test/config_load), under valgrind memcheck, with
 # ai_ratelimit built with UndefinedBehaviorSanitizer (bounds, overflow,
 # alignment), as root on Debian 12.  Every server process runs under
 # valgrind; a memcheck error whose stack passes through ai_ratelimit.so, or
@@ -52,6 +53,14 @@ as_postgres "cd '$WORK' && $PGXS_DIR/src/test/regress/pg_regress --bindir=$PG_BI
 	--host='$WORK' --port=$PORT --dbname=contrib_regression $REGRESS" || status=$?
 as_postgres "cd '$WORK' && $PGXS_DIR/src/test/isolation/pg_isolation_regress --bindir=$PG_BIN \
 	--host='$WORK' --port=$PORT --inputdir=. --outputdir=output_iso --dbname=isolation_regression $ISOLATION" || status=$?
+# the configuration-edit mix of t/023: rules, accounts, memberships, plans
+# and prices edited while clients check, call and record for account members
+log "the configuration-edit mix (t/023) against it"
+as_postgres "$PG_BIN/createdb -h '$WORK' -p $PORT config_mix" &&
+	as_postgres "$PG_BIN/psql -X -q -v ON_ERROR_STOP=1 -h '$WORK' -p $PORT -d config_mix \
+		-f '$WORK/test/config_load/setup.sql'" &&
+	as_postgres "$PG_BIN/pgbench -n -c 4 -j 2 -T ${MEMCHECK_MIX_SECONDS:-60} -h '$WORK' -p $PORT \
+		-f '$WORK/test/config_load/script.sql' config_mix" || status=$?
 as_postgres "$PG_BIN/pg_ctl -D '$PGDATA' -m fast -t 300 stop" >/dev/null || true
 
 # memcheck errors whose stack passes through the extension

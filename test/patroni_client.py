@@ -1,10 +1,14 @@
-"""One client of the Patroni test (t/022_patroni.pl): check with a priced
-estimate and record, in one transaction, through a multi-host connection
-string with target_session_attrs=read-write, until a stop file appears or
-the time is up.  Every outcome is one JSON line: a commit the server
-acknowledged, or the error seen (SQLSTATE, or the kind of connection
-failure); a connection lost during COMMIT is "unknown": the transaction may
-or may not have committed.
+"""One client of the Patroni test (t/022_patroni.pl), loading as the README's
+route does: check with a priced estimate (and log the answer) in one
+transaction, call the model (a short sleep), record in another transaction
+naming the reservation, through a multi-host connection string with
+target_session_attrs=read-write, until a stop file appears or the time is
+up.  A record whose connection is lost is retried under the same
+reservation id once a read-write server answers (records are idempotent by
+id).  Every outcome is one JSON line: a check commit the server
+acknowledged, a record acknowledged ("recorded"), or the error seen
+(SQLSTATE, or the kind of connection failure); a connection lost during a
+check's COMMIT is "unknown": it may or may not have committed.
 
     python3 patroni_client.py CONNINFO CLIENT_ID USERS STOP_FILE OUT_FILE SECONDS
 """
@@ -30,6 +34,34 @@ def emit(**kw):
     out.write(json.dumps(kw) + "\n")
 
 
+def record(user, out_tokens, rid, seq):
+    """Record in a transaction of its own, retried under the same id until
+    acknowledged (a failover takes seconds), or given up after a minute."""
+    global conn
+    until = time.time() + 60
+    while time.time() < until:
+        try:
+            if conn is None or conn.closed:
+                conn = psycopg.connect(conninfo, connect_timeout=2)
+            conn.execute("SELECT ai_record_usage(%s, 'p-model', 1000, %s, 0, %s)",
+                         (user, out_tokens, rid))
+            conn.commit()
+            emit(seq=seq, recorded=rid)
+            return
+        except psycopg.Error as e:
+            try:
+                if conn is not None and not conn.closed:
+                    conn.rollback()
+            except psycopg.Error:
+                pass
+            if conn is None or conn.closed or isinstance(e, psycopg.OperationalError):
+                if conn is not None:
+                    conn.close()
+                conn = None
+            time.sleep(0.1)
+    emit(seq=seq, record_lost=rid)
+
+
 while not os.path.exists(stop_file) and time.time() < deadline:
     seq += 1
     user = "p-%d" % rng.randint(1, users)
@@ -46,12 +78,12 @@ while not os.path.exists(stop_file) and time.time() < deadline:
         conn.execute(
             "INSERT INTO p_log (client, seq, user_id, allowed, reservation_id, limited_by)"
             " VALUES (%s, %s, %s, %s, %s, %s)", (client, seq, user, allowed, rid, limited_by))
-        if allowed:
-            conn.execute("SELECT ai_record_usage(%s, 'p-model', 1000, %s, 0, %s)",
-                         (user, out_tokens, rid))
         phase = "commit"
         conn.commit()
         emit(seq=seq, ok=True, user=user, allowed=allowed, rid=rid)
+        if allowed:
+            time.sleep(0.02)    # the model's call
+            record(user, out_tokens, rid, seq)
         time.sleep(0.005)   # a steady load, not a flood: the servers share 2 cores
     except psycopg.Error as e:
         state = getattr(e, "sqlstate", None)
