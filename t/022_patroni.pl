@@ -209,8 +209,8 @@ ok(wait_for('n2 streams', 90, sub {
 q_at(1, qq{
 CREATE EXTENSION ai_ratelimit;
 INSERT INTO ai_plans (plan, burst_limit, daily_limit, monthly_budget_cents) VALUES ('p', 1000000, 1000000, $cap);
--- cheap calls: 0.01 cent in, up to 0.01 out, so the caps are reached late in the run
-INSERT INTO ai_model_prices (model, input_usd_per_mtok, output_usd_per_mtok) VALUES ('p-model', 0.1, 0.1);
+-- cheap calls: 0.02 cent in, up to 0.02 out, so the caps are reached late in the run
+INSERT INTO ai_model_prices (model, input_usd_per_mtok, output_usd_per_mtok) VALUES ('p-model', 0.2, 0.2);
 -- a third of the users may spend only 3 cents: their caps are reached early
 INSERT INTO ai_user_limits (user_id, monthly_budget_cents)
 SELECT 'p-' || g, 3 FROM generate_series(1, $users / 3) g;
