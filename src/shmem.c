@@ -1251,6 +1251,7 @@ ai_resv_extend(int64 id, const AiKey *owner, TimestampTz now, TimestampTz until,
 	LWLock	   *lock = ai_partition_lock(hashcode);
 	AiEntry    *e;
 	TimestampTz result = 0;
+	bool		held_on_accounts = true;
 
 	*settling = false;
 	LWLockAcquire(lock, LW_EXCLUSIVE);
@@ -1266,13 +1267,14 @@ ai_resv_extend(int64 id, const AiKey *owner, TimestampTz now, TimestampTz until,
 			r->expires_at = Max(r->expires_at, until);
 			result = r->expires_at;
 			*copy = *r;
+			held_on_accounts = (r->shadow != -1);
 			ai_entry_changed(e);
 		}
 	}
 	LWLockRelease(lock);
 	*nshadows = 0;
-	if (result == 0)
-		return 0;
+	if (result == 0 || !held_on_accounts)
+		return result;
 	/* its shadows, each under its account's lock (rare: long calls only) */
 	for (int32 i = 0; i < ai_max_reservations; i++)
 	{
@@ -1315,6 +1317,7 @@ ai_resv_release(int64 id, TimestampTz now, const AiKey *owner, AiKey *released)
 	LWLock	   *lock;
 	AiEntry    *e;
 	AiReleaseResult result = AI_RELEASE_NOT_FOUND;
+	bool		shadows = true;
 
 	if (slot < 0)
 	{
@@ -1343,13 +1346,17 @@ ai_resv_release(int64 id, TimestampTz now, const AiKey *owner, AiKey *released)
 		{
 			result = r->expires_at > now ? AI_RELEASE_DONE : AI_RELEASE_EXPIRED;
 			*released = key;
+			shadows = (r->shadow != -1);
 			ai_resv_free(e, slot);
 			ai_partition_changed(hashcode);
 		}
 	}
 	LWLockRelease(lock);
-	/* and from the accounts it was held on, unless a record settles it */
-	if (result != AI_RELEASE_SETTLING)
+	/*
+	 * and from the accounts it was held on, unless a record settles it (a
+	 * reservation whose check charged no account has none to look for)
+	 */
+	if (result != AI_RELEASE_SETTLING && shadows)
 		ai_resv_free_shadows(id, now);
 	return result;
 }
