@@ -36,6 +36,13 @@
 #include "replication/walsender.h"
 #include "utils/timestamp.h"
 
+#ifdef AI_VALGRIND
+#include <valgrind/memcheck.h>
+#define AI_CHECK_DEFINED(p, n)	VALGRIND_CHECK_MEM_IS_DEFINED((p), (n))
+#else
+#define AI_CHECK_DEFINED(p, n)	((void) 0)
+#endif
+
 #include "ai_accounts.h"
 #include "ai_replica.h"
 #include "ai_resvid.h"
@@ -200,6 +207,9 @@ ai_wal_log_resv(const AiReservation *r, const AiUser *user,
 	ai_wal_holder(&rec.user, user);
 	for (int k = 0; k < naccounts; k++)
 		ai_wal_holder(&acct[k], accounts[k]);
+	/* under scripts/memcheck.sh: every byte logged is defined (padding too) */
+	AI_CHECK_DEFINED(&rec, sizeof(rec));
+	AI_CHECK_DEFINED(acct, sizeof(AiWalHolder) * naccounts);
 	XLogBeginInsert();
 	XLogRegisterData((char *) &rec, sizeof(rec));
 	if (naccounts > 0)
@@ -218,6 +228,7 @@ ai_wal_log_resv_end(int64 id, const AiKey *owner)
 	memset(&rec, 0, sizeof(rec));
 	rec.id = id;
 	rec.key = *owner;
+	AI_CHECK_DEFINED(&rec, sizeof(rec));
 	XLogBeginInsert();
 	XLogRegisterData((char *) &rec, sizeof(rec));
 	(void) XLogInsert(AI_RMGR_ID, XLOG_AI_RESV_END);
@@ -264,7 +275,7 @@ static AiEntry *
 ai_redo_holder(const AiWalHolder *h, LWLock *lock, bool account, TimestampTz now)
 {
 	AiEntry    *e = ai_entry_get(&h->key, ai_key_hash(&h->key), lock, now,
-								 h->id_prefix, Min(h->id_len, AI_ID_PREFIX_LEN));
+								 h->id_prefix, h->id_len);
 
 	if (e != NULL && account)
 		e->kind = AI_ENTRY_ACCOUNT;
