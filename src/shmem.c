@@ -1152,9 +1152,14 @@ ai_resv_free_shadows(int64 id, TimestampTz now)
 	ai_resv_free_shadows_of(MyDatabaseId, id, now);
 }
 
-/* The same for a reservation of database dbid (replay runs in none). */
-void
-ai_resv_free_shadows_of(Oid dbid, int64 id, TimestampTz now)
+/*
+ * Visit every open shadow of reservation id in database dbid, each found by
+ * a scan of the pool and confirmed under its account's partition lock (one
+ * lock at a time): fn(account entry, slot, arg).  Caller holds no lock.
+ */
+static void
+ai_resv_each_shadow(Oid dbid, int64 id, TimestampTz now,
+					void (*fn) (AiEntry *account, int32 slot, void *arg), void *arg)
 {
 	if (id <= 0)
 		return;
@@ -1175,12 +1180,23 @@ ai_resv_free_shadows_of(Oid dbid, int64 id, TimestampTz now)
 		if (r->id == -id && r->state == AI_RESV_OPEN &&
 			memcmp(&r->key, &key, sizeof(AiKey)) == 0 &&
 			(e = ai_entry_lookup(&key, hashcode, false, now, NULL, 0)) != NULL)
-		{
-			ai_resv_free(e, i);
-			ai_partition_changed(hashcode);
-		}
+			fn(e, i, arg);
 		LWLockRelease(lock);
 	}
+}
+
+static void
+ai_shadow_free(AiEntry *account, int32 slot, void *arg)
+{
+	ai_resv_free(account, slot);
+	ai_partition_changed(ai_key_hash(&account->key));
+}
+
+/* The same for a reservation of database dbid (replay runs in none). */
+void
+ai_resv_free_shadows_of(Oid dbid, int64 id, TimestampTz now)
+{
+	ai_resv_each_shadow(dbid, id, now, ai_shadow_free, NULL);
 }
 
 /*
@@ -1234,6 +1250,26 @@ ai_resv_accounts(const AiUser *u, int64 id, AiKey *keys, bool *ordered)
 	return n;
 }
 
+/* What ai_resv_extend holds its shadows until, and the keys it met. */
+typedef struct AiShadowExtend
+{
+	TimestampTz until;
+	AiKey	   *shadows;
+	int		   *nshadows;
+} AiShadowExtend;
+
+static void
+ai_shadow_extend(AiEntry *account, int32 slot, void *arg)
+{
+	AiShadowExtend *x = (AiShadowExtend *) arg;
+	AiReservation *r = &ai_shared->resv[slot];
+
+	r->expires_at = Max(r->expires_at, x->until);
+	ai_entry_changed(account);
+	if (*x->nshadows < AI_MAX_ACCOUNT_DEPTH)
+		x->shadows[(*x->nshadows)++] = r->key;
+}
+
 /*
  * Hold reservation `id` of user `owner` until `until` (ai_extend_reservation),
  * on its user and on every account its check held it on, when it is open
@@ -1252,6 +1288,7 @@ ai_resv_extend(int64 id, const AiKey *owner, TimestampTz now, TimestampTz until,
 	AiEntry    *e;
 	TimestampTz result = 0;
 	bool		held_on_accounts = true;
+	AiShadowExtend ext;
 
 	*settling = false;
 	LWLockAcquire(lock, LW_EXCLUSIVE);
@@ -1276,29 +1313,10 @@ ai_resv_extend(int64 id, const AiKey *owner, TimestampTz now, TimestampTz until,
 	if (result == 0 || !held_on_accounts)
 		return result;
 	/* its shadows, each under its account's lock (rare: long calls only) */
-	for (int32 i = 0; i < ai_max_reservations; i++)
-	{
-		AiReservation *r = &ai_shared->resv[i];
-		AiKey		key;
-		LWLock	   *alock;
-
-		if (r->id != -id || r->state != AI_RESV_OPEN || r->key.dbid != MyDatabaseId)
-			continue;
-		key = r->key;
-		hashcode = ai_key_hash(&key);
-		alock = ai_partition_lock(hashcode);
-		LWLockAcquire(alock, LW_EXCLUSIVE);
-		if (r->id == -id && r->state == AI_RESV_OPEN &&
-			memcmp(&r->key, &key, sizeof(AiKey)) == 0 &&
-			(e = ai_entry_lookup(&key, hashcode, false, now, NULL, 0)) != NULL)
-		{
-			r->expires_at = Max(r->expires_at, result);
-			ai_entry_changed(e);
-			if (*nshadows < AI_MAX_ACCOUNT_DEPTH)
-				shadows[(*nshadows)++] = key;
-		}
-		LWLockRelease(alock);
-	}
+	ext.until = result;
+	ext.shadows = shadows;
+	ext.nshadows = nshadows;
+	ai_resv_each_shadow(MyDatabaseId, id, now, ai_shadow_extend, &ext);
 	return result;
 }
 

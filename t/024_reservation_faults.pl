@@ -86,15 +86,24 @@ INSERT INTO ai_plans (plan, burst_limit, daily_limit, monthly_budget_cents) VALU
 };
 
 # ---- a crash with calls in flight: stop -m immediate, then SIGKILL ----
-my $node = PostgreSQL::Test::Cluster->new('faults');
-$node->init(allows_streaming => 1);
-$node->append_conf('postgresql.conf', qq{
+# a primary whose saves are an hour apart: only the WAL keeps what the
+# checks reserved
+sub primary
+{
+	my ($name) = @_;
+	my $n = PostgreSQL::Test::Cluster->new($name);
+	$n->init(allows_streaming => 1);
+	$n->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'ai_ratelimit'
 ai_ratelimit.save_interval = '1h'
 ai_ratelimit.reservation_ttl = 120
 });
-$node->start;
-$node->safe_psql('postgres', $setup);
+	$n->start;
+	$n->safe_psql('postgres', $setup);
+	return $n;
+}
+
+my $node = primary('faults');
 
 # the first calls are in flight 0.7 s after the clients start: every one
 # of them would fit the budgets, and holds the room until it records
@@ -122,15 +131,7 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM ai_ratelimit_verify()'), '
 $node->stop;
 
 # ---- promotion of a synchronous standby with calls in flight ----
-my $primary = PostgreSQL::Test::Cluster->new('sync_primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'ai_ratelimit'
-ai_ratelimit.save_interval = '1h'
-ai_ratelimit.reservation_ttl = 120
-});
-$primary->start;
-$primary->safe_psql('postgres', $setup);
+my $primary = primary('sync_primary');
 $primary->backup('b');
 my $standby = PostgreSQL::Test::Cluster->new('sync_standby');
 $standby->init_from_backup($primary, 'b', has_streaming => 1);
