@@ -48,3 +48,68 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.ai_release_reservation(bigint) IS
     'give back the estimate of a request by its id alone, whoever''s it is (for the owner; applications use ai_release_reservation(reservation_id, user_id))';
+
+-- ---------------------------------------------------------------------------
+-- Model families.  A provider's dated name (gpt-4o-2024-08-06,
+-- claude-sonnet-4-5-20250929) is priced by its own row of ai_model_prices,
+-- else by its family's (the name without its date), and counted by every
+-- rule that names the family.  ai_model_family says what a name's family
+-- is; ai_explain_limits shows it, and the price row that prices the model.
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.ai_model_family(model text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'ai_model_family'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.ai_model_family(text) IS
+    'the family of a model''s name: the name without a date at its end (-YYYY-MM-DD, -YYYYMMDD or @YYYYMMDD), or the name itself';
+
+DO $$
+DECLARE
+    acl aclitem[];
+    g record;
+BEGIN
+    SELECT p.proacl INTO acl FROM pg_catalog.pg_proc p
+    WHERE p.oid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure('@extschema@.ai_explain_limits(text, text, text, text)');
+
+    DROP FUNCTION @extschema@.ai_explain_limits(text, text, text, text);
+    CREATE FUNCTION @extschema@.ai_explain_limits(
+        user_id text,
+        model text DEFAULT NULL,
+        plan text DEFAULT NULL,
+        account text DEFAULT NULL,
+        OUT rule_id integer,
+        OUT scope text,
+        OUT scope_id text,
+        OUT model_selector text,
+        OUT metric text,
+        OUT "window" text,
+        OUT max_value numeric,
+        OUT used numeric,
+        OUT held numeric,
+        OUT remaining numeric,
+        OUT resets_at timestamptz,
+        OUT model_family text,
+        OUT priced_as text)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'ai_explain_limits'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+    COMMENT ON FUNCTION @extschema@.ai_explain_limits(text, text, text, text) IS
+        'every limit that applies to a user (and a model), as a member and on the account charged and those above it: its maximum, what is used, held by requests in flight and left, and when it resets; the family the model''s name counts as and the price row that prices it; changes nothing';
+    REVOKE ALL ON FUNCTION @extschema@.ai_explain_limits(text, text, text, text) FROM PUBLIC;
+
+    FOR g IN
+        SELECT a.grantee, a.is_grantable
+        FROM pg_catalog.pg_proc p,
+             LATERAL pg_catalog.aclexplode(COALESCE(acl, pg_catalog.acldefault('f', p.proowner))) a
+        WHERE p.oid OPERATOR(pg_catalog.=) '@extschema@.ai_explain_limits(text, text, text, text)'::pg_catalog.regprocedure
+          AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+          AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+    LOOP
+        EXECUTE pg_catalog.format(
+            'GRANT EXECUTE ON FUNCTION @extschema@.ai_explain_limits(text, text, text, text) TO %s%s',
+            CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC' ELSE g.grantee::pg_catalog.regrole::text END,
+            CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+END
+$$;

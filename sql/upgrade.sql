@@ -20,7 +20,16 @@ SELECT * FROM pg_extension_update_paths('ai_ratelimit') WHERE path IS NOT NULL O
 -- the extension that name their user instead
 ALTER EXTENSION ai_ratelimit UPDATE TO '1.8';
 GRANT EXECUTE ON FUNCTION ai_release_reservation(bigint) TO regress_ai_upgrade_app;
+-- ai_explain_limits gets two columns (the model's family and price row), and
+-- the roles granted it keep it
+GRANT EXECUTE ON FUNCTION ai_explain_limits(text, text, text, text) TO regress_ai_upgrade_app;
+SELECT count(*) > 0 AS explained_as_in_1_8 FROM ai_explain_limits('up-1', 'gpt-4o-2024-08-06', 'pro');
 ALTER EXTENSION ai_ratelimit UPDATE;
+SELECT has_function_privilege('regress_ai_upgrade_app', 'ai_explain_limits(text, text, text, text)', 'EXECUTE') AS app_may_explain,
+       has_function_privilege('public', 'ai_explain_limits(text, text, text, text)', 'EXECUTE') AS public_may_explain;
+SET ROLE regress_ai_upgrade_app;
+SELECT DISTINCT model_family, priced_as FROM ai_explain_limits('up-1', 'gpt-4o-2024-08-06', 'pro');
+RESET ROLE;
 SELECT extversion FROM pg_extension WHERE extname = 'ai_ratelimit';
 SELECT has_function_privilege('regress_ai_upgrade_app', 'ai_release_reservation(bigint, text)', 'EXECUTE') AS app_may_release_own,
        has_function_privilege('regress_ai_upgrade_app', 'ai_extend_reservation(bigint, text, integer)', 'EXECUTE') AS app_may_extend,

@@ -90,6 +90,23 @@ extern bool ai_plans_have_alerts(void);
 extern const char *ai_plan_name_by_hash(uint16 h);
 extern void ai_plans_refresh_in_recovery(void);
 extern void ai_price_lookup(const char *model, AiPrice *price, bool recording);
+extern const char *ai_price_row_of(const char *model);
+
+/*
+ * Model families (config.c): a provider's dated name, such as
+ * gpt-4o-2024-08-06 or claude-sonnet-4-5-20250929, belongs to the family
+ * named without its date.  The date is one of -YYYY-MM-DD, -YYYYMMDD and
+ * @YYYYMMDD (a year of 20xx, a month and a day that can be) at the end of
+ * the name.  AI_MODEL_TAIL_RE is the same test as a regular expression over
+ * what follows a family's name (empty: the family itself), for the queries
+ * that sum a rule's use from the tables: both must say the same.
+ */
+#define AI_MODEL_TAIL_RE \
+	"^(-20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])" \
+	"|[-@]20[0-9]{2}(0[1-9]|1[0-2])(0[1-9]|[12][0-9]|3[01]))?$"
+
+extern bool ai_model_is_date_tail(const char *tail);
+extern int	ai_model_family_len(const char *model);
 extern void ai_config_init(void);
 
 /* One snapshot of the caches per call (config.c). */

@@ -48,7 +48,7 @@ typedef struct AiRule
 	char	   *member_id;		/* AI_SCOPE_MEMBER: the user; otherwise NULL */
 	char	   *model;			/* as written: '*', a name or a prefix with '*' */
 	AiModelMatch match;
-	int			prefix_len;		/* AI_MODELS_PREFIX: bytes before the '*' */
+	int			prefix_len;		/* bytes of the name (before the '*' of a prefix) */
 	AiMetric	metric;
 	AiWindowKind window;
 	int64		max;			/* requests or tokens; cents in money units */

@@ -24,7 +24,7 @@ extern void ai_spend_row_written(const AiKey *key);
 typedef enum AiModelCond
 {
 	AI_MODEL_ANY = 0,
-	AI_MODEL_EXACT,				/* $6 is the model */
+	AI_MODEL_EXACT,				/* $6 is the model: it and its dated names */
 	AI_MODEL_PREFIX				/* $6 is a prefix of the model */
 } AiModelCond;
 extern char *ai_usage_sum_sql(const char *x, const char *x_totals, const char *x_archive,

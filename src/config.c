@@ -422,16 +422,66 @@ ai_reload_prices(void)
 	price_cache_gen = gen;
 }
 
+/* Are these two characters a number from lo to hi? */
+static bool
+ai_two_digits_in(const char *s, int lo, int hi)
+{
+	int			v;
+
+	if (!isdigit((unsigned char) s[0]) || !isdigit((unsigned char) s[1]))
+		return false;
+	v = (s[0] - '0') * 10 + (s[1] - '0');
+	return v >= lo && v <= hi;
+}
+
+/* A year of 20xx, then a month and a day: YYYY-MM-DD when dashed, else YYYYMMDD. */
+static bool
+ai_is_date(const char *s, bool dashed)
+{
+	int			step = dashed ? 1 : 0;
+
+	return s[0] == '2' && s[1] == '0' && ai_two_digits_in(s + 2, 0, 99) &&
+		(!dashed || s[4] == '-') && ai_two_digits_in(s + 4 + step, 1, 12) &&
+		(!dashed || s[6 + step] == '-') && ai_two_digits_in(s + 6 + 2 * step, 1, 31);
+}
+
 /*
- * Prices of a model per token, in money units; the '*' row for models not
- * listed, under ai_ratelimit.unknown_model: a WARNING (warn) or an ERROR
- * (refuse), worded for a record or for an estimate.  Errors when neither
- * row exists.
+ * Is tail, the end of a model's name after its family's, exactly one date
+ * suffix (-YYYY-MM-DD, -YYYYMMDD or @YYYYMMDD)?  AI_MODEL_TAIL_RE says the
+ * same of a non-empty tail.
  */
-void
-ai_price_lookup(const char *model, AiPrice *price, bool recording)
+bool
+ai_model_is_date_tail(const char *tail)
+{
+	size_t		n = strlen(tail);
+
+	if (n == 11 && tail[0] == '-')
+		return ai_is_date(tail + 1, true);
+	if (n == 9 && (tail[0] == '-' || tail[0] == '@'))
+		return ai_is_date(tail + 1, false);
+	return false;
+}
+
+/* How many bytes of model name its family: all of them for an undated name. */
+int
+ai_model_family_len(const char *model)
+{
+	int			n = (int) strlen(model);
+
+	if (n > 11 && ai_model_is_date_tail(model + n - 11))
+		return n - 11;
+	if (n > 9 && ai_model_is_date_tail(model + n - 9))
+		return n - 9;
+	return n;
+}
+
+/* The price row of model: its own, else its family's, else NULL. */
+static PriceEntry *
+ai_price_entry(const char *model)
 {
 	PriceEntry *p;
+	int			family = ai_model_family_len(model);
+	char		name[AI_MAX_MODEL_LEN + 1];
 
 	if (price_cache_gen == 0 || ai_cache_look_due(&price_cache_call))
 	{
@@ -440,6 +490,38 @@ ai_price_lookup(const char *model, AiPrice *price, bool recording)
 	}
 
 	p = hash_search(price_cache, model, HASH_FIND, NULL);
+	if (p != NULL || family == (int) strlen(model))
+		return p;
+	memset(name, 0, sizeof(name));
+	memcpy(name, model, Min(family, AI_MAX_MODEL_LEN));
+	return hash_search(price_cache, name, HASH_FIND, NULL);
+}
+
+/*
+ * The row of ai_model_prices that prices model: its own, its family's, or
+ * '*' (NULL when there is none); warns of nothing.
+ */
+const char *
+ai_price_row_of(const char *model)
+{
+	PriceEntry *p = ai_price_entry(model);
+
+	if (p == NULL)
+		p = hash_search(price_cache, "*", HASH_FIND, NULL);
+	return p ? pstrdup(p->model) : NULL;
+}
+
+/*
+ * Prices of a model per token, in money units: its own row, else its
+ * family's (a dated name), else the '*' row under
+ * ai_ratelimit.unknown_model: a WARNING (warn) or an ERROR (refuse), worded
+ * for a record or for an estimate.  Errors when no row prices it.
+ */
+void
+ai_price_lookup(const char *model, AiPrice *price, bool recording)
+{
+	PriceEntry *p = ai_price_entry(model);
+
 	price->fallback = (p == NULL);
 	if (p == NULL)
 		p = hash_search(price_cache, "*", HASH_FIND, NULL);
@@ -461,12 +543,16 @@ ai_price_lookup(const char *model, AiPrice *price, bool recording)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("model \"%s\" has no price in ai_model_prices", model),
 				 recording ?
-				 errdetail("ai_ratelimit.unknown_model is \"refuse\": nothing was recorded.") : 0,
+				 errdetail("ai_ratelimit.unknown_model is \"refuse\": nothing was recorded.") :
+				 ai_model_family_len(model) < (int) strlen(model) ?
+				 errdetail("Neither has its family \"%.*s\".", ai_model_family_len(model), model) : 0,
 				 errhint("Add a row for the model to ai_model_prices, or fix the model's name.")));
 	ereport(WARNING,
 			(errcode(ERRCODE_WARNING),
 			 errmsg("model \"%s\" has no price in ai_model_prices, %s as \"*\"",
 					model, recording ? "priced" : "estimated"),
+			 ai_model_family_len(model) < (int) strlen(model) ?
+			 errdetail("Neither has its family \"%.*s\".", ai_model_family_len(model), model) : 0,
 			 recording ?
 			 errhint("Add a row for the model to ai_model_prices, or set ai_ratelimit.unknown_model = 'refuse' to make this an error.") :
 			 errhint("Add a row for the model to ai_model_prices.")));

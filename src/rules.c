@@ -142,7 +142,10 @@ ai_cache_rule_row(HeapTuple tup, TupleDesc td)
 		r->prefix_len = strlen(r->model) - 1;
 	}
 	else
+	{
 		r->match = AI_MODELS_EXACT;
+		r->prefix_len = strlen(r->model);
+	}
 
 	/* what the rule counts, not its maximum: a new maximum keeps the counts */
 	initStringInfo(&sig);
@@ -406,14 +409,17 @@ ai_rule_applies(const AiRule *r, const char *plan, const AiUser *u)
 
 /*
  * Does the rule count calls of this model?  A call that names no model may
- * be any model: every rule counts it.
+ * be any model: every rule counts it.  A rule that names a model counts its
+ * dated names too (gpt-4o counts gpt-4o-2024-08-06: ai_model_is_date_tail),
+ * as the sums of ai_rule_sum do (AI_MODEL_TAIL_RE).
  */
 bool
 ai_rule_matches_model(const AiRule *r, const char *model)
 {
 	if (model == NULL || r->match == AI_MODELS_ALL)
 		return true;
-	if (r->match == AI_MODELS_EXACT)
-		return strcmp(r->model, model) == 0;
-	return strncmp(r->model, model, r->prefix_len) == 0;
+	if (strncmp(r->model, model, r->prefix_len) != 0)
+		return false;
+	return r->match == AI_MODELS_PREFIX || model[r->prefix_len] == '\0' ||
+		ai_model_is_date_tail(model + r->prefix_len);
 }

@@ -49,6 +49,16 @@
  * Timed (an hour or the minute): only the rows with created_at in
  * [$4, $5), and the archive's whole days for the hour.
  */
+/*
+ * The condition that a row of t is of model $6 or of one of its dated names
+ * (ai_rule_matches_model): the name starts with $6 and the rest is
+ * AI_MODEL_TAIL_RE.
+ */
+#define AI_MODEL_IS(t) \
+	" AND pg_catalog.starts_with(" t ".model, $6)" \
+	" AND pg_catalog.substr(" t ".model, pg_catalog.length($6) OPERATOR(pg_catalog.+) 1)" \
+	" OPERATOR(pg_catalog.~) '" AI_MODEL_TAIL_RE "'"
+
 char *
 ai_usage_sum_sql(const char *x, const char *x_totals, const char *x_archive,
 				 AiModelCond model, bool timed, bool minute)
@@ -60,7 +70,7 @@ ai_usage_sum_sql(const char *x, const char *x_totals, const char *x_archive,
 	StringInfoData q;
 	const char *cond[3][2] = {
 		{"", ""},
-		{" AND u.model OPERATOR(pg_catalog.=) $6", " AND d.model OPERATOR(pg_catalog.=) $6"},
+		{AI_MODEL_IS("u"), AI_MODEL_IS("d")},
 		{" AND pg_catalog.starts_with(u.model, $6)", " AND pg_catalog.starts_with(d.model, $6)"}
 	};
 	const char *fresh = "NOT EXISTS (SELECT 1 FROM %s.ai_usage_days_stale st"
@@ -134,8 +144,7 @@ ai_account_sum_sql(const char *x, const char *x_archive, AiModelCond model, bool
 				   bool minute, bool member)
 {
 	const char *schema = ai_ext_schema();
-	const char *cond[3] = {"", " AND u.model OPERATOR(pg_catalog.=) $6",
-	" AND pg_catalog.starts_with(u.model, $6)"};
+	const char *cond[3] = {"", AI_MODEL_IS("u"), " AND pg_catalog.starts_with(u.model, $6)"};
 	const char *who = member ? " AND u.user_id OPERATOR(pg_catalog.=) $1" : "";
 	StringInfoData q;
 

@@ -38,6 +38,7 @@
 
 PG_FUNCTION_INFO_V1(ai_check_limit);
 PG_FUNCTION_INFO_V1(ai_explain_limits);
+PG_FUNCTION_INFO_V1(ai_model_family);
 PG_FUNCTION_INFO_V1(ai_enforce_limit);
 PG_FUNCTION_INFO_V1(ai_peek_limit);
 PG_FUNCTION_INFO_V1(ai_reset_limits);
@@ -736,14 +737,25 @@ ai_limit_state(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/*
+ * The family of a model's name, and the row of ai_model_prices that prices
+ * it, for ai_explain_limits (1.9: its last two columns); NULL when the call
+ * names no model.
+ */
+typedef struct AiExplainModel
+{
+	const char *family;
+	const char *priced_as;
+} AiExplainModel;
+
 /* One row of ai_explain_limits. */
 static void
 ai_explain_row(ReturnSetInfo *rsinfo, const AiRule *r, const char *scope, const char *scope_id,
 			   const char *metric, const char *window, const AiFacts *f, int64 remaining,
-			   TimestampTz reset_at)
+			   TimestampTz reset_at, const AiExplainModel *m)
 {
-	Datum		v[11];
-	bool		nl[11] = {0};
+	Datum		v[13];
+	bool		nl[13] = {0};
 
 	v[0] = Int32GetDatum(r ? r->id : 0);
 	nl[0] = (r == NULL);
@@ -768,6 +780,13 @@ ai_explain_row(ReturnSetInfo *rsinfo, const AiRule *r, const char *scope, const 
 	}
 	v[10] = TimestampTzGetDatum(reset_at);
 	nl[10] = (reset_at == 0);
+	if (rsinfo->setDesc->natts >= 13)
+	{
+		v[11] = m->family ? CStringGetTextDatum(m->family) : (Datum) 0;
+		nl[11] = (m->family == NULL);
+		v[12] = m->priced_as ? CStringGetTextDatum(m->priced_as) : (Datum) 0;
+		nl[12] = (m->priced_as == NULL);
+	}
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
 }
 
@@ -790,12 +809,17 @@ ai_explain_limits(PG_FUNCTION_ARGS)
 	TimestampTz now = GetCurrentTimestamp();
 	const AiRule **binding;
 	int			n;
+	AiExplainModel m = {NULL, NULL};
 
 	ai_call_start();
 	ai_require_primary("ai_explain_limits");
 	ai_arg_user(fcinfo, 0, &user);
 	if (!PG_ARGISNULL(1))
+	{
 		model = ai_arg_model(fcinfo, 1);
+		m.family = pnstrdup(model, ai_model_family_len(model));
+		m.priced_as = ai_price_row_of(model);
+	}
 	ai_arg_plan(fcinfo, 2, &user, &plan);
 	ai_arg_account(fcinfo, 3, &user, false);	/* 1.8: member and account rules */
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
@@ -810,7 +834,7 @@ ai_explain_limits(PG_FUNCTION_ARGS)
 		if (strcmp(layer, "blocked") == 0)
 		{
 			ai_explain_row(rsinfo, NULL, "user", user.id, NULL, NULL, &st[i].facts, 0,
-						   st[i].reset_at);
+						   st[i].reset_at, &m);
 			continue;
 		}
 		if (strcmp(layer, "burst") == 0)
@@ -827,7 +851,7 @@ ai_explain_limits(PG_FUNCTION_ARGS)
 			window = "month";
 		}
 		ai_explain_row(rsinfo, NULL, "plan", plan.name, metric, window, &st[i].facts,
-					   st[i].remaining, st[i].reset_at);
+					   st[i].remaining, st[i].reset_at, &m);
 	}
 
 	/* the user's rules, then those of each account its call charges */
@@ -849,7 +873,7 @@ ai_explain_limits(PG_FUNCTION_ARGS)
 			ai_rule_facts(r, holder, now, &f, &remaining, &rs);
 			ai_explain_row(rsinfo, r, ai_scope_name(r->scope), r->scope_id,
 						   ai_metric_name(r->metric), ai_window_name(r->window), &f,
-						   remaining, rs.reset_at);
+						   remaining, rs.reset_at, &m);
 		}
 	}
 	return (Datum) 0;
@@ -1104,6 +1128,19 @@ ai_estimate_cost(PG_FUNCTION_ARGS)
 	in_tok = ai_arg_tokens(fcinfo, 1, "input_tokens");
 	out_tok = ai_arg_tokens(fcinfo, 2, "max_output_tokens");
 	PG_RETURN_DATUM(ai_money_to_numeric(ai_call_price(model, in_tok, out_tok)));
+}
+
+/*
+ * ai_model_family(model): the family a model's name counts and is priced
+ * as, when it has no price row of its own: the name without a date at its
+ * end (ai_model_family_len), or the name itself.
+ */
+Datum
+ai_model_family(PG_FUNCTION_ARGS)
+{
+	char	   *model = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(model, ai_model_family_len(model)));
 }
 
 /* ai_monthly_spend(user_id, month date) returns numeric cents */

@@ -8,6 +8,8 @@
 #   misnamed  records name another team than their check
 #   long      calls outlive ai_ratelimit.reservation_ttl, and extend it
 #   retried   connections are terminated, so records are retried
+#   dated     the teams' budgets are on one model, and records name the
+#             provider's dated name of it (c-model-2025-01-15)
 #
 # From ai_usage alone: no user, team or organisation over its cap, no
 # reservation recorded twice, every acknowledged record there.
@@ -53,16 +55,17 @@ sub load
 	my $org = "o$run";
 	my @users = ("u$run-1", "u$run-2");
 	my $both = $o{both} ? 'true' : 'false';    # the first user in both teams
+	my $rule_model = $o{rule_model} // '*';    # what the account rules count
 	$node->safe_psql('postgres', qq{
 INSERT INTO ai_accounts (account_id, parent_id) VALUES ('$org', NULL), ('$org-a', '$org'), ('$org-b', '$org');
 INSERT INTO ai_account_members (account_id, user_id, is_default)
     VALUES ('$org-a', '$users[0]', true), ('$org-b', '$users[1]', true);
 INSERT INTO ai_account_members (account_id, user_id, is_default)
     SELECT '$org-b', '$users[0]', false WHERE $both;
-INSERT INTO ai_rules (scope, scope_id, metric, "window", max_value) VALUES
-    ('account', '$org', 'cents', 'month', $org_cap),
-    ('account', '$org-a', 'cents', 'month', $team_cap),
-    ('account', '$org-b', 'cents', 'month', $team_cap);
+INSERT INTO ai_rules (scope, scope_id, model, metric, "window", max_value) VALUES
+    ('account', '$org', '$rule_model', 'cents', 'month', $org_cap),
+    ('account', '$org-a', '$rule_model', 'cents', 'month', $team_cap),
+    ('account', '$org-b', '$rule_model', 'cents', 'month', $team_cap);
 });
 	my @h;
 	my $options = $o{options} // '';
@@ -141,6 +144,14 @@ is($node->safe_psql('postgres', q{
 
 load(what => 'calls longer than reservation_ttl that extend their hold', seconds => 9, call_ms => 4500,
 	options => 'extend');
+
+# the provider answers with its dated name: no price row of its own, so it
+# is priced as c-model, and the teams' c-model budgets count it
+load(what => 'records under the dated name of the model the teams budget', seconds => 5,
+	call_ms => 300, rule_model => 'c-model', options => 'record_model=c-model-2025-01-15');
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(DISTINCT priced_as, ',') FROM ai_usage WHERE model = 'c-model-2025-01-15'}),
+	'c-model', 'dated records are priced as their family');
 
 load(what => 'records retried on connections terminated mid-call', seconds => 6, call_ms => 300,
 	every => 0.4,
