@@ -4,7 +4,8 @@
 # each run, while the adversary's ordinary moves happen:
 #
 #   noid      records name no reservation
-#   moves     members are moved between teams while their calls run
+#   moves     members are moved between teams while their calls run, the
+#             app naming no account, then naming it at check and record
 #   misnamed  records name another team than their check
 #   long      calls outlive ai_ratelimit.reservation_ttl, and extend it
 #   retried   connections are terminated, so records are retried
@@ -98,6 +99,9 @@ INSERT INTO ai_rules (scope, scope_id, model, metric, "window", max_value) VALUE
 	note("$what: " . scalar(grep { $_->{allowed} } @lines) . ' checks allowed, '
 		  . scalar(@acked) . ' records acknowledged');
 	cmp_ok(scalar(@acked), '>', 3, "$what: calls were recorded");
+	my @failed = grep { defined $_->{phase} && $_->{phase} eq 'record' && $_->{err} ne '40001'
+						  || $_->{lost} } @lines;
+	is(join(', ', map { $_->{err} // 'lost' } @failed), '', "$what: no record failed or was lost");
 	my $users = join(',', map { "'$_'" } @users);
 	is($node->safe_psql('postgres', qq{
 		SELECT string_agg(format('%s %s', k, s), ', ') FROM (
@@ -129,6 +133,17 @@ INSERT INTO ai_rules (scope, scope_id, model, metric, "window", max_value) VALUE
 load(what => 'records without reservation ids', options => 'noid', seconds => 5, call_ms => 300);
 
 load(what => 'members moved between teams while their calls run', seconds => 6, call_ms => 300,
+	meanwhile => sub {
+		my ($org, @users) = @_;
+		$node->safe_psql('postgres', qq{
+			UPDATE ai_account_members SET account_id = CASE account_id WHEN '$org-a' THEN '$org-b' ELSE '$org-a' END
+			WHERE user_id IN ('$users[0]', '$users[1]')});
+	});
+
+# the app names the account at check and record: a record after its user
+# left the team still settles there (no 22023, no call lost)
+load(what => 'members moved while their calls run, the app naming the team', seconds => 6,
+	call_ms => 300, options => 'account=ORG-a',
 	meanwhile => sub {
 		my ($org, @users) = @_;
 		$node->safe_psql('postgres', qq{
