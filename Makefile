@@ -10,6 +10,7 @@ EXTENSION = ai_ratelimit
 MODULE_big = ai_ratelimit
 OBJS = \
 	src/ai_ratelimit.o \
+	src/alerts.o \
 	src/calendar.o \
 	src/config.o \
 	src/extension.o \

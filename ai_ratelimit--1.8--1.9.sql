@@ -113,3 +113,40 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- ---------------------------------------------------------------------------
+-- Each account's spend against each of its caps, for operators and
+-- dashboards: the rows ai_explain_limits shows for the account itself.
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.ai_account_limits(
+    account_id text DEFAULT NULL,
+    OUT rule_id integer,
+    OUT scope text,
+    OUT scope_id text,
+    OUT model_selector text,
+    OUT metric text,
+    OUT "window" text,
+    OUT max_value numeric,
+    OUT used numeric,
+    OUT held numeric,
+    OUT remaining numeric,
+    OUT resets_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'ai_account_limits'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.ai_account_limits(text) IS
+    'every rule on an account (NULL: on every account): its maximum, what the account and those below it used, what requests in flight hold, what is left and when it resets; changes nothing';
+REVOKE ALL ON FUNCTION @extschema@.ai_account_limits(text) FROM PUBLIC;
+
+CREATE VIEW @extschema@.ai_account_caps AS
+SELECT l.scope_id AS account_id, a.parent_id, l.rule_id, l.model_selector, l.metric, l."window",
+       l.max_value, l.used, l.held, l.remaining,
+       CASE WHEN l.max_value OPERATOR(pg_catalog.>) 0
+            THEN pg_catalog.round(l.used OPERATOR(pg_catalog.*) 100 OPERATOR(pg_catalog./) l.max_value, 2) END AS used_percent,
+       l.resets_at
+FROM @extschema@.ai_account_limits() l
+LEFT JOIN @extschema@.ai_accounts a ON a.account_id OPERATOR(pg_catalog.=) l.scope_id;
+COMMENT ON VIEW @extschema@.ai_account_caps IS
+    'ai_ratelimit: one row per account and rule on it: the cap, what the account and the accounts below it used in the window, what requests in flight hold, what is left, the percent used and when the window resets';
+REVOKE ALL ON @extschema@.ai_account_caps FROM PUBLIC;

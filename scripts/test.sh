@@ -56,9 +56,11 @@ run_here() {
 	# pg_cron for the README's recipe (t/013); the roots have it already.
 	# Patroni and etcd for the high-availability test (t/022), on the
 	# host's major only: t/022 skips where they are not installed.
+	# Debian's prometheus-postgres-exporter for the metrics test (t/026),
+	# on the host's major too: t/026 skips where it is not installed.
 	in_prepared_root ||
 		apt-get install -y -qq --no-install-recommends postgresql-$PG_MAJOR-cron \
-			patroni etcd-server etcd-client >/dev/null
+			patroni etcd-server etcd-client prometheus-postgres-exporter >/dev/null
 	# node and npm for the node-postgres client test (test/client)
 	command -v node >/dev/null && command -v npm >/dev/null ||
 		apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null

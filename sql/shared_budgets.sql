@@ -179,6 +179,38 @@ UPDATE ai_accounts SET alert_percents = '{0}' WHERE account_id = 'al-org';
 UPDATE ai_accounts SET alert_percents = '{1,2,3,4,5,6,7,8,9}' WHERE account_id = 'al-org';
 \set VERBOSITY default
 
+-- a spent budget means one thing at every level (1.9): a cents rule over a
+-- day, week or month refuses with retryable false, as the plan's monthly
+-- budget does, and true while only estimates in flight stand in the way;
+-- a rule over an hour stays retryable; refusals are counted by level
+INSERT INTO ai_accounts (account_id, parent_id) VALUES ('rt-org', NULL);
+INSERT INTO ai_account_members (account_id, user_id, is_default) VALUES ('rt-org', 'rt-ann', true);
+INSERT INTO ai_rules (rule_id, scope, scope_id, model, metric, "window", max_value, member_id) VALUES
+    (807, 'account', 'rt-org', '*', 'cents', 'month', 10, NULL),
+    (808, 'account', 'rt-org', 'rt-hourly', 'cents', 'hour', 10, NULL),
+    (809, 'member', 'rt-org', 'rt-daily', 'cents', 'day', 2, 'rt-ann');
+SELECT ai_ratelimit_reset_stats();
+SELECT ai_record_usage('rt-ann', 'sb-model', 4000, 4000);   -- 8 cents
+SELECT reservation_id AS rid FROM ai_check_limit('rt-ann', 'pro', 1, model => 'sb-model') \gset
+SELECT allowed, limited_by, retryable, retry_after > 0 AS waits
+FROM ai_check_limit('rt-ann', 'pro', 1.5, model => 'sb-model');    -- 8 + 1 held + 1.5: held only
+SELECT ai_release_reservation(:rid, 'rt-ann');
+SELECT allowed, limited_by, retryable, retry_after > 0 AS until_next_month
+FROM ai_check_limit('rt-ann', 'pro', 3, model => 'sb-model');      -- 8 + 3: spent
+SELECT ai_record_usage('rt-ann', 'rt-daily', 750, 750);             -- 1.5 of the member's 2 a day
+SELECT allowed, limited_by, retryable, retry_after > 0 AS until_midnight, error
+FROM ai_check_limit('rt-ann', 'pro', 1, model => 'rt-daily');
+DELETE FROM ai_rules WHERE rule_id = 807;
+SELECT ai_record_usage('rt-ann', 'rt-hourly', 1000, 1000);   -- 2 cents of 10 this hour
+SELECT allowed, limited_by, retryable FROM ai_check_limit('rt-ann', 'pro', 9, model => 'rt-hourly');
+SELECT limited_by, requests FROM ai_ratelimit_stats WHERE plan = 'pro' AND limited_by IS NOT NULL
+ORDER BY 1;
+-- each account's spend against each of its caps
+SELECT account_id, parent_id, rule_id, model_selector, metric, "window", max_value, used, held,
+       remaining, used_percent, resets_at > now() AS resets
+FROM ai_account_caps WHERE account_id IN ('rt-org', 'al-org') ORDER BY rule_id;
+SELECT count(*) AS one_account FROM ai_account_limits('rt-org');
+
 SELECT ai_ratelimit_verify();
-DELETE FROM ai_rules WHERE rule_id BETWEEN 801 AND 806;
+DELETE FROM ai_rules WHERE rule_id BETWEEN 801 AND 809;
 RESET ai_ratelimit.reservation_ttl;

@@ -17,6 +17,7 @@
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 
+#include "ai_alerts.h"
 #include "ai_config.h"
 #include "ai_persist.h"
 #include "ai_replica.h"
@@ -109,6 +110,7 @@ ai_shmem_request_hook(void)
 		prev_shmem_request_hook();
 	ai_shmem_request();
 	RequestAddinShmemSpace(ai_open_records_size());
+	RequestAddinShmemSpace(ai_alert_queue_size());
 }
 
 static void
@@ -121,6 +123,7 @@ ai_shmem_startup_hook(void)
 	created = ai_shmem_startup();
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	ai_open_records_init();
+	ai_alert_queue_init();
 	LWLockRelease(AddinShmemInitLock);
 
 	/*

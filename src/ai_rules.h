@@ -65,6 +65,10 @@ extern const AiRule *ai_rule_at(int i);
 extern int	ai_rules_for_record(const AiUser *u, const AiRule ***list);
 extern bool ai_rule_applies(const AiRule *r, const char *plan, const AiUser *u);
 extern bool ai_rule_matches_model(const AiRule *r, const char *model);
+
+/* A budget: cents over a calendar day, week or month (spent is spent until it ends). */
+#define ai_rule_is_budget(r) \
+	((r)->metric == AI_METRIC_CENTS && (r)->window >= AI_WIN_DAY)
 extern const char *ai_metric_name(AiMetric m);
 extern const char *ai_scope_name(AiScope s);
 

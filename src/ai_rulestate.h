@@ -44,6 +44,8 @@ typedef struct AiRuleRefusal
 	int64		limit;
 	int64		used;
 	int64		held;
+	AiEntry    *entry;			/* the rule's counters, or NULL */
+	TimestampTz window_start;
 } AiRuleRefusal;
 
 /* rulestate.c: several holders in one call */

@@ -21,7 +21,9 @@ typedef enum AiOutcome
 	AI_OUT_BUDGET,
 	AI_OUT_TOKENS,
 	AI_OUT_BLOCKED,
-	AI_OUT_RULE,				/* a rule of ai_rules */
+	AI_OUT_RULE,				/* a rule of ai_rules on the plan or the user */
+	AI_OUT_ACCOUNT,				/* a rule on an account the check charges */
+	AI_OUT_MEMBER,				/* a rule on the user as a member of an account */
 	AI_OUT_COUNT
 } AiOutcome;
 

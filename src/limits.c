@@ -26,6 +26,7 @@
 #include "utils/timestamp.h"
 
 #include "ai_accounts.h"
+#include "ai_alerts.h"
 #include "ai_calendar.h"
 #include "ai_config.h"
 #include "ai_limits.h"
@@ -49,6 +50,7 @@ typedef struct AiLevel
 	AiRuleSet	rules;
 	AiEntry    *entry;			/* under the locks; NULL: none (a peek) */
 	AiCharge	charge;
+	bool		alerts;			/* the account has alert thresholds */
 } AiLevel;
 
 /* One check in progress: what it was asked and what it found. */
@@ -75,6 +77,8 @@ typedef struct AiCheck
 	bool		live;			/* entry is in shared memory (not &blank) */
 	AiEntry		blank;			/* a user with no counters: all zero */
 	AiCharge	charge;			/* what an allowed, consuming check took */
+	bool		exhausted;		/* a spent budget refused it first in its window: */
+	AiAlert		alert;			/* the alert to write (ai_alert_exhausted) */
 } AiCheck;
 
 /* What a layer found, numbers only. */
@@ -179,8 +183,11 @@ ai_check_prepare_levels(AiCheck *c)
 	{
 		AiLevel    *lv = &c->levels[k];
 
+		int32		pct[AI_MAX_ALERTS];
+
 		ai_rules_prepare(&lv->rules, &lv->acct, NULL, c->model, c->now, c->consume);
 		touches += lv->rules.n;
+		lv->alerts = c->consume && ai_account_alert_percents(lv->acct.id, pct) > 0;
 	}
 	ai_rules_reserve_touches(touches);
 }
@@ -424,6 +431,31 @@ ai_budget_retry_at(AiEntry *e, AiMoney spend, AiMoney need, AiMoney budget,
 	return Min(best, soon);
 }
 
+/*
+ * A spent budget refused a consuming check: the first time in the budget's
+ * window (its exhausted bit in *sent, under the lock), the 100% alert of
+ * the budget is to be written once the locks are released.
+ */
+static bool
+ai_exhausted_first(AiCheck *c, uint32 *sent, AiAlertKind kind, const char *owner,
+				   AiMoney spend, AiMoney budget)
+{
+	if ((*sent & AI_ALERT_EXHAUSTED_BIT) != 0)
+		return false;
+	*sent |= AI_ALERT_EXHAUSTED_BIT;
+	c->exhausted = true;
+	memset(&c->alert, 0, sizeof(c->alert));
+	c->alert.kind = kind;
+	c->alert.dbid = MyDatabaseId;
+	memcpy(c->alert.user_id, c->user->id, c->user->len);
+	strlcpy(c->alert.owner, owner, sizeof(c->alert.owner));
+	c->alert.pct = 100;
+	c->alert.spend = spend;
+	c->alert.budget = budget;
+	c->alert.exhausted = true;
+	return true;
+}
+
 /* Spend this month, open reservations and the estimate, against the budget. */
 static bool
 ai_refused_by_budget(AiCheck *c, AiVerdict *v)
@@ -451,6 +483,43 @@ ai_refused_by_budget(AiCheck *c, AiVerdict *v)
 						  plan->budget, spend, reserved, true);
 	/* retry soon only when requests in flight hold the room; spent is spent */
 	v->retryable = v->held_only;
+	if (!v->held_only && plan->nalerts > 0 && c->live && c->consume &&
+		ai_spend_is_cached(e, c->cal.month) &&
+		ai_exhausted_first(c, &e->alerts_sent, AI_ALERT_PLAN, plan->name, spend, plan->budget))
+		c->alert.month = c->cal.month_start_date;
+	return true;
+}
+
+/*
+ * A refusal by rule r (rr: what ai_rules_refuse found), named by its level:
+ * an account's rule or a member rule say so (limited_by, and the stats).
+ * A budget (a cents rule over a calendar day, week or month, at any level)
+ * means what the plan's monthly budget means: spent is spent until the
+ * window ends, so only the room held by requests in flight is worth a
+ * retry.  Rules over a minute or an hour, and counts of requests or
+ * tokens, stay retryable with their Retry-After.
+ */
+static bool
+ai_refuse_by_rule(AiCheck *c, AiVerdict *v, const AiLevel *lv, const AiRule *r,
+				  const AiRuleRefusal *rr)
+{
+	AiOutcome	outcome = r->scope == AI_SCOPE_ACCOUNT ? AI_OUT_ACCOUNT :
+		r->scope == AI_SCOPE_MEMBER ? AI_OUT_MEMBER : AI_OUT_RULE;
+
+	c->refused_by = r;
+	(void) ai_refuse_with(v, outcome, rr->never, rr->retry_at, rr->limit, rr->used, rr->held,
+						  r->metric == AI_METRIC_CENTS);
+	v->held_only = rr->held_only;
+	if (ai_rule_is_budget(r))
+		v->retryable = !rr->never && v->held_only;
+	if (!v->held_only && lv != NULL && lv->alerts && r->scope == AI_SCOPE_ACCOUNT &&
+		rr->entry != NULL &&
+		ai_exhausted_first(c, &rr->entry->alerts_sent, AI_ALERT_ACCOUNT, r->scope_id,
+						   rr->used, r->max))
+	{
+		c->alert.rule_id = r->id;
+		c->alert.window_start = rr->window_start;
+	}
 	return true;
 }
 
@@ -466,11 +535,7 @@ ai_refused_by_rules(AiCheck *c, AiEntry *user, AiVerdict *v)
 	if (c->rules.n == 0 ||
 		!ai_rules_refuse(&c->rules, user, c->est, c->est_tokens, c->now, &rr))
 		return false;
-	c->refused_by = c->rules.use[rr.index].rule;
-	(void) ai_refuse_with(v, AI_OUT_RULE, rr.never, rr.retry_at, rr.limit, rr.used, rr.held,
-						  c->refused_by->metric == AI_METRIC_CENTS);
-	v->held_only = rr.held_only;
-	return true;
+	return ai_refuse_by_rule(c, v, NULL, c->rules.use[rr.index].rule, &rr);
 }
 
 /*
@@ -488,12 +553,8 @@ ai_refused_by_accounts(AiCheck *c, AiVerdict *v)
 		if (lv->rules.n == 0 ||
 			!ai_rules_refuse(&lv->rules, lv->entry, c->est, c->est_tokens, c->now, &rr))
 			continue;
-		c->refused_by = lv->rules.use[rr.index].rule;
 		c->refused_level = k;
-		(void) ai_refuse_with(v, AI_OUT_RULE, rr.never, rr.retry_at, rr.limit, rr.used, rr.held,
-							  c->refused_by->metric == AI_METRIC_CENTS);
-		v->held_only = rr.held_only;
-		return true;
+		return ai_refuse_by_rule(c, v, lv, lv->rules.use[rr.index].rule, &rr);
 	}
 	return false;
 }
@@ -723,6 +784,8 @@ ai_refusal_message(const AiVerdict *v, const AiPlan *plan, const AiRule *rule)
 				return pstrdup("Monthly AI budget held by requests in flight");
 			return pstrdup("Monthly AI budget exceeded");
 		case AI_OUT_RULE:
+		case AI_OUT_ACCOUNT:
+		case AI_OUT_MEMBER:
 			if (v->held_only && rule->scope == AI_SCOPE_ACCOUNT)
 				return psprintf("Limit: %s for account %s held by requests in flight (rule %d)",
 								ai_rule_words(rule), rule->scope_id, rule->id);
@@ -904,6 +967,8 @@ again:
 	}
 	if (locked)
 		ai_check_release(&c);
+	if (c.exhausted)
+		ai_alert_exhausted(&c.alert);
 
 	if (charged)
 	{
@@ -923,9 +988,6 @@ again:
 		return;
 	}
 	d->limited_by = ai_outcome_name(v.outcome);
-	/* a rule on an account, or on the user as a member of one, names its level */
-	if (c.refused_by != NULL && AI_SCOPE_IN_TREE(c.refused_by->scope))
-		d->limited_by = ai_scope_name(c.refused_by->scope);
 	d->error = ai_refusal_message(&v, plan, c.refused_by);
 	d->has_remaining = false;
 	d->retryable = v.retryable;

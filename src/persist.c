@@ -734,26 +734,38 @@ ai_save_at_exit(int code, Datum arg)
 				 errdetail("The next start will restore the counters of the last good save and say so.")));
 }
 
+/*
+ * A background worker of this library: its entry point (a function of
+ * ai_ratelimit) and its name, as ps and pg_stat_activity show it.
+ */
+void
+ai_worker_describe(BackgroundWorker *w, int flags, BgWorkerStartTime start, int restart,
+				   const char *function, const char *name)
+{
+	memset(w, 0, sizeof(*w));
+	w->bgw_flags = flags;
+	w->bgw_start_time = start;
+	w->bgw_restart_time = restart;
+	snprintf(w->bgw_library_name, BGW_MAXLEN, "ai_ratelimit");
+	snprintf(w->bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(w->bgw_name, BGW_MAXLEN, "%s", name);
+	snprintf(w->bgw_type, BGW_MAXLEN, "%s", name);
+}
+
 void
 ai_register_saver(void)
 {
 	BackgroundWorker worker;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
-	worker.bgw_start_time = BgWorkerStart_PostmasterStart;
-	worker.bgw_restart_time = AI_SAVER_RESTART_SECS;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "ai_ratelimit");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "ai_saver_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "ai_ratelimit saver");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "ai_ratelimit saver");
+	ai_worker_describe(&worker, BGWORKER_SHMEM_ACCESS, BgWorkerStart_PostmasterStart,
+					   AI_SAVER_RESTART_SECS, "ai_saver_main", "ai_ratelimit saver");
 	RegisterBackgroundWorker(&worker);
 }
 
 /*
- * One periodic save, when something changed: to the files (unless
- * save_interval is 0) and, on a primary whose wal_level allows standbys, to
- * the WAL.
+ * One periodic save, when something changed (else a heartbeat): to the
+ * files (unless save_interval is 0) and, on a primary whose wal_level
+ * allows standbys, to the WAL.
  */
 static void
 ai_save_changes(void)
@@ -763,6 +775,15 @@ ai_save_changes(void)
 
 	if ((to_file || to_wal) && pg_atomic_read_u32(&ai_shared->dirty) != 0)
 		(void) ai_save(false, 0, to_file, to_wal);
+	else if (to_file)
+	{
+		/*
+		 * Nothing changed since the last good save: what is on disk is
+		 * current now, so last_save moves on an idle server too (a
+		 * heartbeat), and falls behind only when saving fails or stops.
+		 */
+		pg_atomic_write_u64(&ai_shared->last_save, (uint64) GetCurrentTimestamp());
+	}
 }
 
 /* The saver's exit: it is no longer running (ai_ratelimit_saves shows it). */

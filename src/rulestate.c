@@ -57,6 +57,7 @@
 #include "utils/timestamp.h"
 
 #include "ai_accounts.h"
+#include "ai_alerts.h"
 #include "ai_calendar.h"
 #include "ai_extension.h"
 #include "ai_rings.h"
@@ -704,6 +705,8 @@ ai_rules_refuse(const AiRuleSet *rs, AiEntry *user, AiMoney est, int64 est_token
 		out->used = used;
 		out->held = held;
 		out->never = (r->max == 0 || need > r->max);
+		out->entry = (s != NULL && s->spend_month == ru->win.code) ? s : NULL;
+		out->window_start = ru->win.start;
 		out->held_only = held > 0 && ai_money_add(used, need) <= r->max &&
 			!(need == 0 && used >= r->max);
 		if (out->held_only)
@@ -982,7 +985,7 @@ ai_rules_record_begin(AiRuleRecord *rr, AiEntry *user, TimestampTz now,
 
 /*
  * The alert thresholds of an account (rr->alert_pct) that the record's cost
- * crosses on its rule rr->cand[i], once per rule, window and threshold:
+ * reaches on its rule rr->cand[i], once per rule, window and threshold:
  * into rr->fired, their bits into the rule's counters and the touch (given
  * back if the record rolls back).  Caller holds the lock exclusively; the
  * use cached in s is exact.
@@ -991,25 +994,20 @@ static void
 ai_rule_alerts_crossed(AiRuleRecord *rr, int i, AiEntry *s, AiRuleTouch *t)
 {
 	const AiRule *r = rr->cand[i];
-	AiMoney		before = ai_money_add(s->committed_spend, ai_inflight_cost(s));
-	AiMoney		after = ai_money_add(before, t->amount);
+	AiMoney		after = ai_money_add(ai_money_add(s->committed_spend, ai_inflight_cost(s)),
+									 t->amount);
+	int32		due[AI_MAX_ALERTS];
+	int			n = ai_alerts_due(&s->alerts_sent, rr->alert_pct, rr->nalerts, r->max, after,
+								  due, &t->alert_bits);
 
-	for (int k = 0; k < rr->nalerts; k++)
+	for (int k = 0; k < n; k++)
 	{
-		AiMoney		at = ai_money_percent(r->max, rr->alert_pct[k]);
-		uint32		bit = 1U << k;
+		AiRuleAlert *a = &rr->fired[rr->nfired++];
 
-		if (before < at && after >= at && (s->alerts_sent & bit) == 0)
-		{
-			AiRuleAlert *a = &rr->fired[rr->nfired++];
-
-			s->alerts_sent |= bit;
-			t->alert_bits |= bit;
-			a->rule = r;
-			a->pct = rr->alert_pct[k];
-			a->after = after;
-			a->window_start = rr->starts[i];
-		}
+		a->rule = r;
+		a->pct = due[k];
+		a->after = after;
+		a->window_start = rr->starts[i];
 	}
 }
 

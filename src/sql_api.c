@@ -39,6 +39,7 @@
 PG_FUNCTION_INFO_V1(ai_check_limit);
 PG_FUNCTION_INFO_V1(ai_explain_limits);
 PG_FUNCTION_INFO_V1(ai_model_family);
+PG_FUNCTION_INFO_V1(ai_account_limits);
 PG_FUNCTION_INFO_V1(ai_enforce_limit);
 PG_FUNCTION_INFO_V1(ai_peek_limit);
 PG_FUNCTION_INFO_V1(ai_reset_limits);
@@ -1128,6 +1129,45 @@ ai_estimate_cost(PG_FUNCTION_ARGS)
 	in_tok = ai_arg_tokens(fcinfo, 1, "input_tokens");
 	out_tok = ai_arg_tokens(fcinfo, 2, "max_output_tokens");
 	PG_RETURN_DATUM(ai_money_to_numeric(ai_call_price(model, in_tok, out_tok)));
+}
+
+/*
+ * ai_account_limits(account_id): every rule on an account (NULL: on every
+ * account) with what the account and the accounts below it used, what
+ * requests in flight hold there, what is left and when it resets; the
+ * rows of ai_explain_limits for the account itself, whoever its members
+ * are (the view ai_account_caps).  Primary only.
+ */
+Datum
+ai_account_limits(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *only = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	TimestampTz now = GetCurrentTimestamp();
+	AiExplainModel none = {NULL, NULL};
+	int			n;
+
+	ai_call_start();
+	ai_require_primary("ai_account_limits");
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	n = ai_rules_count();
+	for (int i = 0; i < n; i++)
+	{
+		const AiRule *r = ai_rule_at(i);
+		AiUser		acct;
+		AiRuleState rs;
+		AiFacts		f;
+		int64		remaining;
+
+		if (r->scope != AI_SCOPE_ACCOUNT || (only != NULL && strcmp(only, r->scope_id) != 0))
+			continue;
+		ai_account_init(&acct, r->scope_id, strlen(r->scope_id));
+		ai_rule_facts(r, &acct, now, &f, &remaining, &rs);
+		ai_explain_row(rsinfo, r, ai_scope_name(r->scope), r->scope_id,
+					   ai_metric_name(r->metric), ai_window_name(r->window), &f,
+					   remaining, rs.reset_at, &none);
+	}
+	return (Datum) 0;
 }
 
 /*

@@ -25,7 +25,7 @@
 AiStats    *ai_stats = NULL;
 
 static const char *const outcome_names[AI_OUT_COUNT] = {
-	NULL, "burst", "daily", "monthly_budget", "tokens", "blocked", "rule"
+	NULL, "burst", "daily", "monthly_budget", "tokens", "blocked", "rule", "account", "member"
 };
 
 const char *

@@ -33,6 +33,7 @@
 #include "utils/timestamp.h"
 
 #include "ai_accounts.h"
+#include "ai_alerts.h"
 #include "ai_calendar.h"
 #include "ai_config.h"
 #include "ai_rings.h"
@@ -42,128 +43,6 @@
 #include "ai_usage.h"
 #include "ai_users.h"
 #include "ai_xact.h"
-
-/*
- * Send a budget alert: pg_notify('ai_ratelimit', json), delivered when the
- * recording transaction commits.
- */
-static void
-ai_notify_alert(const char *user_id, const AiPlan *plan, int pct,
-				AiMoney spend, const AiCalendar *cal)
-{
-	StringInfoData buf;
-	int			y = cal->month / 12;
-	int			m = cal->month % 12 + 1;
-
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"event\": \"budget_alert\", \"user_id\": ");
-	escape_json(&buf, user_id);
-	appendStringInfoString(&buf, ", \"plan\": ");
-	escape_json(&buf, plan->name);
-	appendStringInfo(&buf, ", \"threshold_percent\": %d, \"spend_cents\": %s, \"budget_cents\": %s, \"month\": \"%04d-%02d\"}",
-					 pct,
-					 DatumGetCString(DirectFunctionCall1(numeric_out, ai_money_to_numeric(spend))),
-					 DatumGetCString(DirectFunctionCall1(numeric_out, ai_money_to_numeric(plan->budget))),
-					 y, m);
-	Async_Notify("ai_ratelimit", buf.data);
-}
-
-/*
- * Keep a budget alert as a row of ai_alerts (1.4), in the recording
- * transaction, once per user, month and threshold.  The shared alert bits
- * let one transaction at a time fire a threshold, so the insert never waits
- * for another's.
- */
-static void
-ai_insert_alert(const char *user_id, int idlen, const AiPlan *plan, int pct,
-				AiMoney spend, const AiCalendar *cal, TimestampTz now)
-{
-	static const char *ins =
-	"INSERT INTO %s.ai_alerts (created_at, user_id, plan, month, threshold_percent,"
-	" spend_cents, budget_cents) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-	" ON CONFLICT ON CONSTRAINT ai_alerts_once DO NOTHING";
-	static AiKeptPlan kept;
-	static Oid	types[7] = {TIMESTAMPTZOID, TEXTOID, TEXTOID, DATEOID, INT4OID,
-	NUMERICOID, NUMERICOID};
-	Datum		vals[7];
-	AiInternalState st;
-	SPIPlanPtr	splan;
-	int			rc;
-
-	if (!ai_ext_has_relation("ai_alerts"))
-		return;					/* the database's extension is still 1.3 */
-	SPI_connect();
-	splan = ai_kept_plan(&kept, psprintf(ins, ai_ext_schema()), 7, types);
-	vals[0] = TimestampTzGetDatum(now);
-	vals[1] = PointerGetDatum(cstring_to_text_with_len(user_id, idlen));
-	vals[2] = CStringGetTextDatum(plan->name);
-	vals[3] = DateADTGetDatum(cal->month_start_date);
-	vals[4] = Int32GetDatum(pct);
-	vals[5] = ai_money_to_numeric(spend);
-	vals[6] = ai_money_to_numeric(plan->budget);
-	ai_as_owner_begin(&st);
-	rc = SPI_execute_plan(splan, vals, NULL, false, 0);
-	ai_as_owner_end(&st);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "ai_ratelimit: alert insert failed: %s", SPI_result_code_string(rc));
-	SPI_finish();
-}
-
-/*
- * A budget alert of an account (1.8): a row of ai_account_alerts, in the
- * recording transaction, once per account, rule, window and threshold, and
- * a notification on the channel ai_ratelimit.  The rule's shared alert bits
- * let one transaction at a time fire a threshold, so the insert never waits
- * for another's.
- */
-static void
-ai_account_alert(const AiUser *account, const AiUser *user, const AiRuleAlert *a, TimestampTz now)
-{
-	static const char *ins =
-	"INSERT INTO %s.ai_account_alerts (created_at, account_id, rule_id, window_start,"
-	" threshold_percent, spend_cents, budget_cents, user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-	" ON CONFLICT ON CONSTRAINT ai_account_alerts_once DO NOTHING";
-	static AiKeptPlan kept;
-	static Oid	types[8] = {TIMESTAMPTZOID, TEXTOID, INT4OID, TIMESTAMPTZOID, INT4OID,
-	NUMERICOID, NUMERICOID, TEXTOID};
-	Datum		vals[8];
-	AiInternalState st;
-	SPIPlanPtr	splan;
-	int			rc;
-	StringInfoData buf;
-
-	if (!ai_ext_has_relation("ai_account_alerts"))
-		return;
-	SPI_connect();
-	splan = ai_kept_plan(&kept, psprintf(ins, ai_ext_schema()), 8, types);
-	vals[0] = TimestampTzGetDatum(now);
-	vals[1] = PointerGetDatum(cstring_to_text_with_len(account->id, account->len));
-	vals[2] = Int32GetDatum(a->rule->id);
-	vals[3] = TimestampTzGetDatum(a->window_start);
-	vals[4] = Int32GetDatum(a->pct);
-	vals[5] = ai_money_to_numeric(a->after);
-	vals[6] = ai_money_to_numeric(a->rule->max);
-	vals[7] = PointerGetDatum(cstring_to_text_with_len(user->id, user->len));
-	ai_as_owner_begin(&st);
-	rc = SPI_execute_plan(splan, vals, NULL, false, 0);
-	ai_as_owner_end(&st);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "ai_ratelimit: account alert insert failed: %s", SPI_result_code_string(rc));
-	SPI_finish();
-
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"event\": \"account_budget_alert\", \"account_id\": ");
-	escape_json(&buf, account->id);
-	appendStringInfo(&buf, ", \"rule_id\": %d, \"user_id\": ", a->rule->id);
-	escape_json(&buf, user->id);
-	appendStringInfo(&buf, ", \"threshold_percent\": %d, \"spend_cents\": %s, \"budget_cents\": %s, \"window_start\": ",
-					 a->pct,
-					 DatumGetCString(DirectFunctionCall1(numeric_out, ai_money_to_numeric(a->after))),
-					 DatumGetCString(DirectFunctionCall1(numeric_out, ai_money_to_numeric(a->rule->max))));
-	escape_json(&buf, timestamptz_to_str(a->window_start));
-	appendStringInfoChar(&buf, '}');
-	Async_Notify("ai_ratelimit", buf.data);
-}
 
 /* True while ai_record_usage inserts its row (the row trigger skips it). */
 static bool recording = false;
@@ -534,35 +413,20 @@ ai_settle_begin(const AiRecordCall *r, AiEntry *e, int32 *slot, bool *missing, b
 }
 
 /*
- * The budget alert thresholds this call's cost crosses, once per user and
- * month: their percents into fired[], their bits into *bits, and the spend
- * after the call into *after.  Returns how many.  Caller holds the
- * partition lock.
+ * The budget alert thresholds this call's cost reaches, once per user and
+ * month (ai_alerts_due): their percents into fired[], their bits into
+ * *bits, and the spend after the call into *after.  Returns how many.
+ * Caller holds the partition lock.
  */
 static int
 ai_alerts_crossed(const AiRecordCall *r, AiEntry *e, const AiPlan *eff,
-				  uint32 *bits, int *fired, AiMoney *after)
+				  uint32 *bits, int32 *fired, AiMoney *after)
 {
-	AiMoney		before;
-	int			nfired = 0;
-
 	if (!ai_spend_is_cached(e, r->cal.month))
 		return 0;
-	before = ai_money_add(e->committed_spend, ai_inflight_cost(e));
-	*after = ai_money_add(before, r->cost);
-	for (int k = 0; k < eff->nalerts; k++)
-	{
-		int32		pct = eff->alert_percent[k];
-		AiMoney		t = ai_money_percent(eff->budget, pct);
-
-		if (pct > 0 && before < t && *after >= t && (e->alerts_sent & (1U << k)) == 0)
-		{
-			e->alerts_sent |= (1U << k);
-			*bits |= (1U << k);
-			fired[nfired++] = pct;
-		}
-	}
-	return nfired;
+	*after = ai_money_add(ai_money_add(e->committed_spend, ai_inflight_cost(e)), r->cost);
+	return ai_alerts_due(&e->alerts_sent, eff->alert_percent, eff->nalerts, eff->budget,
+						 *after, fired, bits);
 }
 
 /*
@@ -647,7 +511,21 @@ ai_record_account(const AiRecordCall *r, const AiUser *a, AiRuleRecord *rules,
 	LWLockRelease(a->lock);
 	ai_charge_add(&charge);
 	for (int k = 0; k < rules->nfired; k++)
-		ai_account_alert(a, r->user, &rules->fired[k], r->now);
+	{
+		const AiRuleAlert *f = &rules->fired[k];
+		AiAlert		al;
+
+		memset(&al, 0, sizeof(al));
+		al.kind = AI_ALERT_ACCOUNT;
+		strlcpy(al.user_id, r->user->id, sizeof(al.user_id));
+		strlcpy(al.owner, a->id, sizeof(al.owner));
+		al.rule_id = f->rule->id;
+		al.window_start = f->window_start;
+		al.pct = f->pct;
+		al.spend = f->after;
+		al.budget = f->rule->max;
+		(void) ai_alert_write(&al, r->now);
+	}
 }
 
 /* What became of the reservation a record names, before it writes anything. */
@@ -713,7 +591,7 @@ ai_record(const AiUser *u, const char *model,
 	Datum		cost_num;
 	AiPlan		eff;
 	bool		want_alerts;
-	int			fired[AI_MAX_ALERTS];
+	int32		fired[AI_MAX_ALERTS];
 	int			nfired = 0;
 	AiMoney		spend_after = 0;
 	AiEntry    *e;
@@ -843,8 +721,17 @@ ai_record(const AiUser *u, const char *model,
 
 	for (int k = 0; k < nfired; k++)
 	{
-		ai_insert_alert(u->id, u->len, &eff, fired[k], spend_after, &r.cal, r.now);
-		ai_notify_alert(u->id, &eff, fired[k], spend_after, &r.cal);
+		AiAlert		al;
+
+		memset(&al, 0, sizeof(al));
+		al.kind = AI_ALERT_PLAN;
+		strlcpy(al.user_id, u->id, sizeof(al.user_id));
+		strlcpy(al.owner, eff.name, sizeof(al.owner));
+		al.month = r.cal.month_start_date;
+		al.pct = fired[k];
+		al.spend = spend_after;
+		al.budget = eff.budget;
+		(void) ai_alert_write(&al, r.now);
 	}
 	if (resv_missing)
 	{

@@ -37,7 +37,7 @@ is(scalar(@got), 0, '40% of the budget: no alert');
 # to 5 cents: crosses 50%
 @got = listen_and_run("SELECT ai_record_usage('ann', 'gpt-4o', 0, 1000);");
 is(scalar(@got), 1, 'crossing 50% sends one alert');
-like($got[0], qr/^\{"event": "budget_alert", "user_id": "ann", "plan": "alerting", "threshold_percent": 50, "spend_cents": 5, "budget_cents": 10, "month": "\d{4}-\d\d"\}$/,
+like($got[0], qr/^\{"event": "budget_alert", "user_id": "ann", "plan": "alerting", "threshold_percent": 50, "spend_cents": 5, "budget_cents": 10, "month": "\d{4}-\d\d", "exhausted": false\}$/,
 	'the payload is JSON naming user, plan, threshold, spend, budget and month');
 
 # a record that rolls back sends nothing, and does not use up the alert
@@ -102,6 +102,78 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM ai_alerts WHERE acknowled
 @got = listen_and_run("SELECT ai_record_usage('ann', 'gpt-4o', 0, 1000);");
 is($node->safe_psql('postgres', q{SELECT count(*) FROM ai_alerts WHERE user_id = 'ann'}), '3',
 	'a later record of the month adds no row');
+
+# a spent budget alerts: estimates stop admissions short of the cap, so the
+# first refusal in the window writes the 100% ("exhausted") row, from a
+# worker of its own: also when the refusal is ai_enforce_limit's ERROR
+$node->safe_psql('postgres', q{
+INSERT INTO ai_plans (plan, burst_limit, daily_limit, monthly_budget_cents, alert_percents)
+VALUES ('spent', NULL, NULL, 10, '{50}');
+INSERT INTO ai_user_plans VALUES ('eve', 'spent'), ('fay', 'spent');
+SELECT ai_record_usage('eve', 'gpt-4o', 0, 9900), ai_record_usage('fay', 'gpt-4o', 0, 9900);
+});
+@got = listen_and_run("SELECT allowed, limited_by, retryable FROM ai_check_limit('eve', NULL, 1); SELECT pg_sleep(2);");
+is(scalar(@got), 1, 'the first refusal of a spent budget sends one alert');
+like($got[0] // '', qr/"user_id": "eve", "plan": "spent", "threshold_percent": 100, "spend_cents": 9.9, "budget_cents": 10, .*"exhausted": true\}$/,
+	'it says the budget is exhausted, at 100%');
+@got = listen_and_run("SELECT allowed FROM ai_check_limit('eve', NULL, 1); SELECT pg_sleep(1);");
+is(scalar(@got), 0, 'later refusals of the window send nothing');
+my ($ret, $out, $err) = $node->psql('postgres', "SELECT * FROM ai_enforce_limit('fay', NULL, 1)");
+like($err, qr/Monthly AI budget exceeded/, 'ai_enforce_limit refuses with an error');
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM ai_alerts WHERE user_id = 'fay' AND threshold_percent = 100})
+  or diag('no exhausted row for fay');
+is($node->safe_psql('postgres',
+		q{SELECT string_agg(user_id || ':' || threshold_percent || ':' || spend_cents, ' ' ORDER BY user_id, threshold_percent) FROM ai_alerts WHERE plan = 'spent'}),
+	'eve:50:9.9 eve:100:9.9 fay:50:9.9 fay:100:9.9',
+	'one exhausted row each, even for a refusal whose transaction rolled back');
+
+# an account's budget too
+$node->safe_psql('postgres', q{
+INSERT INTO ai_accounts (account_id, parent_id, alert_percents) VALUES ('acme', NULL, '{90}');
+INSERT INTO ai_account_members (account_id, user_id, is_default) VALUES ('acme', 'gus', true);
+INSERT INTO ai_rules (scope, scope_id, metric, "window", max_value) VALUES ('account', 'acme', 'cents', 'month', 10);
+SELECT ai_record_usage('gus', 'gpt-4o', 0, 9500);
+});
+@got = listen_and_run("SELECT limited_by, retryable FROM ai_check_limit('gus', 'pro', 1); SELECT pg_sleep(2);");
+like($got[0] // '', qr/"event": "account_budget_alert", "account_id": "acme", .*"threshold_percent": 100, "spend_cents": 9.5, "budget_cents": 10, .*"exhausted": true\}$/,
+	'a spent account budget sends its exhausted alert');
+is($node->safe_psql('postgres',
+		q{SELECT string_agg(threshold_percent::text, ',' ORDER BY threshold_percent) FROM ai_account_alerts WHERE account_id = 'acme'}),
+	'90,100', 'the account has its 90% and its exhausted row');
+
+# a firing that rolls back re-arms its threshold: a record that crossed it
+# meanwhile left it to the firing one; the next record fires it
+$node->safe_psql('postgres', q{
+INSERT INTO ai_plans (plan, burst_limit, daily_limit, monthly_budget_cents, alert_percents)
+VALUES ('rearm', NULL, NULL, 10, '{50}'), ('edit', NULL, NULL, 10, '{50,80}');
+INSERT INTO ai_user_plans VALUES ('hal', 'rearm'), ('ida', 'edit');
+});
+my $py = q{
+import psycopg, sys
+a = psycopg.connect(sys.argv[1])
+b = psycopg.connect(sys.argv[1], autocommit=True)
+a.execute("SELECT ai_record_usage('hal', 'gpt-4o', 0, 6000)")
+b.execute("SELECT ai_record_usage('hal', 'gpt-4o', 0, 6000)")
+a.rollback()
+b.execute("SELECT ai_record_usage('hal', 'gpt-4o', 0, 10)")
+};
+system('python3', '-c', $py, $node->connstr('postgres')) == 0 or die 'the python sessions failed';
+is($node->safe_psql('postgres',
+		q{SELECT string_agg(threshold_percent || ':' || spend_cents, ' ') FROM ai_alerts WHERE user_id = 'hal'}),
+	'50:6.01', 'a rolled-back firing re-arms the threshold for the next record');
+
+# thresholds are remembered by percent: reordered mid-month, 50% does not
+# fire twice and 80% still fires
+$node->safe_psql('postgres', "SELECT ai_record_usage('ida', 'gpt-4o', 0, 6000)");
+$node->safe_psql('postgres', "UPDATE ai_plans SET alert_percents = '{80,50}' WHERE plan = 'edit'");
+@got = listen_and_run("SELECT ai_record_usage('ida', 'gpt-4o', 0, 1000);");
+is(scalar(@got), 0, 'a threshold that fired before sends nothing after an edit');
+@got = listen_and_run("SELECT ai_record_usage('ida', 'gpt-4o', 0, 2000);");
+is(join(',', map { /"threshold_percent": (\d+)/; $1 } @got), '80', 'the other one fires when reached');
+is($node->safe_psql('postgres',
+		q{SELECT string_agg(threshold_percent::text, ',' ORDER BY threshold_percent) FROM ai_alerts WHERE user_id = 'ida'}),
+	'50,80', 'one row per percent');
 
 is($node->safe_psql('postgres', 'SELECT count(*) FROM ai_ratelimit_verify()'), '0',
 	'the shared state is consistent');

@@ -25,12 +25,18 @@ export class Refused extends Error {
   }
 }
 
+const BUDGETS = ['monthly_budget', 'rule', 'account', 'member']
+
 // The HTTP answer for a check's row: 429 with Retry-After when a retry can
-// succeed; 402 for a spent monthly budget; 403 for a block or a limit that
-// allows nothing.
+// succeed; 402 for a spent budget at any level (not retryable until its
+// window ends); 403 for a block or a limit that allows nothing.
 export function httpAnswer (row) {
   let status = 429
-  if (!row.retryable) status = row.limited_by === 'monthly_budget' ? 402 : 403
+  if (!row.retryable) {
+    const spent = row.limited_by === 'monthly_budget' ||
+      (BUDGETS.includes(row.limited_by) && row.retry_after !== null && row.retry_after !== undefined)
+    status = spent ? 402 : 403
+  }
   const headers = {}
   if (row.retry_after !== null && row.retry_after !== undefined) headers['retry-after'] = String(row.retry_after)
   return {

@@ -33,13 +33,19 @@ _RECORD = ("SELECT ai_record_usage(%s::text, %s::text, %s::bigint, %s::bigint, %
 _RELEASE = "SELECT ai_release_reservation(%s::bigint, %s::text)"
 
 
+_BUDGETS = ("monthly_budget", "rule", "account", "member")
+
+
 def http_answer(row):
     """(status, headers, body) for a check's row (a dict): 429 with
-    Retry-After when a retry can succeed; 402 for a spent monthly budget;
-    403 for a block or a limit that allows nothing."""
+    Retry-After when a retry can succeed; 402 for a spent budget at any
+    level (it is not retryable until its window ends); 403 for a block or
+    a limit that allows nothing."""
     status = 429
     if not row["retryable"]:
-        status = 402 if row["limited_by"] == "monthly_budget" else 403
+        spent = row["limited_by"] == "monthly_budget" or (
+            row["limited_by"] in _BUDGETS and row["retry_after"] is not None)
+        status = 402 if spent else 403
     headers = {}
     if row["retry_after"] is not None:
         headers["Retry-After"] = str(row["retry_after"])
