@@ -39,6 +39,8 @@ typedef struct AiAlert
 
 extern int	ai_alerts_due(uint32 *sent, const int32 *pct, int npct, AiMoney budget,
 						  AiMoney after, int32 *due, uint32 *bits);
+extern void ai_alert_init(AiAlert *a, AiAlertKind kind, const char *user_id, int idlen,
+						  const char *owner, int32 pct, AiMoney spend, AiMoney budget);
 extern bool ai_alert_write(const AiAlert *a, TimestampTz now);
 extern void ai_alert_exhausted(const AiAlert *a);
 extern Size ai_alert_queue_size(void);

@@ -94,6 +94,21 @@ ai_alerts_due(uint32 *sent, const int32 *pct, int npct, AiMoney budget, AiMoney 
 	return n;
 }
 
+/* An alert of a budget of owner (a plan or an account) for user_id, at pct. */
+void
+ai_alert_init(AiAlert *a, AiAlertKind kind, const char *user_id, int idlen, const char *owner,
+			  int32 pct, AiMoney spend, AiMoney budget)
+{
+	memset(a, 0, sizeof(*a));
+	a->kind = kind;
+	a->dbid = MyDatabaseId;
+	memcpy(a->user_id, user_id, Min(idlen, AI_MAX_USER_ID_LEN));
+	strlcpy(a->owner, owner, sizeof(a->owner));
+	a->pct = pct;
+	a->spend = spend;
+	a->budget = budget;
+}
+
 /* ---- the rows and their notifications ---- */
 
 static char *

@@ -480,7 +480,7 @@ static PriceEntry *
 ai_price_entry(const char *model)
 {
 	PriceEntry *p;
-	int			family = ai_model_family_len(model);
+	int			family;
 	char		name[AI_MAX_MODEL_LEN + 1];
 
 	if (price_cache_gen == 0 || ai_cache_look_due(&price_cache_call))
@@ -490,8 +490,11 @@ ai_price_entry(const char *model)
 	}
 
 	p = hash_search(price_cache, model, HASH_FIND, NULL);
-	if (p != NULL || family == (int) strlen(model))
+	if (p != NULL)
 		return p;
+	family = ai_model_family_len(model);
+	if (family == (int) strlen(model))
+		return NULL;
 	memset(name, 0, sizeof(name));
 	memcpy(name, model, Min(family, AI_MAX_MODEL_LEN));
 	return hash_search(price_cache, name, HASH_FIND, NULL);

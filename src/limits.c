@@ -444,14 +444,7 @@ ai_exhausted_first(AiCheck *c, uint32 *sent, AiAlertKind kind, const char *owner
 		return false;
 	*sent |= AI_ALERT_EXHAUSTED_BIT;
 	c->exhausted = true;
-	memset(&c->alert, 0, sizeof(c->alert));
-	c->alert.kind = kind;
-	c->alert.dbid = MyDatabaseId;
-	memcpy(c->alert.user_id, c->user->id, c->user->len);
-	strlcpy(c->alert.owner, owner, sizeof(c->alert.owner));
-	c->alert.pct = 100;
-	c->alert.spend = spend;
-	c->alert.budget = budget;
+	ai_alert_init(&c->alert, kind, c->user->id, c->user->len, owner, 100, spend, budget);
 	c->alert.exhausted = true;
 	return true;
 }

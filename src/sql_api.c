@@ -791,6 +791,21 @@ ai_explain_row(ReturnSetInfo *rsinfo, const AiRule *r, const char *scope, const 
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
 }
 
+/* The row of ai_explain_limits for rule r, whose counters holder holds. */
+static void
+ai_explain_rule(ReturnSetInfo *rsinfo, const AiRule *r, const AiUser *holder, TimestampTz now,
+				const AiExplainModel *m)
+{
+	AiRuleState rs;
+	AiFacts		f;
+	int64		remaining;
+
+	ai_rule_facts(r, holder, now, &f, &remaining, &rs);
+	ai_explain_row(rsinfo, r, ai_scope_name(r->scope), r->scope_id,
+				   ai_metric_name(r->metric), ai_window_name(r->window), &f,
+				   remaining, rs.reset_at, m);
+}
+
 /*
  * ai_explain_limits(user_id, model, plan): every limit that applies to the
  * user (and the model; NULL: any model) now, changing nothing: the plan's
@@ -865,16 +880,9 @@ ai_explain_limits(PG_FUNCTION_ARGS)
 		for (int i = 0; i < n; i++)
 		{
 			const AiRule *r = binding[i];
-			AiRuleState rs;
-			AiFacts		f;
-			int64		remaining;
 
-			if (!ai_rule_matches_model(r, model))
-				continue;
-			ai_rule_facts(r, holder, now, &f, &remaining, &rs);
-			ai_explain_row(rsinfo, r, ai_scope_name(r->scope), r->scope_id,
-						   ai_metric_name(r->metric), ai_window_name(r->window), &f,
-						   remaining, rs.reset_at, &m);
+			if (ai_rule_matches_model(r, model))
+				ai_explain_rule(rsinfo, r, holder, now, &m);
 		}
 	}
 	return (Datum) 0;
@@ -1155,17 +1163,11 @@ ai_account_limits(PG_FUNCTION_ARGS)
 	{
 		const AiRule *r = ai_rule_at(i);
 		AiUser		acct;
-		AiRuleState rs;
-		AiFacts		f;
-		int64		remaining;
 
 		if (r->scope != AI_SCOPE_ACCOUNT || (only != NULL && strcmp(only, r->scope_id) != 0))
 			continue;
 		ai_account_init(&acct, r->scope_id, strlen(r->scope_id));
-		ai_rule_facts(r, &acct, now, &f, &remaining, &rs);
-		ai_explain_row(rsinfo, r, ai_scope_name(r->scope), r->scope_id,
-					   ai_metric_name(r->metric), ai_window_name(r->window), &f,
-					   remaining, rs.reset_at, &none);
+		ai_explain_rule(rsinfo, r, &acct, now, &none);
 	}
 	return (Datum) 0;
 }

@@ -515,15 +515,10 @@ ai_record_account(const AiRecordCall *r, const AiUser *a, AiRuleRecord *rules,
 		const AiRuleAlert *f = &rules->fired[k];
 		AiAlert		al;
 
-		memset(&al, 0, sizeof(al));
-		al.kind = AI_ALERT_ACCOUNT;
-		strlcpy(al.user_id, r->user->id, sizeof(al.user_id));
-		strlcpy(al.owner, a->id, sizeof(al.owner));
+		ai_alert_init(&al, AI_ALERT_ACCOUNT, r->user->id, r->user->len, a->id, f->pct,
+					  f->after, f->rule->max);
 		al.rule_id = f->rule->id;
 		al.window_start = f->window_start;
-		al.pct = f->pct;
-		al.spend = f->after;
-		al.budget = f->rule->max;
 		(void) ai_alert_write(&al, r->now);
 	}
 }
@@ -723,14 +718,9 @@ ai_record(const AiUser *u, const char *model,
 	{
 		AiAlert		al;
 
-		memset(&al, 0, sizeof(al));
-		al.kind = AI_ALERT_PLAN;
-		strlcpy(al.user_id, u->id, sizeof(al.user_id));
-		strlcpy(al.owner, eff.name, sizeof(al.owner));
+		ai_alert_init(&al, AI_ALERT_PLAN, u->id, u->len, eff.name, fired[k], spend_after,
+					  eff.budget);
 		al.month = r.cal.month_start_date;
-		al.pct = fired[k];
-		al.spend = spend_after;
-		al.budget = eff.budget;
 		(void) ai_alert_write(&al, r.now);
 	}
 	if (resv_missing)
