@@ -2,12 +2,14 @@
  *
  * ai_extension.h
  *		The extension in the current database, and how ai_ratelimit runs
- *		its own queries (extension.c).
+ *		its own queries and describes its background workers (extension.c).
  *
  *-------------------------------------------------------------------------
  */
 #ifndef AI_EXTENSION_H_
 #define AI_EXTENSION_H_
+
+#include "postmaster/bgworker.h"
 
 #include "ai_ratelimit.h"
 
@@ -37,6 +39,8 @@ extern void ai_internal_end(AiInternalState *st);
 extern void ai_as_owner_begin(AiInternalState *st);
 extern void ai_as_owner_end(AiInternalState *st);
 extern void *ai_kept_plan(AiKeptPlan *kp, const char *sql, int nargs, Oid *types);
+extern void ai_worker_describe(BackgroundWorker *w, int flags, BgWorkerStartTime start,
+							   int restart, const char *function, const char *name);
 extern void ai_spi_read(const char *sql, int nargs, Oid *types, Datum *values);
 extern bool ai_spi_col(HeapTuple tup, TupleDesc td, int col, Datum *d);
 extern void ai_spi_each_row(const char *sql, void (*fn) (HeapTuple tup, TupleDesc td));

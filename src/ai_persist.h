@@ -10,14 +10,11 @@
 #ifndef AI_PERSIST_H_
 #define AI_PERSIST_H_
 
-#include "postmaster/bgworker.h"
-
 #include "ai_ratelimit.h"
 
 extern void ai_load(void);
 extern void ai_save_at_exit(int code, Datum arg);
 extern void ai_register_saver(void);
-extern void ai_worker_describe(BackgroundWorker *w, int flags, BgWorkerStartTime start,
-							   int restart, const char *function, const char *name);
+
 
 #endif							/* AI_PERSIST_H_ */

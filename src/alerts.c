@@ -46,7 +46,6 @@
 
 #include "ai_alerts.h"
 #include "ai_extension.h"
-#include "ai_persist.h"
 
 /* ---- thresholds crossed by a record ---- */
 

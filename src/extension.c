@@ -248,3 +248,21 @@ ai_spi_each_row(const char *sql, void (*fn) (HeapTuple tup, TupleDesc td))
 	for (uint64 i = 0; i < SPI_processed; i++)
 		fn(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
 }
+
+/*
+ * A background worker of this library: its entry point (a function of
+ * ai_ratelimit) and its name, as ps and pg_stat_activity show it.
+ */
+void
+ai_worker_describe(BackgroundWorker *w, int flags, BgWorkerStartTime start, int restart,
+				   const char *function, const char *name)
+{
+	memset(w, 0, sizeof(*w));
+	w->bgw_flags = flags;
+	w->bgw_start_time = start;
+	w->bgw_restart_time = restart;
+	snprintf(w->bgw_library_name, BGW_MAXLEN, "ai_ratelimit");
+	snprintf(w->bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(w->bgw_name, BGW_MAXLEN, "%s", name);
+	snprintf(w->bgw_type, BGW_MAXLEN, "%s", name);
+}

@@ -62,6 +62,7 @@
 #include "utils/timestamp.h"
 
 #include "ai_calendar.h"
+#include "ai_extension.h"
 #include "ai_persist.h"
 #include "ai_resvid.h"
 #include "ai_saved.h"
@@ -732,24 +733,6 @@ ai_save_at_exit(int code, Datum arg)
 		ereport(WARNING,
 				(errmsg("ai_ratelimit could not save its counters at shutdown"),
 				 errdetail("The next start will restore the counters of the last good save and say so.")));
-}
-
-/*
- * A background worker of this library: its entry point (a function of
- * ai_ratelimit) and its name, as ps and pg_stat_activity show it.
- */
-void
-ai_worker_describe(BackgroundWorker *w, int flags, BgWorkerStartTime start, int restart,
-				   const char *function, const char *name)
-{
-	memset(w, 0, sizeof(*w));
-	w->bgw_flags = flags;
-	w->bgw_start_time = start;
-	w->bgw_restart_time = restart;
-	snprintf(w->bgw_library_name, BGW_MAXLEN, "ai_ratelimit");
-	snprintf(w->bgw_function_name, BGW_MAXLEN, "%s", function);
-	snprintf(w->bgw_name, BGW_MAXLEN, "%s", name);
-	snprintf(w->bgw_type, BGW_MAXLEN, "%s", name);
 }
 
 void
