@@ -15,7 +15,8 @@ use IPC::Run;
 use Time::HiRes qw(sleep);
 
 my $exporter = '/usr/bin/prometheus-postgres-exporter';
-plan skip_all => "$exporter is not installed (scripts/test.sh installs it)" unless -x $exporter;
+BAIL_OUT("$exporter is not installed (Debian: apt-get install prometheus-postgres-exporter; scripts/test.sh does)")
+  unless -x $exporter;
 
 my $node = PostgreSQL::Test::Cluster->new('prometheus');
 $node->init;

@@ -16,6 +16,9 @@ UPDATE ai_plans SET daily_limit = daily_limit + 1 WHERE plan = 'ce';
 UPDATE ai_model_prices SET input_usd_per_mtok = 0.1 + (:m % 3) * 0.01 WHERE model = 'ce-m' || :m;
 \elif :e = 6
 BEGIN;
+-- one client at a time replaces a rule: two deleting the same row at once
+-- would both insert it again
+SELECT pg_advisory_xact_lock(:m);
 DELETE FROM ai_rules WHERE rule_id = :m;
 INSERT INTO ai_rules (rule_id, scope, scope_id, model, metric, "window", max_value)
     VALUES (:m, 'plan', 'ce', 'ce-m' || :m, 'cents', 'day', 100000);
