@@ -408,7 +408,13 @@ is(scalar(@record_lost), 0, 'every record was acknowledged in the end (retried u
 is(q_at($L, 'SELECT count(*) - count(DISTINCT reservation_id) FROM p_log WHERE reservation_id IS NOT NULL'),
 	'0', 'every reservation id was issued once');
 is(q_at($L, 'SELECT count(*) - count(DISTINCT reservation_id) FROM ai_usage WHERE reservation_id IS NOT NULL'),
-	'0', 'no reservation id was settled twice');
+	'0', 'no reservation id was settled twice')
+  or diag("reservations settled twice:\n" . q_at($L, q{
+	SELECT string_agg(format('%s %s %s %s', reservation_id, user_id, created_at, cost_cents), E'\n'
+	                  ORDER BY reservation_id, created_at)
+	FROM ai_usage WHERE reservation_id IN
+	  (SELECT reservation_id FROM ai_usage WHERE reservation_id IS NOT NULL GROUP BY 1 HAVING count(*) > 1)})
+	  . "\nevents: " . join(', ', map { sprintf('%s at %.3f', $_, $events{$_}) } sort keys %events));
 
 # no user over its cap by a cent
 my $caps = "SELECT u.user_id, u.s, coalesce(l.monthly_budget_cents, $cap) AS cap
