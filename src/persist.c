@@ -444,10 +444,15 @@ ai_save(bool whole, uint64 shutdown_lsn, bool to_file, bool to_wal)
 /* ---- loading ---- */
 
 /*
- * After a crash, a restored reservation may have been settled by an
- * ai_record_usage that committed after the last save: mark every user with
- * reservations, so that its first check or record looks in ai_usage first
- * (ai_resv_drop_settled).  Postmaster only, before any backend runs.
+ * A restored reservation may have been settled by an ai_record_usage that
+ * committed after it was saved: mark every user with reservations, so that
+ * its first check or record looks in ai_usage first (ai_resv_drop_settled).
+ * After a crash, the last periodic save is older than the last commits.
+ * After a clean shutdown too: the server that saved may have restored the
+ * reservation itself, by replay, and never looked (a crash recovery in
+ * single-user mode, as Patroni runs one before it starts a crashed leader
+ * again; a standby restarted), and the mark is not saved.  Postmaster (or
+ * single-user backend) only, before any session runs.
  */
 static void
 ai_mark_restored_reservations(void)
@@ -681,8 +686,7 @@ ai_load(void)
 						timestamptz_to_str(saved_at)),
 				 errdetail("The save at shutdown failed: burst places and daily counts taken after that time are not counted.")));
 	}
-	if (!clean)
-		ai_mark_restored_reservations();
+	ai_mark_restored_reservations();
 }
 
 /*

@@ -306,17 +306,28 @@ ai_ensure_spend(const AiUser *u, const AiCalendar *cal, TimestampTz now, bool cr
 	return false;
 }
 
-/* Nothing restored is left to check for this user. */
-static void
-ai_resv_drop_settled_done(const AiUser *u)
+/*
+ * Is every reservation of e one of the n ids that were looked up?  On a
+ * standby, replay may restore another while ai_usage is read: its user
+ * then stays marked.  Caller holds the partition lock.
+ */
+static bool
+ai_resv_all_looked_up(AiEntry *e, const Datum *ids, int n)
 {
-	AiEntry    *e;
+	AiResvIter	it;
+	AiReservation *r;
 
-	LWLockAcquire(u->lock, LW_EXCLUSIVE);
-	e = ai_entry_lookup(&u->key, u->hashcode, false, 0, NULL, 0);
-	if (e != NULL)
-		e->resv_restored = 0;
-	LWLockRelease(u->lock);
+	ai_resv_iter_init(&it, e, AI_RESV_WALK_ALL, 0);
+	while ((r = ai_resv_iter_next(&it, NULL)) != NULL)
+	{
+		bool		seen = false;
+
+		for (int i = 0; i < n && !seen; i++)
+			seen = (DatumGetInt64(ids[i]) == r->id);
+		if (!seen)
+			return false;
+	}
+	return true;
 }
 
 /*
@@ -330,7 +341,9 @@ ai_resv_drop_settled(const AiUser *u)
 {
 	LWLock	   *lock = u->lock;
 	AiEntry    *e;
-	Datum	   *ids;
+	Datum	   *looked;			/* the ids looked up in ai_usage */
+	int			nlooked = 0;
+	Datum	   *ids;			/* those found there: settled */
 	int			n = 0;
 	Oid			types[3] = {TEXTOID, INT8ARRAYOID, DATEOID};
 	Datum		vals[3];
@@ -352,24 +365,20 @@ ai_resv_drop_settled(const AiUser *u)
 	LWLockRelease(lock);
 	if (!restored)
 		return;
-	if (len == 0)
-	{
-		ai_resv_drop_settled_done(u);
-		return;
-	}
 
-	ids = palloc(sizeof(Datum) * (len + 16));
+	looked = palloc(sizeof(Datum) * (len + 16));
 	LWLockAcquire(lock, LW_SHARED);
 	e = ai_entry_lookup(&u->key, u->hashcode, false, 0, NULL, 0);
 	if (e != NULL)
 	{
 		ai_resv_iter_init(&it, e, AI_RESV_WALK_ALL, 0);
-		while (n < len + 16 && (r = ai_resv_iter_next(&it, NULL)) != NULL)
-			ids[n++] = Int64GetDatum(r->id);
+		while (nlooked < len + 16 && (r = ai_resv_iter_next(&it, NULL)) != NULL)
+			looked[nlooked++] = Int64GetDatum(r->id);
 	}
 	LWLockRelease(lock);
 
-	if (n > 0)
+	ids = palloc(sizeof(Datum) * (nlooked + 1));
+	if (nlooked > 0)
 	{
 		TimestampTz oldest = DT_NOEND;
 
@@ -379,10 +388,10 @@ ai_resv_drop_settled(const AiUser *u)
 		 * local to and a clock that went back; a settled reservation missed
 		 * would only be held until it expires).
 		 */
-		for (int i = 0; i < n; i++)
-			oldest = Min(oldest, ai_id_time(DatumGetInt64(ids[i])));
+		for (int i = 0; i < nlooked; i++)
+			oldest = Min(oldest, ai_id_time(DatumGetInt64(looked[i])));
 		vals[0] = PointerGetDatum(cstring_to_text_with_len(u->id, u->len));
-		vals[1] = PointerGetDatum(construct_array(ids, n, INT8OID, sizeof(int64), true, TYPALIGN_DOUBLE));
+		vals[1] = PointerGetDatum(construct_array(looked, nlooked, INT8OID, sizeof(int64), true, TYPALIGN_DOUBLE));
 		vals[2] = DateADTGetDatum((DateADT) (oldest / USECS_PER_DAY) - 2);
 		SPI_connect();
 		ai_spi_read(psprintf("SELECT reservation_id FROM %s.ai_usage"
@@ -391,8 +400,7 @@ ai_resv_drop_settled(const AiUser *u)
 							 " AND reservation_id OPERATOR(pg_catalog.=) ANY ($2)",
 							 ai_ext_schema()),
 					3, types, vals);
-		n = 0;
-		for (uint64 i = 0; i < SPI_processed; i++)
+		for (uint64 i = 0; i < SPI_processed && n < nlooked; i++)
 		{
 			bool		isnull;
 			Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
@@ -414,13 +422,15 @@ ai_resv_drop_settled(const AiUser *u)
 			if (s >= 0 && ai_shared->resv[s].state == AI_RESV_OPEN)
 				ai_resv_free(e, s);
 		}
-		e->resv_restored = 0;
+		if (ai_resv_all_looked_up(e, looked, nlooked))
+			e->resv_restored = 0;
 	}
 	LWLockRelease(lock);
 	/* and from the accounts its check held them on (1.8) */
 	for (int i = 0; i < n; i++)
 		ai_resv_free_shadows(DatumGetInt64(ids[i]), GetCurrentTimestamp());
 	pfree(ids);
+	pfree(looked);
 }
 
 /*

@@ -5,11 +5,18 @@
 # retry must find the first record's row and repeat its cost, not settle
 # the reservation a second time.  The WAL writer is slowed so that the end
 # is still unwritten when the server stops.
+#
+# Rounds 4 to 6 finish the crash as Patroni does before it starts a crashed
+# leader again: crash recovery in single-user mode, which ends with a clean
+# shutdown (and a save of the counters), then a normal start.  The
+# reservation restored by that recovery must still be looked up in
+# ai_usage after the clean start.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run;
 
 my $node = PostgreSQL::Test::Cluster->new('record_after_crash');
 $node->init;
@@ -25,7 +32,7 @@ CREATE EXTENSION ai_ratelimit;
 INSERT INTO ai_plans (plan, burst_limit, daily_limit, monthly_budget_cents) VALUES ('rc', NULL, NULL, 100);
 });
 
-for my $round (1 .. 3)
+for my $round (1 .. 6)
 {
 	my $user = "rc-$round";
 	my $rid = $node->safe_psql('postgres',
@@ -36,6 +43,18 @@ for my $round (1 .. 3)
 		"SELECT ai_record_usage('$user', 'gpt-4o', 1000, 1000, 0, $rid)");
 	is($cost, '1.25', "round $round: the record is acknowledged");
 	$node->stop('immediate');
+	if ($round > 3)
+	{
+		# postgres --single: crash recovery, then a shutdown checkpoint
+		my ($in, $single_err) = ('', '');
+		ok(IPC::Run::run([ 'postgres', '--single', '-D', $node->data_dir, 'postgres' ],
+				'<', \$in, '>', '/dev/null', '2>', \$single_err),
+			"round $round: crash recovery in single-user mode")
+		  or diag($single_err);
+		my $control = `pg_controldata -D @{[ $node->data_dir ]}`;
+		like($control,
+			qr/cluster state:\s+shut down\n/, "round $round: it shut down cleanly");
+	}
 	$node->start;
 	# the application retries the record whose answer it did not trust
 	my ($ret, $out, $err) = $node->psql('postgres',
