@@ -39,7 +39,7 @@ DATA = ai_ratelimit--1.0.sql ai_ratelimit--1.0--1.1.sql ai_ratelimit--1.1--1.2.s
 	ai_ratelimit--1.6--1.7.sql ai_ratelimit--1.7--1.8.sql ai_ratelimit--1.8--1.9.sql
 PGFILEDESC = "ai_ratelimit - per-user AI rate limits and budgets"
 
-REGRESS = setup plans limits usage bad_input security upgrade operations user_config money_guard around_call models rules usage_days accounts shared_budgets shared_state contract families
+REGRESS = setup plans limits usage bad_input security upgrade operations user_config money_guard around_call models rules usage_days accounts shared_budgets shared_state contract families ratelimit_headers
 REGRESS_OPTS = --temp-config=$(srcdir)/test/ai_ratelimit.conf --temp-instance=./tmp_check
 
 ISOLATION = no_wait budget model_budget compact_open account_tree shared_budget

@@ -150,3 +150,19 @@ LEFT JOIN @extschema@.ai_accounts a ON a.account_id OPERATOR(pg_catalog.=) l.sco
 COMMENT ON VIEW @extschema@.ai_account_caps IS
     'ai_ratelimit: one row per account and rule on it: the cap, what the account and the accounts below it used in the window, what requests in flight hold, what is left, the percent used and when the window resets';
 REVOKE ALL ON @extschema@.ai_account_caps FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Rate-limit headers from the check's own row.  ratelimit_policy and
+-- ratelimit are the IETF RateLimit-Policy and RateLimit field values of the
+-- limit the answer speaks of: for an allowed request the limit it left
+-- with the least room, for a refusal the refusing one; NULL when no limit
+-- applies.  An application copies them into its response as they are.
+-- ---------------------------------------------------------------------------
+
+ALTER TYPE @extschema@.ai_limit_result
+    ADD ATTRIBUTE ratelimit text,
+    ADD ATTRIBUTE ratelimit_policy text;
+COMMENT ON COLUMN @extschema@.ai_limit_result.ratelimit IS
+    'the RateLimit header field value: "<limit>";r=<what it leaves>;t=<seconds until it is whole again, or a retry may pass>';
+COMMENT ON COLUMN @extschema@.ai_limit_result.ratelimit_policy IS
+    'the RateLimit-Policy header field value: "<limit>";q=<quota>;w=<window seconds>[;qu="tokens"|"cents"]';

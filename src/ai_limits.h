@@ -27,6 +27,24 @@ typedef struct AiFacts
 	int64		held;			/* the budget's open reservations; 0 elsewhere */
 } AiFacts;
 
+/*
+ * The limit a check's answer speaks of in rate-limit headers
+ * (ai_limit_result.ratelimit and ratelimit_policy): for an allowed check
+ * the one left with the least room after it, for a refusal the refusing
+ * one.  Named by its layer, or by its rule of ai_rules.
+ */
+typedef struct AiStanding
+{
+	bool		known;
+	const char *layer;			/* burst, daily, tokens, monthly_budget; NULL: a rule */
+	int32		rule_id;
+	int			unit;			/* an AiMetric: requests, tokens or cents (money units) */
+	int64		limit;
+	int64		left;			/* what the limit leaves (after an allowed request) */
+	TimestampTz reset_at;		/* when it is whole again, or a retry may pass */
+	int32		window_secs;
+} AiStanding;
+
 typedef struct AiDecision
 {
 	bool		allowed;
@@ -41,6 +59,7 @@ typedef struct AiDecision
 	TimestampTz reset_at;
 	bool		has_reset_at;
 	int64		reservation_id;	/* 0: none */
+	AiStanding	standing;
 } AiDecision;
 
 extern void ai_decide(const AiUser *u, const AiPlan *plan, const char *model,

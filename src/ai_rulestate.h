@@ -48,6 +48,25 @@ typedef struct AiRuleRefusal
 	TimestampTz window_start;
 } AiRuleRefusal;
 
+/*
+ * The rule that passed with the least room left for its maximum, after the
+ * request (rate-limit headers: ai_limit_result.ratelimit).  index -1: none.
+ */
+typedef struct AiRuleRoom
+{
+	int			index;			/* in the set */
+	int64		limit;
+	int64		left;			/* what the maximum leaves after the request */
+} AiRuleRoom;
+
+/* Does `left` of `limit` leave less room than `best_left` of `best_limit`? */
+static inline bool
+ai_room_is_less(int64 limit, int64 left, int64 best_limit, int64 best_left)
+{
+	/* a choice between limits: the precision of a double is plenty */
+	return (double) left * (double) best_limit < (double) best_left * (double) limit;
+}
+
 /* rulestate.c: several holders in one call */
 extern void ai_rules_reserve_touches(int n);
 extern AiEntry *ai_holder_lookup(const AiUser *u, TimestampTz now, bool create);
@@ -57,7 +76,7 @@ extern void ai_rules_prepare(AiRuleSet *rs, const AiUser *u, const char *plan,
 							 const char *model, TimestampTz now, bool consume);
 extern bool ai_rules_still_exact(const AiRuleSet *rs, const AiEntry *user);
 extern bool ai_rules_refuse(const AiRuleSet *rs, AiEntry *user, AiMoney est, int64 est_tokens,
-							TimestampTz now, AiRuleRefusal *out);
+							TimestampTz now, AiRuleRefusal *out, AiRuleRoom *room);
 extern bool ai_rules_make_room(const AiRuleSet *rs, const AiUser *u, TimestampTz now);
 extern void ai_rules_charge(const AiRuleSet *rs, TimestampTz now, int32 *first, int16 *n);
 extern void ai_rules_hold(const AiRuleSet *rs, AiReservation *r, int64 est_tokens);

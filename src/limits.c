@@ -79,6 +79,7 @@ typedef struct AiCheck
 	AiCharge	charge;			/* what an allowed, consuming check took */
 	bool		exhausted;		/* a spent budget refused it first in its window: */
 	AiAlert		alert;			/* the alert to write (ai_alert_exhausted) */
+	AiStanding	standing;		/* the passing limit left with the least room */
 } AiCheck;
 
 /* What a layer found, numbers only. */
@@ -90,6 +91,7 @@ typedef struct AiVerdict
 	TimestampTz retry_at;		/* otherwise: the earliest retry that may */
 	bool		retryable;		/* a retry can succeed (later in this window or after it) */
 	AiFacts		facts;			/* the refusing layer's numbers (none for a block) */
+	int32		window_secs;	/* the refusing layer's window */
 } AiVerdict;
 
 static bool
@@ -113,6 +115,41 @@ ai_refuse_with(AiVerdict *v, AiOutcome outcome, bool never, TimestampTz retry_at
 	v->facts.used = used;
 	v->facts.held = held;
 	return ai_refuse(v, outcome, never, retry_at);
+}
+
+/*
+ * A layer passed leaving `left` of `limit`: does it leave less room than
+ * every layer before it?  Then the caller names it (ai_stand).
+ */
+static bool
+ai_stand_tighter(const AiCheck *c, int64 limit, int64 left)
+{
+	return limit > 0 &&
+		(!c->standing.known ||
+		 ai_room_is_less(limit, left, c->standing.limit, c->standing.left));
+}
+
+static void
+ai_stand(AiCheck *c, const char *layer, int32 rule_id, int unit, int64 limit, int64 left,
+		 TimestampTz reset_at, int32 window_secs)
+{
+	AiStanding *s = &c->standing;
+
+	s->known = true;
+	s->layer = layer;
+	s->rule_id = rule_id;
+	s->unit = unit;
+	s->limit = limit;
+	s->left = Max(left, 0);
+	s->reset_at = reset_at;
+	s->window_secs = window_secs;
+}
+
+/* The length of a rule's window now, in seconds. */
+static int32
+ai_window_secs(const AiWindow *w)
+{
+	return w->kind == AI_WIN_MINUTE ? 60 : ai_seconds_until(w->start, w->end);
 }
 
 /* A user with no counters: the check reads an all-zero entry of its own. */
@@ -337,15 +374,24 @@ ai_refused_by_burst(AiCheck *c, AiVerdict *v)
 		return false;
 	used = ai_burst_count(e, c->now);
 	if (used >= (uint32) plan->burst_limit)
+	{
+		v->window_secs = (plan->burst_window_ms + 999) / 1000;
 		return ai_refuse_with(v, AI_OUT_BURST, false,
 							  ai_burst_retry_at(e, plan->burst_limit, c->now),
 							  plan->burst_limit, used, 0, false);
+	}
+	if (ai_stand_tighter(c, plan->burst_limit, plan->burst_limit - used - 1))
+		ai_stand(c, ai_outcome_name(AI_OUT_BURST), 0, AI_METRIC_REQUESTS, plan->burst_limit,
+				 plan->burst_limit - used - 1,
+				 used > 0 ? ai_burst_oldest_leaves(e, c->now) :
+				 c->now + (TimestampTz) plan->burst_window_ms * 1000,
+				 (plan->burst_window_ms + 999) / 1000);
 	return false;
 }
 
 /* Sets the decision's remaining count when the request fits. */
 static bool
-ai_refused_by_daily(const AiCheck *c, AiVerdict *v, AiDecision *d)
+ai_refused_by_daily(AiCheck *c, AiVerdict *v, AiDecision *d)
 {
 	const AiPlan *plan = c->plan;
 	uint32		used;
@@ -354,10 +400,17 @@ ai_refused_by_daily(const AiCheck *c, AiVerdict *v, AiDecision *d)
 		return false;
 	used = (c->entry->day == c->cal.day) ? c->entry->daily_count : 0;
 	if (used >= (uint32) Max(plan->daily_limit, 0))
+	{
+		v->window_secs = ai_seconds_until(c->cal.day_end - USECS_PER_DAY, c->cal.day_end);
 		return ai_refuse_with(v, AI_OUT_DAILY, plan->daily_limit <= 0, c->cal.day_end,
 							  Max(plan->daily_limit, 0), used, 0, false);
+	}
 	d->has_remaining = true;
 	d->remaining = plan->daily_limit - (int32) used - 1;
+	if (ai_stand_tighter(c, plan->daily_limit, d->remaining))
+		ai_stand(c, ai_outcome_name(AI_OUT_DAILY), 0, AI_METRIC_REQUESTS, plan->daily_limit,
+				 d->remaining, c->cal.day_end,
+				 ai_seconds_until(c->cal.day_end - USECS_PER_DAY, c->cal.day_end));
 	return false;
 }
 
@@ -378,7 +431,16 @@ ai_refused_by_tokens(AiCheck *c, AiVerdict *v)
 	}
 	if (limit > 0 && used + (uint64) c->est_tokens <= limit &&
 		!(c->est_tokens == 0 && used >= limit))
+	{
+		int64		left = (int64) (limit - used - (uint64) c->est_tokens);
+
+		if (ai_stand_tighter(c, (int64) limit, left))
+			ai_stand(c, ai_outcome_name(AI_OUT_TOKENS), 0, AI_METRIC_TOKENS, (int64) limit, left,
+					 used > 0 ? ai_tokens_oldest_leave(c->entry, c->now) :
+					 c->now + 60 * USECS_PER_SEC, 60);
 		return false;
+	}
+	v->window_secs = 60;
 	if (limit == 0 || (uint64) c->est_tokens > limit)
 		return ai_refuse_with(v, AI_OUT_TOKENS, true, 0, (int64) limit, (int64) used, 0, false);
 	return ai_refuse_with(v, AI_OUT_TOKENS, false,
@@ -465,11 +527,19 @@ ai_refused_by_budget(AiCheck *c, AiVerdict *v)
 		spend = ai_money_add(e->committed_spend, ai_inflight_cost(e));
 	else
 		spend = c->fallback_spend;
+	v->window_secs = ai_seconds_until(c->cal.month_start, c->cal.month_end);
 	/* a budget of 0 cuts the user off, with or without an estimate */
 	if (plan->budget <= 0)
 		return ai_refuse_with(v, AI_OUT_BUDGET, true, 0, 0, spend, reserved, true);
 	if (ai_money_add(ai_money_add(spend, reserved), c->est) <= plan->budget)
+	{
+		int64		left = plan->budget - ai_money_add(ai_money_add(spend, reserved), c->est);
+
+		if (ai_stand_tighter(c, plan->budget, left))
+			ai_stand(c, ai_outcome_name(AI_OUT_BUDGET), 0, AI_METRIC_CENTS, plan->budget, left,
+					 c->cal.month_end, v->window_secs);
 		return false;
+	}
 	v->held_only = reserved > 0 && ai_money_add(spend, c->est) <= plan->budget;
 	(void) ai_refuse_with(v, AI_OUT_BUDGET, false,
 						  ai_budget_retry_at(e, spend, c->est, plan->budget, &c->cal, c->now),
@@ -493,13 +563,15 @@ ai_refused_by_budget(AiCheck *c, AiVerdict *v)
  * tokens, stay retryable with their Retry-After.
  */
 static bool
-ai_refuse_by_rule(AiCheck *c, AiVerdict *v, const AiLevel *lv, const AiRule *r,
+ai_refuse_by_rule(AiCheck *c, AiVerdict *v, const AiLevel *lv, const AiRuleUse *ru,
 				  const AiRuleRefusal *rr)
 {
+	const AiRule *r = ru->rule;
 	AiOutcome	outcome = r->scope == AI_SCOPE_ACCOUNT ? AI_OUT_ACCOUNT :
 		r->scope == AI_SCOPE_MEMBER ? AI_OUT_MEMBER : AI_OUT_RULE;
 
 	c->refused_by = r;
+	v->window_secs = ai_window_secs(&ru->win);
 	(void) ai_refuse_with(v, outcome, rr->never, rr->retry_at, rr->limit, rr->used, rr->held,
 						  r->metric == AI_METRIC_CENTS);
 	v->held_only = rr->held_only;
@@ -516,6 +588,19 @@ ai_refuse_by_rule(AiCheck *c, AiVerdict *v, const AiLevel *lv, const AiRule *r,
 	return true;
 }
 
+/* The rule of a set that passed with the least room, if it has less. */
+static void
+ai_stand_rule(AiCheck *c, const AiRuleSet *rs, const AiRuleRoom *room)
+{
+	const AiRuleUse *ru;
+
+	if (room->index < 0 || !ai_stand_tighter(c, room->limit, room->left))
+		return;
+	ru = &rs->use[room->index];
+	ai_stand(c, NULL, ru->rule->id, ru->rule->metric, room->limit, room->left,
+			 ru->win.end, ai_window_secs(&ru->win));
+}
+
 /*
  * Every rule of ai_rules that applies, after the plan's own limits; user is
  * the user's entry, or NULL.
@@ -524,11 +609,14 @@ static bool
 ai_refused_by_rules(AiCheck *c, AiEntry *user, AiVerdict *v)
 {
 	AiRuleRefusal rr;
+	AiRuleRoom	room;
 
-	if (c->rules.n == 0 ||
-		!ai_rules_refuse(&c->rules, user, c->est, c->est_tokens, c->now, &rr))
+	if (c->rules.n == 0)
 		return false;
-	return ai_refuse_by_rule(c, v, NULL, c->rules.use[rr.index].rule, &rr);
+	if (ai_rules_refuse(&c->rules, user, c->est, c->est_tokens, c->now, &rr, &room))
+		return ai_refuse_by_rule(c, v, NULL, &c->rules.use[rr.index], &rr);
+	ai_stand_rule(c, &c->rules, &room);
+	return false;
 }
 
 /*
@@ -543,11 +631,17 @@ ai_refused_by_accounts(AiCheck *c, AiVerdict *v)
 		AiLevel    *lv = &c->levels[k];
 		AiRuleRefusal rr;
 
-		if (lv->rules.n == 0 ||
-			!ai_rules_refuse(&lv->rules, lv->entry, c->est, c->est_tokens, c->now, &rr))
+		AiRuleRoom	room;
+
+		if (lv->rules.n == 0)
 			continue;
+		if (!ai_rules_refuse(&lv->rules, lv->entry, c->est, c->est_tokens, c->now, &rr, &room))
+		{
+			ai_stand_rule(c, &lv->rules, &room);
+			continue;
+		}
 		c->refused_level = k;
-		return ai_refuse_by_rule(c, v, lv, lv->rules.use[rr.index].rule, &rr);
+		return ai_refuse_by_rule(c, v, lv, &lv->rules.use[rr.index], &rr);
 	}
 	return false;
 }
@@ -918,6 +1012,7 @@ again:
 	memset(d, 0, sizeof(*d));
 	memset(&v, 0, sizeof(v));
 	v.outcome = AI_OUT_ALLOWED;
+	c.standing.known = false;
 	locked = ai_check_lock_entry(&c);
 	if (!locked)
 		ai_check_untracked(&c, &v);
@@ -978,7 +1073,22 @@ again:
 	{
 		d->reset_at = c.cal.day_end;
 		d->has_reset_at = true;
+		d->standing = c.standing;
 		return;
+	}
+	if (v.facts.known)
+	{
+		/* the refusing limit, with what it leaves and when a retry may pass */
+		c.standing.known = false;
+		ai_stand(&c, c.refused_by ? NULL : ai_outcome_name(v.outcome),
+				 c.refused_by ? c.refused_by->id : 0,
+				 c.refused_by ? (int) c.refused_by->metric :
+				 v.outcome == AI_OUT_TOKENS ? AI_METRIC_TOKENS :
+				 v.facts.money ? AI_METRIC_CENTS : AI_METRIC_REQUESTS,
+				 v.facts.limit,
+				 v.facts.limit - ai_money_add(v.facts.used, v.facts.held),
+				 v.retry_never ? 0 : v.retry_at, v.window_secs);
+		d->standing = c.standing;
 	}
 	d->limited_by = ai_outcome_name(v.outcome);
 	d->error = ai_refusal_message(&v, plan, c.refused_by);

@@ -679,13 +679,16 @@ ai_rule_used(const AiRuleUse *ru, AiEntry *s, AiEntry *user, TimestampTz now)
  * Test every rule of the set; on the first that refuses, fill *out and
  * return true.  A request counts 1; tokens and cents rules count what is
  * recorded, what reservations hold and the estimate, and with no estimate
- * refuse once the maximum is reached.  Caller holds the user's partition
- * lock exclusively; user is the user's entry, or NULL.
+ * refuse once the maximum is reached.  *room (when not NULL) says which
+ * passing rule is left with the least room.  Caller holds the user's
+ * partition lock exclusively; user is the user's entry, or NULL.
  */
 bool
 ai_rules_refuse(const AiRuleSet *rs, AiEntry *user, AiMoney est, int64 est_tokens,
-				TimestampTz now, AiRuleRefusal *out)
+				TimestampTz now, AiRuleRefusal *out, AiRuleRoom *room)
 {
+	if (room != NULL)
+		room->index = -1;
 	for (int i = 0; i < rs->n; i++)
 	{
 		const AiRuleUse *ru = &rs->use[i];
@@ -698,7 +701,16 @@ ai_rules_refuse(const AiRuleSet *rs, AiEntry *user, AiMoney est, int64 est_token
 		int64		total = ai_money_add(ai_money_add(used, held), need);
 
 		if (total <= r->max && !(need == 0 && ai_money_add(used, held) >= r->max))
+		{
+			if (room != NULL &&
+				(room->index < 0 || ai_room_is_less(r->max, r->max - total, room->limit, room->left)))
+			{
+				room->index = i;
+				room->limit = r->max;
+				room->left = r->max - total;
+			}
 			continue;
+		}
 		memset(out, 0, sizeof(*out));
 		out->index = i;
 		out->limit = r->max;

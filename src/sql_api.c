@@ -59,9 +59,13 @@ PG_FUNCTION_INFO_V1(ai_extend_reservation);
 PG_FUNCTION_INFO_V1(ai_limit_state);
 PG_FUNCTION_INFO_V1(ai_estimate_cost);
 
-/* ai_limit_result: 7 columns up to 1.3; 1.4 adds limit_value, used, held, retryable */
+/*
+ * ai_limit_result: 7 columns up to 1.3; 1.4 adds limit_value, used, held,
+ * retryable; 1.9 adds ratelimit and ratelimit_policy
+ */
 #define RESULT_NATTS_13 7
-#define RESULT_NATTS 11
+#define RESULT_NATTS_18 11
+#define RESULT_NATTS 13
 
 /*
  * Result row descriptors of the check functions, one per function oid
@@ -101,7 +105,8 @@ ai_result_desc(FunctionCallInfo fcinfo)
 			return result_descs[i].desc;
 	if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "ai_ratelimit: function must return a composite type");
-	if (td->natts != RESULT_NATTS && td->natts != RESULT_NATTS_13)
+	if (td->natts != RESULT_NATTS && td->natts != RESULT_NATTS_18 &&
+		td->natts != RESULT_NATTS_13)
 		elog(ERROR, "ai_ratelimit: result type has %d columns, expected %d",
 			 td->natts, RESULT_NATTS);
 	if (nresult_descs == maxresult_descs)
@@ -358,6 +363,42 @@ ai_never_words(const AiDecision *d)
 	}
 }
 
+/*
+ * The IETF rate-limit header fields of a check's answer, as structured
+ * field values (draft-ietf-httpapi-ratelimit-headers): RateLimit-Policy
+ * names the limit the answer speaks of, its quota and window
+ * ("daily";q=50;w=86400, with qu="tokens" or qu="cents" for what is not a
+ * request count), RateLimit what it leaves and in how many seconds it is
+ * whole again, or a refused request may pass ("daily";r=41;t=3600).
+ * Integers: cents are whole cents, rounded down.  A rule of ai_rules is
+ * named "rule-<rule_id>".
+ */
+static void
+ai_standing_fields(const AiStanding *st, char **ratelimit, char **policy)
+{
+	char		name[32];
+	int64		q = st->limit;
+	int64		r = st->left;
+	const char *unit = st->unit == AI_METRIC_TOKENS ? ";qu=\"tokens\"" :
+		st->unit == AI_METRIC_CENTS ? ";qu=\"cents\"" : "";
+
+	if (st->layer != NULL)
+		snprintf(name, sizeof(name), "%s", st->layer);
+	else
+		snprintf(name, sizeof(name), "rule-%d", st->rule_id);
+	if (st->unit == AI_METRIC_CENTS)
+	{
+		q /= AI_MONEY_UNITS_PER_CENT;
+		r /= AI_MONEY_UNITS_PER_CENT;
+	}
+	*policy = psprintf("\"%s\";q=" INT64_FORMAT ";w=%d%s", name, q, st->window_secs, unit);
+	if (st->reset_at > 0)
+		*ratelimit = psprintf("\"%s\";r=" INT64_FORMAT ";t=%d", name, r,
+							  ai_seconds_until(GetCurrentTimestamp(), st->reset_at));
+	else
+		*ratelimit = psprintf("\"%s\";r=" INT64_FORMAT, name, r);
+}
+
 static Datum
 ai_decision_datum(FunctionCallInfo fcinfo, const AiDecision *d)
 {
@@ -402,6 +443,17 @@ ai_decision_datum(FunctionCallInfo fcinfo, const AiDecision *d)
 		nulls[7] = nulls[8] = nulls[9] = true;
 	values[10] = BoolGetDatum(d->retryable);
 	nulls[10] = d->allowed;
+	if (td->natts >= RESULT_NATTS && d->standing.known)
+	{
+		char	   *ratelimit;
+		char	   *policy;
+
+		ai_standing_fields(&d->standing, &ratelimit, &policy);
+		values[11] = CStringGetTextDatum(ratelimit);
+		values[12] = CStringGetTextDatum(policy);
+	}
+	else
+		nulls[11] = nulls[12] = true;
 	return HeapTupleGetDatum(heap_form_tuple(td, values, nulls));
 }
 
