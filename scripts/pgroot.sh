@@ -16,7 +16,8 @@ root_packages() {
 	echo postgresql-$major postgresql-server-dev-$major postgresql-contrib \
 		postgresql-server-dev-all build-essential debhelper dpkg-dev fakeroot \
 		libipc-run-perl ca-certificates rsync procps nodejs npm \
-		pgbouncer python3-psycopg locales-all postgresql-$major-cron \
+		pgbouncer python3-psycopg python3-psycopg-pool python3-fastapi python3-uvicorn python3-venv \
+		locales-all postgresql-$major-cron \
 		patroni python3-etcd etcd-server etcd-client prometheus-postgres-exporter
 }
 

@@ -51,8 +51,10 @@ done
 # prepared root).
 run_here() {
 	use_pg "$1"
-	# psycopg 3 and PgBouncer for the second client test (t/012)
-	install_deps python3-psycopg pgbouncer
+	# psycopg 3 (and its pool) and PgBouncer for the second client test
+	# (t/012); FastAPI, uvicorn and venv for the apps test (t/028)
+	install_deps python3-psycopg python3-psycopg-pool pgbouncer python3-fastapi python3-uvicorn \
+		python3-venv
 	# pg_cron for the README's recipe (t/013), Patroni and etcd for the
 	# high-availability test (t/022), Debian's prometheus-postgres-exporter
 	# for the metrics test (t/026); the roots have them already.  A test
@@ -67,8 +69,9 @@ run_here() {
 	postgres_workdir
 	trap 'rm -rf "$WORK"' EXIT
 
-	log "installing the client test's npm packages (pg)"
+	log "installing the client tests' npm packages (pg, express)"
 	as_postgres "cd '$WORK/test/client' && npm ci --no-audit --no-fund --loglevel=error"
+	as_postgres "cd '$WORK/test/apps' && npm ci --no-audit --no-fund --loglevel=error"
 
 	log "running the tests on PostgreSQL $PG_MAJOR as postgres in $WORK"
 	local status=0

@@ -92,3 +92,63 @@ test('vendors\' usage shapes map to the token counts', () => {
   assert.deepEqual(anthropicUsage(reply(10, 20, 30, 40)),
     { input: 10, output: 20, cached: 0, cacheWrite: 30, cacheWrite1h: 40 })
 })
+
+test('two phases: a stream is recorded at its real cost when it ends, with RateLimit headers', async () => {
+  const r = await limiter.reserve(P + '7', { plan: 'h-cap', inputTokens: 900, maxOutputTokens: 1024 })
+  assert.match(r.headers.ratelimit, /^"[a-z_0-9-]+";r=\d+;t=\d+$/)
+  assert.ok(r.headers['ratelimit-policy'])
+  const cost = await r.record({ input: 812, output: 1045 })
+  await r.release() // after the record: nothing
+  assert.equal(cost, '1.8111')
+  const { rows: [u] } = await pool.query('SELECT count(*)::int AS n FROM ai_usage WHERE user_id = $1', [P + '7'])
+  assert.equal(u.n, 1)
+})
+
+test('a reservation released without a record gives its estimate back and records nothing', async () => {
+  const r = await limiter.reserve(P + '8', { plan: 'h-cap', estimateCents: 3 })
+  await r.release()
+  const { rows: [s] } = await pool.query(
+    `SELECT coalesce(sum(reserved_cents), 0) AS held,
+            (SELECT count(*)::int FROM ai_usage WHERE user_id = $1) AS n
+     FROM ai_ratelimit_status WHERE user_id = $1`, [P + '8'])
+  assert.equal(s.held, '0')
+  assert.equal(s.n, 0)
+})
+
+test('ids stay exact under an app\'s parseInt int8 parser', async () => {
+  const types = { getTypeParser: (oid, format) => oid === 20 ? parseInt : pg.types.getTypeParser(oid, format) }
+  const lossy = new pg.Pool({ max: 2, types })
+  const exact = createLimiter(lossy, { model: 'claude-sonnet-4-6', usage: anthropicUsage })
+  try {
+    const r = await exact.reserve(P + '9', { plan: 'h-cap', estimateCents: 2 })
+    assert.equal(typeof r.reservationId, 'string')
+    const { rows: [c] } = await pool.query('SELECT $1::bigint::text AS id', [r.reservationId])
+    assert.equal(c.id, r.reservationId)
+    assert.ok(Number(r.reservationId) > Number.MAX_SAFE_INTEGER, 'ids are past 2^53: parseInt would round them')
+    await r.record({ input: 812, output: 1045 })
+    const { rows: [s] } = await pool.query(
+      `SELECT coalesce(sum(reserved_cents), 0) AS held FROM ai_ratelimit_status WHERE user_id = $1`, [P + '9'])
+    assert.equal(s.held, '0', 'the record settled the reservation its check made')
+  } finally {
+    await lossy.end()
+  }
+})
+
+test('a record whose connection was terminated is sent again and counted once', async () => {
+  const one = new pg.Pool({ max: 1 })
+  one.on('error', () => {})
+  const lim = createLimiter(one, { model: 'claude-sonnet-4-6', usage: anthropicUsage })
+  try {
+    const r = await lim.reserve(P + '10', { plan: 'h-cap', estimateCents: 2 })
+    const { rows: [p] } = await one.query('SELECT pg_backend_pid() AS pid')
+    // through PgBouncer the pid is a server connection, maybe the one this
+    // statement runs on: that one is left alone
+    await pool.query('SELECT pg_terminate_backend($1) WHERE $1 <> pg_backend_pid()', [p.pid])
+    assert.equal(await r.record({ input: 812, output: 1045 }), '1.8111')
+    assert.equal(await r.record({ input: 812, output: 1045 }), '1.8111', 'a repeat returns the first cost')
+    const { rows: [u] } = await pool.query('SELECT count(*)::int AS n FROM ai_usage WHERE user_id = $1', [P + '10'])
+    assert.equal(u.n, 1)
+  } finally {
+    await one.end()
+  }
+})

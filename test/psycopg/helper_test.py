@@ -4,14 +4,17 @@ Connects with libpq's environment; with AI_VIA_PGBOUNCER=1 through PgBouncer
 in transaction mode (prepare_threshold=None).  Prints TAP and exits non-zero
 when a test fails.
 """
+import asyncio
 import os
+import re
 import sys
 import threading
 from decimal import Decimal
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from ai_ratelimit_client import Limiter, Refused, anthropic_usage
+from ai_ratelimit_client import AsyncLimiter, Limiter, Refused, anthropic_usage
 
 VIA_PGBOUNCER = os.environ.get("AI_VIA_PGBOUNCER") == "1"
 P = "hpgb-" if VIA_PGBOUNCER else "hpy-"
@@ -19,7 +22,9 @@ results = []
 
 
 def connect():
-    return psycopg.connect(autocommit=True, prepare_threshold=None)
+    # the helpers prepare nothing: no prepare_threshold=None needed, even
+    # through PgBouncer in transaction mode
+    return psycopg.connect(autocommit=True)
 
 
 def check(ok, name):
@@ -125,6 +130,87 @@ for t in threads:
 total = admin.execute("SELECT ai_monthly_spend(%s)", (P + "5",)).fetchone()[0]
 check(total == sum(spent) and total <= 10, f"16 threads: spend {total} of a 10-cent cap, recorded exactly")
 check(len(spent) == 5, f"exactly 5 calls of 2-cent estimates fit ({len(spent)})")
+
+# two phases: a stream's usage is recorded when it ends, at its real cost
+with limiter.reserve(P + "7", model=M, input_tokens=900, max_output_tokens=1024, plan="h-cap") as r:
+    check(re.fullmatch(r'"[a-z_0-9-]+";r=\d+;t=\d+', r.headers.get("RateLimit", "")) and
+          "RateLimit-Policy" in r.headers, f"the reservation carries RateLimit headers ({r.headers})")
+    chunks = [c for c in ("a", "b", "c")]        # the stream is read here
+    cost = r.record(input_tokens=812, output_tokens=1045)
+check(cost == Decimal("1.8111") and
+      admin.execute("SELECT cost_cents FROM ai_usage WHERE reservation_id = %s",
+                    (r.reservation_id,)).fetchone()[0] == Decimal("1.8111"),
+      "a two-phase record settles its reservation at the stream's real cost")
+# leaving the block without a record (an exception, a client gone) gives the estimate back
+try:
+    with limiter.reserve(P + "8", model=M, estimate_cents=3, plan="h-cap") as r:
+        raise ConnectionResetError("the client went away")
+except ConnectionResetError:
+    pass
+check(admin.execute(held, (P + "8",)).fetchone()[0] == 0 and
+      admin.execute("SELECT count(*) FROM ai_usage WHERE user_id = %s", (P + "8",)).fetchone()[0] == 0,
+      "a block left without a record releases its estimate and records nothing")
+
+# a record whose connection was lost is sent once more on a new one, and counted once
+pool = ConnectionPool(kwargs={"autocommit": True}, min_size=1, max_size=1)
+pooled = Limiter(pool, model=M, usage=anthropic_usage, plan="h-cap")
+r = pooled.reserve(P + "9", estimate_cents=2)
+with pool.connection() as c:
+    pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+# (through PgBouncer the pid is a server connection, maybe the one this
+# statement runs on: that one is left alone)
+admin.execute("SELECT pg_terminate_backend(%s) WHERE %s <> pg_backend_pid()", (pid, pid))
+cost = r.record(input_tokens=812, output_tokens=1045)
+check(cost == Decimal("1.8111") and
+      admin.execute("SELECT count(*) FROM ai_usage WHERE user_id = %s", (P + "9",)).fetchone()[0] == 1,
+      "a record whose pooled connection was terminated is sent again and counted once")
+check(r.record(input_tokens=812, output_tokens=1045) == Decimal("1.8111") and
+      admin.execute("SELECT count(*) FROM ai_usage WHERE user_id = %s", (P + "9",)).fetchone()[0] == 1,
+      "a repeated record returns the first cost and stores nothing")
+pool.close()
+
+
+async def async_tests():
+    apool = AsyncConnectionPool(kwargs={"autocommit": True}, min_size=1, max_size=4, open=False)
+    await apool.open(wait=True)
+    alim = AsyncLimiter(apool, model=M, usage=anthropic_usage, plan="h-cap")
+
+    async def call():
+        await asyncio.sleep(0.01)
+        return reply(1000, 500)
+    result, cost, row = await alim.call(P + "10", call, input_tokens=900, max_output_tokens=1024)
+    check(cost == Decimal("1.05") and row["reservation_id"] is not None,
+          "AsyncLimiter over an AsyncConnectionPool: a call recorded exactly")
+    async with alim.reserve(P + "10", estimate_cents=2) as r:
+        await r.record(anthropic_usage(reply(812, 1045)))
+    check(r.cost == Decimal("1.8111"), "async with limiter.reserve(...) records a stream")
+
+    # a request cancelled while its stream runs (a client gone) gives its estimate back
+    async def stream():
+        async with alim.reserve(P + "11", estimate_cents=3):
+            await asyncio.sleep(10)
+    task = asyncio.ensure_future(stream())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    for _ in range(50):
+        if admin.execute(held, (P + "11",)).fetchone()[0] == 0:
+            break
+        await asyncio.sleep(0.05)
+    check(admin.execute(held, (P + "11",)).fetchone()[0] == 0 and
+          admin.execute("SELECT count(*) FROM ai_usage WHERE user_id = %s", (P + "11",)).fetchone()[0] == 0,
+          "a cancelled async stream releases its estimate")
+    try:
+        await alim.call(P + "4", call, estimate_cents=1)
+        check(False, "an async refusal raises Refused")
+    except Refused as e:
+        check(e.status == 402 and "RateLimit" in e.headers, "an async refusal: 402 with RateLimit headers")
+    await apool.close()
+
+asyncio.run(async_tests())
 
 print(f"1..{len(results)}")
 sys.exit(0 if all(results) else 1)
