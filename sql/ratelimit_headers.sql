@@ -17,9 +17,10 @@ VALUES ('hdr', 5, 100, 1000), ('hdr-budget', NULL, 1000, 100), ('hdr-none', NULL
 -- the burst leaves 4 of 5 (80%), the day 99 of 100, the budget 990 of 1000:
 -- the burst is named, in requests (no qu), over its 60-second window
 SELECT allowed, ratelimit, ratelimit_policy FROM ai_check_limit('h-1', 'hdr', 10);
--- once one is counted, t= is when it leaves the window (a second's slot)
+-- once one is counted, t= is when it leaves the window: the minute is cut
+-- into 3-second buckets, so at most 63 seconds
 SELECT allowed, hdr(ratelimit), hdr(ratelimit_policy),
-       hdr_param(ratelimit, 't') BETWEEN 1 AND 61 AS t_within_window
+       hdr_param(ratelimit, 't') BETWEEN 1 AND 63 AS t_within_window
 FROM ai_check_limit('h-1', 'hdr', 10);
 SELECT count(*) FILTER (WHERE allowed) AS allowed_more FROM
   (SELECT (ai_check_limit('h-1', 'hdr', 10)).allowed FROM generate_series(1, 2)) s;
