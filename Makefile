@@ -24,6 +24,7 @@ OBJS = \
 	src/rules.o \
 	src/rulestate.o \
 	src/saved.o \
+	src/settings.o \
 	src/shmem.o \
 	src/spend.o \
 	src/stats.o \
@@ -47,7 +48,6 @@ ISOLATION_OPTS = --temp-config=$(srcdir)/test/ai_ratelimit.conf --temp-instance=
 
 TAP_TESTS = 1
 
-PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wall -Wextra $(WERROR) -Wno-unused-parameter -Wno-missing-field-initializers $(PG_CFLAGS_EXTRA)
 SHLIB_LINK = $(SHLIB_LINK_EXTRA)
 

@@ -53,10 +53,10 @@
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
-#include "ai_accounts.h"
-#include "ai_config.h"
-#include "ai_extension.h"
-#include "ai_shmem.h"
+#include "accounts.h"
+#include "config.h"
+#include "extension.h"
+#include "shmem.h"
 
 /* One account of the tree, as cached. */
 typedef struct AiAccountNode

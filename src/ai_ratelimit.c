@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * ai_ratelimit.c
- *		Module load: GUCs, shared-memory hooks, transaction callbacks.
+ *		Module load: defines the settings (their values live in settings.c),
+ *		installs the shared-memory hooks, calls each module's init.
  *
  * ai_ratelimit must be in shared_preload_libraries: its counters live in
  * shared memory requested at postmaster start.  Loaded any other way, the
@@ -17,28 +18,19 @@
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 
-#include "ai_alerts.h"
-#include "ai_config.h"
-#include "ai_persist.h"
-#include "ai_replica.h"
-#include "ai_resvid.h"
-#include "ai_shmem.h"
-#include "ai_spend.h"
-#include "ai_triggers.h"
-#include "ai_usage.h"
-#include "ai_users.h"
-#include "ai_xact.h"
+#include "alerts.h"
+#include "config.h"
+#include "persist.h"
+#include "replica.h"
+#include "resvid.h"
+#include "shmem.h"
+#include "spend.h"
+#include "triggers.h"
+#include "usage.h"
+#include "users.h"
+#include "xact.h"
 
 PG_MODULE_MAGIC;
-
-int			ai_max_keys = 100000;
-int			ai_max_reservations = 100000;
-int			ai_reservation_ttl = 900;
-int			ai_save_interval = 1000;
-char	   *ai_timezone_name = NULL;
-pg_tz	   *ai_timezone = NULL;
-int			ai_on_full = AI_ON_FULL_REFUSE;
-int			ai_unknown_model = AI_UNKNOWN_MODEL_WARN;
 
 static const struct config_enum_entry on_full_options[] = {
 	{"refuse", AI_ON_FULL_REFUSE, false},

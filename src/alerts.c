@@ -44,8 +44,8 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "ai_alerts.h"
-#include "ai_extension.h"
+#include "alerts.h"
+#include "extension.h"
 
 /* ---- thresholds crossed by a record ---- */
 

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_alerts.h
+ * alerts.h
  *		Budget alerts (alerts.c): rows of ai_alerts and ai_account_alerts,
  *		each with a notification on the channel ai_ratelimit.
  *
@@ -9,7 +9,9 @@
 #ifndef AI_ALERTS_H_
 #define AI_ALERTS_H_
 
-#include "ai_ratelimit.h"
+#include "base.h"
+#include "money.h"
+#include "settings.h"
 
 /* The bit of AiEntry.alerts_sent that says the budget refused a check in its window. */
 #define AI_ALERT_EXHAUSTED_BIT	(1U << 15)

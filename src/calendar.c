@@ -15,7 +15,7 @@
 #include "utils/datetime.h"
 #include "utils/timestamp.h"
 
-#include "ai_calendar.h"
+#include "calendar.h"
 
 static AiCalendar cal_cache;
 static TimestampTz cal_day_start = DT_NOEND;

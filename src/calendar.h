@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_calendar.h
+ * calendar.h
  *		Calendar days and months in ai_ratelimit.timezone (calendar.c).
  *
  *-------------------------------------------------------------------------
@@ -8,7 +8,9 @@
 #ifndef AI_CALENDAR_H_
 #define AI_CALENDAR_H_
 
-#include "ai_ratelimit.h"
+#include "base.h"
+#include "money.h"
+#include "settings.h"
 
 /* calendar.c */
 typedef struct AiCalendar

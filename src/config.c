@@ -40,10 +40,10 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "ai_config.h"
-#include "ai_shmem.h"
-#include "ai_stats.h"
-#include "ai_users.h"
+#include "config.h"
+#include "shmem.h"
+#include "stats.h"
+#include "users.h"
 
 static MemoryContext config_cxt = NULL;
 static HTAB *plan_cache = NULL;

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_config.h
+ * config.h
  *		Caches of plans and prices, the extension's own SPI helpers (config.c).
  *
  *-------------------------------------------------------------------------
@@ -8,8 +8,8 @@
 #ifndef AI_CONFIG_H_
 #define AI_CONFIG_H_
 
-#include "ai_extension.h"
-#include "ai_stats.h"
+#include "extension.h"
+#include "stats.h"
 
 /* config.c */
 #define AI_MAX_ALERTS			8

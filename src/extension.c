@@ -28,8 +28,8 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
-#include "ai_extension.h"
-#include "ai_shmem.h"
+#include "extension.h"
+#include "shmem.h"
 
 static char *ext_schema = NULL;	/* quoted schema name */
 static uint32 ext_gen_seen = 0;	/* ext_gen when they were read */

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_extension.h
+ * extension.h
  *		The extension in the current database, and how ai_ratelimit runs
  *		its own queries and describes its background workers (extension.c).
  *
@@ -11,7 +11,9 @@
 
 #include "postmaster/bgworker.h"
 
-#include "ai_ratelimit.h"
+#include "base.h"
+#include "money.h"
+#include "settings.h"
 
 /* What ai_internal_begin() or ai_as_owner_begin() changed, to undo it. */
 typedef struct AiInternalState

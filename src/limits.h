@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_limits.h
+ * limits.h
  *		The decision of a check, layer by layer (limits.c).
  *
  *-------------------------------------------------------------------------
@@ -8,9 +8,9 @@
 #ifndef AI_LIMITS_H_
 #define AI_LIMITS_H_
 
-#include "ai_config.h"
-#include "ai_shmem.h"
-#include "ai_stats.h"
+#include "config.h"
+#include "shmem.h"
+#include "stats.h"
 
 /* limits.c */
 

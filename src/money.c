@@ -21,7 +21,9 @@
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 
-#include "ai_ratelimit.h"
+#include "base.h"
+#include "money.h"
+#include "settings.h"
 
 /*
  * numeric cents -> units.  round_up rounds a fraction of a unit up (for

@@ -61,12 +61,12 @@
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 
-#include "ai_calendar.h"
-#include "ai_extension.h"
-#include "ai_persist.h"
-#include "ai_resvid.h"
-#include "ai_saved.h"
-#include "ai_shmem.h"
+#include "calendar.h"
+#include "extension.h"
+#include "persist.h"
+#include "resvid.h"
+#include "saved.h"
+#include "shmem.h"
 
 #define AI_SAVE_FILE		"pg_stat/ai_ratelimit.dat"
 #define AI_SAVE_TMP			"pg_stat/ai_ratelimit.dat.tmp"

@@ -1,16 +1,18 @@
 /*-------------------------------------------------------------------------
  *
- * ai_persist.h
+ * persist.h
  *		Saving the counters to disk and loading them at start; the
  *		background worker that saves (persist.c).  The saved layout is in
- *		ai_saved.h, for persist.c and replica.c only.
+ *		saved.h, for persist.c and replica.c only.
  *
  *-------------------------------------------------------------------------
  */
 #ifndef AI_PERSIST_H_
 #define AI_PERSIST_H_
 
-#include "ai_ratelimit.h"
+#include "base.h"
+#include "money.h"
+#include "settings.h"
 
 extern void ai_load(void);
 extern void ai_save_at_exit(int code, Datum arg);

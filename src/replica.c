@@ -43,11 +43,11 @@
 #define AI_CHECK_DEFINED(p, n)	((void) 0)
 #endif
 
-#include "ai_accounts.h"
-#include "ai_replica.h"
-#include "ai_resvid.h"
-#include "ai_saved.h"
-#include "ai_shmem.h"
+#include "accounts.h"
+#include "replica.h"
+#include "resvid.h"
+#include "saved.h"
+#include "shmem.h"
 
 /*
  * Entries per record: 4096 entries of 208 bytes are 832 kB; the record

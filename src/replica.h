@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_replica.h
+ * replica.h
  *		Where a call may run, and the resource manager of ai_ratelimit (replica.c).
  *
  *-------------------------------------------------------------------------
@@ -8,7 +8,9 @@
 #ifndef AI_REPLICA_H_
 #define AI_REPLICA_H_
 
-#include "ai_ratelimit.h"
+#include "base.h"
+#include "money.h"
+#include "settings.h"
 #include "access/rmgr.h"
 
 /*

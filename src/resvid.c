@@ -49,9 +49,9 @@
 #include "storage/fd.h"
 #include "utils/timestamp.h"
 
-#include "ai_replica.h"
-#include "ai_resvid.h"
-#include "ai_shmem.h"
+#include "replica.h"
+#include "resvid.h"
+#include "shmem.h"
 
 /*
  * Log a reservation id ceiling: a standby, or this server after a crash,

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_resvid.h
+ * resvid.h
  *		Reservation ids that no server of a cluster issues twice (resvid.c).
  *
  *-------------------------------------------------------------------------
@@ -8,7 +8,9 @@
 #ifndef AI_RESVID_H_
 #define AI_RESVID_H_
 
-#include "ai_ratelimit.h"
+#include "base.h"
+#include "money.h"
+#include "settings.h"
 
 /* resvid.c: reservation ids */
 #define AI_ID_NEED_CEILING		(-1)	/* ai_id_next: raise the ceiling first */

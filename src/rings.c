@@ -23,8 +23,8 @@
  */
 #include "postgres.h"
 
-#include "ai_rings.h"
-#include "ai_shmem.h"
+#include "rings.h"
+#include "shmem.h"
 
 StaticAssertDecl(AI_BURST_RING >= AI_BURST_SPAN + 2,
 				 "the burst ring must hold every bucket a window can overlap");

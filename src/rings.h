@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_rings.h
+ * rings.h
  *		Sliding windows cut into buckets: burst and tokens per minute (rings.c).
  *
  *-------------------------------------------------------------------------
@@ -8,7 +8,7 @@
 #ifndef AI_RINGS_H_
 #define AI_RINGS_H_
 
-#include "ai_shmem.h"
+#include "shmem.h"
 
 /* rings.c */
 extern void ai_burst_advance(AiEntry *e, int32 window_ms, TimestampTz now);

@@ -22,10 +22,10 @@
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
-#include "ai_config.h"
-#include "ai_extension.h"
-#include "ai_rules.h"
-#include "ai_shmem.h"
+#include "config.h"
+#include "extension.h"
+#include "rules.h"
+#include "shmem.h"
 
 static MemoryContext rules_cxt = NULL;
 static AiRule *rules = NULL;	/* ordered by scope, scope_id, rule_id */

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_rules.h
+ * rules.h
  *		The rules of ai_rules, cached per backend (rules.c).
  *
  *-------------------------------------------------------------------------
@@ -8,9 +8,9 @@
 #ifndef AI_RULES_H_
 #define AI_RULES_H_
 
-#include "ai_accounts.h"
-#include "ai_calendar.h"
-#include "ai_shmem.h"
+#include "accounts.h"
+#include "calendar.h"
+#include "shmem.h"
 
 /* What a rule counts (ai_rules.metric). */
 typedef enum AiMetric

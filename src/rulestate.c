@@ -56,15 +56,15 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "ai_accounts.h"
-#include "ai_alerts.h"
-#include "ai_calendar.h"
-#include "ai_extension.h"
-#include "ai_rings.h"
-#include "ai_rules.h"
-#include "ai_rulestate.h"
-#include "ai_shmem.h"
-#include "ai_spend.h"
+#include "accounts.h"
+#include "alerts.h"
+#include "calendar.h"
+#include "extension.h"
+#include "rings.h"
+#include "rules.h"
+#include "rulestate.h"
+#include "shmem.h"
+#include "spend.h"
 
 /* A load that met records in flight tries again this often for tokens. */
 #define AI_RULE_LOAD_TRIES		20

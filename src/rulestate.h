@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_rulestate.h
+ * rulestate.h
  *		What the rules of ai_rules count for each user (rulestate.c).
  *
  *-------------------------------------------------------------------------
@@ -8,10 +8,10 @@
 #ifndef AI_RULESTATE_H_
 #define AI_RULESTATE_H_
 
-#include "ai_calendar.h"
-#include "ai_config.h"
-#include "ai_rules.h"
-#include "ai_shmem.h"
+#include "calendar.h"
+#include "config.h"
+#include "rules.h"
+#include "shmem.h"
 
 /* One rule as one call uses it. */
 typedef struct AiRuleUse

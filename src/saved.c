@@ -6,7 +6,7 @@
  *		WAL when a standby or a crash recovery replays it (replica.c).
  *
  * Both readers go through ai_apply_saved, in any layout this library reads
- * (ai_saved.h).
+ * (saved.h).
  *
  *-------------------------------------------------------------------------
  */
@@ -14,9 +14,9 @@
 
 #include "miscadmin.h"
 
-#include "ai_resvid.h"
-#include "ai_saved.h"
-#include "ai_shmem.h"
+#include "resvid.h"
+#include "saved.h"
+#include "shmem.h"
 
 /*
  * Take the partition lock of a key when replaying WAL; loading in the

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_saved.h
+ * saved.h
  *		The layout of saved counters, private to persistence and replication
  *		(persist.c, replica.c).
  *
@@ -9,7 +9,7 @@
 #ifndef AI_SAVED_H_
 #define AI_SAVED_H_
 
-#include "ai_shmem.h"
+#include "shmem.h"
 
 /*
  * persist.c: what a save writes, to the files and (replica.c) to the WAL.

@@ -7,7 +7,7 @@
  *
  * Locking rules
  * -------------
- * The table (AiTable, see ai_shmem.h) is split into AI_NUM_PARTITIONS
+ * The table (AiTable, see shmem.h) is split into AI_NUM_PARTITIONS
  * parts, each with its own LWLock (tranche "ai_ratelimit").  A partition
  * lock guards the bucket chains of that partition (shared to look up,
  * exclusive to insert or remove), its count, and every field of the entries
@@ -53,12 +53,12 @@
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
 
-#include "ai_calendar.h"
-#include "ai_resvid.h"
-#include "ai_rings.h"
-#include "ai_accounts.h"
-#include "ai_shmem.h"
-#include "ai_stats.h"
+#include "calendar.h"
+#include "resvid.h"
+#include "rings.h"
+#include "accounts.h"
+#include "shmem.h"
+#include "stats.h"
 
 #define AI_TRANCHE				"ai_ratelimit"
 

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_shmem.h
+ * shmem.h
  *		The shared table of per-user counters and the reservation pool (shmem.c).
  *
  *-------------------------------------------------------------------------
@@ -8,8 +8,10 @@
 #ifndef AI_SHMEM_H_
 #define AI_SHMEM_H_
 
-#include "ai_calendar.h"
-#include "ai_ratelimit.h"
+#include "calendar.h"
+#include "base.h"
+#include "money.h"
+#include "settings.h"
 
 /* ---- shared state (shmem.c) ---- */
 
@@ -39,7 +41,7 @@ typedef enum AiSpendState
  * most e-mail addresses fit whole; a longer id shows its first bytes.
  */
 #define AI_ID_PREFIX_LEN		40
-#define AI_ID_PREFIX_LEN_V3		16	/* kept by save layouts 2 and 3 (ai_saved.h) */
+#define AI_ID_PREFIX_LEN_V3		16	/* kept by save layouts 2 and 3 (saved.h) */
 
 
 /*

@@ -28,11 +28,11 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "ai_calendar.h"
-#include "ai_config.h"
-#include "ai_resvid.h"
-#include "ai_shmem.h"
-#include "ai_spend.h"
+#include "calendar.h"
+#include "config.h"
+#include "resvid.h"
+#include "shmem.h"
+#include "spend.h"
 
 /*
  * The query that sums a user's use of the local days [$2, $3): x over the

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_spend.h
+ * spend.h
  *		A user's spend of a month: from the tables, cached exact (spend.c).
  *
  *-------------------------------------------------------------------------
@@ -8,8 +8,8 @@
 #ifndef AI_SPEND_H_
 #define AI_SPEND_H_
 
-#include "ai_calendar.h"
-#include "ai_shmem.h"
+#include "calendar.h"
+#include "shmem.h"
 
 /* spend.c */
 extern bool ai_ensure_spend(const AiUser *u, const AiCalendar *cal, TimestampTz now,

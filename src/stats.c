@@ -19,8 +19,8 @@
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
 
-#include "ai_shmem.h"
-#include "ai_stats.h"
+#include "shmem.h"
+#include "stats.h"
 
 AiStats    *ai_stats = NULL;
 

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_stats.h
+ * stats.h
  *		Counts of allowed and refused requests per plan (stats.c).
  *
  *-------------------------------------------------------------------------
@@ -8,7 +8,9 @@
 #ifndef AI_STATS_H_
 #define AI_STATS_H_
 
-#include "ai_ratelimit.h"
+#include "base.h"
+#include "money.h"
+#include "settings.h"
 
 typedef struct AiStats AiStats;
 

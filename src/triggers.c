@@ -22,10 +22,10 @@
 #include "miscadmin.h"
 #include "utils/rel.h"
 
-#include "ai_config.h"
-#include "ai_shmem.h"
-#include "ai_triggers.h"
-#include "ai_users.h"
+#include "config.h"
+#include "shmem.h"
+#include "triggers.h"
+#include "users.h"
 
 PG_FUNCTION_INFO_V1(ai_ratelimit_config_changed);
 

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_triggers.h
+ * triggers.h
  *		The trigger on the configuration tables, and DROP EXTENSION
  *		(triggers.c).
  *
@@ -9,7 +9,9 @@
 #ifndef AI_TRIGGERS_H_
 #define AI_TRIGGERS_H_
 
-#include "ai_ratelimit.h"
+#include "base.h"
+#include "money.h"
+#include "settings.h"
 
 extern void ai_triggers_init_hooks(void);
 extern void ai_triggers_init_xact(void);

@@ -32,17 +32,17 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "ai_accounts.h"
-#include "ai_alerts.h"
-#include "ai_calendar.h"
-#include "ai_config.h"
-#include "ai_rings.h"
-#include "ai_rulestate.h"
-#include "ai_shmem.h"
-#include "ai_spend.h"
-#include "ai_usage.h"
-#include "ai_users.h"
-#include "ai_xact.h"
+#include "accounts.h"
+#include "alerts.h"
+#include "calendar.h"
+#include "config.h"
+#include "rings.h"
+#include "rulestate.h"
+#include "shmem.h"
+#include "spend.h"
+#include "usage.h"
+#include "users.h"
+#include "xact.h"
 
 /* True while ai_record_usage inserts its row (the row trigger skips it). */
 static bool recording = false;

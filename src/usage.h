@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_usage.h
+ * usage.h
  *		ai_record_usage: cost, usage row, shared counters (usage.c).
  *
  *-------------------------------------------------------------------------
@@ -8,7 +8,7 @@
 #ifndef AI_USAGE_H_
 #define AI_USAGE_H_
 
-#include "ai_shmem.h"
+#include "shmem.h"
 
 /* usage.c */
 extern bool ai_recording_usage(void);

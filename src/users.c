@@ -39,9 +39,9 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "ai_config.h"
-#include "ai_shmem.h"
-#include "ai_users.h"
+#include "config.h"
+#include "shmem.h"
+#include "users.h"
 
 /* A transaction that changes more users than this clears every cache. */
 #define AI_USERS_PENDING_MAX	1024

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_users.h
+ * users.h
  *		Per-user configuration: ai_user_plans and ai_user_limits (users.c).
  *
  *-------------------------------------------------------------------------
@@ -8,8 +8,8 @@
 #ifndef AI_USERS_H_
 #define AI_USERS_H_
 
-#include "ai_config.h"
-#include "ai_shmem.h"
+#include "config.h"
+#include "shmem.h"
 
 /* users.c */
 /* Accounts of a user kept in its cached configuration; more are asked of the table. */

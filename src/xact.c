@@ -22,13 +22,13 @@
 #include "access/xact.h"
 #include "utils/memutils.h"
 
-#include "ai_config.h"
-#include "ai_replica.h"
-#include "ai_rulestate.h"
-#include "ai_shmem.h"
-#include "ai_spend.h"
-#include "ai_usage.h"
-#include "ai_xact.h"
+#include "config.h"
+#include "replica.h"
+#include "rulestate.h"
+#include "shmem.h"
+#include "spend.h"
+#include "usage.h"
+#include "xact.h"
 
 static AiCharge *charges = NULL;
 static int	ncharges = 0;

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * ai_xact.h
+ * xact.h
  *		What a transaction took, given back when it rolls back (xact.c).
  *
  *-------------------------------------------------------------------------
@@ -8,7 +8,7 @@
 #ifndef AI_XACT_H_
 #define AI_XACT_H_
 
-#include "ai_shmem.h"
+#include "shmem.h"
 
 /* xact.c */
 typedef enum AiChargeKind
