@@ -1,7 +1,7 @@
 -- Benchmark setup: plans whose limits never refuse, so every call is
 -- allowed and counted, the floor function, and the plain-SQL limiter that a
 -- user would write instead of ai_ratelimit.
-CREATE EXTENSION ai_ratelimit;
+CREATE EXTENSION IF NOT EXISTS ai_ratelimit;
 
 INSERT INTO ai_plans (plan, burst_limit, burst_window, daily_limit, monthly_budget_cents)
 VALUES ('bench',        2147483647, '1 minute', 2147483647, NULL),

@@ -3,8 +3,8 @@ and judge it from the database.  Prints TAP; exits non-zero when a test fails.
 
     load.py BASE_URL PREFIX SECONDS
 
-PREFIX names this run's organisation (PREFIX-org, 25 cents a month), its two
-teams (PREFIX-team-a and PREFIX-team-b, 20 and 14 cents) and their 12 members
+PREFIX names this run's organisation (PREFIX-org, 20 cents a month), its two
+teams (PREFIX-team-a and PREFIX-team-b, 20 and 8 cents) and their 12 members
 (PREFIX-u0 to PREFIX-u11, 6 each; PREFIX-u0 is also a member of team-b,
 which some of its requests name); the plan gives each user 4 cents a month
 and 8 requests a minute.  A call costs about 0.63 cents and holds 1.57
@@ -15,9 +15,9 @@ goes away); every 1.5 seconds the app's idle connections are terminated
 an administrator's connection, used to set up, to terminate and to judge.
 
 Judged from ai_usage: no user, team or organisation passed its cap by a
-cent, the caps were reached, every completed call has its usage row exactly
-once (the model's own count) and no abandoned one has any, nothing stays
-held; and every answer was 200, 402 or 429 with honest headers (RateLimit,
+cent, the caps were reached, every call the model completed has its usage
+row exactly once (the model's own count: an abandoned stream has one only
+when the app ran it to its end), nothing stays held; and every answer was 200, 402 or 429 with honest headers (RateLimit,
 RateLimit-Policy, Retry-After), or a rare 503 for a check whose connection
 was lost while it ran.
 """
@@ -38,7 +38,7 @@ BASE, PREFIX, SECONDS = sys.argv[1], sys.argv[2], float(sys.argv[3])
 URL = urlparse(BASE)
 USERS = [f"{PREFIX}-u{i}" for i in range(12)]
 ORG, TEAM_A, TEAM_B = f"{PREFIX}-org", f"{PREFIX}-team-a", f"{PREFIX}-team-b"
-CAPS = {ORG: Decimal(25), TEAM_A: Decimal(20), TEAM_B: Decimal(14)}
+CAPS = {ORG: Decimal(20), TEAM_A: Decimal(20), TEAM_B: Decimal(8)}
 USER_CAP = Decimal(4)
 RATELIMIT = re.compile(r'^"[a-z0-9_-]+";r=\d+;t=\d+$')
 POLICY = re.compile(r'^"[a-z0-9_-]+";q=\d+;w=\d+(;qu="(tokens|cents)")?$')
@@ -175,19 +175,22 @@ check(all(v <= USER_CAP for v in user_spend.values()), f"no user passed its {USE
 check(set(team_spend) <= {TEAM_A, TEAM_B} and all(v <= CAPS[k] for k, v in team_spend.items()),
       "every call was filed under a team, and no team passed its cap")
 check(org <= CAPS[ORG], f"the organisation did not pass its {CAPS[ORG]} cents ({org})")
-check(org >= CAPS[ORG] - 2 and team_spend.get(TEAM_B, 0) >= CAPS[TEAM_B] - 2 and
-      max(user_spend.values(), default=0) >= USER_CAP - 2,
-      "the caps were reached (a user's, team-b's, the organisation's), within about one estimate")
+# 12 users at about 2.5 cents each (their own cap stops them) ask for 30: team-b
+# (8) stops first, then the organisation (20); team-a (20) never binds
+check(org >= CAPS[ORG] - 2 and team_spend.get(TEAM_B, 0) >= CAPS[TEAM_B] - 2,
+      "the caps of team-b and of the organisation were reached, within about one estimate")
 calls = model_calls() - calls_before
 rows, ids, doubled, no_id = admin.execute(
     "SELECT count(*), count(DISTINCT reservation_id),"
     " count(*) - count(DISTINCT reservation_id) - count(*) FILTER (WHERE reservation_id IS NULL),"
     " count(*) FILTER (WHERE reservation_id IS NULL) FROM ai_usage WHERE user_id = ANY(%s)",
     (USERS,)).fetchone()
-check(rows == calls and rows == completed and doubled == 0 and no_id == 0,
-      f"every call the model completed has its usage row once, settled against its reservation, "
-      f"and no abandoned stream has any ({rows} rows, {calls} model calls, {completed} "
-      f"answered, {doubled} doubled)")
+# an abandoned stream that the app stopped has no row; one that it ran to its
+# end (a server that sees the client gone only when it writes) has its row
+check(rows == calls and completed <= rows <= completed + abandoned and doubled == 0 and no_id == 0,
+      f"every call the model completed has its usage row once, settled against its reservation "
+      f"({rows} rows, {calls} model calls, {completed} answered, {abandoned} abandoned, "
+      f"{doubled} doubled)")
 held = None
 for _ in range(50):
     held = admin.execute("SELECT coalesce(sum(reserved_cents), 0) FROM ai_ratelimit_status"
