@@ -157,14 +157,17 @@ const ESTIMATE = 'SELECT ai_estimate_cost($1::text, $2::bigint, $3::bigint)::tex
 // same record was still committing elsewhere (40001).
 // EPIPE: the query could not be written, the server had closed the socket.
 const NOT_RUN = new Set(['57P01', '57P02', '57P03', 'EPIPE'])
-const LOST = new Set(['08000', '08003', '08006', '40001', 'ECONNRESET', 'ETIMEDOUT'])
+// Class 08 (a connection exception: PgBouncer says 08P01 "server connection
+// closed" when the server went away under it), 40001, and lost sockets.
+const LOST = new Set(['40001', 'ECONNRESET', 'ETIMEDOUT'])
+const lostCode = (code) => LOST.has(code) || (typeof code === 'string' && code.startsWith('08'))
 const ONCE_IF_NOT_RUN = 'not run'
 const ONCE_IF_LOST = 'lost'
 const worthRetrying = (err, when) => {
   if (!when) return false
   // a client found ended before the query was sent, or ended by the server
   if (NOT_RUN.has(err.code) || /not queryable/.test(String(err.message))) return true
-  return when === ONCE_IF_LOST && (LOST.has(err.code) ||
+  return when === ONCE_IF_LOST && (lostCode(err.code) ||
     (!err.code && /Connection terminated|ECONNRESET|EPIPE|not queryable/.test(String(err.message))))
 }
 
