@@ -145,6 +145,25 @@ ai_stand(AiCheck *c, const char *layer, int32 rule_id, int unit, int64 limit, in
 	s->window_secs = window_secs;
 }
 
+/* The lengths of the plan's windows now, in seconds. */
+static int32
+ai_burst_window_secs(const AiPlan *plan)
+{
+	return (plan->burst_window_ms + 999) / 1000;
+}
+
+static int32
+ai_day_secs(const AiCalendar *cal)
+{
+	return ai_seconds_until(cal->day_end - USECS_PER_DAY, cal->day_end);
+}
+
+static int32
+ai_month_secs(const AiCalendar *cal)
+{
+	return ai_seconds_until(cal->month_start, cal->month_end);
+}
+
 /* The length of a rule's window now, in seconds. */
 static int32
 ai_window_secs(const AiWindow *w)
@@ -375,7 +394,7 @@ ai_refused_by_burst(AiCheck *c, AiVerdict *v)
 	used = ai_burst_count(e, c->now);
 	if (used >= (uint32) plan->burst_limit)
 	{
-		v->window_secs = (plan->burst_window_ms + 999) / 1000;
+		v->window_secs = ai_burst_window_secs(plan);
 		return ai_refuse_with(v, AI_OUT_BURST, false,
 							  ai_burst_retry_at(e, plan->burst_limit, c->now),
 							  plan->burst_limit, used, 0, false);
@@ -385,7 +404,7 @@ ai_refused_by_burst(AiCheck *c, AiVerdict *v)
 				 plan->burst_limit - used - 1,
 				 used > 0 ? ai_burst_oldest_leaves(e, c->now) :
 				 c->now + (TimestampTz) plan->burst_window_ms * 1000,
-				 (plan->burst_window_ms + 999) / 1000);
+				 ai_burst_window_secs(plan));
 	return false;
 }
 
@@ -401,7 +420,7 @@ ai_refused_by_daily(AiCheck *c, AiVerdict *v, AiDecision *d)
 	used = (c->entry->day == c->cal.day) ? c->entry->daily_count : 0;
 	if (used >= (uint32) Max(plan->daily_limit, 0))
 	{
-		v->window_secs = ai_seconds_until(c->cal.day_end - USECS_PER_DAY, c->cal.day_end);
+		v->window_secs = ai_day_secs(&c->cal);
 		return ai_refuse_with(v, AI_OUT_DAILY, plan->daily_limit <= 0, c->cal.day_end,
 							  Max(plan->daily_limit, 0), used, 0, false);
 	}
@@ -409,8 +428,7 @@ ai_refused_by_daily(AiCheck *c, AiVerdict *v, AiDecision *d)
 	d->remaining = plan->daily_limit - (int32) used - 1;
 	if (ai_stand_tighter(c, plan->daily_limit, d->remaining))
 		ai_stand(c, ai_outcome_name(AI_OUT_DAILY), 0, AI_METRIC_REQUESTS, plan->daily_limit,
-				 d->remaining, c->cal.day_end,
-				 ai_seconds_until(c->cal.day_end - USECS_PER_DAY, c->cal.day_end));
+				 d->remaining, c->cal.day_end, ai_day_secs(&c->cal));
 	return false;
 }
 
@@ -519,6 +537,7 @@ ai_refused_by_budget(AiCheck *c, AiVerdict *v)
 	AiEntry    *e = c->entry;
 	AiMoney		spend;
 	AiMoney		reserved;
+	AiMoney		total;
 
 	if (!plan->has_budget)
 		return false;
@@ -527,19 +546,18 @@ ai_refused_by_budget(AiCheck *c, AiVerdict *v)
 		spend = ai_money_add(e->committed_spend, ai_inflight_cost(e));
 	else
 		spend = c->fallback_spend;
-	v->window_secs = ai_seconds_until(c->cal.month_start, c->cal.month_end);
+	total = ai_money_add(ai_money_add(spend, reserved), c->est);
+	if (plan->budget > 0 && total <= plan->budget)
+	{
+		if (ai_stand_tighter(c, plan->budget, plan->budget - total))
+			ai_stand(c, ai_outcome_name(AI_OUT_BUDGET), 0, AI_METRIC_CENTS, plan->budget,
+					 plan->budget - total, c->cal.month_end, ai_month_secs(&c->cal));
+		return false;
+	}
+	v->window_secs = ai_month_secs(&c->cal);
 	/* a budget of 0 cuts the user off, with or without an estimate */
 	if (plan->budget <= 0)
 		return ai_refuse_with(v, AI_OUT_BUDGET, true, 0, 0, spend, reserved, true);
-	if (ai_money_add(ai_money_add(spend, reserved), c->est) <= plan->budget)
-	{
-		int64		left = plan->budget - ai_money_add(ai_money_add(spend, reserved), c->est);
-
-		if (ai_stand_tighter(c, plan->budget, left))
-			ai_stand(c, ai_outcome_name(AI_OUT_BUDGET), 0, AI_METRIC_CENTS, plan->budget, left,
-					 c->cal.month_end, v->window_secs);
-		return false;
-	}
 	v->held_only = reserved > 0 && ai_money_add(spend, c->est) <= plan->budget;
 	(void) ai_refuse_with(v, AI_OUT_BUDGET, false,
 						  ai_budget_retry_at(e, spend, c->est, plan->budget, &c->cal, c->now),
@@ -1143,7 +1161,7 @@ ai_layer_states(const AiUser *u, const AiPlan *plan, AiLayerState *out)
 		s->facts.limit = Max(plan->burst_limit, 0);
 		s->facts.used = (e && e->burst_window_ms > 0) ? ai_burst_count(e, now) : 0;
 		s->reset_at = s->facts.used > 0 ? ai_burst_oldest_leaves(e, now) : 0;
-		s->window_secs = (plan->burst_window_ms + 999) / 1000;
+		s->window_secs = ai_burst_window_secs(plan);
 	}
 	if (plan->has_daily)
 	{
@@ -1154,7 +1172,7 @@ ai_layer_states(const AiUser *u, const AiPlan *plan, AiLayerState *out)
 		s->facts.limit = Max(plan->daily_limit, 0);
 		s->facts.used = (e && e->day == cal.day) ? e->daily_count : 0;
 		s->reset_at = cal.day_end;
-		s->window_secs = ai_seconds_until(cal.day_end - USECS_PER_DAY, cal.day_end);
+		s->window_secs = ai_day_secs(&cal);
 	}
 	if (plan->has_tpm)
 	{
@@ -1181,7 +1199,7 @@ ai_layer_states(const AiUser *u, const AiPlan *plan, AiLayerState *out)
 		/* open and unexpired, without freeing the expired ones (shared lock) */
 		s->facts.held = e ? ai_resv_held(e, now, NULL) : 0;
 		s->reset_at = cal.month_end;
-		s->window_secs = ai_seconds_until(cal.month_start, cal.month_end);
+		s->window_secs = ai_month_secs(&cal);
 	}
 	LWLockRelease(u->lock);
 
