@@ -12,6 +12,9 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Cwd qw(abs_path);
+use FindBin;
+use lib $FindBin::Bin;
+use AiTest;
 
 my $script = abs_path('test/psycopg/route_test.py');
 my $helper_py = abs_path('test/psycopg/helper_test.py');
@@ -21,8 +24,6 @@ BAIL_OUT('node is not installed: install nodejs and npm (scripts/test.sh does)')
   unless `node --version 2>/dev/null` =~ /^v\d+/;
 BAIL_OUT('python3 with psycopg 3 is missing: install python3-psycopg (scripts/test.sh does)')
   unless system('python3', '-c', 'import psycopg') == 0;
-my $pgbouncer = (grep { -x } '/usr/sbin/pgbouncer', '/usr/bin/pgbouncer')[0];
-BAIL_OUT('pgbouncer is missing: install pgbouncer (scripts/test.sh does)') unless $pgbouncer;
 
 my $node = PostgreSQL::Test::Cluster->new('psycopg');
 $node->init;
@@ -75,37 +76,14 @@ run_client('direct', PGHOST => $node->host, PGPORT => $node->port);
 
 # PgBouncer, transaction mode, 4 server connections for 16 client threads
 my $dir = PostgreSQL::Test::Utils::tempdir;
-my $port = PostgreSQL::Test::Cluster::get_free_port();
-my ($host, $pgport) = ($node->host, $node->port);
-open my $fh, '>', "$dir/userlist.txt" or die;
-print $fh qq{"$user" ""\n};
-close $fh;
-open $fh, '>', "$dir/pgbouncer.ini" or die;
-print $fh <<"INI";
-[databases]
-postgres = host=$host port=$pgport dbname=postgres
-[pgbouncer]
-unix_socket_dir = $dir
-listen_port = $port
-auth_type = trust
-auth_file = $dir/userlist.txt
-pool_mode = transaction
-default_pool_size = 4
-max_client_conn = 100
-logfile = $dir/pgbouncer.log
-pidfile = $dir/pgbouncer.pid
-INI
-close $fh;
-system($pgbouncer, '-d', "$dir/pgbouncer.ini") == 0 or BAIL_OUT('pgbouncer did not start');
-my $t = time;
-sleep(1) until -S "$dir/.s.PGSQL.$port" || time - $t > 30;
+my $port = start_pgbouncer($node, $dir, 4);
 
 run_client('through PgBouncer', PGHOST => $dir, PGPORT => $port, AI_VIA_PGBOUNCER => '1');
 my $servers = $node->safe_psql('postgres',
 	q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()});
 ok($servers >= 1 && $servers <= 4, "PgBouncer multiplexed 16 threads over $servers server connections (at most 4)");
 
-kill 'TERM', slurp_file("$dir/pgbouncer.pid") =~ s/\s+//gr;
+stop_pgbouncer($dir);
 is($node->safe_psql('postgres', 'SELECT count(*) FROM ai_ratelimit_verify()'), '0',
 	'the shared state is consistent after both runs');
 $node->stop;

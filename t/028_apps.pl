@@ -15,6 +15,9 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Cwd qw(abs_path);
+use FindBin;
+use lib $FindBin::Bin;
+use AiTest;
 use IPC::Run;
 use Time::HiRes qw(sleep);
 
@@ -30,8 +33,6 @@ for my $mod (qw(psycopg psycopg_pool fastapi uvicorn ensurepip))
 		  . ' python3-uvicorn python3-venv (scripts/test.sh does)')
 	  unless system('python3', '-c', "import $mod") == 0;
 }
-my $pgbouncer = (grep { -x } '/usr/sbin/pgbouncer', '/usr/bin/pgbouncer')[0];
-BAIL_OUT('pgbouncer is missing: install pgbouncer (scripts/test.sh does)') unless $pgbouncer;
 
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 local $ENV{npm_config_cache} = "$tmp/npm-cache";
@@ -87,29 +88,7 @@ my ($host, $pgport) = ($node->host, $node->port);
 local $ENV{AI_LOAD_DSN} = "host=$host port=$pgport dbname=postgres user=$user";
 
 # PgBouncer, transaction mode, 6 server connections for two pools of 8
-my $bouncer_port = PostgreSQL::Test::Cluster::get_free_port();
-open my $fh, '>', "$tmp/userlist.txt" or die;
-print $fh qq{"$user" ""\n};
-close $fh;
-open $fh, '>', "$tmp/pgbouncer.ini" or die;
-print $fh <<"INI";
-[databases]
-postgres = host=$host port=$pgport dbname=postgres
-[pgbouncer]
-unix_socket_dir = $tmp
-listen_port = $bouncer_port
-auth_type = trust
-auth_file = $tmp/userlist.txt
-pool_mode = transaction
-default_pool_size = 6
-max_client_conn = 100
-logfile = $tmp/pgbouncer.log
-pidfile = $tmp/pgbouncer.pid
-INI
-close $fh;
-system($pgbouncer, '-d', "$tmp/pgbouncer.ini") == 0 or BAIL_OUT('pgbouncer did not start');
-my $t0 = time;
-sleep(0.2) until -S "$tmp/.s.PGSQL.$bouncer_port" || time - $t0 > 30;
+my $bouncer_port = start_pgbouncer($node, $tmp, 6);
 
 my %dsn = (
 	direct => { py => "host=$host port=$pgport dbname=postgres user=$user",
@@ -176,7 +155,7 @@ for my $route ('direct', 'pgbouncer')
 my $servers = $node->safe_psql('postgres',
 	q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()});
 ok($servers <= 6, "PgBouncer kept to its 6 server connections ($servers now)");
-kill 'TERM', slurp_file("$tmp/pgbouncer.pid") =~ s/\s+//gr;
+stop_pgbouncer($tmp);
 
 # --- no room to count: 503 with Retry-After, from both apps ---
 $node->append_conf('postgresql.conf', 'ai_ratelimit.max_keys = 100');
