@@ -12,6 +12,7 @@ OBJS = \
 	src/ai_ratelimit.o \
 	src/alerts.o \
 	src/calendar.o \
+	src/compact.o \
 	src/config.o \
 	src/extension.o \
 	src/limits.o \

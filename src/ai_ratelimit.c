@@ -19,6 +19,7 @@
 #include "utils/timestamp.h"
 
 #include "alerts.h"
+#include "compact.h"
 #include "config.h"
 #include "persist.h"
 #include "replica.h"
@@ -103,6 +104,7 @@ ai_shmem_request_hook(void)
 	ai_shmem_request();
 	RequestAddinShmemSpace(ai_open_records_size());
 	RequestAddinShmemSpace(ai_alert_queue_size());
+	RequestAddinShmemSpace(ai_compact_shmem_size());
 }
 
 static void
@@ -116,6 +118,7 @@ ai_shmem_startup_hook(void)
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	ai_open_records_init();
 	ai_alert_queue_init();
+	ai_compact_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 
 	/*
@@ -201,6 +204,11 @@ _PG_init(void)
 							"A crash loses at most the counts of this last interval.",
 							&ai_save_interval, 1000, 0, 3600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("ai_ratelimit.compact_interval",
+							"How often the extension's worker totals each database's usage (ai_compact_usage); 0 turns it off.",
+							"Budget loads read totalled days from ai_usage_days and only the rest from ai_usage.",
+							&ai_compact_interval, 3600, 0, 7 * 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("ai_ratelimit");
 
 	ai_register_saver();

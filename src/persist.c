@@ -62,6 +62,7 @@
 #include "utils/timestamp.h"
 
 #include "calendar.h"
+#include "compact.h"
 #include "extension.h"
 #include "persist.h"
 #include "resvid.h"
@@ -783,7 +784,8 @@ ai_saver_exit(int code, Datum arg)
 /*
  * The background worker: every second, sweep (expired reservations, dead
  * entries when the table is nearly full) and keep the reservation id
- * ceiling ahead (resvid.c); every save_interval (every second when it is
+ * ceiling ahead (resvid.c) and start the workers that total usage
+ * (compact.c); every save_interval (every second when it is
  * 0), save what changed.  Asked to stop (a shutdown, or a SIGTERM of its
  * own), it saves once more, so that a clean shutdown sends
  * the standbys everything (the postmaster writes the files again after the
@@ -825,7 +827,10 @@ ai_saver_main(Datum arg)
 		now = GetCurrentTimestamp();
 		ai_sweep_background(now);
 		if (!RecoveryInProgress())
+		{
 			ai_ids_ensure(now, AI_IDS_SAVER);
+			ai_compact_tick(now);
+		}
 		if (now - last_save >= (int64) interval * 1000)
 		{
 			ai_save_changes();

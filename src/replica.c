@@ -44,6 +44,7 @@
 #endif
 
 #include "accounts.h"
+#include "compact.h"
 #include "replica.h"
 #include "resvid.h"
 #include "saved.h"
@@ -535,5 +536,6 @@ ai_require_primary_slow(const char *func)
 				 errdetail("A standby's ai_ratelimit counters are a copy of the primary's, as of its last save; checks run on the primary, where they count."),
 				 errhint("Connect to the primary for checks and records (for example with target_session_attrs=read-write).")));
 	ai_after_recovery();
+	ai_compact_note_database();
 	ai_on_primary = true;
 }

@@ -18,6 +18,7 @@ int			ai_max_keys = 100000;
 int			ai_max_reservations = 100000;
 int			ai_reservation_ttl = 900;
 int			ai_save_interval = 1000;
+int			ai_compact_interval = 3600;
 char	   *ai_timezone_name = NULL;
 pg_tz	   *ai_timezone = NULL;
 int			ai_on_full = AI_ON_FULL_REFUSE;

@@ -25,6 +25,7 @@ extern int	ai_max_keys;
 extern int	ai_max_reservations;
 extern int	ai_reservation_ttl;	/* seconds */
 extern int	ai_save_interval;	/* milliseconds */
+extern int	ai_compact_interval;	/* seconds; 0: the worker does not total usage */
 extern char *ai_timezone_name;
 extern pg_tz *ai_timezone;
 extern int	ai_on_full;			/* AiOnFull */

@@ -22,6 +22,7 @@
 #include "miscadmin.h"
 #include "utils/rel.h"
 
+#include "compact.h"
 #include "config.h"
 #include "shmem.h"
 #include "triggers.h"
@@ -143,6 +144,7 @@ ai_triggers_xact_callback(XactEvent event, void *arg)
 	if (drop_at_commit && end == AI_XACT_COMMIT && ai_shared != NULL)
 	{
 		ai_forget_database(MyDatabaseId);
+		ai_compact_forget_database(MyDatabaseId);
 		pg_atomic_fetch_add_u32(&ai_shared->ext_gen, 1);
 		ai_config_bump_at_end(AI_GEN_PLANS | AI_GEN_PRICES | AI_GEN_USAGE | AI_GEN_RULES |
 							  AI_GEN_ACCOUNTS);
