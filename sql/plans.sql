@@ -52,3 +52,23 @@ SELECT * FROM ai_plans WHERE plan = 'enterprise';
 INSERT INTO ai_plans VALUES ('enterprise', 300, '1 minute', 30000, NULL);
 UPDATE ai_plans SET burst_limit = 100, daily_limit = 10000 WHERE plan = 'enterprise';
 SELECT plan, ai_plan_is_seed(p) AS as_seeded FROM ai_plans p ORDER BY plan;
+
+-- a change to a plan or a price reaches this session's next statement, and
+-- leaves again when its transaction or savepoint rolls back (rules.sql: a rule)
+INSERT INTO ai_plans (plan, burst_limit, daily_limit) VALUES ('undo', NULL, 5);
+INSERT INTO ai_model_prices (model, input_usd_per_mtok, output_usd_per_mtok) VALUES ('undo-model', 10, 10);
+BEGIN;
+SAVEPOINT s;
+UPDATE ai_plans SET daily_limit = 1 WHERE plan = 'undo';
+SELECT allowed, remaining FROM ai_check_limit('plan-undo', 'undo');
+UPDATE ai_model_prices SET output_usd_per_mtok = 1000 WHERE model = 'undo-model';
+SELECT ai_record_usage('plan-undo', 'undo-model', 0, 1000) AS cost_at_new_price;
+ROLLBACK TO SAVEPOINT s;
+SELECT allowed, remaining FROM ai_check_limit('plan-undo', 'undo');
+SELECT ai_record_usage('plan-undo', 'undo-model', 0, 1000) AS cost_at_old_price;
+COMMIT;
+BEGIN;
+DELETE FROM ai_plans WHERE plan = 'undo';
+SELECT error FROM ai_check_limit('plan-undo', 'undo');
+ROLLBACK;
+SELECT allowed, remaining FROM ai_check_limit('plan-undo', 'undo');

@@ -181,3 +181,14 @@ SELECT * FROM ai_explain_limits('r-1', '');
 SELECT * FROM ai_explain_limits('r-1', NULL, 'no-such-plan');
 
 DELETE FROM ai_rules;
+
+-- a rule reaches this session's next statement, and leaves again when its
+-- savepoint rolls back
+BEGIN;
+SAVEPOINT s;
+INSERT INTO ai_rules (rule_id, scope, scope_id, metric, "window", max_value)
+VALUES (107, 'plan', 'r-team', 'requests', 'day', 0);
+SELECT allowed, limited_by FROM ai_check_limit('r-7', 'r-team');
+ROLLBACK TO SAVEPOINT s;
+SELECT allowed, limited_by FROM ai_check_limit('r-7', 'r-team');
+COMMIT;

@@ -6,13 +6,12 @@
  *
  * A check reads plans and prices from these caches, not from the tables
  * (it queries only for a user's configuration and spend it has not cached,
- * users.c and spend.c).  Each
- * cache is stamped with a generation number kept in shared memory; the
- * trigger ai_ratelimit_config_changed() on the configuration tables bumps it
- * when a statement changes them, and again when that transaction ends, so a
- * backend that loaded between the change and its commit loads once more.
- * Loads read the tables with the latest snapshot (not the caller's
- * transaction snapshot), as the extension owner, with fully qualified names.
+ * users.c and spend.c).  A cache of a whole table (AiTableCache, these two
+ * and the rules of rules.c) is read again after a relcache invalidation of
+ * its table, which the trigger ai_ratelimit_config_changed() sends when a
+ * statement changes it (ai_table_changed).  Loads read the tables with the
+ * latest snapshot (not the caller's transaction snapshot), as the extension
+ * owner, with fully qualified names.
  *
  *-------------------------------------------------------------------------
  */
@@ -35,6 +34,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -49,13 +49,11 @@ static MemoryContext config_cxt = NULL;
 static HTAB *plan_cache = NULL;
 static MemoryContext plan_cxt = NULL;	/* plan_cache's, a child of config_cxt */
 static MemoryContext price_cxt = NULL;	/* price_cache's */
-static uint32 plan_cache_gen = 0;
-static uint64 plan_cache_call = 0;	/* the call that last looked at plans_gen */
+static AiTableCache plans_read = AI_TABLE_CACHE("ai_plans");
 static uint64 plan_cache_loads = 0; /* times ai_plans was read */
 static bool plans_have_alerts = false;
 static HTAB *price_cache = NULL;
-static uint32 price_cache_gen = 0;
-static uint64 price_cache_call = 0;
+static AiTableCache prices_read = AI_TABLE_CACHE("ai_model_prices");
 
 /*
  * One snapshot of the caches per call.  Every SQL entry point opens a call
@@ -129,6 +127,79 @@ void
 ai_caches_new_call(void)
 {
 	call_seq++;
+}
+
+/* ---- caches of whole tables (AiTableCache) ---- */
+
+#define AI_MAX_TABLE_CACHES		4
+static AiTableCache *table_caches[AI_MAX_TABLE_CACHES];
+static int	ntable_caches = 0;
+
+/*
+ * A relcache invalidation: of one relation, or of all (InvalidOid, when the
+ * invalidation queue overflowed).  A cache whose table was absent at its
+ * last read takes every one: it cannot know its table's new oid.
+ */
+static void
+ai_table_caches_invalidate(Datum arg, Oid relid)
+{
+	for (int i = 0; i < ntable_caches; i++)
+	{
+		AiTableCache *c = table_caches[i];
+
+		if (!OidIsValid(relid) || !OidIsValid(c->relid) || c->relid == relid)
+			c->valid = false;
+	}
+}
+
+/*
+ * Must the cache be read (again)?  Never read, or its table changed and
+ * this call has not looked yet: a call keeps what it first read.
+ */
+bool
+ai_table_cache_stale(AiTableCache *c)
+{
+	if (!c->loaded)
+		return true;
+	if (c->valid)
+		return false;
+	return ai_cache_look_due(&c->call);
+}
+
+/*
+ * The cache is about to read its table: valid from here on, so that an
+ * invalidation that arrives while it reads (its queries take locks, which
+ * take in invalidations) makes it read once more.
+ */
+void
+ai_table_cache_reading(AiTableCache *c)
+{
+	bool		known = false;
+
+	for (int i = 0; i < ntable_caches; i++)
+		known |= (table_caches[i] == c);
+	if (!known)
+	{
+		Assert(ntable_caches < AI_MAX_TABLE_CACHES);
+		if (ntable_caches == 0)
+			CacheRegisterRelcacheCallback(ai_table_caches_invalidate, (Datum) 0);
+		table_caches[ntable_caches++] = c;
+	}
+	c->relid = ai_ext_relid(c->table);
+	c->loaded = true;
+	c->valid = true;
+	c->call = call_seq;
+}
+
+/*
+ * A statement changed a configuration table (its trigger): every cache of
+ * it reads it again, this backend's from its next command, the others'
+ * once this transaction commits.
+ */
+void
+ai_table_changed(Relation rel)
+{
+	CacheInvalidateRelcache(rel);
 }
 
 /*
@@ -260,14 +331,13 @@ ai_cache_plan_row(HeapTuple tup, TupleDesc td)
 static void
 ai_reload_plans(void)
 {
-	uint32		gen = pg_atomic_read_u32(&ai_shared->plans_gen);
 	const char *schema;
 
 	ai_load_extension_info();
 	schema = ai_ext_schema();
 	plan_cache = ai_new_plan_cache();	/* the old one is retired */
-	plan_cache_gen = 0;
 	plans_have_alerts = false;
+	ai_table_cache_reading(&plans_read);
 
 	SPI_connect();
 	ai_spi_each_row(psprintf("SELECT p.plan, " AI_LIMIT_COLS_OF("p") ", %s FROM %s.ai_plans p",
@@ -276,32 +346,14 @@ ai_reload_plans(void)
 							 schema),
 					ai_cache_plan_row);
 	SPI_finish();
-	plan_cache_gen = gen;
 	plan_cache_loads++;
-}
-
-/*
- * On a standby, plan changes arrive by replay, which fires no trigger: a
- * reader that needs them current (a status call) forgets the cached plans
- * once, and the next lookup reads them again.
- */
-void
-ai_plans_refresh_in_recovery(void)
-{
-	if (RecoveryInProgress())
-	{
-		plan_cache_gen = 0;
-		plan_cache_call = 0;
-	}
 }
 
 /* Read ai_plans again if it changed, looking at most once per call. */
 static void
 ai_plans_fresh(void)
 {
-	if (plan_cache_gen != 0 && !ai_cache_look_due(&plan_cache_call))
-		return;
-	if (plan_cache_gen != pg_atomic_read_u32(&ai_shared->plans_gen))
+	if (ai_table_cache_stale(&plans_read))
 		ai_reload_plans();
 }
 
@@ -399,11 +451,9 @@ ai_cache_price_row(HeapTuple tup, TupleDesc td)
 static void
 ai_reload_prices(void)
 {
-	uint32		gen = pg_atomic_read_u32(&ai_shared->prices_gen);
-
 	ai_load_extension_info();
 	price_cache = ai_new_price_cache();	/* the old one is retired */
-	price_cache_gen = 0;
+	ai_table_cache_reading(&prices_read);
 
 	SPI_connect();
 	if (ai_ext_has_column("ai_model_prices", "cache_write_usd_per_mtok"))
@@ -419,7 +469,6 @@ ai_reload_prices(void)
 								 "FROM %s.ai_model_prices", ai_ext_schema()),
 						ai_cache_price_row);
 	SPI_finish();
-	price_cache_gen = gen;
 }
 
 /* Are these two characters a number from lo to hi? */
@@ -483,11 +532,8 @@ ai_price_entry(const char *model)
 	int			family;
 	char		name[AI_MAX_MODEL_LEN + 1];
 
-	if (price_cache_gen == 0 || ai_cache_look_due(&price_cache_call))
-	{
-		if (price_cache_gen != pg_atomic_read_u32(&ai_shared->prices_gen))
-			ai_reload_prices();
-	}
+	if (ai_table_cache_stale(&prices_read))
+		ai_reload_prices();
 
 	p = hash_search(price_cache, model, HASH_FIND, NULL);
 	if (p != NULL)
@@ -568,14 +614,8 @@ ai_bump(uint32 bits)
 {
 	if (ai_shared == NULL)
 		return;					/* not preloaded: nothing is cached */
-	if (bits & AI_GEN_PLANS)
-		pg_atomic_fetch_add_u32(&ai_shared->plans_gen, 1);
-	if (bits & AI_GEN_PRICES)
-		pg_atomic_fetch_add_u32(&ai_shared->prices_gen, 1);
 	if (bits & AI_GEN_USAGE)
 		pg_atomic_fetch_add_u32(&ai_shared->usage_gen, 1);
-	if (bits & AI_GEN_RULES)
-		pg_atomic_fetch_add_u32(&ai_shared->rules_gen, 1);
 	if (bits & AI_GEN_ACCOUNTS)
 		pg_atomic_fetch_add_u32(&ai_shared->accounts_gen, 1);
 }

@@ -8,6 +8,8 @@
 #ifndef AI_CONFIG_H_
 #define AI_CONFIG_H_
 
+#include "utils/relcache.h"
+
 #include "extension.h"
 #include "stats.h"
 
@@ -88,7 +90,6 @@ extern void ai_limits_apply(const AiLimitCols *l, AiPlan *plan);
 extern const AiPlan *ai_plan_lookup(const char *plan);
 extern bool ai_plans_have_alerts(void);
 extern const char *ai_plan_name_by_hash(uint16 h);
-extern void ai_plans_refresh_in_recovery(void);
 extern void ai_price_lookup(const char *model, AiPrice *price, bool recording);
 extern const char *ai_price_row_of(const char *model);
 
@@ -114,12 +115,37 @@ extern void ai_caches_new_call(void);
 extern bool ai_cache_look_due(uint64 *seen);
 extern void ai_cache_retire(MemoryContext cxt);
 
-/* Generations of the caches, as bits for ai_config_bump_at_end(). */
-#define AI_GEN_PLANS			0x1		/* ai_plans */
-#define AI_GEN_PRICES			0x2		/* ai_model_prices */
+/*
+ * A backend's copy of a whole configuration table (ai_plans,
+ * ai_model_prices, ai_rules): read again after a change to the table,
+ * which the table's trigger announces as PostgreSQL announces its own
+ * catalog changes, with a relcache invalidation (ai_table_changed).  It
+ * reaches this backend's next command, every other backend once the
+ * change commits, standbys with the commit's WAL record, and is undone
+ * locally when the change rolls back.  A cache looks at most once per call.
+ */
+typedef struct AiTableCache
+{
+	const char *table;			/* its name in the extension's schema */
+	Oid			relid;			/* as of the last read; InvalidOid: absent */
+	bool		loaded;			/* read at least once */
+	bool		valid;			/* no invalidation since the last read began */
+	uint64		call;			/* the call that last looked */
+} AiTableCache;
+
+#define AI_TABLE_CACHE(name)	{(name), InvalidOid, false, false, 0}
+
+extern bool ai_table_cache_stale(AiTableCache *c);
+extern void ai_table_cache_reading(AiTableCache *c);
+extern void ai_table_changed(Relation rel);
+
+/*
+ * Shared generations, as bits for ai_config_bump_at_end(): they stamp
+ * what is cached in shared memory, which a backend's invalidation cannot
+ * reach.
+ */
 #define AI_GEN_USAGE			0x4		/* ai_usage rows deleted: spend reloads */
-#define AI_GEN_RULES			0x8		/* ai_rules */
-#define AI_GEN_ACCOUNTS			0x10	/* ai_accounts */
+#define AI_GEN_ACCOUNTS			0x10	/* ai_accounts and memberships */
 extern void ai_config_bump_at_end(uint32 bits);
 extern void ai_config_changed(uint32 bits);
 extern void ai_config_init_xact(void);

@@ -103,9 +103,10 @@ ai_ext_owner(void)
 /*
  * The relation of this name in the extension's schema now, or InvalidOid.
  * For the rare paths that depend on the script version of this database
- * (ai_alerts and the cache-write prices are 1.4); not cached.
+ * (ai_alerts and the cache-write prices are 1.4), and for the tables a
+ * cache watches (config.c); not cached.
  */
-static Oid
+Oid
 ai_ext_relid(const char *name)
 {
 	if (ai_ext_info_stale())

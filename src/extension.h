@@ -34,6 +34,7 @@ extern void ai_load_extension_info(void);
 extern const char *ai_ext_schema(void);
 extern Oid	ai_ext_owner(void);
 extern bool ai_ext_has_user_limits(void);
+extern Oid	ai_ext_relid(const char *name);
 extern bool ai_ext_has_relation(const char *name);
 extern bool ai_ext_has_column(const char *rel, const char *column);
 extern void ai_internal_begin(AiInternalState *st);

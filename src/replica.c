@@ -489,7 +489,9 @@ ai_rmgr_identify(uint8 info)
 
 /*
  * Once per server start, by the first call that finds recovery over:
- * every cache that replay may have left stale is dropped.  The flag is set
+ * every cache that replay may have left stale is dropped (the caches of
+ * whole tables need not be: replay brings their invalidations, config.c;
+ * the users and the account tree are kept by generations).  The flag is set
  * only after the generations moved, so a session that sees it set never
  * uses a cache from before.  Cached spend is not among them: no session
  * loads it during recovery (every caller of ai_ensure_spend runs on a
@@ -505,9 +507,6 @@ ai_after_recovery(void)
 	LWLockAcquire(ai_shared->users_lock, LW_EXCLUSIVE);
 	if (pg_atomic_read_u32(&ai_shared->caches_fresh) == 0)
 	{
-		pg_atomic_fetch_add_u32(&ai_shared->plans_gen, 1);
-		pg_atomic_fetch_add_u32(&ai_shared->prices_gen, 1);
-		pg_atomic_fetch_add_u32(&ai_shared->rules_gen, 1);
 		pg_atomic_fetch_add_u32(&ai_shared->accounts_gen, 1);
 		pg_atomic_fetch_add_u32(&ai_shared->users_gen, 1);
 		pg_atomic_fetch_add_u32(&ai_shared->limits_gen, 1);

@@ -9,9 +9,9 @@
  * tokens or cents, over a window (calendar.c).  This file knows which
  * rules exist and which apply to a call; rulestate.c counts them.
  *
- * The rules are read again when the table's trigger bumps rules_gen, in
- * the changing transaction itself and when it ends (config.c), so a rule
- * applies from the first check after its commit.
+ * The rules are read again after a change to ai_rules: in the changing
+ * transaction from its next command, elsewhere from the first call after
+ * its commit (AiTableCache, config.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -31,8 +31,7 @@ static MemoryContext rules_cxt = NULL;
 static AiRule *rules = NULL;	/* ordered by scope, scope_id, rule_id */
 static int	nrules = 0;
 static int	maxrules = 0;
-static uint32 rules_gen = 0;	/* rules_gen they were read at; 0: never */
-static uint64 rules_call = 0;	/* the call that last looked at rules_gen */
+static AiTableCache rules_read = AI_TABLE_CACHE("ai_rules");
 static uint64 rules_loads = 0;	/* times the rules were read */
 
 /*
@@ -162,8 +161,6 @@ ai_cache_rule_row(HeapTuple tup, TupleDesc td)
 static void
 ai_reload_rules(void)
 {
-	uint32		gen = pg_atomic_read_u32(&ai_shared->rules_gen);
-
 	/* a call may still point at the rules it read: retire them, never reset */
 	if (rules_cxt != NULL)
 		ai_cache_retire(rules_cxt);
@@ -171,7 +168,6 @@ ai_reload_rules(void)
 									  ALLOCSET_SMALL_SIZES);
 	rules = NULL;
 	nrules = maxrules = 0;
-	rules_gen = 0;
 	rule_groups = NULL;
 	have_user_rules = false;
 	have_member_rules = false;
@@ -180,6 +176,7 @@ ai_reload_rules(void)
 	max_revision = 0;
 
 	ai_load_extension_info();
+	ai_table_cache_reading(&rules_read);
 	if (ai_ext_has_relation("ai_rules"))
 	{
 		SPI_connect();
@@ -227,7 +224,6 @@ ai_reload_rules(void)
 				have_member_rules = true;
 		}
 	}
-	rules_gen = gen;
 	rules_loads++;
 }
 
@@ -238,9 +234,7 @@ ai_reload_rules(void)
 int
 ai_rules_count(void)
 {
-	if (rules_gen == 0 ||
-		(ai_cache_look_due(&rules_call) &&
-		 rules_gen != pg_atomic_read_u32(&ai_shared->rules_gen)))
+	if (ai_table_cache_stale(&rules_read))
 		ai_reload_rules();
 	return nrules;
 }

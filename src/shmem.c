@@ -204,12 +204,9 @@ ai_shmem_startup(void)
 		ai_shared->ids_last_ms = 0;
 		ai_shared->ids_last_seq = 0;
 		ai_shared->ids_last_tli = 0;
-		pg_atomic_init_u32(&ai_shared->plans_gen, 1);
 		pg_atomic_init_u32(&ai_shared->users_gen, 1);
 		pg_atomic_init_u32(&ai_shared->limits_gen, 1);
 		pg_atomic_init_u64(&ai_shared->users_seq, 0);
-		pg_atomic_init_u32(&ai_shared->prices_gen, 1);
-		pg_atomic_init_u32(&ai_shared->rules_gen, 1);
 		pg_atomic_init_u32(&ai_shared->accounts_gen, 1);
 		pg_atomic_init_u64(&ai_shared->tz_changed_at, 0);
 		pg_atomic_init_u32(&ai_shared->usage_gen, 1);

@@ -173,15 +173,12 @@ typedef struct AiReservation
 typedef struct AiShared
 {
 	LWLock	   *resv_lock;		/* guards the reservation pool */
-	pg_atomic_uint32 plans_gen;	/* bumped when ai_plans changes */
 	pg_atomic_uint32 users_gen;	/* bumped to forget every cached user */
 	pg_atomic_uint32 limits_gen;	/* bumped when ai_user_limits changes */
 	pg_atomic_uint64 users_seq;	/* users ever put in users_ring */
 	LWLock	   *users_lock;		/* guards writing users_ring */
 	AiKey		users_ring[AI_USERS_RING];
-	pg_atomic_uint32 prices_gen;	/* bumped when ai_model_prices changes */
-	pg_atomic_uint32 rules_gen;	/* bumped when ai_rules changes */
-	pg_atomic_uint32 accounts_gen;	/* bumped when ai_accounts changes */
+	pg_atomic_uint32 accounts_gen;	/* bumped when ai_accounts or a membership changes */
 	pg_atomic_uint64 tz_changed_at;	/* TimestampTz a process last saw
 									 * ai_ratelimit.timezone change; 0: never */
 	pg_atomic_uint32 usage_gen; /* bumped when ai_usage rows are deleted */

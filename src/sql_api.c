@@ -1524,7 +1524,6 @@ ai_ratelimit_status(PG_FUNCTION_ARGS)
 	ai_call_start();
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	ai_calendar_at(now, &cal);
-	ai_plans_refresh_in_recovery();
 
 	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
 	{

@@ -4,8 +4,9 @@
  *		What the database tells ai_ratelimit: the trigger on its
  *		configuration tables, and DROP EXTENSION.
  *
- * The trigger bumps the generation of the cache that the changed table
- * feeds (config.c) or tells users.c which users changed.  When DROP
+ * The trigger invalidates the backends' copies of a whole table that
+ * changed (ai_table_changed, config.c), bumps the shared generation of what
+ * shared memory caches from it, or tells users.c which users changed.  When DROP
  * EXTENSION commits, this database's counters are forgotten (a later
  * CREATE EXTENSION starts from zero) and every session looks the extension
  * up again; a subtransaction that dropped it and rolled back drops nothing.
@@ -117,14 +118,11 @@ ai_ratelimit_config_changed(PG_FUNCTION_ARGS)
 			ai_users_all_changed(strcmp(RelationGetRelationName(trigdata->tg_relation),
 										"ai_user_limits") == 0);
 		}
-		else if (strcmp(a, "plans") == 0)
-			bits |= AI_GEN_PLANS;
-		else if (strcmp(a, "prices") == 0)
-			bits |= AI_GEN_PRICES;
+		else if (strcmp(a, "plans") == 0 || strcmp(a, "prices") == 0 ||
+				 strcmp(a, "rules") == 0)
+			ai_table_changed(trigdata->tg_relation);
 		else if (strcmp(a, "usage") == 0)
 			bits |= AI_GEN_USAGE;
-		else if (strcmp(a, "rules") == 0)
-			bits |= AI_GEN_RULES;
 		else if (strcmp(a, "accounts") == 0)
 			bits |= AI_GEN_ACCOUNTS;
 	}
@@ -146,8 +144,8 @@ ai_triggers_xact_callback(XactEvent event, void *arg)
 		ai_forget_database(MyDatabaseId);
 		ai_compact_forget_database(MyDatabaseId);
 		pg_atomic_fetch_add_u32(&ai_shared->ext_gen, 1);
-		ai_config_bump_at_end(AI_GEN_PLANS | AI_GEN_PRICES | AI_GEN_USAGE | AI_GEN_RULES |
-							  AI_GEN_ACCOUNTS);
+		/* the dropped tables invalidated the caches of whole tables */
+		ai_config_bump_at_end(AI_GEN_USAGE | AI_GEN_ACCOUNTS);
 		ai_users_all_changed(true);
 	}
 	drop_at_commit = false;
