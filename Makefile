@@ -19,6 +19,7 @@ OBJS = \
 	src/money.o \
 	src/persist.o \
 	src/replica.o \
+	src/reservations.o \
 	src/resvid.o \
 	src/rings.o \
 	src/accounts.o \
@@ -29,6 +30,7 @@ OBJS = \
 	src/shmem.o \
 	src/spend.o \
 	src/stats.o \
+	src/sweep.o \
 	src/triggers.o \
 	src/sql_api.o \
 	src/usage.o \

@@ -4,17 +4,25 @@
  * A C function with exactly ai_check_limit's signature and result type that
  * does nothing: it returns the row of an allowed request with constant
  * values.  Whatever the benchmark measures above it is the limiter's work.
+ * ai_floor answers allowed and every other column NULL; ai_floor_row the
+ * columns an allowed check of bench/run's plans fills (remaining, reset_at
+ * and the two RateLimit fields), with constant values of the same sizes,
+ * so that PostgreSQL's output of those columns costs the same as a check's.
  * Built by bench/run, never installed with the extension.
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "funcapi.h"
+#include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 PG_MODULE_MAGIC;
 
 PG_FUNCTION_INFO_V1(ai_floor);
+PG_FUNCTION_INFO_V1(ai_floor_row);
 
 Datum
 ai_floor(PG_FUNCTION_ARGS)
@@ -40,5 +48,39 @@ ai_floor(PG_FUNCTION_ARGS)
 	memset(nulls, true, sizeof(nulls));
 	nulls[0] = false;
 	values[0] = BoolGetDatum(true);
+	return HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
+}
+
+Datum
+ai_floor_row(PG_FUNCTION_ARGS)
+{
+	static TupleDesc desc = NULL;
+	static Datum ratelimit;
+	static Datum policy;
+	Datum		values[16] = {0};
+	bool		nulls[16];
+
+	if (desc == NULL)
+	{
+		TupleDesc	td;
+		MemoryContext old;
+
+		if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "ai_floor_row must return a composite type");
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		desc = BlessTupleDesc(CreateTupleDescCopy(td));
+		ratelimit = CStringGetTextDatum("\"burst\";r=2147483641;t=57");
+		policy = CStringGetTextDatum("\"burst\";q=2147483647;w=60");
+		MemoryContextSwitchTo(old);
+	}
+	if (desc->natts != 13)
+		elog(ERROR, "ai_floor_row: the result type has %d columns, not 13", desc->natts);
+	memset(nulls, true, sizeof(nulls));
+	nulls[0] = nulls[3] = nulls[5] = nulls[11] = nulls[12] = false;
+	values[0] = BoolGetDatum(true);
+	values[3] = Int32GetDatum(2147483641);	/* remaining */
+	values[5] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp() + 57 * USECS_PER_SEC);
+	values[11] = ratelimit;
+	values[12] = policy;
 	return HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
 }

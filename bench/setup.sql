@@ -16,6 +16,11 @@ CREATE FUNCTION bench_floor(user_id text, plan text DEFAULT NULL,
                             estimated_cost_cents numeric DEFAULT 0)
 RETURNS ai_limit_result
 AS :'floor_so', 'ai_floor' LANGUAGE C VOLATILE;
+-- the same, answering the columns an allowed check fills (constants)
+CREATE FUNCTION bench_floor_row(user_id text, plan text DEFAULT NULL,
+                                estimated_cost_cents numeric DEFAULT 0)
+RETURNS ai_limit_result
+AS :'floor_so', 'ai_floor_row' LANGUAGE C VOLATILE;
 
 -- The 1.3 result shape (7 columns), answered by the same C function: the
 -- check through 1.4's result (11 columns) is compared with it.

@@ -23,6 +23,7 @@
 #include "config.h"
 #include "persist.h"
 #include "replica.h"
+#include "reservations.h"
 #include "resvid.h"
 #include "shmem.h"
 #include "spend.h"
@@ -105,6 +106,7 @@ ai_shmem_request_hook(void)
 	RequestAddinShmemSpace(ai_open_records_size());
 	RequestAddinShmemSpace(ai_alert_queue_size());
 	RequestAddinShmemSpace(ai_compact_shmem_size());
+	RequestAddinShmemSpace(ai_resv_shmem_size());
 }
 
 static void
@@ -119,6 +121,7 @@ ai_shmem_startup_hook(void)
 	ai_open_records_init();
 	ai_alert_queue_init();
 	ai_compact_shmem_init();
+	ai_resv_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 
 	/*

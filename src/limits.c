@@ -31,12 +31,14 @@
 #include "config.h"
 #include "limits.h"
 #include "replica.h"
+#include "reservations.h"
 #include "resvid.h"
 #include "rings.h"
 #include "rulestate.h"
 #include "shmem.h"
 #include "spend.h"
 #include "stats.h"
+#include "sweep.h"
 #include "xact.h"
 
 /*
@@ -723,12 +725,12 @@ ai_take_levels(AiCheck *c)
 	/* the reservation names the accounts it is held on, nearest first */
 	if (charge->resv_id > 0)
 	{
-		int32	   *link = &ai_shared->resv[charge->resv_slot].shadow;
+		int32	   *link = &ai_resv_slots[charge->resv_slot].shadow;
 
 		for (int k = 0; k < c->nlevels; k++)
 		{
 			*link = c->levels[k].charge.resv_slot;
-			link = &ai_shared->resv[c->levels[k].charge.resv_slot].shadow;
+			link = &ai_resv_slots[c->levels[k].charge.resv_slot].shadow;
 		}
 		*link = -1;
 	}
@@ -779,9 +781,9 @@ ai_take_charge(AiCheck *c, AiDecision *d)
 		if (id == AI_ID_NEED_CEILING)
 			return AI_TAKEN_NEED_IDS;
 		d->reservation_id = charge->resv_id = id;
-		ai_rules_hold(&c->rules, &ai_shared->resv[charge->resv_slot], c->est_tokens);
+		ai_rules_hold(&c->rules, &ai_resv_slots[charge->resv_slot], c->est_tokens);
 		for (int k = 0; k < c->nlevels; k++)
-			ai_rules_hold_more(&c->levels[k].rules, &ai_shared->resv[charge->resv_slot],
+			ai_rules_hold_more(&c->levels[k].rules, &ai_resv_slots[charge->resv_slot],
 							   c->est_tokens);
 	}
 	if (!ai_take_levels(c))
@@ -798,7 +800,7 @@ ai_take_charge(AiCheck *c, AiDecision *d)
 
 		for (int k = 0; k < c->nlevels; k++)
 			accts[k] = &c->levels[k].acct;
-		ai_wal_log_resv(&ai_shared->resv[charge->resv_slot], c->user, accts, c->nlevels);
+		ai_wal_log_resv(&ai_resv_slots[charge->resv_slot], c->user, accts, c->nlevels);
 	}
 	ai_rules_charge(&c->rules, c->now, &charge->rule_first, &charge->rule_n);
 	if (c->plan->has_burst)

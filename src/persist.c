@@ -65,9 +65,11 @@
 #include "compact.h"
 #include "extension.h"
 #include "persist.h"
+#include "reservations.h"
 #include "resvid.h"
 #include "saved.h"
 #include "shmem.h"
+#include "sweep.h"
 
 #define AI_SAVE_FILE		"pg_stat/ai_ratelimit.dat"
 #define AI_SAVE_TMP			"pg_stat/ai_ratelimit.dat.tmp"

@@ -46,9 +46,11 @@
 #include "accounts.h"
 #include "compact.h"
 #include "replica.h"
+#include "reservations.h"
 #include "resvid.h"
 #include "saved.h"
 #include "shmem.h"
+#include "sweep.h"
 
 /*
  * Entries per record: 4096 entries of 208 bytes are 832 kB; the record
@@ -304,14 +306,14 @@ ai_redo_resv_at(const AiWalResv *rec, const AiWalHolder *h, int64 id, bool accou
 		slot = ai_resv_find(e, id);
 		if (slot >= 0)
 		{
-			AiReservation *r = &ai_shared->resv[slot];
+			AiReservation *r = &ai_resv_slots[slot];
 
 			if (r->state == AI_RESV_OPEN && rec->expires_at > r->expires_at)
 				r->expires_at = rec->expires_at;
 		}
 		else if (ai_resv_restore(e, id, rec->amount, rec->expires_at, &slot))
 		{
-			AiReservation *r = &ai_shared->resv[slot];
+			AiReservation *r = &ai_resv_slots[slot];
 
 			r->tokens = rec->tokens;
 			r->all_rules = rec->all_rules;
@@ -355,7 +357,7 @@ ai_redo_resv(const char *data, uint32 len)
 		slot = ai_redo_resv_at(&rec, &h, -rec.id, true, now);
 		/* linked as the check linked them: only the startup process writes */
 		if (prev >= 0)
-			ai_shared->resv[prev].shadow = slot >= 0 ? slot : AI_RESV_SHADOWS_UNLINKED;
+			ai_resv_slots[prev].shadow = slot >= 0 ? slot : AI_RESV_SHADOWS_UNLINKED;
 		prev = slot;
 	}
 }
@@ -377,7 +379,7 @@ ai_redo_resv_end(const char *data, uint32 len)
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	e = ai_entry_lookup(&rec.key, hashcode, false, 0, NULL, 0);
 	slot = e != NULL ? ai_resv_find(e, rec.id) : -1;
-	if (slot >= 0 && ai_shared->resv[slot].state == AI_RESV_OPEN)
+	if (slot >= 0 && ai_resv_slots[slot].state == AI_RESV_OPEN)
 		ai_resv_free(e, slot);
 	LWLockRelease(lock);
 	ai_resv_free_shadows_of(rec.key.dbid, rec.id, GetCurrentTimestamp());

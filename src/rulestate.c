@@ -60,11 +60,13 @@
 #include "alerts.h"
 #include "calendar.h"
 #include "extension.h"
+#include "reservations.h"
 #include "rings.h"
 #include "rules.h"
 #include "rulestate.h"
 #include "shmem.h"
 #include "spend.h"
+#include "sweep.h"
 
 /* A load that met records in flight tries again this often for tokens. */
 #define AI_RULE_LOAD_TRIES		20

@@ -10,6 +10,7 @@
 
 #include "calendar.h"
 #include "config.h"
+#include "reservations.h"
 #include "rules.h"
 #include "shmem.h"
 

@@ -14,9 +14,11 @@
 
 #include "miscadmin.h"
 
+#include "reservations.h"
 #include "resvid.h"
 #include "saved.h"
 #include "shmem.h"
+#include "sweep.h"
 
 /*
  * Take the partition lock of a key when replaying WAL; loading in the
@@ -232,7 +234,7 @@ ai_apply_saved(const AiSaveHeader *saved_hdr, const char *saved, TimestampTz now
 		e = ai_entry_lookup(&resv[i].key, ai_key_hash(&resv[i].key), false, now, NULL, 0);
 		if (e != NULL && ai_resv_restore(e, resv[i].id, resv[i].amount, resv[i].expires_at, &slot))
 		{
-			AiReservation *r = &ai_shared->resv[slot];
+			AiReservation *r = &ai_resv_slots[slot];
 
 			r->tokens = resv[i].tokens;
 			r->all_rules = resv[i].all_rules;

@@ -9,6 +9,7 @@
 #ifndef AI_SAVED_H_
 #define AI_SAVED_H_
 
+#include "reservations.h"
 #include "shmem.h"
 
 /*

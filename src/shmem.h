@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * shmem.h
- *		The shared table of per-user counters and the reservation pool (shmem.c).
+ *		The shared table of per-user counters (shmem.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -124,49 +124,6 @@ ai_spend_is_cached(const AiEntry *e, int32 month)
 	return e->spend_state == AI_SPEND_VALID && e->spend_month == month;
 }
 
-/* A reservation's rule slots: the model rules it names, then which rules its check knew. */
-#define AI_RESV_RULES			4
-#define AI_RESV_RULES_NAMED		(AI_RESV_RULES - 1)
-
-typedef enum AiResvState
-{
-	AI_RESV_FREE = 0,
-	AI_RESV_OPEN,				/* counted in its entry's reserved */
-	AI_RESV_SETTLING			/* settled by an open transaction */
-} AiResvState;
-
-/*
- * A budget reservation, in a fixed pool of slots.  A check that charges
- * accounts makes one more slot per account, in the account's list, with
- * the negated id (a "shadow", accounts.c): found by walking that list,
- * never by the id index.
- */
-typedef struct AiReservation
-{
-	int64		id;				/* see resvid.c; 0 when free */
-	AiKey		key;			/* owner */
-	AiMoney		amount;
-	TimestampTz expires_at;
-	int32		next;			/* next slot of the same user, or free list */
-	int32		prev;
-	uint8		state;			/* AiResvState */
-	bool		all_rules;		/* made without a model: holds on every rule */
-	TransactionId settler;		/* AI_RESV_SETTLING: the recording transaction */
-	int32		shadow;			/* the first shadow (of a primary) or the next
-								 * one (of a shadow), nearest account first;
-								 * -1: none; AI_RESV_SHADOWS_UNLINKED: loaded
-								 * from a save, which keeps no links */
-	int64		tokens;			/* tokens it holds for token rules */
-	int32		rules[AI_RESV_RULES];	/* model rules (ai_rules ids) it holds on, 0: none;
-										 * the last: which rules its check knew
-										 * (rulestate.c) */
-} AiReservation;
-
-#define AI_RESV_SHADOWS_UNLINKED	(-2)
-
-/* Most reservation slots a server may have (ai_ratelimit.max_reservations). */
-#define AI_RESV_MAX_SLOTS		((1 << 24) - 1)
-
 /* Users whose configuration changed, remembered for the caches (users.c). */
 #define AI_USERS_RING			4096
 
@@ -204,13 +161,12 @@ typedef struct AiShared
 	pg_atomic_uint64 ids_ceiling;	/* no id of this or a later ms is issued
 									 * until the file says so (ms) */
 	pg_atomic_uint64 ids_saved_at;	/* TimestampTz the ceiling was last saved */
-	/* reservation pool and the last id, protected by resv_lock */
+	/* the reservation pool's (reservations.c) and the last id, under resv_lock */
 	int64		ids_last_ms;	/* ms part of the last id issued, or a floor */
 	uint32		ids_last_seq;
 	uint32		ids_last_tli;	/* 0: none issued at ids_last_ms (a floor) */
 	int32		resv_free;		/* head of the free list */
 	int32		resv_used;
-	AiReservation resv[FLEXIBLE_ARRAY_MEMBER];
 } AiShared;
 
 /*
@@ -255,59 +211,6 @@ extern AiTable *ai_table;
 extern AiEntry *ai_entries;
 
 /*
- * Which of a user's reservations a walk visits (ai_resv_iter_next):
- *   AI_RESV_WALK_ALL      every one in the list
- *   AI_RESV_WALK_HOLDING  open and not expired at `at`: what a budget counts
- *   AI_RESV_WALK_LIVE     those, and any being settled: what keeps an entry
- *                         alive, and what a save keeps
- * The reservation returned may be freed before the next call.  Caller holds
- * the entry's partition lock.
- */
-typedef enum AiResvWalk
-{
-	AI_RESV_WALK_ALL,
-	AI_RESV_WALK_HOLDING,
-	AI_RESV_WALK_LIVE
-} AiResvWalk;
-
-typedef struct AiResvIter
-{
-	int32		next;			/* slot to visit next, or -1 */
-	AiResvWalk	walk;
-	TimestampTz at;
-} AiResvIter;
-
-static inline void
-ai_resv_iter_init(AiResvIter *it, const AiEntry *e, AiResvWalk walk, TimestampTz at)
-{
-	it->next = e->resv_head;
-	it->walk = walk;
-	it->at = at;
-}
-
-/* The next reservation of the walk, its slot in *slot; NULL at the end. */
-static inline AiReservation *
-ai_resv_iter_next(AiResvIter *it, int32 *slot)
-{
-	while (it->next >= 0)
-	{
-		int32		s = it->next;
-		AiReservation *r = &ai_shared->resv[s];
-
-		it->next = r->next;
-		if (it->walk == AI_RESV_WALK_ALL ||
-			(r->state == AI_RESV_OPEN && r->expires_at > it->at) ||
-			(it->walk == AI_RESV_WALK_LIVE && r->state == AI_RESV_SETTLING))
-		{
-			if (slot != NULL)
-				*slot = s;
-			return r;
-		}
-	}
-	return NULL;
-}
-
-/*
  * A user as a call that counts for it sees it: its id, the hash key of the
  * id in this database, the key's hash value and partition lock.  Built once
  * per call (ai_user_init) and passed down, so the id is hashed once.
@@ -336,47 +239,13 @@ extern LWLock *ai_partition_lock_at(int partition);
 extern void ai_part_iter_init(AiPartIter *it, int partition);
 extern AiEntry *ai_part_iter_next(AiPartIter *it);
 extern uint32 ai_entry_count(void);
-extern void ai_sweep_background(TimestampTz now);
 extern void ai_partition_changed(uint32 hashcode);
-extern int32 ai_resv_open_count(TimestampTz now);
 extern uint32 ai_key_hash(const AiKey *key);
+extern void ai_entry_remove(AiEntry *e, uint32 hashcode);
 extern AiEntry *ai_entry_lookup(const AiKey *key, uint32 hashcode, bool create,
 								TimestampTz now, const char *id, int idlen);
-extern AiEntry *ai_entry_get(const AiKey *key, uint32 hashcode, LWLock *lock,
-							 TimestampTz now, const char *id, int idlen);
-extern bool ai_entry_is_live(AiEntry *e, TimestampTz now, const AiCalendar *cal);
 extern void ai_lock_all(LWLockMode mode);
-extern void ai_verify(List **problems);
-extern void ai_forget_database(Oid dbid);
 extern void ai_unlock_all(void);
-extern int32 ai_resv_find(const AiEntry *entry, int64 id);
-extern int64 ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz now,
-							TimestampTz expires_at, int32 *slot);
-extern bool ai_resv_restore(AiEntry *entry, int64 id, AiMoney amount, TimestampTz expires_at,
-							int32 *slot);
-extern void ai_entry_forget(AiEntry *e);
-extern void ai_resv_free(AiEntry *entry, int32 slot);
-extern bool ai_resv_shadow(AiEntry *account, int32 primary, int32 *slot);
-extern void ai_resv_free_shadows(int64 id, TimestampTz now);
-extern void ai_resv_free_shadows_of(Oid dbid, int64 id, TimestampTz now);
-extern void ai_resv_unreserve(AiEntry *entry, AiMoney amount);
-extern AiMoney ai_resv_held(const AiEntry *entry, TimestampTz after, int32 *count);
-
-/* What ai_resv_release found. */
-typedef enum AiReleaseResult
-{
-	AI_RELEASE_DONE,			/* it was open: its estimate is given back */
-	AI_RELEASE_EXPIRED,			/* it had expired (held nothing): freed */
-	AI_RELEASE_SETTLING,		/* a record in an open transaction settles it */
-	AI_RELEASE_NOT_FOUND		/* released, settled, expired and swept, or never ours */
-} AiReleaseResult;
-extern int	ai_resv_accounts(const AiUser *u, int64 id, AiKey *keys, bool *ordered);
-extern AiReleaseResult ai_resv_release(int64 id, TimestampTz now, const AiKey *owner,
-									   AiKey *released);
-extern TimestampTz ai_resv_extend(int64 id, const AiKey *owner, TimestampTz now,
-								  TimestampTz until, bool *settling, AiReservation *copy,
-								  AiKey *shadows, int *nshadows);
-extern AiMoney ai_resv_open_amount(AiEntry *entry, TimestampTz now);
 
 /* Note that something to save changed, for the saver (persist.c). */
 static inline void

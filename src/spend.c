@@ -30,9 +30,11 @@
 
 #include "calendar.h"
 #include "config.h"
+#include "reservations.h"
 #include "resvid.h"
 #include "shmem.h"
 #include "spend.h"
+#include "sweep.h"
 
 /*
  * The query that sums a user's use of the local days [$2, $3): x over the
@@ -419,7 +421,7 @@ ai_resv_drop_settled(const AiUser *u)
 		{
 			int32		s = ai_resv_find(e, DatumGetInt64(ids[i]));
 
-			if (s >= 0 && ai_shared->resv[s].state == AI_RESV_OPEN)
+			if (s >= 0 && ai_resv_slots[s].state == AI_RESV_OPEN)
 				ai_resv_free(e, s);
 		}
 		if (ai_resv_all_looked_up(e, looked, nlooked))

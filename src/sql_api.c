@@ -27,6 +27,7 @@
 #include "config.h"
 #include "limits.h"
 #include "replica.h"
+#include "reservations.h"
 #include "rings.h"
 #include "rules.h"
 #include "rulestate.h"

@@ -26,6 +26,7 @@
 #include "compact.h"
 #include "config.h"
 #include "shmem.h"
+#include "sweep.h"
 #include "triggers.h"
 #include "users.h"
 

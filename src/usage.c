@@ -36,10 +36,12 @@
 #include "alerts.h"
 #include "calendar.h"
 #include "config.h"
+#include "reservations.h"
 #include "rings.h"
 #include "rulestate.h"
 #include "shmem.h"
 #include "spend.h"
+#include "sweep.h"
 #include "usage.h"
 #include "users.h"
 #include "xact.h"
@@ -390,13 +392,13 @@ ai_settle_begin(const AiRecordCall *r, AiEntry *e, int32 *slot, bool *missing, b
 	if (r->has_resv)
 	{
 		s = ai_resv_find(e, r->resv_id);
-		if (s >= 0 && ai_shared->resv[s].state == AI_RESV_SETTLING)
+		if (s >= 0 && ai_resv_slots[s].state == AI_RESV_SETTLING)
 		{
 			/* another record of the same reservation, in flight */
 			*busy = true;
 			return 0;
 		}
-		if (s < 0 || ai_shared->resv[s].state != AI_RESV_OPEN)
+		if (s < 0 || ai_resv_slots[s].state != AI_RESV_OPEN)
 		{
 			*missing = true;
 			return 0;
@@ -404,7 +406,7 @@ ai_settle_begin(const AiRecordCall *r, AiEntry *e, int32 *slot, bool *missing, b
 	}
 	else if (ai_xact_own_reservation(&e->key, r->now, &s) == 0)
 		return 0;
-	res = &ai_shared->resv[s];
+	res = &ai_resv_slots[s];
 	res->state = AI_RESV_SETTLING;
 	res->settler = GetTopTransactionIdIfAny();	/* the usage row took one */
 	ai_resv_unreserve(e, res->amount);
@@ -496,10 +498,10 @@ ai_record_account(const AiRecordCall *r, const AiUser *a, AiRuleRecord *rules,
 	{
 		int32		s = ai_resv_find(e, -resv_id);
 
-		if (s >= 0 && ai_shared->resv[s].state == AI_RESV_OPEN)
+		if (s >= 0 && ai_resv_slots[s].state == AI_RESV_OPEN)
 		{
-			ai_shared->resv[s].state = AI_RESV_SETTLING;
-			ai_resv_unreserve(e, ai_shared->resv[s].amount);
+			ai_resv_slots[s].state = AI_RESV_SETTLING;
+			ai_resv_unreserve(e, ai_resv_slots[s].amount);
 			charge.resv_id = -resv_id;
 			charge.resv_slot = s;
 		}
@@ -553,7 +555,7 @@ ai_named_reservation(const AiUser *u, int64 id, Datum *first)
 		s = e != NULL ? ai_resv_find(e, id) : -1;
 		if (s >= 0)
 		{
-			AiReservation *res = &ai_shared->resv[s];
+			AiReservation *res = &ai_resv_slots[s];
 
 			open = (res->state == AI_RESV_OPEN);
 			if (res->state == AI_RESV_SETTLING)

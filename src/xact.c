@@ -24,6 +24,7 @@
 
 #include "config.h"
 #include "replica.h"
+#include "reservations.h"
 #include "rulestate.h"
 #include "shmem.h"
 #include "spend.h"
@@ -98,7 +99,7 @@ ai_charge_end(AiCharge *c, bool commit)
 				e->burst[c->burst_bucket % AI_BURST_RING]--;
 			if (c->day >= 0 && e->day == c->day && e->daily_count > 0)
 				e->daily_count--;
-			if (c->resv_id != 0 && ai_shared->resv[c->resv_slot].id == c->resv_id)
+			if (c->resv_id != 0 && ai_resv_slots[c->resv_slot].id == c->resv_id)
 				ai_resv_free(e, c->resv_slot);
 			ai_rules_check_undo(c->rule_first, c->rule_n);
 		}
@@ -125,7 +126,7 @@ ai_charge_end(AiCharge *c, bool commit)
 			e->committed_spend = ai_money_add(e->committed_spend, c->cost);
 		if (c->resv_id != 0)
 		{
-			AiReservation *r = &ai_shared->resv[c->resv_slot];
+			AiReservation *r = &ai_resv_slots[c->resv_slot];
 
 			if (r->id == c->resv_id && r->state == AI_RESV_SETTLING)
 			{
@@ -160,7 +161,7 @@ ai_xact_own_reservation(const AiKey *key, TimestampTz now, int32 *slot)
 		if (c->kind != AI_CHARGE_CHECK || c->resv_id <= 0 ||
 			memcmp(&c->key, key, sizeof(AiKey)) != 0)
 			continue;
-		r = &ai_shared->resv[c->resv_slot];
+		r = &ai_resv_slots[c->resv_slot];
 		if (r->id == c->resv_id && r->state == AI_RESV_OPEN && r->expires_at > now)
 		{
 			*slot = c->resv_slot;
