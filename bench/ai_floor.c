@@ -69,8 +69,8 @@ ai_floor_row(PG_FUNCTION_ARGS)
 			elog(ERROR, "ai_floor_row must return a composite type");
 		old = MemoryContextSwitchTo(TopMemoryContext);
 		desc = BlessTupleDesc(CreateTupleDescCopy(td));
-		ratelimit = CStringGetTextDatum("\"burst\";r=2147483641;t=57");
-		policy = CStringGetTextDatum("\"burst\";q=2147483647;w=60");
+		ratelimit = CStringGetTextDatum("\"daily\";r=2147483641;t=40521");
+		policy = CStringGetTextDatum("\"daily\";q=2147483647;w=86400");
 		MemoryContextSwitchTo(old);
 	}
 	if (desc->natts != 13)
@@ -79,7 +79,7 @@ ai_floor_row(PG_FUNCTION_ARGS)
 	nulls[0] = nulls[3] = nulls[5] = nulls[11] = nulls[12] = false;
 	values[0] = BoolGetDatum(true);
 	values[3] = Int32GetDatum(2147483641);	/* remaining */
-	values[5] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp() + 57 * USECS_PER_SEC);
+	values[5] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp() + 40521 * USECS_PER_SEC);
 	values[11] = ratelimit;
 	values[12] = policy;
 	return HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
