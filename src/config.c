@@ -169,7 +169,8 @@ ai_table_cache_stale(AiTableCache *c)
 /*
  * The cache is about to read its table: valid from here on, so that an
  * invalidation that arrives while it reads (its queries take locks, which
- * take in invalidations) makes it read once more.
+ * take in invalidations) makes it read once more.  It counts as read only
+ * when the read ends (ai_table_cache_read): one that failed is read again.
  */
 void
 ai_table_cache_reading(AiTableCache *c)
@@ -186,9 +187,16 @@ ai_table_cache_reading(AiTableCache *c)
 		table_caches[ntable_caches++] = c;
 	}
 	c->relid = ai_ext_relid(c->table);
-	c->loaded = true;
+	c->loaded = false;
 	c->valid = true;
 	c->call = call_seq;
+}
+
+/* The cache read its table whole. */
+void
+ai_table_cache_read(AiTableCache *c)
+{
+	c->loaded = true;
 }
 
 /*
@@ -346,6 +354,7 @@ ai_reload_plans(void)
 							 schema),
 					ai_cache_plan_row);
 	SPI_finish();
+	ai_table_cache_read(&plans_read);
 	plan_cache_loads++;
 }
 
@@ -469,6 +478,7 @@ ai_reload_prices(void)
 								 "FROM %s.ai_model_prices", ai_ext_schema()),
 						ai_cache_price_row);
 	SPI_finish();
+	ai_table_cache_read(&prices_read);
 }
 
 /* Are these two characters a number from lo to hi? */

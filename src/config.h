@@ -128,7 +128,7 @@ typedef struct AiTableCache
 {
 	const char *table;			/* its name in the extension's schema */
 	Oid			relid;			/* as of the last read; InvalidOid: absent */
-	bool		loaded;			/* read at least once */
+	bool		loaded;			/* its last read ended */
 	bool		valid;			/* no invalidation since the last read began */
 	uint64		call;			/* the call that last looked */
 } AiTableCache;
@@ -137,6 +137,7 @@ typedef struct AiTableCache
 
 extern bool ai_table_cache_stale(AiTableCache *c);
 extern void ai_table_cache_reading(AiTableCache *c);
+extern void ai_table_cache_read(AiTableCache *c);
 extern void ai_table_changed(Relation rel);
 
 /*

@@ -224,6 +224,7 @@ ai_reload_rules(void)
 				have_member_rules = true;
 		}
 	}
+	ai_table_cache_read(&rules_read);
 	rules_loads++;
 }
 
