@@ -229,6 +229,9 @@ ai_compact_worker_main(Datum arg)
 	/* ai_compact_usage() runs at READ COMMITTED only */
 	SetConfigOption("default_transaction_isolation", "read committed",
 					PGC_SUSET, PGC_S_OVERRIDE);
+	/* maintenance, as autovacuum: no time limits meant for applications */
+	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
