@@ -8,9 +8,10 @@
  * of their ids (ai_resv_index).  A slot in use belongs to one user (or, a
  * shadow, to one account) and is read and changed only under its owner's
  * partition lock.  The free list, the slot counters, the index of ids and
- * the last id issued (resvid.c) are guarded by resv_lock, always taken
- * after a partition lock, never before.  ids_lock (resvid.c) is taken with
- * no other lock held.
+ * the last id issued (resvid.c) are guarded by resv_lock, the innermost
+ * lock: taken under a partition lock or alone (looking an id up before its
+ * owner's lock is known), and no lock is taken while it is held.  ids_lock
+ * (resvid.c) is taken with no other lock held.
  *
  *-------------------------------------------------------------------------
  */

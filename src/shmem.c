@@ -31,9 +31,9 @@
  * A rule's counters of a user are keyed into the user's partition, and an
  * account's into the account's (ai_account_init), so a check's set of
  * locks covers every rule that binds it.
- * The reservation pool's resv_lock is always taken after a partition
- * lock, never before (reservations.c); ids_lock (resvid.c) is taken with
- * no other lock held.
+ * The reservation pool's resv_lock is the innermost lock: taken under a
+ * partition lock or alone, and no lock is taken while it is held
+ * (reservations.c); ids_lock (resvid.c) is taken with no other lock held.
  *
  * None of these locks is a transaction lock: they are held for a bounded,
  * short time and never across a wait for another transaction.

@@ -91,10 +91,11 @@ typedef struct AiEntry
 } AiEntry;
 
 /*
- * What an entry counts: a user, or one rule of ai_rules for one user
- * (rulestate.c says which fields such an entry uses).  A rule's entry is
- * keyed from its user's key, in the same partition, so one lock covers a
- * user and every rule that applies to it.  Its kind also names its window.
+ * What an entry counts: a user, one rule of ai_rules for one user
+ * (rulestate.c says which fields such an entry uses), or an account.  A
+ * rule's entry is keyed from its holder's key, in the same partition: one
+ * lock covers a user and its plan, user and member rules, and another an
+ * account and the rules on it (accounts.c).  Its kind also names its window.
  */
 #define AI_ENTRY_USER			0
 #define AI_ENTRY_RULE			0x10	/* | AiWindowKind */

@@ -1451,30 +1451,47 @@ typedef struct AiAccountRow
 	AiMoney		inflight_cost;
 } AiAccountRow;
 
+/*
+ * Take partition p's lock (shared) with room in *buf for every entry it
+ * holds: the buffer grows before the lock is taken, never under it.
+ */
+static void
+ai_lock_partition_with_room(int p, void **buf, int32 *max, Size elem)
+{
+	for (;;)
+	{
+		if (*buf == NULL || *max < ai_table->part_count[p])
+		{
+			*max = Max(ai_table->part_count[p] + 64, *max * 2);
+			*buf = *buf ? repalloc_huge(*buf, elem * *max)
+				: palloc_extended(elem * *max, MCXT_ALLOC_HUGE);
+		}
+		LWLockAcquire(ai_partition_lock_at(p), LW_SHARED);
+		if (ai_table->part_count[p] <= *max)
+			return;
+		LWLockRelease(ai_partition_lock_at(p));
+	}
+}
+
 Datum
 ai_account_status(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	TimestampTz now = GetCurrentTimestamp();
-	List	   *rows = NIL;
-	ListCell   *lc;
+	AiAccountRow *batch = NULL;
+	int32		max = 0;
 
 	ai_call_start();
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
 	{
-		LWLock	   *lock = ai_partition_lock_at(p);
 		AiPartIter	it;
 		AiEntry    *e;
-		AiAccountRow *batch;
 		int			n = 0;
-		int			max;
 
-		LWLockAcquire(lock, LW_SHARED);
-		max = ai_table->part_count[p];
-		batch = max > 0 ? palloc(sizeof(AiAccountRow) * max) : NULL;
+		ai_lock_partition_with_room(p, (void **) &batch, &max, sizeof(AiAccountRow));
 		ai_part_iter_init(&it, p);
-		while (n < max && (e = ai_part_iter_next(&it)) != NULL)
+		while ((e = ai_part_iter_next(&it)) != NULL)
 		{
 			AiAccountRow *r = &batch[n];
 
@@ -1487,22 +1504,19 @@ ai_account_status(PG_FUNCTION_ARGS)
 			r->inflight_cost = ai_inflight_cost(e);
 			n++;
 		}
-		LWLockRelease(lock);
+		LWLockRelease(ai_partition_lock_at(p));
 		for (int i = 0; i < n; i++)
-			rows = lappend(rows, &batch[i]);
-	}
-	foreach(lc, rows)
-	{
-		AiAccountRow *r = lfirst(lc);
-		Datum		v[5];
-		bool		nl[5] = {0};
+		{
+			Datum		v[5];
+			bool		nl[5] = {0};
 
-		v[0] = CStringGetTextDatum(r->id);
-		v[1] = Int32GetDatum(r->nresv);
-		v[2] = ai_money_to_numeric(r->reserved);
-		v[3] = Int64GetDatum((int64) r->inflight);
-		v[4] = ai_money_to_numeric(r->inflight_cost);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
+			v[0] = CStringGetTextDatum(batch[i].id);
+			v[1] = Int32GetDatum(batch[i].nresv);
+			v[2] = ai_money_to_numeric(batch[i].reserved);
+			v[3] = Int64GetDatum((int64) batch[i].inflight);
+			v[4] = ai_money_to_numeric(batch[i].inflight_cost);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nl);
+		}
 	}
 	return (Datum) 0;
 }
@@ -1528,25 +1542,11 @@ ai_ratelimit_status(PG_FUNCTION_ARGS)
 
 	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
 	{
-		LWLock	   *lock = ai_partition_lock_at(p);
 		AiPartIter	it;
 		AiEntry    *e;
 		int32		n = 0;
 
-		/* room for the partition as counted now; checked again under the lock */
-		for (;;)
-		{
-			if (copy == NULL || max < ai_table->part_count[p])
-			{
-				max = Max(ai_table->part_count[p] + 64, max * 2);
-				copy = copy ? repalloc_huge(copy, sizeof(AiStatusCopy) * max)
-					: palloc_extended(sizeof(AiStatusCopy) * max, MCXT_ALLOC_HUGE);
-			}
-			LWLockAcquire(lock, LW_SHARED);
-			if (ai_table->part_count[p] <= max)
-				break;
-			LWLockRelease(lock);
-		}
+		ai_lock_partition_with_room(p, (void **) &copy, &max, sizeof(AiStatusCopy));
 		ai_part_iter_init(&it, p);
 		while ((e = ai_part_iter_next(&it)) != NULL)
 		{
@@ -1557,7 +1557,7 @@ ai_ratelimit_status(PG_FUNCTION_ARGS)
 			copy[n].reserved = ai_resv_held(e, now, &copy[n].nresv);
 			n++;
 		}
-		LWLockRelease(lock);
+		LWLockRelease(ai_partition_lock_at(p));
 		for (int32 i = 0; i < n; i++)
 			ai_status_row(rsinfo, &copy[i], now, &cal, &spends);
 	}
