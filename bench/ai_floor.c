@@ -24,6 +24,24 @@ PG_MODULE_MAGIC;
 PG_FUNCTION_INFO_V1(ai_floor);
 PG_FUNCTION_INFO_V1(ai_floor_row);
 
+/* The function's result type, blessed once into *desc. */
+static TupleDesc
+floor_desc(FunctionCallInfo fcinfo, TupleDesc *desc)
+{
+	if (*desc == NULL)
+	{
+		TupleDesc	td;
+		MemoryContext old;
+
+		if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "a floor function must return a composite type");
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		*desc = BlessTupleDesc(CreateTupleDescCopy(td));
+		MemoryContextSwitchTo(old);
+	}
+	return *desc;
+}
+
 Datum
 ai_floor(PG_FUNCTION_ARGS)
 {
@@ -31,17 +49,7 @@ ai_floor(PG_FUNCTION_ARGS)
 	Datum		values[16] = {0};
 	bool		nulls[16];
 
-	if (desc == NULL)
-	{
-		TupleDesc	td;
-		MemoryContext old;
-
-		if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
-			elog(ERROR, "ai_floor must return a composite type");
-		old = MemoryContextSwitchTo(TopMemoryContext);
-		desc = BlessTupleDesc(CreateTupleDescCopy(td));
-		MemoryContextSwitchTo(old);
-	}
+	floor_desc(fcinfo, &desc);
 	if (desc->natts > (int) lengthof(values))
 		elog(ERROR, "ai_floor: the result type has %d columns", desc->natts);
 	/* allowed, every other column NULL, whatever the release's column count */
@@ -55,26 +63,22 @@ Datum
 ai_floor_row(PG_FUNCTION_ARGS)
 {
 	static TupleDesc desc = NULL;
-	static Datum ratelimit;
-	static Datum policy;
+	static Datum ratelimit = 0;
+	static Datum policy = 0;
 	Datum		values[16] = {0};
 	bool		nulls[16];
 
-	if (desc == NULL)
+	floor_desc(fcinfo, &desc);
+	if (desc->natts != 13)
+		elog(ERROR, "ai_floor_row: the result type has %d columns, not 13", desc->natts);
+	if (ratelimit == 0)
 	{
-		TupleDesc	td;
-		MemoryContext old;
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
-		if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
-			elog(ERROR, "ai_floor_row must return a composite type");
-		old = MemoryContextSwitchTo(TopMemoryContext);
-		desc = BlessTupleDesc(CreateTupleDescCopy(td));
 		ratelimit = CStringGetTextDatum("\"daily\";r=2147483641;t=40521");
 		policy = CStringGetTextDatum("\"daily\";q=2147483647;w=86400");
 		MemoryContextSwitchTo(old);
 	}
-	if (desc->natts != 13)
-		elog(ERROR, "ai_floor_row: the result type has %d columns, not 13", desc->natts);
 	memset(nulls, true, sizeof(nulls));
 	nulls[0] = nulls[3] = nulls[5] = nulls[11] = nulls[12] = false;
 	values[0] = BoolGetDatum(true);

@@ -100,12 +100,19 @@ $node->stop('immediate');
 $bench->finish;
 $node->start;
 
+# what the log holds of a user's month
+sub month_logged
+{
+	my ($user) = @_;
+	return $node->safe_psql('postgres', qq{
+		SELECT coalesce(sum(cost_cents), 0) FROM ai_usage
+		WHERE user_id = '$user' AND day >= date_trunc('month', now())::date});
+}
+
 for my $u (1 .. $users)
 {
 	my $user = "live-$u";
-	my $logged = $node->safe_psql('postgres', qq{
-		SELECT sum(cost_cents) FROM ai_usage
-		WHERE user_id = '$user' AND day >= date_trunc('month', now())::date});
+	my $logged = month_logged($user);
 	# the first check after the crash loads the month from totals and log
 	$node->safe_psql('postgres', "SELECT allowed FROM ai_check_limit('$user', 'cw')");
 	is($node->safe_psql('postgres', "SELECT ai_monthly_spend('$user') = $logged"), 't',
@@ -113,9 +120,7 @@ for my $u (1 .. $users)
 	ok($logged <= $cap{$user}, "$user: the budget of $cap{$user} cents was not passed");
 }
 # the backfilled row is counted
-is($node->safe_psql('postgres', q{
-	SELECT ai_monthly_spend('late') = (SELECT coalesce(sum(cost_cents), 0) FROM ai_usage
-	                                   WHERE user_id = 'late' AND day >= date_trunc('month', now())::date)}),
+is($node->safe_psql('postgres', "SELECT ai_monthly_spend('late') = " . month_logged('late')),
 	't', 'a row backfilled into a totalled day counts');
 
 # the budgets bind: the load goes on until they refuse, once the estimates
@@ -129,9 +134,7 @@ $bench->finish;
 for my $u (1 .. $users)
 {
 	my $user = "live-$u";
-	my $logged = $node->safe_psql('postgres', qq{
-		SELECT sum(cost_cents) FROM ai_usage
-		WHERE user_id = '$user' AND day >= date_trunc('month', now())::date});
+	my $logged = month_logged($user);
 	ok($logged <= $cap{$user} && $logged > $cap{$user} - 0.5,
 		"$user: spent $logged of $cap{$user} cents: the budget was reached, not passed");
 	is($node->safe_psql('postgres', "SELECT ai_monthly_spend('$user') = $logged"), 't',
