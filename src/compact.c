@@ -11,7 +11,8 @@
  * call of a session on a primary notes its database here
  * (ai_compact_note_database); the saver looks every second
  * (ai_compact_tick) and, for a noted database whose last run began (or
- * that was noted) at least an interval ago, starts a worker that runs ai_compact_usage() in a
+ * that was noted) at least an interval ago, starts a worker (two at most
+ * at a time) that runs ai_compact_usage() in a
  * transaction of its own at READ COMMITTED, as the bootstrap superuser,
  * and exits.  A database on a script older than 1.6 (no ai_usage_days) is
  * passed over; one whose worker failed three times in a row (an error, the
@@ -45,6 +46,8 @@
 
 /* databases whose usage the worker totals */
 #define AI_COMPACT_MAX_DBS		256
+/* workers running at once, each in one database */
+#define AI_COMPACT_MAX_RUNNING	2
 /* a database whose worker failed this many times in a row is forgotten */
 #define AI_COMPACT_MAX_FAILURES 3
 
@@ -68,6 +71,12 @@ static AiCompactShared *compact = NULL;
 
 /* In the worker: did its run commit? */
 static bool compact_committed = false;
+
+/*
+ * In the saver: the workers it started, by slot, so that one that never
+ * ran (it could not be forked) does not keep its database waiting.
+ */
+static BackgroundWorkerHandle *handles[AI_COMPACT_MAX_DBS];
 
 Size
 ai_compact_shmem_size(void)
@@ -146,48 +155,87 @@ ai_compact_forget_database(Oid dbid)
 }
 
 /*
- * In the saver, every second on a primary: start a worker for each noted
- * database whose last one began, or that was noted, an interval ago or more.  A worker that
- * cannot start (every slot in use) is tried again an interval later.
+ * In the saver, every second on a primary: start a worker for a noted
+ * database whose last one began, or that was noted, an interval ago or
+ * more, the longest waiting first, while fewer than
+ * AI_COMPACT_MAX_RUNNING run.  A worker that cannot start (every
+ * background worker slot in use) is tried again at the next tick.
  */
 void
 ai_compact_tick(TimestampTz now)
 {
-	Oid			due[AI_COMPACT_MAX_DBS];
-	int			ndue = 0;
-
-	if (compact == NULL || ai_compact_interval <= 0)
+	if (compact == NULL)
 		return;
-	SpinLockAcquire(&compact->mutex);
+	/* workers that ended without their exit callback: never forked */
 	for (int i = 0; i < AI_COMPACT_MAX_DBS; i++)
 	{
-		AiCompactDb *s = &compact->db[i];
+		pid_t		pid;
 
-		if (!OidIsValid(s->dbid) || s->running ||
-			now - s->last_start < (int64) ai_compact_interval * USECS_PER_SEC)
+		if (handles[i] == NULL ||
+			GetBackgroundWorkerPid(handles[i], &pid) != BGWH_STOPPED)
 			continue;
-		s->running = true;
-		s->last_start = now;
-		due[ndue++] = s->dbid;
+		pfree(handles[i]);
+		handles[i] = NULL;
+		SpinLockAcquire(&compact->mutex);
+		compact->db[i].running = false;
+		SpinLockRelease(&compact->mutex);
 	}
-	SpinLockRelease(&compact->mutex);
-
-	for (int i = 0; i < ndue; i++)
+	for (;;)
 	{
+		AiCompactDb *next = NULL;
+		int			running = 0;
+		Oid			dbid;
+		TimestampTz was;
 		BackgroundWorker w;
+		int			slot;
+
+		if (ai_compact_interval <= 0)
+			return;
+		SpinLockAcquire(&compact->mutex);
+		for (int i = 0; i < AI_COMPACT_MAX_DBS; i++)
+		{
+			AiCompactDb *s = &compact->db[i];
+
+			if (!OidIsValid(s->dbid))
+				continue;
+			if (s->running)
+				running++;
+			else if (now - s->last_start >= (int64) ai_compact_interval * USECS_PER_SEC &&
+					 (next == NULL || s->last_start < next->last_start))
+				next = s;
+		}
+		if (next == NULL || running >= AI_COMPACT_MAX_RUNNING)
+		{
+			SpinLockRelease(&compact->mutex);
+			return;
+		}
+		next->running = true;
+		was = next->last_start;
+		next->last_start = now;
+		dbid = next->dbid;
+		slot = (int) (next - compact->db);
+		SpinLockRelease(&compact->mutex);
 
 		ai_worker_describe(&w, BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION,
 						   BgWorkerStart_RecoveryFinished, BGW_NEVER_RESTART,
 						   "ai_compact_worker_main", "ai_ratelimit compactor");
-		w.bgw_main_arg = ObjectIdGetDatum(due[i]);
-		if (!RegisterDynamicBackgroundWorker(&w, NULL))
+		w.bgw_main_arg = ObjectIdGetDatum(dbid);
+		w.bgw_notify_pid = 0;
+		if (handles[slot] != NULL)
+			pfree(handles[slot]);
+		handles[slot] = NULL;
+		if (!RegisterDynamicBackgroundWorker(&w, &handles[slot]))
 		{
 			AiCompactDb *s;
 
 			SpinLockAcquire(&compact->mutex);
-			if ((s = ai_compact_slot(due[i])) != NULL)
+			if ((s = ai_compact_slot(dbid)) != NULL)
+			{
 				s->running = false;
+				s->last_start = was;
+			}
 			SpinLockRelease(&compact->mutex);
+			return;
 		}
 	}
 }
