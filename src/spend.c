@@ -30,6 +30,7 @@
 
 #include "calendar.h"
 #include "config.h"
+#include "replica.h"
 #include "reservations.h"
 #include "resvid.h"
 #include "shmem.h"
@@ -428,9 +429,18 @@ ai_resv_drop_settled(const AiUser *u)
 			e->resv_restored = 0;
 	}
 	LWLockRelease(lock);
-	/* and from the accounts its check held them on (1.8) */
 	for (int i = 0; i < n; i++)
+	{
+		/* and from the accounts its check held them on (1.8) */
 		ai_resv_free_shadows(DatumGetInt64(ids[i]), GetCurrentTimestamp());
+
+		/*
+		 * In the WAL too, as a release is: a standby, or a base backup
+		 * whose copy of the save files came before the saver wrote this,
+		 * does not hold it again after a failover.
+		 */
+		ai_wal_log_resv_end(DatumGetInt64(ids[i]), &u->key);
+	}
 	pfree(ids);
 	pfree(looked);
 }
