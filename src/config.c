@@ -131,7 +131,7 @@ ai_caches_new_call(void)
 
 /* ---- caches of whole tables (AiTableCache) ---- */
 
-#define AI_MAX_TABLE_CACHES		4
+#define AI_MAX_TABLE_CACHES		8
 static AiTableCache *table_caches[AI_MAX_TABLE_CACHES];
 static int	ntable_caches = 0;
 

@@ -13,7 +13,6 @@
  */
 #include "postgres.h"
 
-#include <inttypes.h>
 
 #include "common/int.h"
 #include "utils/builtins.h"
@@ -78,20 +77,11 @@ ai_money_from_numeric(Datum num, bool round_up, const char *what)
 Datum
 ai_money_to_numeric(AiMoney m)
 {
-	char		buf[64];
-	uint64		abs_m = (m < 0) ? -(uint64) m : (uint64) m;
-	uint64		whole = abs_m / AI_MONEY_UNITS_PER_CENT;
-	uint64		frac = abs_m % AI_MONEY_UNITS_PER_CENT;
-	int			len;
-
-	len = snprintf(buf, sizeof(buf), "%s%" PRIu64 ".%09" PRIu64,
-				   m < 0 ? "-" : "", whole, frac);
-	while (len > 0 && buf[len - 1] == '0')
-		buf[--len] = '\0';
-	if (len > 0 && buf[len - 1] == '.')
-		buf[--len] = '\0';
-	return DirectFunctionCall3(numeric_in, CStringGetDatum(buf),
-							   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	/* m / 10^9, then the display scale the digits need, as numeric_in gives */
+	StaticAssertStmt(AI_MONEY_UNITS_PER_CENT == INT64CONST(1000000000),
+					 "ai_money_to_numeric assumes 10^9 units per cent");
+	return DirectFunctionCall1(numeric_trim_scale,
+							   NumericGetDatum(int64_div_fast_to_numeric(m, 9)));
 }
 
 /* a + b, saturating at AI_MONEY_MAX (never wraps into a smaller spend). */

@@ -468,7 +468,7 @@ ai_mark_restored_reservations(void)
 		ai_part_iter_init(&it, p);
 		while ((e = ai_part_iter_next(&it)) != NULL)
 			if (e->resv_head >= 0)
-				e->resv_restored = 1;
+				ai_entry_set_restored(e, true);
 	}
 }
 

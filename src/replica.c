@@ -322,7 +322,7 @@ ai_redo_resv_at(const AiWalResv *rec, const AiWalHolder *h, int64 id, bool accou
 			restored = slot;
 			/* a record may have settled it since: the user's first check looks */
 			if (!account)
-				e->resv_restored = 1;
+				ai_entry_set_restored(e, true);
 		}
 		ai_entry_changed(e);
 	}

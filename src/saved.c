@@ -241,7 +241,7 @@ ai_apply_saved(const AiSaveHeader *saved_hdr, const char *saved, TimestampTz now
 			memcpy(r->rules, resv[i].rules, sizeof(r->rules));
 			restored++;
 			if (replay)
-				e->resv_restored = 1;
+				ai_entry_set_restored(e, true);
 		}
 		ai_apply_unlock(lock);
 	}

@@ -177,6 +177,7 @@ ai_shmem_startup(void)
 		pg_atomic_init_u64(&ai_shared->late_records, 0);
 		pg_atomic_init_u64(&ai_shared->repeated_records, 0);
 		pg_atomic_init_u64(&ai_shared->misnamed_records, 0);
+		pg_atomic_init_u32(&ai_shared->restored_entries, 0);
 	}
 
 	ai_stats_init(found);
@@ -412,6 +413,7 @@ ai_entry_remove(AiEntry *e, uint32 hashcode)
 	*link = e->next;
 	ai_table->part_count[hashcode % AI_NUM_PARTITIONS]--;
 	pg_atomic_fetch_sub_u32(&ai_table->nentries, 1);
+	ai_entry_set_restored(e, false);
 	/* the cached spend of its rules no longer follows it (rulestate.c) */
 	if (!AI_ENTRY_IS_RULE(e))
 		ai_table->part_epoch[hashcode % AI_NUM_PARTITIONS]++;

@@ -154,6 +154,7 @@ typedef struct AiShared
 	pg_atomic_uint64 late_records;	/* records naming a reservation no longer open */
 	pg_atomic_uint64 repeated_records;	/* records of a reservation recorded before */
 	pg_atomic_uint64 misnamed_records;	/* records naming another account than their check */
+	pg_atomic_uint32 restored_entries;	/* entries with resv_restored set (never fewer) */
 	TimestampTz stats_reset;	/* guarded by stats_lock */
 	LWLock	   *stats_lock;		/* guards adding plans to ai_stats */
 	int32		nstats;
@@ -272,6 +273,24 @@ ai_entry_changed(AiEntry *e)
 		*head = (int32) (e - ai_entries);
 	}
 	ai_mark_dirty();
+}
+
+/*
+ * Mark an entry's reservations as restored after a crash, or clear the mark
+ * (spend.c drops those a record settled).  restored_entries lets a record
+ * skip the look when no entry has the mark.  Caller holds the entry's
+ * partition lock exclusively (or runs before any session).
+ */
+static inline void
+ai_entry_set_restored(AiEntry *e, bool restored)
+{
+	if (e->resv_restored == (uint8) restored)
+		return;
+	e->resv_restored = (uint8) restored;
+	if (restored)
+		pg_atomic_fetch_add_u32(&ai_shared->restored_entries, 1);
+	else
+		pg_atomic_fetch_sub_u32(&ai_shared->restored_entries, 1);
 }
 
 #endif							/* AI_SHMEM_H_ */

@@ -355,7 +355,9 @@ ai_resv_drop_settled(const AiUser *u)
 	AiResvIter	it;
 	AiReservation *r;
 
-	/* most calls: no reservation restored after a crash */
+	/* most calls: no reservation restored after a crash, anywhere */
+	if (pg_atomic_read_u32(&ai_shared->restored_entries) == 0)
+		return;
 	LWLockAcquire(lock, LW_SHARED);
 	e = ai_entry_lookup(&u->key, u->hashcode, false, 0, NULL, 0);
 	restored = (e != NULL && e->resv_restored);
@@ -426,7 +428,7 @@ ai_resv_drop_settled(const AiUser *u)
 				ai_resv_free(e, s);
 		}
 		if (ai_resv_all_looked_up(e, looked, nlooked))
-			e->resv_restored = 0;
+			ai_entry_set_restored(e, false);
 	}
 	LWLockRelease(lock);
 	for (int i = 0; i < n; i++)

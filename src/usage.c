@@ -302,6 +302,10 @@ ai_alert_plan(const AiRecordCall *r, AiPlan *eff)
 	return eff->has_budget && eff->nalerts > 0 && eff->budget > 0;
 }
 
+/* Does this database's ai_usage have account_id (1.8)? */
+static AiTableCache usage_columns = AI_TABLE_CACHE("ai_usage");
+static bool usage_has_account;
+
 /*
  * Append the call's row to ai_usage, as the extension owner.  Cache writes
  * go to their 1.4 columns; a call without them inserts what every version
@@ -331,7 +335,14 @@ ai_insert_usage(const AiRecordCall *r, Datum cost_num)
 	int			rc;
 
 	SPI_connect();
-	if (ai_ext_has_column("ai_usage", "account_id"))
+	if (ai_table_cache_stale(&usage_columns))
+	{
+		/* read again when ai_usage changes (ALTER EXTENSION UPDATE adds columns) */
+		ai_table_cache_reading(&usage_columns);
+		usage_has_account = ai_ext_has_column("ai_usage", "account_id");
+		ai_table_cache_read(&usage_columns);
+	}
+	if (usage_has_account)
 		plan = ai_kept_plan(&kept, psprintf(ins, ai_ext_schema(), ", account_id", ", $13"),
 							13, types);		/* 1.8: every column */
 	else if (writes)
