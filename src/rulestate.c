@@ -20,7 +20,8 @@
  *   tokens|cents, minute  tokens ring: recorded tokens, or cents rounded up;
  *                         estimates in flight are held by reservations
  *   tokens|cents,         the window's committed use, cached exact like the
- *   calendar              monthly spend (spend.c): spend_state, spend_month
+ *   calendar              monthly spend, by one loader (spend.c's
+ *                         ai_load_use): spend_state, spend_month
  *                         (the window's code), spend_gen, committed_spend;
  *                         inflight and inflight_cost for records in flight;
  *                         recorded_total holds the user's stamp (below)
@@ -92,14 +93,6 @@ ai_rule_key(const AiUser *u, const AiRule *r, AiKey *key, uint32 *hashcode)
 	*hashcode = want;
 }
 
-static inline int64
-ai_user_stamp(const AiEntry *ue)
-{
-	uint32		p = ai_key_hash(&ue->key) % AI_NUM_PARTITIONS;
-
-	return (int64) (((uint64) ai_table->part_epoch[p] << 32) | ue->change_seq);
-}
-
 /*
  * What a rule's cached use is exact at: its holder's stamp and, for a use
  * summed over an account's subtree, the tree it was summed over (both
@@ -122,20 +115,6 @@ static inline int64
 ai_rule_stamp(const AiRule *r, const AiEntry *holder)
 {
 	return ai_stamp_add(ai_user_stamp(holder), ai_tree_offset(r));
-}
-
-/*
- * The entry of a holder of rules (a user or an account), made if need be:
- * ai_entry_get, which may release and take the lock again.
- */
-static AiEntry *
-ai_holder_get(const AiUser *u, TimestampTz now)
-{
-	AiEntry    *e = ai_entry_get(&u->key, u->hashcode, u->lock, now, u->id, u->len);
-
-	if (e != NULL && u->account)
-		e->kind = AI_ENTRY_ACCOUNT;
-	return e;
 }
 
 static inline bool
@@ -220,21 +199,6 @@ void
 ai_rules_reserve_touches(int n)
 {
 	ai_touch_reserve(n);
-}
-
-/*
- * The entry of a holder, looked up under its partition lock (which the
- * caller holds exclusively, perhaps with others); with create, made
- * without releasing the lock (NULL when the table is full).
- */
-AiEntry *
-ai_holder_lookup(const AiUser *u, TimestampTz now, bool create)
-{
-	AiEntry    *e = ai_entry_lookup(&u->key, u->hashcode, create, now, u->id, u->len);
-
-	if (e != NULL && create && u->account)
-		e->kind = AI_ENTRY_ACCOUNT;
-	return e;
 }
 
 /* The transaction ended: every charge that named touches has ended. */
@@ -350,108 +314,117 @@ ai_rule_sum(const AiRule *r, const AiUser *u, const AiWindow *w)
 /* ---- a check: before the lock ---- */
 
 /*
- * The cached use of a calendar rule for tokens or cents: load it from the
- * tables without missing a record in flight, as spend.c loads the month.
- * The load is exact when no record of another backend was in flight at
- * the first look and the user's stamp did not move until the second: every
- * record that ended before is in the sum, and this backend's own records in
- * flight are taken off it and counted in flight instead.  Otherwise, for
- * cents, a use never lower than the truth (what was in flight and what was
- * recorded since are added); for tokens, which the user entry does not
- * count in flight, the load tries again, and after AI_RULE_LOAD_TRIES an
- * error asks to retry.  Without create (a peek) nothing is made: the use is
- * computed into ru->base.  Caller holds no partition lock.
+ * The cached use of a calendar rule for tokens or cents, loaded from the
+ * tables as spend.c loads the month (ai_load_use): its counters are an
+ * entry of their own, made when the sum is read; this backend's own records
+ * in flight are taken off the sum and counted in flight instead.  For
+ * tokens, which the user entry does not count in flight, a load that met
+ * records moving tries again, and after AI_RULE_LOAD_TRIES an error asks to
+ * retry.  Without create (a peek) nothing is made: the use is computed into
+ * ru->base.  Caller holds no partition lock.
  */
+typedef struct AiRuleLoad
+{
+	AiRuleUse  *ru;
+	AiEntry    *counters;		/* made after the sum, or NULL (a peek) */
+} AiRuleLoad;
+
+static bool
+ai_rule_use_cached(AiLoad *l, AiEntry *holder)
+{
+	AiRuleUse  *ru = ((AiRuleLoad *) l->arg)->ru;
+	AiEntry    *s = ai_entry_lookup(&ru->key, ru->hashcode, false, l->now, NULL, 0);
+
+	return s != NULL && ai_rule_cache_at(s, ai_rule_stamp(ru->rule, holder)) &&
+		s->spend_month == ru->win.code;
+}
+
+static int64
+ai_rule_use_stamp(AiLoad *l, const AiEntry *holder)
+{
+	return ai_rule_stamp(((AiRuleLoad *) l->arg)->ru->rule, holder);
+}
+
+static int64
+ai_rule_use_sum(AiLoad *l)
+{
+	AiRuleUse  *ru = ((AiRuleLoad *) l->arg)->ru;
+
+	return ai_rule_sum(ru->rule, l->holder, &ru->win);
+}
+
+static void
+ai_rule_use_make(AiLoad *l)
+{
+	AiRuleLoad *rl = l->arg;
+	const AiUser *u = l->holder;
+
+	rl->counters = NULL;
+	if (!l->create)
+		return;
+	rl->counters = ai_entry_get(&rl->ru->key, rl->ru->hashcode, u->lock, l->now, u->id, u->len);
+	if (rl->counters != NULL)
+		rl->counters->kind = AI_ENTRY_RULE | rl->ru->rule->window;	/* never a user's, even unloaded */
+}
+
+static bool
+ai_rule_use_store(AiLoad *l, AiEntry *holder, int64 sum)
+{
+	AiRuleLoad *rl = l->arg;
+	AiEntry    *s = rl->counters;
+	int32		own_count;
+	int64		own = ai_own_use(&rl->ru->key, rl->ru->win.code, s != NULL, &own_count);
+
+	if (s == NULL)
+		return false;			/* a peek: own records are in the sum */
+	if (s->spend_month != rl->ru->win.code)
+		s->alerts_sent = 0;		/* a new window: its alerts are to come */
+	s->spend_state = AI_SPEND_VALID;
+	s->spend_month = rl->ru->win.code;
+	s->spend_gen = l->gen;
+	s->recorded_total = ai_rule_stamp(rl->ru->rule, holder);
+	s->committed_spend = Max(sum - own, 0);
+	s->inflight = own_count;
+	s->inflight_cost = int64_to_int128(own);
+	return true;
+}
+
 static void
 ai_rule_load_cached(AiRuleUse *ru, const AiUser *u, TimestampTz now, bool create)
 {
-	const AiRule *r = ru->rule;
+	AiRuleLoad	rl = {ru, NULL};
+	AiLoad		l = {0};
 
+	l.holder = u;
+	l.now = now;
+	l.create = create;
+	l.cents = (ru->rule->metric == AI_METRIC_CENTS);
+	l.own = ai_own_records(&u->key);
+	l.cached = ai_rule_use_cached;
+	l.stamp = ai_rule_use_stamp;
+	l.sum = ai_rule_use_sum;
+	l.make = ai_rule_use_make;
+	l.store = ai_rule_use_store;
+	l.arg = &rl;
 	for (int attempt = 1;; attempt++)
 	{
-		AiEntry    *ue;
-		AiEntry    *s;
-		int64		stamp0;
-		bool		quiet;
-		AiMoney		inflight0;
-		AiMoney		total0;
-		int64		sum;
-		int32		own_count;
-		int64		own;
-
-		LWLockAcquire(u->lock, LW_EXCLUSIVE);
-		ue = create ? ai_holder_get(u, now) :
-			ai_entry_lookup(&u->key, u->hashcode, false, now, NULL, 0);
-		if (ue == NULL)
+		switch (ai_load_use(&l, &ru->base))
 		{
-			/* no counter, so no record in flight: the tables are the truth */
-			LWLockRelease(u->lock);
-			ru->exact = false;
-			ru->base = ai_rule_sum(r, u, &ru->win);
-			return;
-		}
-		s = ai_entry_lookup(&ru->key, ru->hashcode, false, now, NULL, 0);
-		if (s != NULL && ai_rule_cache_at(s, ai_rule_stamp(r, ue)) && s->spend_month == ru->win.code)
-		{
-			LWLockRelease(u->lock);
-			ru->exact = true;
-			return;
-		}
-		stamp0 = ai_rule_stamp(r, ue);
-		quiet = (ue->inflight == (uint32) ai_own_records(&u->key));
-		inflight0 = ai_inflight_cost(ue);
-		total0 = ue->recorded_total;
-		LWLockRelease(u->lock);
-
-		sum = ai_rule_sum(r, u, &ru->win);
-
-		LWLockAcquire(u->lock, LW_EXCLUSIVE);
-		/* made first: making room may release the lock for a moment */
-		s = create ? ai_entry_get(&ru->key, ru->hashcode, u->lock, now, u->id, u->len) : NULL;
-		if (s != NULL)
-			s->kind = AI_ENTRY_RULE | r->window;	/* never a user's, even unloaded */
-		ue = ai_entry_lookup(&u->key, u->hashcode, false, now, NULL, 0);
-		if (ue != NULL && quiet && ue->inflight == (uint32) ai_own_records(&u->key) &&
-			ai_rule_stamp(r, ue) == stamp0)
-		{
-			own = ai_own_use(&ru->key, ru->win.code, s != NULL, &own_count);
-			if (s != NULL)
-			{
-				if (s->spend_month != ru->win.code)
-					s->alerts_sent = 0;	/* a new window: its alerts are to come */
-				s->spend_state = AI_SPEND_VALID;
-				s->spend_month = ru->win.code;
-				s->spend_gen = pg_atomic_read_u32(&ai_shared->usage_gen);
-				s->recorded_total = stamp0;
-				s->committed_spend = Max(sum - own, 0);
-				s->inflight = own_count;
-				s->inflight_cost = int64_to_int128(own);
-				LWLockRelease(u->lock);
+			case AI_LOAD_EXACT:
 				ru->exact = true;
 				return;
-			}
-			LWLockRelease(u->lock);
-			ru->exact = false;
-			ru->base = sum;		/* a peek: own records are in the sum */
-			return;
+			case AI_LOAD_BOUND:
+				ru->exact = false;
+				return;
+			case AI_LOAD_MOVED:
+				break;
 		}
-		if (r->metric == AI_METRIC_CENTS)
-		{
-			ru->exact = false;
-			ru->base = ai_money_add(sum, inflight0);
-			if (ue != NULL)
-				ru->base = ai_money_add(ru->base,
-										(AiMoney) ((uint64) ue->recorded_total - (uint64) total0));
-			LWLockRelease(u->lock);
-			return;
-		}
-		LWLockRelease(u->lock);
 		if (attempt >= AI_RULE_LOAD_TRIES)
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("could not read the token use of user \"%s\" consistently", u->id),
 					 errdetail("Records of this user stayed in flight in other transactions while the use of rule %d was read.",
-							   r->id),
+							   ru->rule->id),
 					 errhint("Retry the request.")));
 		CHECK_FOR_INTERRUPTS();
 		pg_usleep(1000L * attempt);

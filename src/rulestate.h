@@ -70,7 +70,6 @@ ai_room_is_less(int64 limit, int64 left, int64 best_limit, int64 best_left)
 
 /* rulestate.c: several holders in one call */
 extern void ai_rules_reserve_touches(int n);
-extern AiEntry *ai_holder_lookup(const AiUser *u, TimestampTz now, bool create);
 
 /* rulestate.c: a check (limits.c) */
 extern void ai_rules_prepare(AiRuleSet *rs, const AiUser *u, const char *plan,

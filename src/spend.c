@@ -11,6 +11,10 @@
  * aborts (xact.c).  Deleting usage rows bumps the usage generation, which
  * makes every cached spend load again.
  *
+ * The protocol that loads a cached use without missing a record in flight
+ * is here once (ai_load_use): the month's spend uses it, and so does every
+ * calendar rule of tokens or cents (rulestate.c).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -207,7 +211,7 @@ ai_sum_month(const char *user_id, const AiCalendar *cal, bool latest)
 
 /*
  * Month's committed spend of a user in money units, read with the latest
- * snapshot (the caller's loading protocol needs a snapshot taken now).
+ * snapshot (ai_load_use needs a snapshot taken after its first look).
  */
 static AiMoney
 ai_load_spend(const char *user_id, const AiCalendar *cal)
@@ -228,53 +232,91 @@ ai_spend_in_month(const char *user_id, DateADT month)
 }
 
 /*
- * Make sure the entry's spend for the current month is loaded, without
- * missing a concurrent ai_record_usage.  Returns true when the cache is
- * exact; otherwise sets *fallback to a spend that is never lower than the
- * true one, for this check only (the next check tries to load again).
+ * Load a cached use from the tables without missing a record in flight.
  *
- * The load is exact when no record was in flight and none started or ended
- * while the sum was read: then every recorded cost is committed and visible
- * to the latest snapshot, which is taken after the first look.  Otherwise
- * the fallback adds to the sum whatever was in flight at the first look and
- * whatever was recorded since; a record can be counted twice there, never
- * missed.
+ * The load is exact when no record of another backend was in flight at the
+ * first look and the holder's stamp did not move until the second: every
+ * record that ended before is in the sum, read with a snapshot taken after
+ * the first look, and none started or ended meanwhile.  This backend's own
+ * records in flight (l->own) are in the sum; store takes them off.
+ * Otherwise a cost is bounded: the sum, plus whatever was in flight at the
+ * first look and whatever was recorded since; a record may be counted
+ * twice there, never missed.  Other uses are loaded again (AI_LOAD_MOVED).
  *
- * Without create (a peek), a user with no entry gets none: the sum is read
- * into *fallback.
- *
- * Caller must hold no partition lock.
+ * A holder with no entry (a peek, or no room) has no record in flight: the
+ * tables are the truth, returned as the bound.  Caller holds no partition
+ * lock.
  */
-bool
-ai_ensure_spend(const AiUser *u, const AiCalendar *cal, TimestampTz now, bool create,
-				AiMoney *fallback)
+AiLoadResult
+ai_load_use(AiLoad *l, int64 *bound)
 {
-	LWLock	   *lock = u->lock;
+	const AiUser *u = l->holder;
 	AiEntry    *e;
-	uint32		seq;
-	uint32		gen = pg_atomic_read_u32(&ai_shared->usage_gen);
+	int64		stamp0;
 	bool		quiet;
 	AiMoney		inflight0;
 	AiMoney		total0;
-	AiMoney		sum;
+	int64		sum;
 
-	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = create ? ai_entry_get(&u->key, u->hashcode, lock, now, u->id, u->len) :
-		ai_entry_lookup(&u->key, u->hashcode, false, now, NULL, 0);
+	l->gen = pg_atomic_read_u32(&ai_shared->usage_gen);
+	LWLockAcquire(u->lock, LW_EXCLUSIVE);
+	e = l->create ? ai_holder_get(u, l->now) :
+		ai_entry_lookup(&u->key, u->hashcode, false, l->now, NULL, 0);
 	if (e == NULL)
 	{
-		/* no counter: read the tables, never lower than the truth */
-		LWLockRelease(lock);
-		*fallback = ai_load_spend(u->id, cal);
-		return false;
+		LWLockRelease(u->lock);
+		*bound = l->sum(l);
+		return AI_LOAD_BOUND;
 	}
-	if (e->spend_state == AI_SPEND_VALID && e->spend_month == cal->month &&
-		e->spend_gen == gen)
+	if (l->cached(l, e))
 	{
-		LWLockRelease(lock);
-		return true;
+		LWLockRelease(u->lock);
+		return AI_LOAD_EXACT;
 	}
-	if (e->spend_month != cal->month || e->spend_gen != gen)
+	stamp0 = l->stamp(l, e);
+	quiet = (e->inflight == (uint32) l->own);
+	inflight0 = ai_inflight_cost(e);
+	total0 = e->recorded_total;
+	LWLockRelease(u->lock);
+
+	sum = l->sum(l);
+
+	LWLockAcquire(u->lock, LW_EXCLUSIVE);
+	if (l->make)
+		l->make(l);
+	e = ai_entry_lookup(&u->key, u->hashcode, false, l->now, NULL, 0);
+	if (e != NULL && quiet && e->inflight == (uint32) l->own && l->stamp(l, e) == stamp0)
+	{
+		bool		kept = l->store(l, e, sum);
+
+		LWLockRelease(u->lock);
+		if (kept)
+			return AI_LOAD_EXACT;
+		*bound = sum;			/* exact now, for this call */
+		return AI_LOAD_BOUND;
+	}
+	if (!l->cents)
+	{
+		LWLockRelease(u->lock);
+		return AI_LOAD_MOVED;
+	}
+	*bound = ai_money_add(sum, inflight0);
+	if (e != NULL)
+		*bound = ai_money_add(*bound, (AiMoney) ((uint64) e->recorded_total - (uint64) total0));
+	LWLockRelease(u->lock);
+	return AI_LOAD_BOUND;
+}
+
+/* A user's spend of a month: its steps of ai_load_use. */
+static bool
+ai_spend_cached(AiLoad *l, AiEntry *e)
+{
+	const AiCalendar *cal = l->arg;
+
+	if (e->spend_state == AI_SPEND_VALID && e->spend_month == cal->month &&
+		e->spend_gen == l->gen)
+		return true;
+	if (e->spend_month != cal->month || e->spend_gen != l->gen)
 	{
 		if (e->spend_month != cal->month)
 			e->alerts_sent = 0;
@@ -282,31 +324,61 @@ ai_ensure_spend(const AiUser *u, const AiCalendar *cal, TimestampTz now, bool cr
 		e->spend_month = cal->month;
 		e->committed_spend = 0;
 	}
-	seq = e->change_seq;
-	quiet = (e->inflight == 0);
-	inflight0 = ai_inflight_cost(e);
-	total0 = e->recorded_total;
-	LWLockRelease(lock);
-
-	sum = ai_load_spend(u->id, cal);
-
-	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = ai_entry_lookup(&u->key, u->hashcode, false, now, NULL, 0);
-	if (e != NULL && quiet && e->inflight == 0 && e->change_seq == seq &&
-		e->spend_month == cal->month && e->spend_state == AI_SPEND_UNKNOWN)
-	{
-		e->committed_spend = sum;
-		e->spend_gen = gen;
-		e->spend_state = AI_SPEND_VALID;
-		LWLockRelease(lock);
-		return true;
-	}
-	*fallback = ai_money_add(sum, inflight0);
-	if (e != NULL)
-		*fallback = ai_money_add(*fallback,
-								 (AiMoney) ((uint64) e->recorded_total - (uint64) total0));
-	LWLockRelease(lock);
 	return false;
+}
+
+static int64
+ai_spend_stamp(AiLoad *l, const AiEntry *e)
+{
+	return ai_user_stamp(e);
+}
+
+static int64
+ai_spend_sum(AiLoad *l)
+{
+	return ai_load_spend(l->holder->id, l->arg);
+}
+
+static bool
+ai_spend_store(AiLoad *l, AiEntry *e, int64 sum)
+{
+	const AiCalendar *cal = l->arg;
+
+	/* another load may have kept it meanwhile, or begun the next month */
+	if (e->spend_month != cal->month || e->spend_state != AI_SPEND_UNKNOWN)
+		return false;
+	e->committed_spend = sum;
+	e->spend_gen = l->gen;
+	e->spend_state = AI_SPEND_VALID;
+	return true;
+}
+
+/*
+ * Make sure the entry's spend for the current month is loaded (ai_load_use).
+ * Returns true when the cache is exact; otherwise sets *fallback to a spend
+ * that is never lower than the true one, for this check only (the next
+ * check tries to load again).  Records in flight of this backend are not
+ * taken off the month: while the user has any, the load is a bound.
+ *
+ * Without create (a peek), a user with no entry gets none: the sum is read
+ * into *fallback.  Caller must hold no partition lock.
+ */
+bool
+ai_ensure_spend(const AiUser *u, const AiCalendar *cal, TimestampTz now, bool create,
+				AiMoney *fallback)
+{
+	AiLoad		l = {0};
+
+	l.holder = u;
+	l.now = now;
+	l.create = create;
+	l.cents = true;
+	l.cached = ai_spend_cached;
+	l.stamp = ai_spend_stamp;
+	l.sum = ai_spend_sum;
+	l.store = ai_spend_store;
+	l.arg = (void *) cal;
+	return ai_load_use(&l, fallback) == AI_LOAD_EXACT;
 }
 
 /*

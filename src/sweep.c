@@ -300,3 +300,33 @@ ai_sweep_background(TimestampTz now)
 	if ((uint64) ai_entry_count() * 100 >= (uint64) ai_max_keys * AI_SWEEP_FILL_PERCENT)
 		(void) ai_make_room(now);
 }
+
+/*
+ * The entry of a holder of counters (a user, or an account: its kind says
+ * so), made if need be: ai_entry_get, which may release and take the lock
+ * again.
+ */
+AiEntry *
+ai_holder_get(const AiUser *u, TimestampTz now)
+{
+	AiEntry    *e = ai_entry_get(&u->key, u->hashcode, u->lock, now, u->id, u->len);
+
+	if (e != NULL && u->account)
+		e->kind = AI_ENTRY_ACCOUNT;
+	return e;
+}
+
+/*
+ * The entry of a holder, looked up under its partition lock (which the
+ * caller holds exclusively, perhaps with others); with create, made
+ * without releasing the lock (NULL when the table is full).
+ */
+AiEntry *
+ai_holder_lookup(const AiUser *u, TimestampTz now, bool create)
+{
+	AiEntry    *e = ai_entry_lookup(&u->key, u->hashcode, create, now, u->id, u->len);
+
+	if (e != NULL && create && u->account)
+		e->kind = AI_ENTRY_ACCOUNT;
+	return e;
+}
