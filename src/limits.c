@@ -144,6 +144,7 @@ ai_stand(AiCheck *c, const char *layer, int32 rule_id, int unit, int64 limit, in
 	s->limit = limit;
 	s->left = Max(left, 0);
 	s->reset_at = reset_at;
+	s->at = c->now;
 	s->window_secs = window_secs;
 }
 

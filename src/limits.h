@@ -42,6 +42,7 @@ typedef struct AiStanding
 	int64		limit;
 	int64		left;			/* what the limit leaves (after an allowed request) */
 	TimestampTz reset_at;		/* when it is whole again, or a retry may pass */
+	TimestampTz at;				/* the decision's time, which reset_at is counted from */
 	int32		window_secs;
 } AiStanding;
 

@@ -374,30 +374,67 @@ ai_never_words(const AiDecision *d)
  * Integers: cents are whole cents, rounded down.  A rule of ai_rules is
  * named "rule-<rule_id>".
  */
-static void
-ai_standing_fields(const AiStanding *st, char **ratelimit, char **policy)
+/* Append bytes to a field being formed in a buffer that has room. */
+static inline char *
+ai_field_put(char *p, const char *s, int len)
 {
+	memcpy(p, s, len);
+	return p + len;
+}
+
+#define AI_FIELD_PUT_LIT(p, lit)	ai_field_put((p), (lit), sizeof(lit) - 1)
+
+static void
+ai_standing_fields(const AiStanding *st, text **ratelimit, text **policy)
+{
+	/* the name, two integers of up to 20 characters and the unit fit */
+	char		buf[128];
 	char		name[32];
+	int			name_len;
+	char	   *p;
 	int64		q = st->limit;
 	int64		r = st->left;
-	const char *unit = st->unit == AI_METRIC_TOKENS ? ";qu=\"tokens\"" :
-		st->unit == AI_METRIC_CENTS ? ";qu=\"cents\"" : "";
 
 	if (st->layer != NULL)
-		snprintf(name, sizeof(name), "%s", st->layer);
+	{
+		name_len = Min(strlen(st->layer), sizeof(name) - 1);
+		memcpy(name, st->layer, name_len);
+	}
 	else
-		snprintf(name, sizeof(name), "rule-%d", st->rule_id);
+	{
+		memcpy(name, "rule-", 5);
+		name_len = 5 + pg_ltoa(st->rule_id, name + 5);
+	}
 	if (st->unit == AI_METRIC_CENTS)
 	{
 		q /= AI_MONEY_UNITS_PER_CENT;
 		r /= AI_MONEY_UNITS_PER_CENT;
 	}
-	*policy = psprintf("\"%s\";q=" INT64_FORMAT ";w=%d%s", name, q, st->window_secs, unit);
+
+	/* "<name>";q=<quota>;w=<window>[;qu="tokens"|"cents"] */
+	p = AI_FIELD_PUT_LIT(buf, "\"");
+	p = ai_field_put(p, name, name_len);
+	p = AI_FIELD_PUT_LIT(p, "\";q=");
+	p += pg_lltoa(q, p);
+	p = AI_FIELD_PUT_LIT(p, ";w=");
+	p += pg_ltoa(st->window_secs, p);
+	if (st->unit == AI_METRIC_TOKENS)
+		p = AI_FIELD_PUT_LIT(p, ";qu=\"tokens\"");
+	else if (st->unit == AI_METRIC_CENTS)
+		p = AI_FIELD_PUT_LIT(p, ";qu=\"cents\"");
+	*policy = cstring_to_text_with_len(buf, p - buf);
+
+	/* "<name>";r=<left>[;t=<seconds>] */
+	p = AI_FIELD_PUT_LIT(buf, "\"");
+	p = ai_field_put(p, name, name_len);
+	p = AI_FIELD_PUT_LIT(p, "\";r=");
+	p += pg_lltoa(r, p);
 	if (st->reset_at > 0)
-		*ratelimit = psprintf("\"%s\";r=" INT64_FORMAT ";t=%d", name, r,
-							  ai_seconds_until(GetCurrentTimestamp(), st->reset_at));
-	else
-		*ratelimit = psprintf("\"%s\";r=" INT64_FORMAT, name, r);
+	{
+		p = AI_FIELD_PUT_LIT(p, ";t=");
+		p += pg_ltoa(ai_seconds_until(st->at, st->reset_at), p);
+	}
+	*ratelimit = cstring_to_text_with_len(buf, p - buf);
 }
 
 static Datum
@@ -446,12 +483,12 @@ ai_decision_datum(FunctionCallInfo fcinfo, const AiDecision *d)
 	nulls[10] = d->allowed;
 	if (td->natts >= RESULT_NATTS && d->standing.known)
 	{
-		char	   *ratelimit;
-		char	   *policy;
+		text	   *ratelimit;
+		text	   *policy;
 
 		ai_standing_fields(&d->standing, &ratelimit, &policy);
-		values[11] = CStringGetTextDatum(ratelimit);
-		values[12] = CStringGetTextDatum(policy);
+		values[11] = PointerGetDatum(ratelimit);
+		values[12] = PointerGetDatum(policy);
 	}
 	else
 		nulls[11] = nulls[12] = true;
