@@ -64,6 +64,18 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.ai_model_family(text) IS
     'the family of a model''s name: the name without a date at its end (-YYYY-MM-DD, -YYYYMMDD or @YYYYMMDD), or the name itself';
 
+-- A rule's window is one the library knows (its table of windows): a new
+-- window needs no new constraint.  The constraint keeps its name.
+CREATE FUNCTION @extschema@.ai_window_known("window" text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'ai_window_known'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.ai_window_known(text) IS
+    'is this a window a rule may count over (ai_rules.window), one of the library''s table of windows';
+ALTER TABLE @extschema@.ai_rules
+    DROP CONSTRAINT ai_rules_window,
+    ADD CONSTRAINT ai_rules_window CHECK (@extschema@.ai_window_known("window"));
+
 DO $$
 DECLARE
     acl aclitem[];

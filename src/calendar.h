@@ -32,7 +32,9 @@ extern int32 ai_seconds_until(TimestampTz from, TimestampTz to);
 /*
  * The windows a rule counts over (ai_rules.window): a sliding minute, or a
  * calendar hour, day, ISO week (from Monday) or month, local to
- * ai_ratelimit.timezone.
+ * ai_ratelimit.timezone.  Each is an entry of calendar.c's table, which is
+ * all the rule engine knows of it.  The values are saved with a rule's
+ * counters: a new window comes before AI_WIN_COUNT, none is renumbered.
  */
 typedef enum AiWindowKind
 {
@@ -56,6 +58,10 @@ typedef struct AiWindow
 } AiWindow;
 
 extern void ai_window_at(AiWindowKind kind, TimestampTz now, AiWindow *w);
+extern int32 ai_window_secs(const AiWindow *w);
+extern bool ai_window_is_sliding(AiWindowKind kind);
+extern bool ai_window_is_timed(AiWindowKind kind);
+extern bool ai_window_is_current(AiWindowKind kind, int32 code, const AiCalendar *cal);
 
 /* The local day number of the Monday that starts the ISO week of a day. */
 static inline int32

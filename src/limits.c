@@ -167,13 +167,6 @@ ai_month_secs(const AiCalendar *cal)
 	return ai_seconds_until(cal->month_start, cal->month_end);
 }
 
-/* The length of a rule's window now, in seconds. */
-static int32
-ai_window_secs(const AiWindow *w)
-{
-	return w->kind == AI_WIN_MINUTE ? 60 : ai_seconds_until(w->start, w->end);
-}
-
 /* A user with no counters: the check reads an all-zero entry of its own. */
 static void
 ai_check_blank(AiCheck *c)

@@ -68,7 +68,7 @@ extern bool ai_rule_matches_model(const AiRule *r, const char *model);
 
 /* A budget: cents over a calendar day, week or month (spent is spent until it ends). */
 #define ai_rule_is_budget(r) \
-	((r)->metric == AI_METRIC_CENTS && (r)->window >= AI_WIN_DAY)
+	((r)->metric == AI_METRIC_CENTS && !ai_window_is_timed((r)->window))
 extern const char *ai_metric_name(AiMetric m);
 extern const char *ai_scope_name(AiScope s);
 

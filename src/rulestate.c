@@ -120,7 +120,7 @@ ai_rule_stamp(const AiRule *r, const AiEntry *holder)
 static inline bool
 ai_is_calendar_use(const AiRule *r)
 {
-	return r->metric != AI_METRIC_REQUESTS && r->window != AI_WIN_MINUTE;
+	return r->metric != AI_METRIC_REQUESTS && !ai_window_is_sliding(r->window);
 }
 
 /* A rule's cached use is exact at this stamp (caller holds the lock). */
@@ -266,7 +266,7 @@ ai_rule_sum(const AiRule *r, const AiUser *u, const AiWindow *w)
 	const char *x_totals = r->metric == AI_METRIC_REQUESTS ? "calls" : x;
 	AiModelCond model = r->match == AI_MODELS_ALL ? AI_MODEL_ANY :
 		r->match == AI_MODELS_EXACT ? AI_MODEL_EXACT : AI_MODEL_PREFIX;
-	bool		timed = (w->kind == AI_WIN_MINUTE || w->kind == AI_WIN_HOUR);
+	bool		timed = ai_window_is_timed(w->kind);
 	char	   *q;
 	Oid			types[7] = {TEXTOID, DATEOID, DATEOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID,
 	TEXTARRAYOID};
@@ -291,13 +291,13 @@ ai_rule_sum(const AiRule *r, const AiUser *u, const AiWindow *w)
 	SPI_connect();
 	if (AI_SCOPE_IN_TREE(r->scope))
 	{
-		q = ai_account_sum_sql(x, x_totals, model, timed, w->kind == AI_WIN_MINUTE,
+		q = ai_account_sum_sql(x, x_totals, model, timed, ai_window_is_sliding(w->kind),
 							   r->scope == AI_SCOPE_MEMBER);
 		ai_spi_read(q, 7, types, vals);
 	}
 	else
 	{
-		q = ai_usage_sum_sql(x, x_totals, x_totals, model, timed, w->kind == AI_WIN_MINUTE);
+		q = ai_usage_sum_sql(x, x_totals, x_totals, model, timed, ai_window_is_sliding(w->kind));
 		ai_spi_read(q, model == AI_MODEL_ANY ? 5 : 6, types, vals);
 	}
 	if (SPI_processed != 1 || !ai_spi_col(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &d))
@@ -443,7 +443,7 @@ static int64
 ai_minute_in_flight(const AiRule *r, AiEntry *user, TimestampTz now)
 {
 	if (user == NULL || user->inflight == 0 || r->metric == AI_METRIC_REQUESTS ||
-		r->window != AI_WIN_MINUTE)
+		!ai_window_is_sliding(r->window))
 		return 0;
 	if (r->metric == AI_METRIC_CENTS)
 		return ai_whole_cents(ai_inflight_cost(user));
@@ -465,7 +465,7 @@ ai_rule_counters_start(const AiRuleUse *ru, AiEntry *s, AiEntry *user, Timestamp
 	uint32		start = (uint32) Min(base, PG_UINT32_MAX);
 
 	s->kind = AI_ENTRY_RULE | r->window;
-	if (r->metric == AI_METRIC_REQUESTS && r->window == AI_WIN_MINUTE)
+	if (r->metric == AI_METRIC_REQUESTS && ai_window_is_sliding(r->window))
 	{
 		ai_burst_advance(s, 60000, now);
 		s->burst[ai_burst_bucket(s, now) % AI_BURST_RING] = start;
@@ -637,7 +637,7 @@ ai_rule_used(const AiRuleUse *ru, AiEntry *s, AiEntry *user, TimestampTz now)
 
 		return r->metric == AI_METRIC_CENTS ? ai_money_add(0, base * AI_MONEY_UNITS_PER_CENT) : base;
 	}
-	if (r->metric == AI_METRIC_REQUESTS && r->window == AI_WIN_MINUTE)
+	if (r->metric == AI_METRIC_REQUESTS && ai_window_is_sliding(r->window))
 	{
 		ai_burst_advance(s, 60000, now);
 		return s->burst_window_ms == 60000 ? ai_burst_count(s, now) : 0;
@@ -698,7 +698,7 @@ ai_rules_refuse(const AiRuleSet *rs, AiEntry *user, AiMoney est, int64 est_token
 			!(need == 0 && used >= r->max);
 		if (out->held_only)
 			out->retry_at = Min(now + 5 * USECS_PER_SEC, ru->win.end);
-		else if (r->window != AI_WIN_MINUTE)
+		else if (!ai_window_is_sliding(r->window))
 			out->retry_at = ru->win.end;
 		else if (s == NULL)
 			out->retry_at = now + 60 * USECS_PER_SEC;
@@ -766,7 +766,7 @@ ai_rules_charge(const AiRuleSet *rs, TimestampTz now, int32 *first, int16 *n)
 		t = ai_touch_add(AI_TOUCH_CHECK, &ru->key);
 		t->window = r->window;
 		t->code = ru->win.code;
-		if (r->window == AI_WIN_MINUTE)
+		if (ai_window_is_sliding(r->window))
 		{
 			ai_burst_advance(s, 60000, now);
 			t->bucket = ai_burst_bucket(s, now);
@@ -884,7 +884,7 @@ ai_rules_record_prepare(AiRuleRecord *rr, const AiUser *u, const char *model, Ti
 		const AiRule *r = list[i];
 		AiWindow	w;
 
-		if (r->window == AI_WIN_MINUTE && !ai_rule_matches_model(r, model))
+		if (ai_window_is_sliding(r->window) && !ai_rule_matches_model(r, model))
 			continue;
 		/* the window is computed here: nothing may raise an error under the lock */
 		ai_window_at(r->window, now, &w);
@@ -929,7 +929,7 @@ ai_rules_record_begin(AiRuleRecord *rr, AiEntry *user, TimestampTz now,
 
 		ai_rule_key(rr->user, r, &key, &hashcode);
 		s = ai_entry_lookup(&key, hashcode, false, now, NULL, 0);
-		if (r->window == AI_WIN_MINUTE)
+		if (ai_window_is_sliding(r->window))
 		{
 			uint32	   *bucket;
 			int64		unit = r->metric == AI_METRIC_CENTS ? ai_whole_cents(cost) : tokens;
@@ -937,7 +937,7 @@ ai_rules_record_begin(AiRuleRecord *rr, AiEntry *user, TimestampTz now,
 			if (s == NULL)
 				continue;		/* a check starts it from the tables */
 			t = ai_touch_add(AI_TOUCH_RECORD, &key);
-			t->window = AI_WIN_MINUTE;
+			t->window = r->window;
 			t->matches = true;
 			ai_tokens_advance(s, now);
 			bucket = &s->tokens[s->tokens_head % AI_TOKEN_RING];
@@ -1013,7 +1013,7 @@ ai_rules_check_undo(int32 first, int16 n)
 		s = ai_entry_lookup(&t->key, ai_key_hash(&t->key), false, 0, NULL, 0);
 		if (s == NULL)
 			continue;
-		if (t->window == AI_WIN_MINUTE)
+		if (ai_window_is_sliding(t->window))
 		{
 			if (t->bucket <= s->burst_head && t->bucket > s->burst_head - AI_BURST_RING &&
 				s->burst[t->bucket % AI_BURST_RING] > 0)
@@ -1049,7 +1049,7 @@ ai_rules_record_end(int32 first, int16 n, bool commit, AiEntry *user, uint32 seq
 		s = ai_entry_lookup(&t->key, ai_key_hash(&t->key), false, 0, NULL, 0);
 		if (s == NULL)
 			continue;
-		if (t->window == AI_WIN_MINUTE)
+		if (ai_window_is_sliding(t->window))
 		{
 			if (!commit && t->bucket <= s->tokens_head && t->bucket > s->tokens_head - AI_TOKEN_RING)
 				s->tokens[t->bucket % AI_TOKEN_RING] -=
@@ -1151,8 +1151,8 @@ ai_rule_state(const AiRule *r, const AiUser *u, TimestampTz now, AiRuleState *st
 	}
 	st->used = ai_rule_used(&ru, s, ue, now);
 	st->held = ai_rule_held(r, ue, now);
-	st->window_secs = r->window == AI_WIN_MINUTE ? 60 : ai_seconds_until(ru.win.start, ru.win.end);
-	if (r->window != AI_WIN_MINUTE)
+	st->window_secs = ai_window_secs(&ru.win);
+	if (!ai_window_is_sliding(r->window))
 		st->reset_at = ru.win.end;
 	else if (st->used == 0)
 		st->reset_at = 0;

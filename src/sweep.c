@@ -72,30 +72,6 @@ ai_forget_database(Oid dbid)
 }
 
 /*
- * May a rule's count of requests in a calendar window (day holds the
- * window's code, rulestate.c) still be in its window today?  Arithmetic
- * only, as it runs under a partition lock: an hour is kept to the end of
- * its day, which can only keep it longer.
- */
-static bool
-ai_rule_count_is_current(const AiEntry *e, const AiCalendar *cal)
-{
-	switch (AI_ENTRY_WINDOW(e))
-	{
-		case AI_WIN_HOUR:
-			return e->day / 24 == cal->day;
-		case AI_WIN_DAY:
-			return e->day == cal->day;
-		case AI_WIN_WEEK:
-			return e->day == ai_week_of(cal->day);
-		case AI_WIN_MONTH:
-			return e->day == cal->month;
-		default:
-			return false;
-	}
-}
-
-/*
  * Does an entry hold anything that a later check or record needs: a record
  * in flight, a reservation that is open and not expired or being settled,
  * today's count, a burst place or tokens still in their window?  The one
@@ -113,9 +89,10 @@ ai_entry_is_live(AiEntry *e, TimestampTz now, const AiCalendar *cal)
 	ai_resv_iter_init(&it, e, AI_RESV_WALK_LIVE, now);
 	if (ai_resv_iter_next(&it, NULL) != NULL)
 		return true;
-	if (AI_ENTRY_IS_RULE(e) && AI_ENTRY_WINDOW(e) != AI_WIN_MINUTE)
+	if (AI_ENTRY_IS_RULE(e) && !ai_window_is_sliding(AI_ENTRY_WINDOW(e)))
 	{
-		if (e->daily_count > 0 && ai_rule_count_is_current(e, cal))
+		/* a count of requests in a calendar window (day holds its code) */
+		if (e->daily_count > 0 && ai_window_is_current(AI_ENTRY_WINDOW(e), e->day, cal))
 			return true;
 	}
 	else if (e->day == cal->day && e->daily_count > 0)
@@ -147,10 +124,10 @@ ai_entry_dies_at(AiEntry *e, TimestampTz now, const AiCalendar *cal)
 			return now + AI_SWEEP_IDLE_USECS;
 		t = Max(t, r->expires_at);
 	}
-	if (AI_ENTRY_IS_RULE(e) && AI_ENTRY_WINDOW(e) != AI_WIN_MINUTE)
+	if (AI_ENTRY_IS_RULE(e) && !ai_window_is_sliding(AI_ENTRY_WINDOW(e)))
 	{
 		/* looked at again at midnight: a week or a month may go on */
-		if (e->daily_count > 0 && ai_rule_count_is_current(e, cal))
+		if (e->daily_count > 0 && ai_window_is_current(AI_ENTRY_WINDOW(e), e->day, cal))
 			t = Max(t, cal->day_end);
 	}
 	else if (e->day == cal->day && e->daily_count > 0)
