@@ -28,7 +28,10 @@
  *
  * On a primary, the saver logs each periodic save to the WAL first, for
  * standbys and crash recovery (replica.c); with save_interval 0 it still
- * does so every second, to the WAL only.  A standby's saver writes its own
+ * does so every second, to the WAL only.  A save whose record a checkpoint
+ * passed before its files were written is logged once more after it: a
+ * standby made from a base backup finds every save either in the files it
+ * copied or in the WAL it replays.  A standby's saver writes its own
  * files from what replay applied, so a restarted standby resumes from them.
  *
  * Locking: the writer visits one partition at a time, holding only that
@@ -348,6 +351,9 @@ ai_save(bool whole, uint64 shutdown_lsn, bool to_file, bool to_wal)
 	TimestampTz now = GetCurrentTimestamp();
 	AiCalendar	cal;
 	bool		ok = true;
+	AiSaveHeader logged_hdr;	/* what went to the WAL */
+	AiSaveBuf  *logged = NULL;
+	XLogRecPtr	logged_from = InvalidXLogRecPtr;
 
 	if (ai_shared == NULL || ai_table == NULL)
 		return false;
@@ -398,24 +404,38 @@ ai_save(bool whole, uint64 shutdown_lsn, bool to_file, bool to_wal)
 
 	/* WAL first: a crash after it replays what the files may lack */
 	if (to_wal)
-		pg_atomic_write_u64(&ai_shared->last_wal, (uint64) now);
-	if (wal != NULL)
 	{
-		AiSaveHeader whdr = hdr;
-
-		whdr.nentries = wal->nentries;
-		whdr.nresv = wal->nresv;
-		ai_wal_log_save(&whdr, wal->entries, wal->resv, b.tomb);
-		pfree(wal->entries);
-		pfree(wal->resv);
+		pg_atomic_write_u64(&ai_shared->last_wal, (uint64) now);
+		logged_hdr = hdr;
+		logged = &b;
+		if (wal != NULL)
+		{
+			logged_hdr.nentries = wal->nentries;
+			logged_hdr.nresv = wal->nresv;
+			logged = wal;
+		}
+		logged_from = GetXLogInsertRecPtr();
+		ai_wal_log_save(&logged_hdr, logged->entries, logged->resv, b.tomb);
 	}
-	else if (to_wal)
-		ai_wal_log_save(&hdr, b.entries, b.resv, b.tomb);
 	if (to_file)
 	{
 		if (whole)
 			hdr.ntomb = 0;		/* the new base simply leaves them out */
 		ok = whole ? ai_save_base(&hdr, &b) : ai_save_delta(&hdr, &b);
+	}
+
+	/*
+	 * A checkpoint that began after the record was logged may have let a
+	 * base backup copy the files before they were written, and the backup's
+	 * standby replays the WAL only from that checkpoint on: log the save
+	 * again, after it (replaying a save twice applies the same save).
+	 */
+	if (to_wal && to_file && GetRedoRecPtr() > logged_from)
+		ai_wal_log_save(&logged_hdr, logged->entries, logged->resv, b.tomb);
+	if (wal != NULL)
+	{
+		pfree(wal->entries);
+		pfree(wal->resv);
 	}
 	if (to_file && ok)
 	{
