@@ -798,16 +798,8 @@ ai_take_charge(AiCheck *c, AiDecision *d)
 	}
 	ai_rules_charge(&c->rules, c->now, &charge->rule_first, &charge->rule_n);
 	if (c->plan->has_burst)
-	{
-		charge->burst_bucket = ai_burst_bucket(e, c->now);
-		e->burst[charge->burst_bucket % AI_BURST_RING]++;
-	}
-	if (e->day != c->cal.day)
-	{
-		e->day = c->cal.day;
-		e->daily_count = 0;
-	}
-	e->daily_count++;
+		charge->burst_bucket = ai_burst_take(e);
+	ai_count_take(e, c->cal.day);
 	ai_entry_changed(e);
 	return AI_TAKEN;
 }

@@ -274,3 +274,74 @@ ai_tokens_retry_at(AiEntry *e, uint64 limit, uint64 need, TimestampTz now)
 
 	return ai_ring_fit_at(&r, limit, need, now);
 }
+
+/* ---- taking and giving back: every counter of a window is one of these ---- */
+
+/*
+ * Count a request allowed now in the burst ring, which the caller advanced;
+ * returns its bucket, for ai_burst_give_back.  Caller holds the partition
+ * lock exclusively.
+ */
+int64
+ai_burst_take(AiEntry *e)
+{
+	e->burst[e->burst_head % AI_BURST_RING]++;
+	return e->burst_head;
+}
+
+/* Give back a request counted in bucket b (-1: none), if it still counts. */
+void
+ai_burst_give_back(AiEntry *e, int64 b)
+{
+	if (b >= 0 && b <= e->burst_head && b > e->burst_head - AI_BURST_RING &&
+		e->burst[b % AI_BURST_RING] > 0)
+		e->burst[b % AI_BURST_RING]--;
+}
+
+/*
+ * Count tokens recorded now in the token ring (after ai_tokens_advance), at
+ * most what the bucket can still hold; returns what was counted, and its
+ * bucket in *bucket.
+ */
+uint32
+ai_tokens_take(AiEntry *e, uint64 tokens, int32 *bucket)
+{
+	uint32	   *b = &e->tokens[e->tokens_head % AI_TOKEN_RING];
+	uint32		n = (uint32) Min(tokens, (uint64) (PG_UINT32_MAX - *b));
+
+	*b += n;
+	*bucket = e->tokens_head;
+	return n;
+}
+
+/* Give back n tokens counted in bucket b (-1: none), if it is still in the ring. */
+void
+ai_tokens_give_back(AiEntry *e, int32 b, uint32 n)
+{
+	if (b >= 0 && b <= e->tokens_head && b > e->tokens_head - AI_TOKEN_RING)
+		e->tokens[b % AI_TOKEN_RING] -= Min(n, e->tokens[b % AI_TOKEN_RING]);
+}
+
+/*
+ * The count of a calendar window (a day, or a rule's hour, week or month):
+ * the window's code and the requests counted in it (day, daily_count).
+ * Count one request in window `code`; a new window starts from zero.
+ */
+void
+ai_count_take(AiEntry *e, int32 code)
+{
+	if (e->day != code)
+	{
+		e->day = code;
+		e->daily_count = 0;
+	}
+	e->daily_count++;
+}
+
+/* Give back a request counted in window `code` (-1: none), if it still counts. */
+void
+ai_count_give_back(AiEntry *e, int32 code)
+{
+	if (code >= 0 && e->day == code && e->daily_count > 0)
+		e->daily_count--;
+}

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * rings.h
- *		Sliding windows cut into buckets: burst and tokens per minute (rings.c).
+ *		The counters of a window (rings.c): sliding windows cut into buckets
+ *		(burst, tokens per minute), and the count of a calendar window.
  *
  *-------------------------------------------------------------------------
  */
@@ -21,5 +22,11 @@ extern TimestampTz ai_burst_all_leave(AiEntry *e);
 extern uint32 ai_burst_count(AiEntry *e, TimestampTz now);
 extern TimestampTz ai_burst_retry_at(AiEntry *e, uint32 limit, TimestampTz now);
 extern int64 ai_burst_bucket(AiEntry *e, TimestampTz now);
+extern int64 ai_burst_take(AiEntry *e);
+extern void ai_burst_give_back(AiEntry *e, int64 b);
+extern uint32 ai_tokens_take(AiEntry *e, uint64 tokens, int32 *bucket);
+extern void ai_tokens_give_back(AiEntry *e, int32 b, uint32 n);
+extern void ai_count_take(AiEntry *e, int32 code);
+extern void ai_count_give_back(AiEntry *e, int32 code);
 
 #endif							/* AI_RINGS_H_ */

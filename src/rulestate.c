@@ -769,18 +769,10 @@ ai_rules_charge(const AiRuleSet *rs, TimestampTz now, int32 *first, int16 *n)
 		if (ai_window_is_sliding(r->window))
 		{
 			ai_burst_advance(s, 60000, now);
-			t->bucket = ai_burst_bucket(s, now);
-			s->burst[t->bucket % AI_BURST_RING]++;
+			t->bucket = ai_burst_take(s);
 		}
 		else
-		{
-			if (s->day != ru->win.code)
-			{
-				s->day = ru->win.code;
-				s->daily_count = 0;
-			}
-			s->daily_count++;
-		}
+			ai_count_take(s, ru->win.code);
 		ai_entry_changed(s);
 	}
 	*n = (int16) (ntouches - *first);
@@ -931,8 +923,8 @@ ai_rules_record_begin(AiRuleRecord *rr, AiEntry *user, TimestampTz now,
 		s = ai_entry_lookup(&key, hashcode, false, now, NULL, 0);
 		if (ai_window_is_sliding(r->window))
 		{
-			uint32	   *bucket;
 			int64		unit = r->metric == AI_METRIC_CENTS ? ai_whole_cents(cost) : tokens;
+			int32		bucket;
 
 			if (s == NULL)
 				continue;		/* a check starts it from the tables */
@@ -940,10 +932,8 @@ ai_rules_record_begin(AiRuleRecord *rr, AiEntry *user, TimestampTz now,
 			t->window = r->window;
 			t->matches = true;
 			ai_tokens_advance(s, now);
-			bucket = &s->tokens[s->tokens_head % AI_TOKEN_RING];
-			t->bucket = s->tokens_head;
-			t->amount = Min(unit, (int64) (PG_UINT32_MAX - *bucket));
-			*bucket += (uint32) t->amount;
+			t->amount = ai_tokens_take(s, (uint64) Max(unit, 0), &bucket);
+			t->bucket = bucket;
 			ai_entry_changed(s);
 			continue;
 		}
@@ -1014,13 +1004,9 @@ ai_rules_check_undo(int32 first, int16 n)
 		if (s == NULL)
 			continue;
 		if (ai_window_is_sliding(t->window))
-		{
-			if (t->bucket <= s->burst_head && t->bucket > s->burst_head - AI_BURST_RING &&
-				s->burst[t->bucket % AI_BURST_RING] > 0)
-				s->burst[t->bucket % AI_BURST_RING]--;
-		}
-		else if (s->day == t->code && s->daily_count > 0)
-			s->daily_count--;
+			ai_burst_give_back(s, t->bucket);
+		else
+			ai_count_give_back(s, t->code);
 		ai_entry_changed(s);
 	}
 }
@@ -1051,9 +1037,8 @@ ai_rules_record_end(int32 first, int16 n, bool commit, AiEntry *user, uint32 seq
 			continue;
 		if (ai_window_is_sliding(t->window))
 		{
-			if (!commit && t->bucket <= s->tokens_head && t->bucket > s->tokens_head - AI_TOKEN_RING)
-				s->tokens[t->bucket % AI_TOKEN_RING] -=
-					Min((uint32) t->amount, s->tokens[t->bucket % AI_TOKEN_RING]);
+			if (!commit)
+				ai_tokens_give_back(s, (int32) t->bucket, (uint32) t->amount);
 			ai_entry_changed(s);
 			continue;
 		}

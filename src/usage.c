@@ -456,14 +456,8 @@ ai_call_tokens(const AiTokens *t)
 static void
 ai_count_call(const AiRecordCall *r, AiEntry *e, AiCharge *charge)
 {
-	uint64		total_tokens = (uint64) ai_call_tokens(&r->tok);
-	uint32	   *bucket;
-
 	ai_tokens_advance(e, r->now);
-	bucket = &e->tokens[e->tokens_head % AI_TOKEN_RING];
-	charge->token_bucket = e->tokens_head;
-	charge->tokens = (uint32) Min(total_tokens, PG_UINT32_MAX - *bucket);
-	*bucket += charge->tokens;
+	charge->tokens = ai_tokens_take(e, (uint64) ai_call_tokens(&r->tok), &charge->token_bucket);
 
 	e->inflight++;
 	int128_add_int64(&e->inflight_cost, r->cost);

@@ -25,6 +25,7 @@
 #include "config.h"
 #include "replica.h"
 #include "reservations.h"
+#include "rings.h"
 #include "rulestate.h"
 #include "shmem.h"
 #include "spend.h"
@@ -92,13 +93,8 @@ ai_charge_end(AiCharge *c, bool commit)
 		if (!commit)
 		{
 			ai_partition_changed(hashcode);
-			if (c->burst_bucket >= 0 &&
-				c->burst_bucket <= e->burst_head &&
-				c->burst_bucket > e->burst_head - AI_BURST_RING &&
-				e->burst[c->burst_bucket % AI_BURST_RING] > 0)
-				e->burst[c->burst_bucket % AI_BURST_RING]--;
-			if (c->day >= 0 && e->day == c->day && e->daily_count > 0)
-				e->daily_count--;
+			ai_burst_give_back(e, c->burst_bucket);
+			ai_count_give_back(e, c->day);
 			if (c->resv_id != 0 && ai_resv_slots[c->resv_slot].id == c->resv_id)
 				ai_resv_free(e, c->resv_slot);
 			ai_rules_check_undo(c->rule_first, c->rule_n);
@@ -115,10 +111,7 @@ ai_charge_end(AiCharge *c, bool commit)
 		ai_rules_record_end(c->rule_first, c->rule_n, commit, e, seq_before);
 		if (!commit)
 		{
-			if (c->token_bucket >= 0 && c->token_bucket <= e->tokens_head &&
-				c->token_bucket > e->tokens_head - AI_TOKEN_RING)
-				e->tokens[c->token_bucket % AI_TOKEN_RING] -=
-					Min(c->tokens, e->tokens[c->token_bucket % AI_TOKEN_RING]);
+			ai_tokens_give_back(e, c->token_bucket, c->tokens);
 			if (e->spend_month == c->month)
 				e->alerts_sent &= ~c->alert_bits;
 		}
