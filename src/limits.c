@@ -67,6 +67,7 @@ typedef struct AiCheck
 	const AiPlan *plan;
 	const char *model;			/* NULL: the check named none */
 	AiRuleSet	rules;			/* the rules of ai_rules that apply */
+	bool		rules_deferred; /* their cached use not looked at yet (ai_rules_prepare) */
 	const AiRule *refused_by;	/* the rule that refused it */
 	bool		consume;		/* charge the request when it is allowed */
 	TimestampTz now;
@@ -237,7 +238,7 @@ ai_check_prepare_levels(AiCheck *c)
 
 		int32		pct[AI_MAX_ALERTS];
 
-		ai_rules_prepare(&lv->rules, &lv->acct, NULL, c->model, c->now, c->consume);
+		ai_rules_prepare(&lv->rules, &lv->acct, NULL, c->model, c->now, c->consume, false);
 		touches += lv->rules.n;
 		lv->alerts = c->consume && ai_account_alert_percents(lv->acct.id, pct) > 0;
 	}
@@ -281,6 +282,7 @@ static bool
 ai_check_lock_entry(AiCheck *c)
 {
 	const AiPlan *plan = c->plan;
+	int			spare = c->rules_deferred ? 1 : 0;
 
 	for (int attempt = 1;; attempt++)
 	{
@@ -291,8 +293,9 @@ ai_check_lock_entry(AiCheck *c)
 											 &c->fallback_spend);
 		if (attempt > 1)
 		{
-			ai_rules_prepare(&c->rules, c->user, plan->name, c->model, c->now, c->consume);
+			ai_rules_prepare(&c->rules, c->user, plan->name, c->model, c->now, c->consume, false);
 			ai_check_prepare_levels(c);
+			c->rules_deferred = false;
 		}
 		if (c->consume && c->nlevels > 0)
 		{
@@ -342,7 +345,8 @@ ai_check_lock_entry(AiCheck *c)
 					 errmsg("ai_ratelimit cannot count the accounts of another check: all %d counters are in use", ai_max_keys),
 					 errdetail("Each account a check charges takes a counter of its own."),
 					 errhint("Raise ai_ratelimit.max_keys and restart.")));
-		if (attempt > 5)
+		/* a first look that deferred the rules' use counts no attempt */
+		if (attempt > 5 + spare)
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("could not read the spend of user \"%s\" consistently",
@@ -948,7 +952,7 @@ ai_check_untracked(AiCheck *c, AiVerdict *v)
 		bool		full;
 
 		c->consume = false;		/* nothing is made or counted */
-		ai_rules_prepare(&c->rules, c->user, c->plan->name, c->model, c->now, false);
+		ai_rules_prepare(&c->rules, c->user, c->plan->name, c->model, c->now, false, false);
 		ai_check_prepare_levels(c);
 		ai_check_acquire(c);
 		ue = ai_entry_lookup(&c->user->key, c->user->hashcode, false, c->now, NULL, 0);
@@ -1007,8 +1011,14 @@ ai_decide(const AiUser *u, const AiPlan *plan, const char *model,
 	ai_check_locks_init(&c);
 	if (consume)
 		ai_charge_reserve_n(1 + c.nlevels);
-	/* the rules that apply, and what they need from the tables */
-	ai_rules_prepare(&c.rules, u, plan->name, model, c.now, consume);
+	/*
+	 * The rules that apply, and what they need from the tables.  A check
+	 * takes the cached use of its calendar rules as exact, and reads the
+	 * tables only when the lock shows it is not (ai_check_lock_entry): most
+	 * checks find it cached, and pay no look before the lock for it.
+	 */
+	ai_rules_prepare(&c.rules, u, plan->name, model, c.now, consume, consume);
+	c.rules_deferred = consume;
 	ai_check_prepare_levels(&c);
 	/* an id must be promised durably before it is issued (resvid.c) */
 	if (consume && ai_check_reserves(&c))

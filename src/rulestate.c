@@ -519,12 +519,15 @@ ai_rule_load_counted(AiRuleUse *ru, const AiUser *u, TimestampTz now, bool creat
 
 /*
  * The rules that bind user u under plan for a call of model (NULL: any
- * model), with what they need from the tables read now.  Caller holds no
- * partition lock.
+ * model), with what they need from the tables read now.  With defer, the
+ * cached use of a calendar rule is not looked at: it is taken as exact,
+ * for the caller to check under the lock (ai_rules_still_exact) and to
+ * prepare again without defer if it is not.  Caller holds no partition
+ * lock.
  */
 void
 ai_rules_prepare(AiRuleSet *rs, const AiUser *u, const char *plan, const char *model,
-				 TimestampTz now, bool consume)
+				 TimestampTz now, bool consume, bool defer)
 {
 	const AiRule **binding;
 	int			total;
@@ -557,7 +560,9 @@ ai_rules_prepare(AiRuleSet *rs, const AiUser *u, const char *plan, const char *m
 	{
 		AiRuleUse  *ru = &rs->use[i];
 
-		if (ai_is_calendar_use(ru->rule))
+		if (ai_is_calendar_use(ru->rule) && defer)
+			ru->exact = true;	/* the caller sees whether it is, under the lock */
+		else if (ai_is_calendar_use(ru->rule))
 			ai_rule_load_cached(ru, u, now, consume);
 		else
 			ai_rule_load_counted(ru, u, now, consume);

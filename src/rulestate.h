@@ -73,7 +73,7 @@ extern void ai_rules_reserve_touches(int n);
 
 /* rulestate.c: a check (limits.c) */
 extern void ai_rules_prepare(AiRuleSet *rs, const AiUser *u, const char *plan,
-							 const char *model, TimestampTz now, bool consume);
+							 const char *model, TimestampTz now, bool consume, bool defer);
 extern bool ai_rules_still_exact(const AiRuleSet *rs, const AiEntry *user);
 extern bool ai_rules_refuse(const AiRuleSet *rs, AiEntry *user, AiMoney est, int64 est_tokens,
 							TimestampTz now, AiRuleRefusal *out, AiRuleRoom *room);

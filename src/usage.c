@@ -641,7 +641,7 @@ ai_record(const AiUser *u, const char *model,
 			AiRuleSet	rs;
 
 			ai_account_init(&a, u->chain[k], strlen(u->chain[k]));
-			ai_rules_prepare(&rs, &a, NULL, model, r.now, true);
+			ai_rules_prepare(&rs, &a, NULL, model, r.now, true, false);
 		}
 	}
 	/* after a crash: drop reservations settled since the last save first */
