@@ -28,7 +28,8 @@
  *
  * On a primary, the saver logs each periodic save to the WAL first, for
  * standbys and crash recovery (replica.c); with save_interval 0 it still
- * does so every second, to the WAL only.  A save whose record a checkpoint
+ * does so every second, to the WAL only, and logs every counter once after
+ * each checkpoint (nothing older than a checkpoint is replayed).  A save whose record a checkpoint
  * passed before its files were written is logged once more after it: a
  * standby made from a base backup finds every save either in the files it
  * copied or in the WAL it replays.  A standby's saver writes its own
@@ -104,6 +105,9 @@ typedef struct AiSaveBuf
 static uint64 base_id = 0;		/* 0: no base written by this process yet */
 static uint64 base_bytes = 0;
 static uint64 delta_bytes = 0;
+static XLogRecPtr whole_wal_redo = InvalidXLogRecPtr;	/* save_interval 0: the
+														 * checkpoint after which
+														 * every counter was logged */
 
 /* Room for `entries` more entries and all reservations; never under a lock. */
 static void
@@ -368,7 +372,7 @@ ai_save(bool whole, uint64 shutdown_lsn, bool to_file, bool to_wal)
 		whole = true;
 	ai_save_buf_init(&b, whole ? Max(ai_entry_count(), 1024) : 4096);
 	/* a base for the files: what changed goes to the WAL on its own */
-	if (whole && to_wal)
+	if (whole && to_wal && to_file)
 	{
 		memset(&changed, 0, sizeof(changed));
 		ai_save_buf_init(&changed, 4096);
@@ -783,6 +787,19 @@ ai_save_changes(void)
 	bool		to_file = ai_save_interval > 0;
 	bool		to_wal = !RecoveryInProgress() && XLogStandbyInfoActive();
 
+	/*
+	 * Without files, the WAL after a checkpoint must hold every counter: a
+	 * crash replays only from there, and a standby made from a base backup
+	 * has nothing older.  Once after each checkpoint, the save is whole.
+	 */
+	if (!to_file && to_wal && GetRedoRecPtr() != whole_wal_redo)
+	{
+		XLogRecPtr	redo = GetRedoRecPtr();
+
+		if (ai_save(true, 0, false, true))
+			whole_wal_redo = redo;
+		return;
+	}
 	if ((to_file || to_wal) && pg_atomic_read_u32(&ai_shared->dirty) != 0)
 		(void) ai_save(false, 0, to_file, to_wal);
 	else if (to_file)
