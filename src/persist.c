@@ -29,10 +29,10 @@
  * On a primary, the saver logs each periodic save to the WAL first, for
  * standbys and crash recovery (replica.c); with save_interval 0 it still
  * does so every second, to the WAL only, and logs every counter once after
- * each checkpoint (nothing older than a checkpoint is replayed).  A save whose record a checkpoint
- * passed before its files were written is logged once more after it: a
- * standby made from a base backup finds every save either in the files it
- * copied or in the WAL it replays.  A standby's saver writes its own
+ * each checkpoint (nothing older than a checkpoint is replayed).  A save
+ * whose record a checkpoint passed before its files were written is logged
+ * once more after it: a standby made from a base backup finds every save
+ * either in the files it copied or in the WAL it replays.  A standby's saver writes its own
  * files from what replay applied, so a restarted standby resumes from them.
  *
  * Locking: the writer visits one partition at a time, holding only that
@@ -786,16 +786,15 @@ ai_save_changes(void)
 {
 	bool		to_file = ai_save_interval > 0;
 	bool		to_wal = !RecoveryInProgress() && XLogStandbyInfoActive();
+	XLogRecPtr	redo = to_wal ? GetRedoRecPtr() : InvalidXLogRecPtr;
 
 	/*
 	 * Without files, the WAL after a checkpoint must hold every counter: a
 	 * crash replays only from there, and a standby made from a base backup
 	 * has nothing older.  Once after each checkpoint, the save is whole.
 	 */
-	if (!to_file && to_wal && GetRedoRecPtr() != whole_wal_redo)
+	if (!to_file && to_wal && redo != whole_wal_redo)
 	{
-		XLogRecPtr	redo = GetRedoRecPtr();
-
 		if (ai_save(true, 0, false, true))
 			whole_wal_redo = redo;
 		return;
