@@ -13,23 +13,31 @@
  *   ai_ratelimit.c  module load: defines the settings, installs the
  *                   shared-memory hooks, calls each module's init
  *   settings.c      the settings' values, read by every module
- *   shmem.c         the shared hash of per-user counters and the
- *                   reservation pool, with the locking rules of both
+ *   shmem.c         the partitioned table of counters, with its locking
+ *                   rules
+ *   sweep.c         an entry's life in that table: what keeps it, the
+ *                   sweeps that reclaim the rest, forgetting a database
+ *   reservations.c  the reservation pool (its own shared memory) and its
+ *                   index of ids
  *   resvid.c        reservation ids: made so that no server of a cluster
  *                   ever issues one twice; their durable ceiling
  *   persist.c       saving the counters to disk and loading them at start;
  *                   the background worker that saves
+ *   guard.c         the worker that holds each checkpoint until the
+ *                   counters are saved past its redo point
  *   replica.c       the counters in the WAL, for standbys; what runs where
  *   saved.c         applying saved counters: from the files, from the WAL
  *   stats.c         counts of allowed and refused requests per plan
- *   calendar.c      the calendar day and month in ai_ratelimit.timezone
- *   rings.c         sliding windows cut into buckets: burst, tokens per
- *                   minute
+ *   calendar.c      the calendar day and month in ai_ratelimit.timezone;
+ *                   the table of windows a rule counts over
+ *   rings.c         the counters of a window, taken and given back: sliding
+ *                   windows cut into buckets (burst, tokens per minute),
+ *                   and the count of a calendar window
  *   money.c         exact fixed-point money (1e-9 cent units) <-> numeric
  *   extension.c     the extension in this database; how our own queries
  *                   run (as its owner, search_path pinned, kept plans)
  *   config.c        backend-local caches of ai_plans and ai_model_prices,
- *                   invalidated through shared generations
+ *                   read again after a relcache invalidation of the table
  *   triggers.c      the trigger on the configuration tables; DROP EXTENSION
  *   users.c         per-user configuration (ai_user_plans, ai_user_limits,
  *                   memberships), looked up and invalidated one user at a time
@@ -37,6 +45,8 @@
  *                   account's subtree, its alert thresholds; how shared
  *                   budgets are enforced
  *   xact.c          what a check or record took, given back on abort
+ *   alerts.c        budget alerts: their rows and notifications
+ *   compact.c       the worker that totals each database's closed days
  *   limits.c        the decision, layer by layer: block, burst, daily,
  *                   tokens per minute, monthly budget, then the rules of
  *                   the user and of every account charged, under one set
@@ -46,8 +56,9 @@
  *   rulestate.c     a rule's counters for one user or account: requests,
  *                   tokens and cents per window, held, charged and given
  *                   back; account alerts
- *   spend.c         a user's monthly spend: from the tables, cached exact;
- *                   the query that sums a window from totals and log
+ *   spend.c         the one loader of a cached use from the tables, and a
+ *                   user's monthly spend, cached exact; the query that sums
+ *                   a window from totals and log
  *   usage.c         ai_record_usage: cost, usage row, shared counters; the
  *                   marks of days changed, and which records are open
  *   sql_api.c       the SQL-callable functions
