@@ -15,6 +15,7 @@ OBJS = \
 	src/compact.o \
 	src/config.o \
 	src/extension.o \
+	src/guard.o \
 	src/limits.o \
 	src/money.o \
 	src/persist.o \

@@ -21,6 +21,7 @@
 #include "alerts.h"
 #include "compact.h"
 #include "config.h"
+#include "guard.h"
 #include "persist.h"
 #include "replica.h"
 #include "reservations.h"
@@ -107,6 +108,7 @@ ai_shmem_request_hook(void)
 	RequestAddinShmemSpace(ai_alert_queue_size());
 	RequestAddinShmemSpace(ai_compact_shmem_size());
 	RequestAddinShmemSpace(ai_resv_shmem_size());
+	RequestAddinShmemSpace(ai_guard_shmem_size());
 }
 
 static void
@@ -122,6 +124,7 @@ ai_shmem_startup_hook(void)
 	ai_alert_queue_init();
 	ai_compact_shmem_init();
 	ai_resv_shmem_init();
+	ai_guard_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 
 	/*
@@ -215,6 +218,7 @@ _PG_init(void)
 	MarkGUCPrefixReserved("ai_ratelimit");
 
 	ai_register_saver();
+	ai_register_guard();
 	ai_register_rmgr();
 	ai_triggers_init_hooks();
 

@@ -68,6 +68,7 @@
 #include "calendar.h"
 #include "compact.h"
 #include "extension.h"
+#include "guard.h"
 #include "persist.h"
 #include "reservations.h"
 #include "resvid.h"
@@ -779,10 +780,13 @@ ai_register_saver(void)
 /*
  * One periodic save, when something changed (else a heartbeat): to the
  * files (unless save_interval is 0) and, on a primary whose wal_level
- * allows standbys, to the WAL.
+ * allows standbys, to the WAL.  For the checkpoint guard (guard.c), a
+ * save always runs, visiting every partition under its lock, so that it
+ * takes every change made before it began.  Returns whether everything
+ * taken before it began is now saved.
  */
-static void
-ai_save_changes(void)
+static bool
+ai_save_changes(bool for_guard)
 {
 	bool		to_file = ai_save_interval > 0;
 	bool		to_wal = !RecoveryInProgress() && XLogStandbyInfoActive();
@@ -795,13 +799,14 @@ ai_save_changes(void)
 	 */
 	if (!to_file && to_wal && redo != whole_wal_redo)
 	{
-		if (ai_save(true, 0, false, true))
-			whole_wal_redo = redo;
-		return;
+		if (!ai_save(true, 0, false, true))
+			return false;
+		whole_wal_redo = redo;
+		return true;
 	}
-	if ((to_file || to_wal) && pg_atomic_read_u32(&ai_shared->dirty) != 0)
-		(void) ai_save(false, 0, to_file, to_wal);
-	else if (to_file)
+	if ((to_file || to_wal) && (for_guard || pg_atomic_read_u32(&ai_shared->dirty) != 0))
+		return ai_save(false, 0, to_file, to_wal);
+	if (to_file)
 	{
 		/*
 		 * Nothing changed since the last good save: what is on disk is
@@ -810,12 +815,14 @@ ai_save_changes(void)
 		 */
 		pg_atomic_write_u64(&ai_shared->last_save, (uint64) GetCurrentTimestamp());
 	}
+	return true;
 }
 
 /* The saver's exit: it is no longer running (ai_ratelimit_saves shows it). */
 static void
 ai_saver_exit(int code, Datum arg)
 {
+	ai_guard_saver_is(NULL);
 	pg_atomic_write_u32(&ai_shared->saver_pid, 0);
 }
 
@@ -842,10 +849,12 @@ ai_saver_main(Datum arg)
 	pg_atomic_write_u64(&ai_shared->saver_started, (uint64) last_save);
 	pg_atomic_fetch_add_u32(&ai_shared->saver_starts, 1);
 	pg_atomic_write_u32(&ai_shared->saver_pid, (uint32) MyProcPid);
+	ai_guard_saver_is(MyLatch);
 
 	for (;;)
 	{
 		TimestampTz now;
+		uint64		wanted;
 		int			interval = ai_save_interval > 0 ? ai_save_interval : 1000;
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
@@ -854,7 +863,7 @@ ai_saver_main(Datum arg)
 		CHECK_FOR_INTERRUPTS();
 		if (ShutdownRequestPending)
 		{
-			ai_save_changes();
+			(void) ai_save_changes(false);
 			break;
 		}
 		if (ConfigReloadPending)
@@ -869,9 +878,16 @@ ai_saver_main(Datum arg)
 			ai_ids_ensure(now, AI_IDS_SAVER);
 			ai_compact_tick(now);
 		}
-		if (now - last_save >= (int64) interval * 1000)
+		if ((wanted = ai_guard_wanted()) != 0)
 		{
-			ai_save_changes();
+			/* a checkpoint waits for a save that begins from now on */
+			if (ai_save_changes(true))
+				ai_guard_saved(wanted);
+			last_save = now;
+		}
+		else if (now - last_save >= (int64) interval * 1000)
+		{
+			(void) ai_save_changes(false);
 			last_save = now;
 		}
 	}

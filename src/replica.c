@@ -45,6 +45,7 @@
 
 #include "accounts.h"
 #include "compact.h"
+#include "guard.h"
 #include "replica.h"
 #include "reservations.h"
 #include "resvid.h"
@@ -62,15 +63,30 @@ StaticAssertDecl(sizeof(AiSavedEntry) == 208, "AI_WAL_CHUNK's comment counts 208
 StaticAssertDecl(sizeof(AiSavedResv) == 72, "AI_WAL_CHUNK's comment counts 72 bytes a reservation");
 
 static void ai_rmgr_redo(XLogReaderState *record);
+static void ai_rmgr_cleanup(void);
 static void ai_rmgr_desc(StringInfo buf, XLogReaderState *record);
 static const char *ai_rmgr_identify(uint8 info);
 
 static RmgrData ai_rmgr = {
 	.rm_name = "ai_ratelimit",
 	.rm_redo = ai_rmgr_redo,
+	.rm_cleanup = ai_rmgr_cleanup,
 	.rm_desc = ai_rmgr_desc,
 	.rm_identify = ai_rmgr_identify
 };
+
+/*
+ * The end of redo, after a crash or at a standby's promotion: the
+ * end-of-recovery checkpoint comes next, and a crash after it replays
+ * nothing older.  What redo brought back is first saved to the files
+ * (guard.c; without files, the guard logs it once it runs).
+ */
+static void
+ai_rmgr_cleanup(void)
+{
+	if (ai_save_interval > 0)
+		(void) ai_guard_save_now();
+}
 
 /* From _PG_init, while shared_preload_libraries are loaded. */
 void

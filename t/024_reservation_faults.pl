@@ -3,8 +3,9 @@
 # check with a 20-cent estimate, call for 1.5 s, record 20 cents in another
 # transaction, retrying a record whose connection was lost under the same
 # id) for 2 users with 100-cent monthly budgets, while the server is
-# stopped with -m immediate, then its postmaster killed with SIGKILL, with
-# calls in flight each time.  Saves are an hour apart: only the WAL keeps
+# stopped with -m immediate, then its postmaster killed with SIGKILL, then
+# stopped with -m immediate right after a CHECKPOINT, with calls in flight
+# each time.  Saves are an hour apart: only the WAL keeps
 # what the checks reserved.  Then a streaming standby whose primary waits
 # for it (synchronous_standby_names) is promoted with calls in flight.
 # From ai_usage alone: no user over its budget, no reservation recorded
@@ -126,6 +127,18 @@ select(undef, undef, undef, 0.2) while `pgrep -f 'postgres: faults: '` ne '' && 
 $node->start;
 @lines = stop_clients('kill', $h);
 verify($node, 'SIGKILL of the postmaster', @lines);
+
+# a checkpoint with calls in flight, then -m immediate: the next start
+# replays only from the checkpoint on, and the saves are an hour apart; the
+# checkpoint guard (src/guard.c) held the checkpoint until a save had taken
+# every hold made before it
+$h = start_clients($node->connstr('postgres'), 'checkpoint', 8, 6, 'f-5,f-6');
+in_flight();
+$node->safe_psql('postgres', 'CHECKPOINT');
+$node->stop('immediate');
+$node->start;
+@lines = stop_clients('checkpoint', $h);
+verify($node, 'a checkpoint, then an immediate stop', @lines);
 is($node->safe_psql('postgres', 'SELECT count(*) FROM ai_ratelimit_verify()'), '0',
 	'the shared counters are consistent after the crashes');
 $node->stop;

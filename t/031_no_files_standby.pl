@@ -33,12 +33,13 @@ sleep 3;
 sql($primary, 'CHECKPOINT');
 ok(!-e $primary->data_dir . '/pg_stat/ai_ratelimit.dat', 'save_interval 0: no save file');
 
-$primary->backup('b1');
 my $t = sql($primary, 'SELECT clock_timestamp()');
+$primary->backup('b1');
 my $standby = PostgreSQL::Test::Cluster->new('nofiles_standby');
 $standby->init_from_backup($primary, 'b1', has_streaming => 1);
 $standby->start;
 # nothing changed since: only the save after the backup's checkpoint logs
+# (the checkpoint waited for it: src/guard.c)
 ok($primary->poll_query_until('postgres', "SELECT last_wal > '$t' FROM ai_ratelimit_saves()"),
 	'the saver logs every counter after the checkpoint');
 $primary->wait_for_catchup($standby);

@@ -26,6 +26,20 @@ sub worker_pid
 	return $p;
 }
 
+# In one session, a check holds 50 cents and a checkpoint follows at once;
+# then a crash (-m immediate).  After the start, the hold must refuse a
+# 60-cent estimate of the 100-cent budget.
+sub held_through_crash
+{
+	my ($node, $user, $what) = @_;
+	is($node->safe_psql('postgres', "SELECT allowed FROM ai_check_limit('$user', 'g', 50); CHECKPOINT;"),
+		't', "$what: 50 cents held, then a checkpoint");
+	$node->stop('immediate');
+	$node->start;
+	is(sql($node, "SELECT allowed FROM ai_check_limit('$user', 'g', 60)"), 'f',
+		"$what: after the crash the hold refuses a 60-cent estimate");
+}
+
 for my $interval ('1s', '0')
 {
 	my $node = PostgreSQL::Test::Cluster->new("guard_$interval");
@@ -44,16 +58,8 @@ INSERT INTO ai_plans (plan, burst_limit, daily_limit, monthly_budget_cents) VALU
 		"save_interval $interval: the guard runs");
 	for my $round (1 .. 3)
 	{
-		my $user = "u$round";
-		# one session: the check commits, the checkpoint follows at once
-		my $out = $node->safe_psql('postgres',
-			"SELECT allowed FROM ai_check_limit('$user', 'g', 50); CHECKPOINT;");
-		is($out, 't', "save_interval $interval, round $round: 50 cents held, then a checkpoint");
-		$node->stop('immediate');
-		$node->start;
-		is(sql($node, "SELECT allowed FROM ai_check_limit('$user', 'g', 60)"), 'f',
-			"save_interval $interval, round $round: after the crash the hold refuses a 60-cent estimate");
-		is(sql($node, "SELECT allowed FROM ai_check_limit('$user', 'g', 40)"), 't',
+		held_through_crash($node, "u$round", "save_interval $interval, round $round");
+		is(sql($node, "SELECT allowed FROM ai_check_limit('u$round', 'g', 40)"), 't',
 			"save_interval $interval, round $round: and a 40-cent one fits");
 	}
 	is(sql($node, 'SELECT count(*) FROM ai_ratelimit_verify()'), '0',
@@ -61,7 +67,6 @@ INSERT INTO ai_plans (plan, burst_limit, daily_limit, monthly_budget_cents) VALU
 
 	if ($interval eq '1s')
 	{
-		my $out;
 		# the saver stopped (not gone): a checkpoint is held at most 30 s
 		my $saver = worker_pid($node, 'ai_ratelimit saver');
 		ok($saver, "the saver runs ($saver)");
@@ -82,25 +87,16 @@ INSERT INTO ai_plans (plan, burst_limit, daily_limit, monthly_budget_cents) VALU
 		kill 'TERM', worker_pid($node, 'ai_ratelimit saver');
 		ok($node->poll_query_until('postgres', 'SELECT saver_pid IS NULL FROM ai_ratelimit_saves()'),
 			'the saver exited');
-		$out = $node->safe_psql('postgres',
-			"SELECT allowed FROM ai_check_limit('u11', 'g', 50); CHECKPOINT;");
-		is($out, 't', 'a hold, then a checkpoint while the saver is down');
-		$node->stop('immediate');
-		$node->start;
-		is(sql($node, "SELECT allowed FROM ai_check_limit('u11', 'g', 60)"), 'f',
-			'the checkpoint waited for the saver to come back: the hold survives a crash');
+		held_through_crash($node, 'u11', 'the saver down (the checkpoint waits for it)');
 
 		# the guard terminated: it comes back, and holds again
-		kill 'TERM', worker_pid($node, 'ai_ratelimit checkpoint guard');
+		my $guard = worker_pid($node, 'ai_ratelimit checkpoint guard');
+		kill 'TERM', $guard;
 		ok($node->poll_query_until('postgres',
-			"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'ai_ratelimit checkpoint guard'"),
+			"SELECT count(*) = 1 FROM pg_stat_activity
+			 WHERE backend_type = 'ai_ratelimit checkpoint guard' AND pid <> $guard"),
 			'a terminated guard is started again');
-		$out = $node->safe_psql('postgres',
-			"SELECT allowed FROM ai_check_limit('u10', 'g', 50); CHECKPOINT;");
-		$node->stop('immediate');
-		$node->start;
-		is(sql($node, "SELECT allowed FROM ai_check_limit('u10', 'g', 60)"), 'f',
-			'after it came back, a hold before a checkpoint survives a crash again');
+		held_through_crash($node, 'u10', 'the guard started again');
 	}
 	$node->stop;
 }
