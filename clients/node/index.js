@@ -33,11 +33,11 @@
 // Ids and money travel as text: a reservation id stays exact whatever int8
 // parser the application installed, and an estimate of 2.5 is numeric, never
 // double precision.  No statement is prepared by name, so PgBouncer in
-// transaction mode works.  A record whose connection is lost is sent once
-// more (on another connection of a pool): records are idempotent by
-// reservation id, so one that did commit is not counted twice.  A check is
-// sent once more only when the server ended its connection before it
-// committed (57P01 to 57P03: a restart, pg_terminate_backend).
+// transaction mode works.  A record whose connection is lost is sent again
+// (on another connection of a pool, up to three times in all): records are
+// idempotent by reservation id, so one that did commit is not counted
+// twice.  A check is sent again only when the server ended its connection
+// before it committed (57P01 to 57P03: a restart, pg_terminate_backend).
 
 // A request that may not go ahead, with the HTTP answer that fits it.
 // check is the check's row; null when the server could not answer (503: no
@@ -163,6 +163,8 @@ const LOST = new Set(['40001', 'ECONNRESET', 'ETIMEDOUT'])
 const lostCode = (code) => LOST.has(code) || (typeof code === 'string' && code.startsWith('08'))
 const ONCE_IF_NOT_RUN = 'not run'
 const ONCE_IF_LOST = 'lost'
+const ATTEMPTS = 3
+const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 const worthRetrying = (err, when) => {
   if (!when) return false
   // a client found ended before the query was sent, or ended by the server
@@ -191,13 +193,19 @@ export function createLimiter (db, defaults = {}) {
       throw err
     }
   }
+  // A statement worth sending again is sent up to ATTEMPTS times in all,
+  // each after a pause: the connections of a pool ended with the lost one
+  // (pg_terminate_backend of every idle one, a restart) leave the pool as
+  // their sockets' close events run.
   const row = async (sql, params, retry) => {
-    try {
-      return await query(sql, params)
-    } catch (err) {
-      if (!worthRetrying(err, retry)) throw err
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await query(sql, params)
+      } catch (err) {
+        if (attempt === ATTEMPTS || !worthRetrying(err, retry)) throw err
+      }
+      await pause(10 * attempt)
     }
-    return query(sql, params)
   }
   const value = async (sql, params, retry) => (await row(sql, params, retry)).value
 

@@ -39,10 +39,10 @@ IETF RateLimit and RateLimit-Policy fields from the check's own row
 Numbers go to the server as text and are cast in SQL: a float estimate never
 selects a function that does not exist.  No statement is prepared (each is
 sent with prepare=False), so PgBouncer in transaction mode works with any
-connection.  A record whose connection is lost is sent once more on
-another connection: records are idempotent by reservation id, so a record
-that did commit is not counted twice; a check is sent once more only when
-it was not sent (its pooled connection was found closed: a restart,
+connection.  A record whose connection is lost is sent again on another
+connection (up to three times in all): records are idempotent by
+reservation id, so a record that did commit is not counted twice; a check
+is sent again only when it was not sent (its pooled connection was found closed: a restart,
 pg_terminate_backend) or the server ended it before it committed (57P01 to
 57P03).
 """
@@ -205,9 +205,11 @@ def _record_params(user_id, model, reservation_id, account, u):
             reservation_id, str(int(u["cache_write"])), str(int(u["cache_write_1h"])), account)
 
 
-# When a statement is sent once more on another connection:
+# When a statement is sent again on another connection (at most _ATTEMPTS
+# times in all: a pool's connections may all have been ended at once):
 _ONCE_IF_LOST = "lost"        # idempotent (a record, a release): whenever its connection was lost
 _ONCE_IF_NOT_RUN = "not run"  # a check: only when the server ended it before it committed
+_ATTEMPTS = 3
 
 
 class _NotSent(psycopg.OperationalError):
@@ -402,14 +404,14 @@ class Limiter:
             raise Refused(None, unavailable=e, limited_by="capacity") from e
 
     def _row(self, sql, params, retry=None):
-        try:
-            return self._row_once(sql, params)
-        except psycopg.Error as e:
-            if not _worth_retrying(e, retry):
-                raise
-        if hasattr(self._db, "check"):
-            self._db.check()  # a pool: its connections lost with this one go first
-        return self._row_once(sql, params)
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return self._row_once(sql, params)
+            except psycopg.Error as e:
+                if attempt == _ATTEMPTS or not _worth_retrying(e, retry):
+                    raise
+            if hasattr(self._db, "check"):
+                self._db.check()  # a pool: its connections lost with this one go first
 
     def _value(self, sql, params, retry=None):
         return next(iter(self._row(sql, params, retry).values()))
@@ -484,14 +486,14 @@ class AsyncLimiter(Limiter):
             raise Refused(None, unavailable=e, limited_by="capacity") from e
 
     async def _row(self, sql, params, retry=None):
-        try:
-            return await self._row_once(sql, params)
-        except psycopg.Error as e:
-            if not _worth_retrying(e, retry):
-                raise
-        if hasattr(self._db, "check"):
-            await self._db.check()  # a pool: its connections lost with this one go first
-        return await self._row_once(sql, params)
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return await self._row_once(sql, params)
+            except psycopg.Error as e:
+                if attempt == _ATTEMPTS or not _worth_retrying(e, retry):
+                    raise
+            if hasattr(self._db, "check"):
+                await self._db.check()  # a pool: its connections lost with this one go first
 
     async def _value(self, sql, params, retry=None):
         return next(iter((await self._row(sql, params, retry)).values()))
