@@ -156,14 +156,15 @@ write_config($_) for 1, 2;
 my %patroni;
 sub start_node { my ($n) = @_; $patroni{$n} = start_bg("$base/n$n.log", 'patroni', "$base/n$n.yml"); }
 
-# one query on one node; undef when it fails
+# one query on one node; undef when it fails (on psql's input: a query
+# naming thousands of reservation ids is longer than one argument may be)
 sub q_at
 {
 	my ($n, $sql) = @_;
 	my ($out, $err) = ('', '');
 	IPC::Run::run([ 'psql', '-X', '-qAt', '-v', 'ON_ERROR_STOP=1',
-			"host=127.0.0.1 port=$port{\"pg$n\"} dbname=postgres connect_timeout=5", '-c', $sql ],
-		'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(60))
+			"host=127.0.0.1 port=$port{\"pg$n\"} dbname=postgres connect_timeout=5" ],
+		'<', \$sql, '>', \$out, '2>', \$err, IPC::Run::timeout(60))
 	  or return undef;
 	chomp $out;
 	return $out;
