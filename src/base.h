@@ -16,7 +16,8 @@
  *   shmem.c         the partitioned table of counters, with its locking
  *                   rules
  *   sweep.c         an entry's life in that table: what keeps it, the
- *                   sweeps that reclaim the rest, forgetting a database
+ *                   sweeps that reclaim the rest, forgetting a database;
+ *                   a holder's stamps
  *   reservations.c  the reservation pool (its own shared memory) and its
  *                   index of ids
  *   resvid.c        reservation ids: made so that no server of a cluster

@@ -142,6 +142,22 @@ ai_save_buf_init(AiSaveBuf *b, uint32 entries)
 }
 
 /*
+ * Is the use cached in an entry exact now, with no record in flight: a
+ * user's month of spend, or a rule's use by its holder's stamp (sweep.c)?
+ * Only the base of a clean shutdown restores it (ai_load), and that base
+ * keeps such entries even when they hold nothing live, so that the first
+ * check after the start reads no usage row.
+ */
+static bool
+ai_spend_saves_exact(const AiEntry *e)
+{
+	if (AI_ENTRY_IS_RULE(e))
+		return ai_use_saves_exact(e);
+	return e->spend_state == AI_SPEND_VALID && e->inflight == 0 &&
+		e->spend_gen == pg_atomic_read_u32(&ai_shared->usage_gen);
+}
+
+/*
  * Copy an entry and its live reservations into the buffer (a restore skips
  * those expired by then).
  */
@@ -164,14 +180,9 @@ ai_save_copy_entry(AiSaveBuf *b, AiEntry *e, TimestampTz now)
 	s->plan_hash = e->plan_hash;
 	s->id_len = e->id_len;
 	memcpy(s->id_prefix, e->id_prefix, sizeof(s->id_prefix));
-	/*
-	 * Exact for its month, with nothing in flight: only the base of a clean
-	 * shutdown is restored with it (ai_load).
-	 */
 	s->kind = e->kind;
-	s->spend_valid = e->spend_state == AI_SPEND_VALID && e->inflight == 0 &&
-		e->spend_gen == pg_atomic_read_u32(&ai_shared->usage_gen) &&
-		!AI_ENTRY_IS_RULE(e);	/* a rule's spend is loaded again (rulestate.c) */
+	s->use_tree = e->use_tree;
+	s->spend_valid = ai_spend_saves_exact(e);
 	s->spend_month = e->spend_month;
 	s->committed_spend = s->spend_valid ? e->committed_spend : 0;
 	/* a reservation being settled is kept: the settling may roll back */
@@ -201,7 +212,7 @@ ai_save_copy_entry(AiSaveBuf *b, AiEntry *e, TimestampTz now)
  */
 static bool
 ai_save_copy_partition(AiSaveBuf *b, AiSaveBuf *changed, int partition, bool whole,
-					   TimestampTz now, const AiCalendar *cal)
+					   bool at_shutdown, TimestampTz now, const AiCalendar *cal)
 {
 	LWLock	   *lock = ai_partition_lock_at(partition);
 	int32	   *dirty = &ai_table->dirty_head[partition];
@@ -237,7 +248,7 @@ ai_save_copy_partition(AiSaveBuf *b, AiSaveBuf *changed, int partition, bool who
 		if (changed != NULL && (e->save_flags & AI_SAVE_DIRTY))
 			ai_save_copy_entry(changed, e, now);
 		e->dirty_next = -2;
-		if (!ai_entry_is_live(e, now, cal))
+		if (!ai_entry_is_live(e, now, cal) && !(at_shutdown && ai_spend_saves_exact(e)))
 		{
 			e->save_flags = 0;	/* not in the new base */
 			continue;
@@ -384,7 +395,7 @@ ai_save(bool whole, uint64 shutdown_lsn, bool to_file, bool to_wal)
 	for (int p = 0; p < AI_NUM_PARTITIONS; p++)
 	{
 		/* the unlocked count only sizes the buffers; the copy checks again */
-		while (!ai_save_copy_partition(&b, wal, p, whole, now, &cal))
+		while (!ai_save_copy_partition(&b, wal, p, whole, shutdown_lsn != 0, now, &cal))
 		{
 			ai_save_buf_grow(&b, (uint32) ai_table->part_count[p] + 64);	/* enough for either */
 			if (wal != NULL)
@@ -640,6 +651,7 @@ ai_load(void)
 	bool		clean = ai_shut_down_cleanly(&checkpoint, &replays_none);
 	uint64		base_checkpoint;
 	bool		older_layout;
+	bool		with_spend;
 	bool		foreign = false;
 
 	f = AllocateFile(AI_SAVE_FILE, PG_BINARY_R);
@@ -677,10 +689,16 @@ ai_load(void)
 	 * replays no WAL after that checkpoint: nothing can have committed
 	 * since.  Only then is the cached spend restored.
 	 */
-	restored = ai_apply_saved(&hdr, data, now,
-							  clean && !older_layout && base_checkpoint == checkpoint && replays_none ?
-							  AI_APPLY_WITH_SPEND : AI_APPLY_LOAD);
+	with_spend = clean && !older_layout && base_checkpoint == checkpoint && replays_none;
+	restored = ai_apply_saved(&hdr, data, now, with_spend ? AI_APPLY_WITH_SPEND : AI_APPLY_LOAD);
 	pfree(data);
+
+	/*
+	 * Nor has replay left a cache stale then: the generations stay as the
+	 * restored uses were stamped with (replica.c's ai_after_recovery).
+	 */
+	if (with_spend)
+		pg_atomic_write_u32(&ai_shared->caches_fresh, 1);
 
 	f = AllocateFile(AI_DELTA_FILE, PG_BINARY_R);
 	if (f != NULL)

@@ -506,7 +506,9 @@ ai_rmgr_identify(uint8 info)
 }
 
 /*
- * Once per server start, by the first call that finds recovery over:
+ * Once per server start, by the first call that finds recovery over (a
+ * start that replayed nothing and restored a clean shutdown's base has
+ * nothing stale, and skips it: persist.c):
  * every cache that replay may have left stale is dropped (the caches of
  * whole tables need not be: replay brings their invalidations, config.c;
  * the users and the account tree are kept by generations).  The flag is set

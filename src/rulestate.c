@@ -24,7 +24,9 @@
  *                         ai_load_use): spend_state, spend_month
  *                         (the window's code), spend_gen, committed_spend;
  *                         inflight and inflight_cost for records in flight;
- *                         recorded_total holds the user's stamp (below)
+ *                         recorded_total holds the user's stamp (below),
+ *                         use_holder and use_tree say whose (sweep.c's
+ *                         ai_use_keep)
  *
  * A cached use is exact while the user's stamp is the one it was loaded or
  * last kept at.  The stamp is the user entry's change_seq, which every
@@ -33,7 +35,11 @@
  * it, so a user that was removed and made again never matches.  A record
  * keeps the cached use of every rule it knows of in step (it adds what it
  * records and stamps them anew); a rule it does not know of (added while it
- * ran) is left with an old stamp and loads again.
+ * ran) is left with an old stamp and loads again.  The base written at a
+ * clean shutdown keeps every use still exact by its holder's stamp, and the
+ * next start restores it exact at the stamp the holder starts with
+ * (sweep.c's ai_use_saves_exact, ai_use_restored): the first check after a
+ * clean restart reads no usage row for the rules either.
  *
  * A reservation holds its estimate on the rules of the check that made it:
  * every rule for all models, the model rules it names (AI_RESV_RULES_NAMED
@@ -93,28 +99,10 @@ ai_rule_key(const AiUser *u, const AiRule *r, AiKey *key, uint32 *hashcode)
 	*hashcode = want;
 }
 
-/*
- * What a rule's cached use is exact at: its holder's stamp and, for a use
- * summed over an account's subtree, the tree it was summed over (both
- * counts only grow, so their sum in the high half moves when either does).
- */
-static inline int64
-ai_tree_offset(const AiRule *r)
-{
-	return AI_SCOPE_IN_TREE(r->scope) ? (int64) ((uint64) ai_accounts_stamp() << 32) : 0;
-}
-
-/* Stamps are compared, never ordered: their sums wrap. */
-static inline int64
-ai_stamp_add(int64 a, int64 b)
-{
-	return (int64) ((uint64) a + (uint64) b);
-}
-
 static inline int64
 ai_rule_stamp(const AiRule *r, const AiEntry *holder)
 {
-	return ai_stamp_add(ai_user_stamp(holder), ai_tree_offset(r));
+	return ai_use_stamp(holder, AI_SCOPE_IN_TREE(r->scope));
 }
 
 static inline bool
@@ -382,7 +370,7 @@ ai_rule_use_store(AiLoad *l, AiEntry *holder, int64 sum)
 	s->spend_state = AI_SPEND_VALID;
 	s->spend_month = rl->ru->win.code;
 	s->spend_gen = l->gen;
-	s->recorded_total = ai_rule_stamp(rl->ru->rule, holder);
+	ai_use_keep(s, holder, AI_SCOPE_IN_TREE(rl->ru->rule->scope));
 	s->committed_spend = Max(sum - own, 0);
 	s->inflight = own_count;
 	s->inflight_cost = int64_to_int128(own);
@@ -948,7 +936,7 @@ ai_rules_record_begin(AiRuleRecord *rr, AiEntry *user, TimestampTz now,
 		t->amount = amount;
 		t->code = rr->codes[i];
 		t->tree = AI_SCOPE_IN_TREE(r->scope);
-		if (s != NULL && ai_rule_cache_at(s, ai_stamp_add(stamp_before, ai_tree_offset(r))))
+		if (s != NULL && ai_rule_cache_at(s, ai_stamp_add(stamp_before, ai_tree_offset(t->tree))))
 		{
 			if (t->matches && s->spend_month == t->code && rr->nalerts > 0 &&
 				r->metric == AI_METRIC_CENTS)
@@ -959,7 +947,7 @@ ai_rules_record_begin(AiRuleRecord *rr, AiEntry *user, TimestampTz now,
 				int128_add_int64(&s->inflight_cost, amount);
 				t->added = true;
 			}
-			s->recorded_total = ai_stamp_add(stamp_now, ai_tree_offset(r));
+			ai_use_keep(s, user, t->tree);
 		}
 	}
 	*n = (int16) (ntouches - *first);
@@ -1027,7 +1015,6 @@ ai_rules_record_end(int32 first, int16 n, bool commit, AiEntry *user, uint32 seq
 {
 	int64		stamp_now = ai_user_stamp(user);
 	int64		stamp_before = (stamp_now & ~(int64) PG_UINT32_MAX) | seq_before;
-	int64		tree = (int64) ((uint64) ai_accounts_stamp() << 32);
 
 	for (int i = first; i < first + n && i < ntouches; i++)
 	{
@@ -1057,11 +1044,11 @@ ai_rules_record_end(int32 first, int16 n, bool commit, AiEntry *user, uint32 seq
 		}
 		if (!commit && t->alert_bits != 0 && s->spend_month == t->code)
 			s->alerts_sent &= ~t->alert_bits;	/* they fire again, with a record that stays */
-		if (ai_rule_cache_at(s, ai_stamp_add(stamp_before, t->tree ? tree : 0)))
+		if (ai_rule_cache_at(s, ai_stamp_add(stamp_before, ai_tree_offset(t->tree))))
 		{
 			if (commit && t->added && s->spend_month == t->code)
 				s->committed_spend = ai_money_add(s->committed_spend, t->amount);
-			s->recorded_total = ai_stamp_add(stamp_now, t->tree ? tree : 0);
+			ai_use_keep(s, user, t->tree);
 		}
 	}
 }

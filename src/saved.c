@@ -95,6 +95,8 @@ ai_load_entry(const AiSavedEntry *se, TimestampTz now, AiApplyMode mode, Timesta
 		e->spend_month = se->spend_month;
 		e->spend_gen = pg_atomic_read_u32(&ai_shared->usage_gen);
 		e->committed_spend = se->committed_spend;
+		if (AI_ENTRY_IS_RULE(e))
+			ai_use_restored(e, se->use_tree);	/* a rule's use, by its holder's stamp */
 	}
 	if (replay)
 		ai_entry_changed(e);	/* for this server's own saves */

@@ -52,6 +52,7 @@ typedef struct AiSavedEntry
 	int32		spend_month;
 	AiMoney		committed_spend;
 	uint8		kind;			/* layout 5: AiEntry.kind (a user or a rule's counters) */
+	uint8		use_tree;		/* 1.9, in layout 5's padding: AiEntry.use_tree */
 } AiSavedEntry;
 
 /* An entry as layout 4 (release 1.5) saved it: no kind, every one a user's. */

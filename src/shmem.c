@@ -347,6 +347,8 @@ ai_entry_init(AiEntry *e, const char *id, int idlen)
 	e->dirty_next = -2;
 	e->resv_restored = 0;
 	e->kind = AI_ENTRY_USER;
+	e->use_tree = 0;
+	e->use_holder = -1;
 	e->plan_hash = 0;
 	e->id_len = (uint8) Min(idlen, 255);
 	memcpy(e->id_prefix, id, Min(idlen, AI_ID_PREFIX_LEN));

@@ -88,6 +88,9 @@ typedef struct AiEntry
 	uint8		resv_restored;	/* reservations restored after a crash, not yet
 								 * checked against ai_usage (spend.c) */
 	uint8		kind;			/* AI_ENTRY_USER, or a rule's counters (AI_ENTRY_RULE) */
+	/* a rule's cached use: whose stamp it follows (sweep.c), -1: unknown */
+	uint8		use_tree;		/* the stamp has the account tree's in it */
+	int32		use_holder;		/* the holder's slot */
 } AiEntry;
 
 /*

@@ -587,6 +587,15 @@ ai_spend_invalidate(const AiKey *key)
 		e->spend_state = AI_SPEND_UNKNOWN;
 		e->change_seq++;		/* a load in progress must not be trusted */
 	}
+	else
+	{
+		/*
+		 * No entry to bump: the uses its rules may still cache (restored
+		 * at a start without it, ai_use_restored) follow the partition's
+		 * count of removals, as for a user removed.
+		 */
+		ai_table->part_epoch[hashcode % AI_NUM_PARTITIONS]++;
+	}
 	LWLockRelease(lock);
 }
 

@@ -10,19 +10,7 @@
 
 #include "calendar.h"
 #include "shmem.h"
-
-/*
- * A holder's stamp: moves with every record of the holder (change_seq) and
- * with every entry removed from its partition (an entry made again starts
- * its count anew).  Compared, never ordered.  Caller holds the lock.
- */
-static inline int64
-ai_user_stamp(const AiEntry *holder)
-{
-	uint32		p = ai_key_hash(&holder->key) % AI_NUM_PARTITIONS;
-
-	return (int64) (((uint64) ai_table->part_epoch[p] << 32) | holder->change_seq);
-}
+#include "sweep.h"
 
 /*
  * One load of a cached use from the tables without missing a record in

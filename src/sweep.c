@@ -4,7 +4,8 @@
  *		An entry's life: what keeps it in the table, the sweeps that free
  *		the rest (when a new user meets a full table, and in the
  *		background), an entry got with room made for it, and forgetting an
- *		entry or a whole database.
+ *		entry or a whole database; a holder's stamps, which say whether a
+ *		use cached from its records is still exact.
  *
  * When the table is full, a new user's check sweeps a few partitions, one
  * at a time, for entries that hold nothing live (ai_make_room); the
@@ -306,4 +307,62 @@ ai_holder_lookup(const AiUser *u, TimestampTz now, bool create)
 	if (e != NULL && create && u->account)
 		e->kind = AI_ENTRY_ACCOUNT;
 	return e;
+}
+
+/* ---- holders' stamps ---- */
+
+/*
+ * A rule's cached use in s is exact by its holder's stamp now: keep that
+ * stamp, and whose it is, for a save (ai_use_saves_exact).  Caller holds
+ * the lock exclusively.
+ */
+void
+ai_use_keep(AiEntry *s, const AiEntry *holder, bool tree)
+{
+	s->recorded_total = ai_use_stamp(holder, tree);
+	s->use_tree = tree;
+	s->use_holder = (int32) (holder - ai_entries);
+}
+
+/*
+ * Is the use cached in a rule's counters s exact by its holder's stamp now,
+ * with no record in flight, so that the base of a clean shutdown may keep
+ * it (persist.c)?  The holder is found by its slot: a slot that has served
+ * another entry since is in another partition, or its partition counted a
+ * removal since, which the stamp's high half holds.  Caller holds s's
+ * partition lock.
+ */
+bool
+ai_use_saves_exact(const AiEntry *s)
+{
+	const AiEntry *holder;
+
+	if (s->spend_state != AI_SPEND_VALID || s->inflight != 0 ||
+		s->spend_gen != pg_atomic_read_u32(&ai_shared->usage_gen) ||
+		s->use_holder < 0 || s->use_holder >= ai_max_keys)
+		return false;
+	holder = &ai_entries[s->use_holder];
+	return !AI_ENTRY_IS_RULE(holder) &&
+		ai_key_hash(&holder->key) % AI_NUM_PARTITIONS == ai_key_hash(&s->key) % AI_NUM_PARTITIONS &&
+		s->recorded_total == ai_use_stamp(holder, s->use_tree);
+}
+
+/*
+ * A rule's cached use restored from the base of a clean shutdown (saved.c),
+ * before any process has run: it is exact at the stamp its holder has until
+ * its first record, restored or made from now on (change_seq 0, the
+ * partition's removals so far, the account tree as it starts).  A holder
+ * removed meanwhile, or a usage row written for it without an entry
+ * (ai_spend_invalidate), moves the partition's count, and the use loads
+ * again.
+ */
+void
+ai_use_restored(AiEntry *s, bool tree)
+{
+	uint32		p = ai_key_hash(&s->key) % AI_NUM_PARTITIONS;
+
+	s->recorded_total = ai_stamp_add((int64) ((uint64) ai_table->part_epoch[p] << 32),
+									 ai_tree_offset(tree));
+	s->use_tree = tree;
+	s->use_holder = -1;
 }

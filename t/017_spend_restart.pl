@@ -2,8 +2,9 @@
 # first budget check after it reads no usage rows; after a crash it is
 # loaded from the tables again, and spend recorded after the last save
 # counts.  A copy of a cleanly stopped data directory that replays WAL (a
-# standby, a point-in-time restore) loads it from the tables too.  Reads of
-# the usage tables are seen in pg_stat_user_tables.
+# standby, a point-in-time restore) loads it from the tables too.  The
+# same for the cached uses of calendar rules of cents.  Reads of the usage
+# tables are seen in pg_stat_user_tables.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -27,8 +28,8 @@ INSERT INTO ai_plans (plan, monthly_budget_cents) VALUES ('cap', 100);
 # scans of the usage tables, as this session sees them once its own are flushed
 sub usage_scans
 {
-	my ($then) = @_;
-	return $node->safe_psql('postgres', qq{
+	my ($then, $n) = @_;
+	return ($n // $node)->safe_psql('postgres', qq{
 		$then;
 		SELECT pg_stat_force_next_flush();
 		SELECT pg_sleep(0.1);
@@ -107,5 +108,62 @@ is($standby->safe_psql('postgres', "SELECT allowed FROM ai_check_limit('ann', 'c
 is($standby->safe_psql('postgres', "SELECT allowed FROM ai_check_limit('ann', 'cap', 2)"), 't',
 	'and exactly 2 are left');
 $standby->stop;
+
+# ---- the cached uses of the rules come back with a clean restart too ----
+# a month's cents for the plan (its holder: the user) and for an account
+# (its holder: the account, the use summed over its subtree)
+my $rn = PostgreSQL::Test::Cluster->new('rules_restart');
+$rn->init;
+$rn->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'ai_ratelimit'
+ai_ratelimit.timezone = 'UTC'
+});
+$rn->start;
+sub rsql { return $rn->safe_psql('postgres', $_[0]); }
+rsql(q{
+CREATE EXTENSION ai_ratelimit;
+INSERT INTO ai_plans (plan, burst_limit, daily_limit) VALUES ('r', NULL, NULL);
+INSERT INTO ai_accounts (account_id, parent_id) VALUES ('r-org', NULL);
+INSERT INTO ai_account_members (account_id, user_id, is_default) VALUES ('r-org', 'ida', true);
+INSERT INTO ai_rules (scope, scope_id, metric, "window", max_value) VALUES
+    ('plan', 'r', 'cents', 'month', 100), ('account', 'r-org', 'cents', 'month', 100);
+});
+# each spends through the check path; eve's 50-cent row then goes in by hand
+for (['dan', 60], ['ida', 30], ['eve', 10], ['fay', 30])
+{
+	my ($u, $c) = @$_;
+	my $rid = rsql("SELECT reservation_id FROM ai_check_limit('$u', 'r', $c)");
+	rsql("SELECT ai_record_usage('$u', 'gpt-4o', 0, ${c}000, 0, $rid)");
+}
+rsql(q{INSERT INTO ai_usage (created_at, day, user_id, model, priced_as, input_tokens,
+       output_tokens, cached_input_tokens, cost_cents)
+       VALUES (now(), (now() AT TIME ZONE 'UTC')::date, 'eve', 'x', 'x', 0, 0, 0, 50)});
+$rn->restart;
+rsql('SELECT 1');
+$before = last_line(usage_scans('SELECT 1', $rn));
+$after = last_line(usage_scans(q{
+	SELECT string_agg(allowed::text, ' ' ORDER BY n) FROM (
+	  SELECT 1 n, allowed FROM ai_check_limit('dan', 'r', 40)
+	  UNION ALL SELECT 2, allowed FROM ai_check_limit('ida', 'r', 70)) x}, $rn));
+is($after, $before, 'clean restart: the first checks under the rules read no usage row');
+is(rsql("SELECT allowed::text || ' ' || limited_by FROM ai_check_limit('dan', 'r', 1)"),
+	'false rule', 'dan: his restored 60 cents and the 40 held fill the plan\'s rule');
+is(rsql("SELECT allowed::text || ' ' || limited_by FROM ai_check_limit('ida', 'r', 1)"),
+	'false rule', 'ida: her restored 30 cents and the 70 held fill both rules');
+$before = $after;
+$after = last_line(usage_scans("SELECT allowed FROM ai_check_limit('eve', 'r', 41)", $rn));
+cmp_ok($after, '>', $before, 'eve\'s use was stale at the shutdown (a row by hand): her check reads the tables');
+is(rsql("SELECT allowed FROM ai_check_limit('eve', 'r', 40)"), 't',
+	'and counts 60 cents: 40 more fit, 41 did not');
+is(rsql("SELECT allowed FROM ai_check_limit('eve', 'r', 1)"), 'f', 'and then nothing');
+# a row by hand after the start, before fay's first check: her restored use
+# must not be taken as exact any more
+rsql(q{INSERT INTO ai_usage (created_at, day, user_id, model, priced_as, input_tokens,
+       output_tokens, cached_input_tokens, cost_cents)
+       VALUES (now(), (now() AT TIME ZONE 'UTC')::date, 'fay', 'x', 'x', 0, 0, 0, 50)});
+is(rsql("SELECT allowed FROM ai_check_limit('fay', 'r', 21)"), 'f',
+	'fay: a row written by hand after the start counts (30 + 50 + 21 is over the rule)');
+is(rsql("SELECT allowed FROM ai_check_limit('fay', 'r', 20)"), 't', 'and exactly 20 are left');
+$rn->stop;
 
 done_testing();
