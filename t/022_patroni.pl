@@ -157,15 +157,17 @@ my %patroni;
 sub start_node { my ($n) = @_; $patroni{$n} = start_bg("$base/n$n.log", 'patroni', "$base/n$n.yml"); }
 
 # one query on one node; undef when it fails (on psql's input: a query
-# naming thousands of reservation ids is longer than one argument may be)
+# naming thousands of reservation ids is longer than one argument may be;
+# a psql that could not connect leaves its input unread: a broken pipe)
 sub q_at
 {
 	my ($n, $sql) = @_;
 	my ($out, $err) = ('', '');
-	IPC::Run::run([ 'psql', '-X', '-qAt', '-v', 'ON_ERROR_STOP=1',
-			"host=127.0.0.1 port=$port{\"pg$n\"} dbname=postgres connect_timeout=5" ],
-		'<', \$sql, '>', \$out, '2>', \$err, IPC::Run::timeout(60))
-	  or return undef;
+	eval {
+		IPC::Run::run([ 'psql', '-X', '-qAt', '-v', 'ON_ERROR_STOP=1',
+				"host=127.0.0.1 port=$port{\"pg$n\"} dbname=postgres connect_timeout=5" ],
+			'<', \$sql, '>', \$out, '2>', \$err, IPC::Run::timeout(60));
+	} or return undef;
 	chomp $out;
 	return $out;
 }
