@@ -27,10 +27,10 @@
  * A saver that is not running is waited for too: it is started again
  * within seconds, and saves first thing.  But the guard never holds a
  * checkpoint longer than AI_GUARD_WAIT_SECS: one held for ever would fill
- * the disk with WAL.  The
- * shutdown checkpoint comes after the guard has exited; the postmaster
- * then saves everything itself.  A standby's restart points do not wait
- * for anyone; it replays the saves its primary logged.
+ * the disk with WAL.  The shutdown checkpoint comes after the guard has
+ * exited; the postmaster then saves everything itself.  A standby's
+ * restart points do not wait for anyone; it replays the saves its primary
+ * logged.
  *
  *-------------------------------------------------------------------------
  */

@@ -32,8 +32,9 @@
  * each checkpoint (nothing older than a checkpoint is replayed).  A save
  * whose record a checkpoint passed before its files were written is logged
  * once more after it: a standby made from a base backup finds every save
- * either in the files it copied or in the WAL it replays.  A standby's saver writes its own
- * files from what replay applied, so a restarted standby resumes from them.
+ * either in the files it copied or in the WAL it replays.  A standby's
+ * saver writes its own files from what replay applied, so a restarted
+ * standby resumes from them.
  *
  * Locking: the writer visits one partition at a time, holding only that
  * partition's lock (exclusively: it empties the partition's dirty list,
@@ -142,22 +143,6 @@ ai_save_buf_init(AiSaveBuf *b, uint32 entries)
 }
 
 /*
- * Is the use cached in an entry exact now, with no record in flight: a
- * user's month of spend, or a rule's use by its holder's stamp (sweep.c)?
- * Only the base of a clean shutdown restores it (ai_load), and that base
- * keeps such entries even when they hold nothing live, so that the first
- * check after the start reads no usage row.
- */
-static bool
-ai_spend_saves_exact(const AiEntry *e)
-{
-	if (AI_ENTRY_IS_RULE(e))
-		return ai_use_saves_exact(e);
-	return e->spend_state == AI_SPEND_VALID && e->inflight == 0 &&
-		e->spend_gen == pg_atomic_read_u32(&ai_shared->usage_gen);
-}
-
-/*
  * Copy an entry and its live reservations into the buffer (a restore skips
  * those expired by then).
  */
@@ -182,7 +167,7 @@ ai_save_copy_entry(AiSaveBuf *b, AiEntry *e, TimestampTz now)
 	memcpy(s->id_prefix, e->id_prefix, sizeof(s->id_prefix));
 	s->kind = e->kind;
 	s->use_tree = e->use_tree;
-	s->spend_valid = ai_spend_saves_exact(e);
+	s->spend_valid = ai_use_saves_exact(e);	/* restored only after a clean shutdown */
 	s->spend_month = e->spend_month;
 	s->committed_spend = s->spend_valid ? e->committed_spend : 0;
 	/* a reservation being settled is kept: the settling may roll back */
@@ -248,7 +233,12 @@ ai_save_copy_partition(AiSaveBuf *b, AiSaveBuf *changed, int partition, bool who
 		if (changed != NULL && (e->save_flags & AI_SAVE_DIRTY))
 			ai_save_copy_entry(changed, e, now);
 		e->dirty_next = -2;
-		if (!ai_entry_is_live(e, now, cal) && !(at_shutdown && ai_spend_saves_exact(e)))
+		/*
+		 * At a clean shutdown an exact cache is kept too, live or not: the
+		 * next start restores it (ai_load), and its first check reads no
+		 * usage row.
+		 */
+		if (!ai_entry_is_live(e, now, cal) && !(at_shutdown && ai_use_saves_exact(e)))
 		{
 			e->save_flags = 0;	/* not in the new base */
 			continue;

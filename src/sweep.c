@@ -325,12 +325,12 @@ ai_use_keep(AiEntry *s, const AiEntry *holder, bool tree)
 }
 
 /*
- * Is the use cached in a rule's counters s exact by its holder's stamp now,
- * with no record in flight, so that the base of a clean shutdown may keep
- * it (persist.c)?  The holder is found by its slot: a slot that has served
- * another entry since is in another partition, or its partition counted a
- * removal since, which the stamp's high half holds.  Caller holds s's
- * partition lock.
+ * Is the use cached in s exact now, with no record in flight, so that the
+ * base of a clean shutdown may keep it (persist.c): a user's month of
+ * spend, or a rule's use by its holder's stamp?  A rule's holder is found
+ * by its slot: a slot that has served another entry since is in another
+ * partition, or its partition counted a removal since, which the stamp's
+ * high half holds.  Caller holds s's partition lock.
  */
 bool
 ai_use_saves_exact(const AiEntry *s)
@@ -338,8 +338,11 @@ ai_use_saves_exact(const AiEntry *s)
 	const AiEntry *holder;
 
 	if (s->spend_state != AI_SPEND_VALID || s->inflight != 0 ||
-		s->spend_gen != pg_atomic_read_u32(&ai_shared->usage_gen) ||
-		s->use_holder < 0 || s->use_holder >= ai_max_keys)
+		s->spend_gen != pg_atomic_read_u32(&ai_shared->usage_gen))
+		return false;
+	if (!AI_ENTRY_IS_RULE(s))
+		return true;
+	if (s->use_holder < 0 || s->use_holder >= ai_max_keys)
 		return false;
 	holder = &ai_entries[s->use_holder];
 	return !AI_ENTRY_IS_RULE(holder) &&
