@@ -116,9 +116,13 @@ is(sql("SELECT count(*) FROM ai_ratelimit_status WHERE user_id = 'ghost' AND ope
 
 # ---- failed saves are warned about and visible ----
 my $pg_stat = $node->data_dir . '/pg_stat';
+my $delta = "$pg_stat/ai_ratelimit.delta";
 sql("ALTER SYSTEM SET ai_ratelimit.save_interval = '200ms'");
 sql('SELECT pg_reload_conf()');
+# no new file in pg_stat, and no append to the deltas: every save fails
+# (a saver that wrote its base before this only appends deltas)
 chmod 0500, $pg_stat;
+chmod 0400, $delta if -e $delta;
 sql("SELECT checks('lost', 3)");
 $node->poll_query_until('postgres', 'SELECT save_failures > 0 FROM ai_ratelimit_saves()')
   or die "no failed save was counted";
@@ -128,6 +132,7 @@ my $last = sql('SELECT last_save FROM ai_ratelimit_saves()');
 # the shutdown save fails too: the next start says so
 $node->stop('fast');
 chmod 0700, $pg_stat;
+chmod 0600, $delta if -e $delta;
 $node->start;
 like(slurp_file($node->logfile), qr/WARNING:  ai_ratelimit restored counters saved at .*, not at the last shutdown/,
 	'after a clean stop whose save failed, the start warns that counts were lost');
