@@ -97,32 +97,15 @@ ai_cache_account_row(HeapTuple tup, TupleDesc td)
 	Datum		d;
 	MemoryContext old;
 
-	if (nnodes >= maxnodes)
-	{
-		maxnodes = Max(16, maxnodes * 2);
-		nodes = nodes ? repalloc(nodes, sizeof(AiAccountNode) * maxnodes)
-			: MemoryContextAlloc(accounts_cxt, sizeof(AiAccountNode) * maxnodes);
-	}
+	nodes = ai_rows_grow(nodes, nnodes, &maxnodes, sizeof(AiAccountNode), accounts_cxt);
 	n = &nodes[nnodes];
 	old = MemoryContextSwitchTo(accounts_cxt);
 	(void) ai_spi_col(tup, td, 1, &d);
 	n->id = TextDatumGetCString(d);
 	n->parent_id = ai_spi_col(tup, td, 2, &d) ? TextDatumGetCString(d) : NULL;
 	n->parent = -1;
-	n->nalerts = 0;
-	if (ai_spi_col(tup, td, 3, &d))
-	{
-		Datum	   *elems;
-		bool	   *nulls;
-		int			k;
-
-		deconstruct_array(DatumGetArrayTypeP(d), INT4OID, sizeof(int32), true,
-						  TYPALIGN_INT, &elems, &nulls, &k);
-		for (int i = 0; i < k && n->nalerts < AI_MAX_ALERTS; i++)
-			if (!nulls[i])
-				n->alert_percent[n->nalerts++] = DatumGetInt32(elems[i]);
-	}
 	MemoryContextSwitchTo(old);
+	n->nalerts = ai_spi_percents(tup, td, 3, n->alert_percent, AI_MAX_ALERTS);
 	nnodes++;
 }
 
@@ -131,13 +114,9 @@ static void
 ai_reload_accounts(void)
 {
 	uint32		gen = pg_atomic_read_u32(&ai_shared->accounts_gen);
-	HASHCTL		ctl;
 
-	/* a call may still point at the tree it read: retire it, never reset */
-	if (accounts_cxt != NULL)
-		ai_cache_retire(accounts_cxt);
-	accounts_cxt = AllocSetContextCreate(TopMemoryContext, "ai_ratelimit accounts",
-										 ALLOCSET_SMALL_SIZES);
+	ai_cache_renew(&accounts_cxt, TopMemoryContext, "ai_ratelimit accounts",
+				   ALLOCSET_SMALL_SIZES);
 	nodes = NULL;
 	nnodes = maxnodes = 0;
 	accounts_gen = 0;
@@ -155,11 +134,8 @@ ai_reload_accounts(void)
 						ai_cache_account_row);
 		SPI_finish();
 	}
-	ctl.keysize = AI_MAX_USER_ID_LEN + 1;
-	ctl.entrysize = sizeof(AiAccountSlot);
-	ctl.hcxt = accounts_cxt;
-	by_id = hash_create("ai_ratelimit accounts", Max(nnodes, 16), &ctl,
-						HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	by_id = ai_cache_hash("ai_ratelimit accounts", AI_MAX_USER_ID_LEN + 1,
+						  sizeof(AiAccountSlot), nnodes, accounts_cxt);
 	for (int i = 0; i < nnodes; i++)
 	{
 		AiAccountSlot *s = hash_search(by_id, nodes[i].id, HASH_ENTER, NULL);
@@ -191,10 +167,20 @@ ai_accounts_look(bool now)
 		ai_reload_accounts();
 }
 
-static void
-ai_accounts_fresh(void)
+/*
+ * An account's node in the tree, read again as ai_accounts_look(now) says;
+ * -1 when the tree has no such account.
+ */
+static int
+ai_account_node(const char *account_id, bool now)
 {
-	ai_accounts_look(false);
+	AiAccountSlot *s;
+
+	ai_accounts_look(now);
+	if (strlen(account_id) > AI_MAX_USER_ID_LEN)
+		return -1;
+	s = hash_search(by_id, account_id, HASH_FIND, NULL);
+	return s ? s->node : -1;
 }
 
 /*
@@ -205,20 +191,16 @@ ai_accounts_fresh(void)
 Datum
 ai_account_subtree(const char *account_id)
 {
-	AiAccountSlot *s = NULL;
-	Datum	   *ids;
-	int			n = 0;
-
 	/*
 	 * The tree as it is now, not as the call first read it: the sum is
 	 * stamped with the tree's generation read before (rulestate.c), so it
 	 * must not be summed over an older tree.
 	 */
-	ai_accounts_look(true);
-	ids = palloc(sizeof(Datum) * (nnodes + 1));
-	if (strlen(account_id) <= AI_MAX_USER_ID_LEN)
-		s = hash_search(by_id, account_id, HASH_FIND, NULL);
-	if (s == NULL)
+	int			node = ai_account_node(account_id, true);
+	Datum	   *ids = palloc(sizeof(Datum) * (nnodes + 1));
+	int			n = 0;
+
+	if (node < 0)
 		ids[n++] = CStringGetTextDatum(account_id);
 	else
 		for (int i = 0; i < nnodes; i++)
@@ -227,7 +209,7 @@ ai_account_subtree(const char *account_id)
 			int			depth = 0;
 
 			for (int j = i; j >= 0 && depth <= AI_MAX_ACCOUNT_DEPTH; j = nodes[j].parent, depth++)
-				if (j == s->node)
+				if (j == node)
 				{
 					ids[n++] = CStringGetTextDatum(nodes[i].id);
 					break;
@@ -243,16 +225,12 @@ ai_account_subtree(const char *account_id)
 int
 ai_account_alert_percents(const char *account_id, int32 *pct)
 {
-	AiAccountSlot *s;
+	int			node = ai_account_node(account_id, false);
 	AiAccountNode *n;
 
-	if (strlen(account_id) > AI_MAX_USER_ID_LEN)
+	if (node < 0)
 		return 0;
-	ai_accounts_fresh();
-	s = hash_search(by_id, account_id, HASH_FIND, NULL);
-	if (s == NULL)
-		return 0;
-	n = &nodes[s->node];
+	n = &nodes[node];
 	memcpy(pct, n->alert_percent, sizeof(int32) * n->nalerts);
 	return n->nalerts;
 }
@@ -292,7 +270,7 @@ ai_accounts_of_keys(const AiKey *keys, int n, bool ordered, const char **ids)
 	int			found[AI_MAX_ACCOUNT_DEPTH];
 	int			m = 0;
 
-	ai_accounts_fresh();
+	ai_accounts_look(false);
 	if (by_key == NULL)
 	{
 		HASHCTL		ctl;
@@ -346,16 +324,9 @@ ai_accounts_of_keys(const AiKey *keys, int n, bool ordered, const char **ids)
 int
 ai_account_chain(const char *account_id, const char **chain)
 {
-	AiAccountSlot *s;
 	int			n = 0;
 
-	if (strlen(account_id) > AI_MAX_USER_ID_LEN)
-		return 0;
-	ai_accounts_fresh();
-	s = hash_search(by_id, account_id, HASH_FIND, NULL);
-	if (s == NULL)
-		return 0;
-	for (int i = s->node; i >= 0; i = nodes[i].parent)
+	for (int i = ai_account_node(account_id, false); i >= 0; i = nodes[i].parent)
 	{
 		if (n == AI_MAX_ACCOUNT_DEPTH)
 			ereport(ERROR,

@@ -24,13 +24,11 @@
 #include "access/xlog.h"
 #include "catalog/objectaccess.h"
 #include "catalog/pg_extension.h"
-#include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "commands/trigger.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -41,6 +39,7 @@
 #include "utils/timestamp.h"
 
 #include "config.h"
+#include "extension.h"
 #include "shmem.h"
 #include "stats.h"
 #include "users.h"
@@ -85,16 +84,8 @@ typedef struct PriceEntry
 static HTAB *
 ai_new_config_hash(const char *name, Size keysize, Size entrysize, MemoryContext *cxt)
 {
-	HASHCTL		ctl;
-
-	if (*cxt != NULL)
-		ai_cache_retire(*cxt);
-	*cxt = AllocSetContextCreate(config_cxt, "ai_ratelimit config table", ALLOCSET_SMALL_SIZES);
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = keysize;
-	ctl.entrysize = entrysize;
-	ctl.hcxt = *cxt;
-	return hash_create(name, 16, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	ai_cache_renew(cxt, config_cxt, "ai_ratelimit config table", ALLOCSET_SMALL_SIZES);
+	return ai_cache_hash(name, keysize, entrysize, 16, *cxt);
 }
 
 static HTAB *
@@ -241,6 +232,22 @@ ai_cache_retire(MemoryContext cxt)
 	MemoryContextSetParent(cxt, retired_cxt);
 }
 
+/*
+ * An empty hash in cxt, sized for n entries, whose keys are strings of less
+ * than keysize bytes (the first field of each entry).
+ */
+HTAB *
+ai_cache_hash(const char *name, Size keysize, Size entrysize, long n, MemoryContext cxt)
+{
+	HASHCTL		ctl;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = keysize;
+	ctl.entrysize = entrysize;
+	ctl.hcxt = cxt;
+	return hash_create(name, Max(n, 16), &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+}
+
 /* 16 bits of a plan name's hash, never 0 (0 means "unknown"). */
 static uint16
 ai_name_hash(const char *name)
@@ -305,7 +312,6 @@ ai_cache_plan_row(HeapTuple tup, TupleDesc td)
 	char	   *name = TextDatumGetCString(SPI_getbinval(tup, td, 1, &isnull));
 	AiLimitCols l;
 	AiPlan	   *p;
-	Datum		d;
 
 	if (strlen(name) >= NAMEDATALEN * 2)
 		return;					/* cannot be named by a check either */
@@ -314,18 +320,8 @@ ai_cache_plan_row(HeapTuple tup, TupleDesc td)
 	p->burst_window_ms = 60000; /* the column's default */
 	ai_decode_limits(tup, td, 2, &l);
 	ai_limits_apply(&l, p);
-	if (ai_spi_col(tup, td, 2 + AI_NUM_LIMIT_COLS, &d))
-	{
-		Datum	   *elems;
-		bool	   *nulls;
-		int			n;
-
-		deconstruct_array(DatumGetArrayTypeP(d), INT4OID, sizeof(int32), true,
-						  TYPALIGN_INT, &elems, &nulls, &n);
-		for (int k = 0; k < n && p->nalerts < AI_MAX_ALERTS; k++)
-			if (!nulls[k])
-				p->alert_percent[p->nalerts++] = DatumGetInt32(elems[k]);
-	}
+	p->nalerts = ai_spi_percents(tup, td, 2 + AI_NUM_LIMIT_COLS, p->alert_percent,
+								 AI_MAX_ALERTS);
 	p->name_hash = ai_name_hash(name);
 	p->stats = ai_stats_for(name);
 	if (p->nalerts > 0)

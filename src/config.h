@@ -114,6 +114,19 @@ extern void ai_config_init(void);
 extern void ai_caches_new_call(void);
 extern bool ai_cache_look_due(uint64 *seen);
 extern void ai_cache_retire(MemoryContext cxt);
+extern HTAB *ai_cache_hash(const char *name, Size keysize, Size entrysize, long n,
+						   MemoryContext cxt);
+
+/*
+ * A new context for a cache that is read again, in *cxtp; the one it had
+ * (none the first time) is retired, since a call may still point into it.
+ */
+#define ai_cache_renew(cxtp, parent, name, sizes) \
+	do { \
+		if (*(cxtp) != NULL) \
+			ai_cache_retire(*(cxtp)); \
+		*(cxtp) = AllocSetContextCreate((parent), (name), sizes); \
+	} while (0)
 
 /*
  * A backend's copy of a whole configuration table (ai_plans,

@@ -20,7 +20,9 @@
 #include "catalog/pg_extension.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
+#include "catalog/pg_type.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -239,6 +241,43 @@ ai_spi_col(HeapTuple tup, TupleDesc td, int col, Datum *d)
 
 	*d = SPI_getbinval(tup, td, col, &isnull);
 	return !isnull;
+}
+
+/*
+ * Column col of an SPI row, an int4[] of alert percents: its elements that
+ * are not NULL, at most max of them, into out; how many.  NULL: none.
+ */
+int
+ai_spi_percents(HeapTuple tup, TupleDesc td, int col, int32 *out, int max)
+{
+	Datum		d;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			got = 0;
+
+	if (!ai_spi_col(tup, td, col, &d))
+		return 0;
+	deconstruct_array(DatumGetArrayTypeP(d), INT4OID, sizeof(int32), true,
+					  TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n && got < max; i++)
+		if (!nulls[i])
+			out[got++] = DatumGetInt32(elems[i]);
+	return got;
+}
+
+/*
+ * Room for row n of an array of rows of size bytes that grows in cxt (*rows
+ * NULL: none yet): the array, grown by doubling when n reaches *maxrows.
+ */
+void *
+ai_rows_grow(void *rows, int n, int *maxrows, Size size, MemoryContext cxt)
+{
+	if (n < *maxrows)
+		return rows;
+	*maxrows = Max(16, *maxrows * 2);
+	return rows ? repalloc(rows, size * *maxrows)
+		: MemoryContextAlloc(cxt, size * *maxrows);
 }
 
 /* Run a query (ai_spi_read) and hand each row to fn. */

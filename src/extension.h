@@ -46,6 +46,8 @@ extern void ai_worker_describe(BackgroundWorker *w, int flags, BgWorkerStartTime
 							   int restart, const char *function, const char *name);
 extern void ai_spi_read(const char *sql, int nargs, Oid *types, Datum *values);
 extern bool ai_spi_col(HeapTuple tup, TupleDesc td, int col, Datum *d);
+extern int	ai_spi_percents(HeapTuple tup, TupleDesc td, int col, int32 *out, int max);
+extern void *ai_rows_grow(void *rows, int n, int *maxrows, Size size, MemoryContext cxt);
 extern void ai_spi_each_row(const char *sql, void (*fn) (HeapTuple tup, TupleDesc td));
 
 #endif							/* AI_EXTENSION_H_ */

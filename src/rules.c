@@ -92,12 +92,7 @@ ai_cache_rule_row(HeapTuple tup, TupleDesc td)
 	MemoryContext old;
 	StringInfoData sig;
 
-	if (nrules >= maxrules)
-	{
-		maxrules = Max(16, maxrules * 2);
-		rules = rules ? repalloc(rules, sizeof(AiRule) * maxrules)
-			: MemoryContextAlloc(rules_cxt, sizeof(AiRule) * maxrules);
-	}
+	rules = ai_rows_grow(rules, nrules, &maxrules, sizeof(AiRule), rules_cxt);
 	r = &rules[nrules];
 	memset(r, 0, sizeof(*r));
 	old = MemoryContextSwitchTo(rules_cxt);
@@ -161,11 +156,7 @@ ai_cache_rule_row(HeapTuple tup, TupleDesc td)
 static void
 ai_reload_rules(void)
 {
-	/* a call may still point at the rules it read: retire them, never reset */
-	if (rules_cxt != NULL)
-		ai_cache_retire(rules_cxt);
-	rules_cxt = AllocSetContextCreate(TopMemoryContext, "ai_ratelimit rules",
-									  ALLOCSET_SMALL_SIZES);
+	ai_cache_renew(&rules_cxt, TopMemoryContext, "ai_ratelimit rules", ALLOCSET_SMALL_SIZES);
 	rules = NULL;
 	nrules = maxrules = 0;
 	rule_groups = NULL;
@@ -191,17 +182,12 @@ ai_reload_rules(void)
 	}
 	if (nrules > 0)
 	{
-		HASHCTL		ctl;
-
 		plan_amounts = MemoryContextAlloc(rules_cxt, sizeof(AiRule *) * nrules);
 		for (int i = 0; i < nrules; i++)
 			if (rules[i].scope == AI_SCOPE_PLAN && rules[i].metric != AI_METRIC_REQUESTS)
 				plan_amounts[nplan_amounts++] = &rules[i];
-		ctl.keysize = AI_MAX_USER_ID_LEN + 3;
-		ctl.entrysize = sizeof(AiRuleGroup);
-		ctl.hcxt = rules_cxt;
-		rule_groups = hash_create("ai_ratelimit rule groups", Max(nrules, 16), &ctl,
-								  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+		rule_groups = ai_cache_hash("ai_ratelimit rule groups", AI_MAX_USER_ID_LEN + 3,
+									sizeof(AiRuleGroup), nrules, rules_cxt);
 		for (int i = 0; i < nrules; i++)
 		{
 			char		key[AI_MAX_USER_ID_LEN + 3];

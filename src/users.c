@@ -82,25 +82,17 @@ ai_users_reset_cache(void)
 {
 	HASHCTL		ctl;
 
-	/* a call may still point at a plan name it read: retire, never reset */
-	if (users_cxt != NULL)
-		ai_cache_retire(users_cxt);
-	users_cxt = AllocSetContextCreate(TopMemoryContext, "ai_ratelimit users",
-									  ALLOCSET_DEFAULT_SIZES);
+	ai_cache_renew(&users_cxt, TopMemoryContext, "ai_ratelimit users", ALLOCSET_DEFAULT_SIZES);
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(AiKey);
 	ctl.entrysize = sizeof(UserConfig);
 	ctl.hcxt = users_cxt;
 	user_cache = hash_create("ai_ratelimit user configuration", 1024, &ctl,
 							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	ctl.keysize = NAMEDATALEN * 2;
-	ctl.entrysize = NAMEDATALEN * 2;
-	plan_names = hash_create("ai_ratelimit user plan names", 16, &ctl,
-							 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-	ctl.keysize = AI_MAX_USER_ID_LEN + 1;
-	ctl.entrysize = AI_MAX_USER_ID_LEN + 1;
-	account_names = hash_create("ai_ratelimit user account ids", 16, &ctl,
-								HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	plan_names = ai_cache_hash("ai_ratelimit user plan names", NAMEDATALEN * 2,
+							   NAMEDATALEN * 2, 16, users_cxt);
+	account_names = ai_cache_hash("ai_ratelimit user account ids", AI_MAX_USER_ID_LEN + 1,
+								  AI_MAX_USER_ID_LEN + 1, 16, users_cxt);
 }
 
 /*
