@@ -253,7 +253,6 @@ ai_mark_day_stale(const char *user_id, int len, DateADT day)
 typedef struct AiRecordCall
 {
 	const AiUser *user;
-	const char *model;
 	AiTokens	tok;
 	int64		resv_id;		/* the reservation to settle, when has_resv */
 	bool		has_resv;
@@ -271,12 +270,12 @@ typedef struct AiRecordCall
  * (ai_price_lookup).
  */
 static AiMoney
-ai_call_cost(AiRecordCall *r)
+ai_call_cost(AiRecordCall *r, const char *model)
 {
 	const AiTokens *t = &r->tok;
 	AiMoney		cost;
 
-	ai_price_lookup(r->model, &r->price, true);
+	ai_price_lookup(model, &r->price, true);
 	cost = ai_money_add(t->input * r->price.input, t->output * r->price.output);
 	cost = ai_money_add(cost, t->cached * r->price.cached_input);
 	cost = ai_money_add(cost, t->cache_write * r->price.cache_write);
@@ -312,7 +311,7 @@ static bool usage_has_account;
  * has (the columns default to 0).
  */
 static void
-ai_insert_usage(const AiRecordCall *r, Datum cost_num)
+ai_insert_usage(const AiRecordCall *r, const char *model, Datum cost_num)
 {
 	static const char *ins =
 	"INSERT INTO %s.ai_usage (created_at, day, user_id, model, priced_as,"
@@ -358,7 +357,7 @@ ai_insert_usage(const AiRecordCall *r, Datum cost_num)
 	vals[0] = TimestampTzGetDatum(r->now);
 	vals[1] = DateADTGetDatum(r->cal.day_date);
 	vals[2] = PointerGetDatum(cstring_to_text_with_len(r->user->id, r->user->len));
-	vals[3] = CStringGetTextDatum(r->model);
+	vals[3] = CStringGetTextDatum(model);
 	vals[4] = CStringGetTextDatum(r->price.priced_as);
 	vals[5] = Int64GetDatum(r->tok.input);
 	vals[6] = Int64GetDatum(r->tok.output);
@@ -589,7 +588,7 @@ Datum
 ai_record(const AiUser *u, const char *model,
 		  const AiTokens *tokens, int64 resv_id, bool has_resv)
 {
-	AiRecordCall r = {u, model, *tokens, resv_id, has_resv};
+	AiRecordCall r = {u, *tokens, resv_id, has_resv};
 	Datum		cost_num;
 	AiPlan		eff;
 	bool		want_alerts;
@@ -614,7 +613,7 @@ ai_record(const AiUser *u, const char *model,
 	ai_open_record_publish();
 	r.now = GetCurrentTimestamp();
 	ai_calendar_at(r.now, &r.cal);
-	r.cost = ai_call_cost(&r);
+	r.cost = ai_call_cost(&r, model);
 	cost_num = ai_money_to_numeric(r.cost);
 	want_alerts = ai_alert_plan(&r, &eff);
 	if (want_alerts)
@@ -666,7 +665,7 @@ ai_record(const AiUser *u, const char *model,
 			return first;
 		}
 	}
-	ai_insert_usage(&r, cost_num);
+	ai_insert_usage(&r, model, cost_num);
 	ai_rules_record_prepare(&rules, u, model, r.now);
 	touches = rules.n + 1;
 	for (int k = 0; k < nlevels; k++)
