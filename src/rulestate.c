@@ -11,9 +11,9 @@
  * rules of an account are counted the same way for the account (an AiUser
  * made by ai_account_init, its entry of kind AI_ENTRY_ACCOUNT: its
  * "holder"), in the account's partition, whose lock the check holds too
- * (accounts.c).  Being
- * entries, they are saved, sent to standbys and swept like a user's.  The
- * fields such an entry uses depend on what the rule counts:
+ * (accounts.c).  Being entries, they are saved, sent to standbys and swept
+ * like a user's.  The fields such an entry uses depend on what the rule
+ * counts:
  *
  *   requests, minute      burst ring (a 60-second window): checks allowed
  *   requests, calendar    day (the window's code) and daily_count
