@@ -182,6 +182,37 @@ ai_resv_lookup(int64 id, AiKey *key)
 	return slot;
 }
 
+/* Start a walk of an entry's reservations (AiResvWalk). */
+void
+ai_resv_iter_init(AiResvIter *it, const AiEntry *e, AiResvWalk walk, TimestampTz at)
+{
+	it->next = e->resv_head;
+	it->walk = walk;
+	it->at = at;
+}
+
+/* The next reservation of the walk, its slot in *slot; NULL at the end. */
+AiReservation *
+ai_resv_iter_next(AiResvIter *it, int32 *slot)
+{
+	while (it->next >= 0)
+	{
+		int32		s = it->next;
+		AiReservation *r = &ai_resv_slots[s];
+
+		it->next = r->next;
+		if (it->walk == AI_RESV_WALK_ALL ||
+			(r->state == AI_RESV_OPEN && r->expires_at > it->at) ||
+			(it->walk == AI_RESV_WALK_LIVE && r->state == AI_RESV_SETTLING))
+		{
+			if (slot != NULL)
+				*slot = s;
+			return r;
+		}
+	}
+	return NULL;
+}
+
 /*
  * The slot of the entry's reservation with this id, or -1 when it has
  * none (freed, never made, or another user's).  Caller holds the entry's

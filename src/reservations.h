@@ -81,36 +81,9 @@ typedef struct AiResvIter
 	TimestampTz at;
 } AiResvIter;
 
-static inline void
-ai_resv_iter_init(AiResvIter *it, const AiEntry *e, AiResvWalk walk, TimestampTz at)
-{
-	it->next = e->resv_head;
-	it->walk = walk;
-	it->at = at;
-}
-
-/* The next reservation of the walk, its slot in *slot; NULL at the end. */
-static inline AiReservation *
-ai_resv_iter_next(AiResvIter *it, int32 *slot)
-{
-	while (it->next >= 0)
-	{
-		int32		s = it->next;
-		AiReservation *r = &ai_resv_slots[s];
-
-		it->next = r->next;
-		if (it->walk == AI_RESV_WALK_ALL ||
-			(r->state == AI_RESV_OPEN && r->expires_at > it->at) ||
-			(it->walk == AI_RESV_WALK_LIVE && r->state == AI_RESV_SETTLING))
-		{
-			if (slot != NULL)
-				*slot = s;
-			return r;
-		}
-	}
-	return NULL;
-}
-
+extern void ai_resv_iter_init(AiResvIter *it, const AiEntry *e, AiResvWalk walk,
+							  TimestampTz at);
+extern AiReservation *ai_resv_iter_next(AiResvIter *it, int32 *slot);
 extern int32 ai_resv_find(const AiEntry *entry, int64 id);
 extern int64 ai_resv_create(AiEntry *entry, AiMoney amount, TimestampTz now,
 							TimestampTz expires_at, int32 *slot);

@@ -459,3 +459,66 @@ ai_partition_changed(uint32 hashcode)
 	ai_table->part_idle_until[hashcode % AI_NUM_PARTITIONS] = 0;
 }
 
+/* ---- an entry's state, for the modules that change it ---- */
+
+/* What records in flight hold, at most AI_MONEY_MAX.  Caller holds the lock. */
+AiMoney
+ai_inflight_cost(const AiEntry *e)
+{
+	if (int128_compare(e->inflight_cost, int64_to_int128(AI_MONEY_MAX)) >= 0)
+		return AI_MONEY_MAX;
+	if (int128_compare(e->inflight_cost, int64_to_int128(0)) <= 0)
+		return 0;
+	return int128_to_int64(e->inflight_cost);
+}
+
+/* Is the entry's cached spend exact for this month?  Caller holds its lock. */
+bool
+ai_spend_is_cached(const AiEntry *e, int32 month)
+{
+	return e->spend_state == AI_SPEND_VALID && e->spend_month == month;
+}
+
+/* Note that something to save changed, for the saver (persist.c). */
+void
+ai_mark_dirty(void)
+{
+	if (pg_atomic_read_u32(&ai_shared->dirty) == 0)
+		pg_atomic_write_u32(&ai_shared->dirty, 1);
+}
+
+/*
+ * Note that an entry's saved state changed: it joins its partition's dirty
+ * list.  Caller holds the entry's partition lock exclusively.
+ */
+void
+ai_entry_changed(AiEntry *e)
+{
+	if (!(e->save_flags & AI_SAVE_DIRTY))
+	{
+		int32	   *head = &ai_table->dirty_head[ai_key_hash(&e->key) % AI_NUM_PARTITIONS];
+
+		e->save_flags |= AI_SAVE_DIRTY;
+		e->dirty_next = *head;
+		*head = (int32) (e - ai_entries);
+	}
+	ai_mark_dirty();
+}
+
+/*
+ * Mark an entry's reservations as restored after a crash, or clear the mark
+ * (spend.c drops those a record settled).  restored_entries lets a record
+ * skip the look when no entry has the mark.  Caller holds the entry's
+ * partition lock exclusively (or runs before any session).
+ */
+void
+ai_entry_set_restored(AiEntry *e, bool restored)
+{
+	if (e->resv_restored == (uint8) restored)
+		return;
+	e->resv_restored = (uint8) restored;
+	if (restored)
+		pg_atomic_fetch_add_u32(&ai_shared->restored_entries, 1);
+	else
+		pg_atomic_fetch_sub_u32(&ai_shared->restored_entries, 1);
+}

@@ -11,44 +11,11 @@
 #include "accounts.h"
 #include "shmem.h"
 
-/*
- * A holder's stamp: moves with every record of the holder (change_seq) and
- * with every entry removed from its partition (an entry made again starts
- * its count anew).  Compared, never ordered.  Caller holds the lock.
- */
-static inline int64
-ai_user_stamp(const AiEntry *holder)
-{
-	uint32		p = ai_key_hash(&holder->key) % AI_NUM_PARTITIONS;
-
-	return (int64) (((uint64) ai_table->part_epoch[p] << 32) | holder->change_seq);
-}
-
-/* Stamps are compared, never ordered: their sums wrap. */
-static inline int64
-ai_stamp_add(int64 a, int64 b)
-{
-	return (int64) ((uint64) a + (uint64) b);
-}
-
-/*
- * What a cached use of a holder's records is exact at: the holder's stamp
- * and, for a use summed over an account's subtree (tree), the tree it was
- * summed over (both counts only grow, so their sum in the high half moves
- * when either does).
- */
-static inline int64
-ai_tree_offset(bool tree)
-{
-	return tree ? (int64) ((uint64) ai_accounts_stamp() << 32) : 0;
-}
-
-static inline int64
-ai_use_stamp(const AiEntry *holder, bool tree)
-{
-	return ai_stamp_add(ai_user_stamp(holder), ai_tree_offset(tree));
-}
-
+/* Holders' stamps, and the cached uses that follow them. */
+extern int64 ai_user_stamp(const AiEntry *holder);
+extern int64 ai_stamp_add(int64 a, int64 b);
+extern int64 ai_tree_offset(bool tree);
+extern int64 ai_use_stamp(const AiEntry *holder, bool tree);
 extern void ai_use_keep(AiEntry *s, const AiEntry *holder, bool tree);
 extern bool ai_use_saves_exact(const AiEntry *s);
 extern void ai_use_restored(AiEntry *s, bool tree);
