@@ -5,6 +5,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use AiTest qw(answers_again);
 
 my $node = PostgreSQL::Test::Cluster->new('restart');
 $node->init;
@@ -76,7 +79,7 @@ kill 'KILL', $pid;
 # wait for the crash restart to finish: a new saver and a server that answers
 my $tries = 0;
 while (($saver->() eq '' || $saver->() eq $pid) && $tries++ < 300) { select(undef, undef, undef, 0.1); }
-$node->poll_query_until('postgres', 'SELECT true') or die "no restart";
+answers_again($node) or die "no restart";
 like(slurp_file($node->logfile), qr/terminated by signal 9/, 'the server went through a crash restart');
 is(sql("SELECT remaining FROM ai_peek_limit('dave', 'hourly')"), '97',
 	'crash restart in place: counts restored from the last save');

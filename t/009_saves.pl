@@ -8,6 +8,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use AiTest qw(answers_again);
 use Time::HiRes qw(sleep);
 
 my $node = PostgreSQL::Test::Cluster->new('saves');
@@ -53,7 +56,7 @@ my $victim = `pgrep -P $pm -f 'ai_ratelimit saver'`;
 chomp $victim;
 like($victim, qr/^\d+$/, 'the saver runs');
 kill 'KILL', $victim;
-$node->poll_query_until('postgres', 'SELECT true') or die "no restart";
+answers_again($node) or die "no restart";
 like(slurp_file($node->logfile), qr/restored the counters of \d+ users and \d+ reservations/,
 	'the crash restart restored from the files');
 like(slurp_file($node->logfile), qr/From the saved counters and [1-9]\d* later changes/,

@@ -7,6 +7,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use AiTest qw(answers_again);
 use IPC::Run;
 
 my $node = PostgreSQL::Test::Cluster->new('operator');
@@ -88,7 +91,7 @@ $h = open_check('open2');
 my $victim = sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND query LIKE '%open2%' AND pid <> pg_backend_pid()});
 kill 'KILL', $victim;
 $h->kill_kill;
-$node->poll_query_until('postgres', 'SELECT true') or die "no restart";
+answers_again($node) or die "no restart";
 like(slurp_file($node->logfile), qr/terminated by signal 9/, 'a killed backend: crash restart');
 is(used('killed'), 5, 'a killed backend: back to the last save');
 is(used('open2'), 0, 'an uncommitted check does not come back');
@@ -108,7 +111,7 @@ $node->restart;					# saves the open reservation
 is(sql("SELECT ai_record_usage('ghost', 'gpt-4o', 0, 100000, 0, $resv)"), '100',
 	'the reservation is settled by a 100-cent call');
 kill 'KILL', saver_pid();
-$node->poll_query_until('postgres', 'SELECT true') or die "no restart";
+answers_again($node) or die "no restart";
 is(sql("SELECT allowed FROM ai_check_limit('ghost', 'day', 10)"), 't',
 	'after the crash, 100 spent + 10 fits the 150 budget: the settled reservation is not held again');
 is(sql("SELECT count(*) FROM ai_ratelimit_status WHERE user_id = 'ghost' AND open_reservations = 1"), '1',

@@ -4,8 +4,10 @@ use strict;
 use warnings;
 use Exporter 'import';
 use Test::More;
+use IPC::Run;
 
 our @EXPORT = qw(sql saved start_pgbouncer stop_pgbouncer);
+our @EXPORT_OK = qw(answers_again);
 
 # one query in the postgres database, its output
 sub sql
@@ -26,6 +28,25 @@ sub saved
 	sql($node, "SELECT allowed FROM ai_check_limit('zz-save-marker', '$plan')");
 	ok($node->poll_query_until('postgres', "SELECT last_save > '$t' FROM ai_ratelimit_saves()"),
 		$node->name . ': saved');
+}
+
+# Wait until $node answers queries again, after a crash restart; false
+# after 3 minutes.  The query goes in psql's arguments: a psql that finds
+# the server still down may exit before reading a query on its input, and
+# the write to it fails (a broken pipe), which poll_query_until does not
+# survive.
+sub answers_again
+{
+	my ($node) = @_;
+	for (1 .. 1800)
+	{
+		my ($out, $err) = ('', '');
+		IPC::Run::run([ 'psql', '-X', '-qAt', '-d', $node->connstr('postgres'),
+				'-c', 'SELECT true' ], '<', \undef, '>', \$out, '2>', \$err);
+		return 1 if $out =~ /^t$/m;
+		select(undef, undef, undef, 0.1);
+	}
+	return 0;
 }
 
 # PgBouncer in transaction mode in front of $node's postgres database, for
