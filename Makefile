@@ -14,9 +14,9 @@ OBJS = \
 	src/calendar.o \
 	src/compact.o \
 	src/config.o \
+	src/decide.o \
 	src/extension.o \
 	src/guard.o \
-	src/limits.o \
 	src/money.o \
 	src/persist.o \
 	src/replica.o \

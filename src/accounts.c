@@ -23,7 +23,7 @@
  *     user and the rule, in the user's partition, like a user's rule.
  *   - A check takes the partition locks of the user and of every account
  *     on the chain in ascending order and releases them in descending
- *     order (limits.c); nothing else holds two partition locks but
+ *     order (decide.c); nothing else holds two partition locks but
  *     ai_lock_all, which takes them all in the same order.  LWLocks have
  *     no deadlock detector; this order makes a cycle impossible.  So every
  *     level is refused, charged and held under one set of locks, or none.

@@ -48,7 +48,7 @@
  *   xact.c          what a check or record took, given back on abort
  *   alerts.c        budget alerts: their rows and notifications
  *   compact.c       the worker that totals each database's closed days
- *   limits.c        the decision, layer by layer: block, burst, daily,
+ *   decide.c        the decision, layer by layer: block, burst, daily,
  *                   tokens per minute, monthly budget, then the rules of
  *                   the user and of every account charged, under one set
  *                   of locks

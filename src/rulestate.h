@@ -71,7 +71,7 @@ ai_room_is_less(int64 limit, int64 left, int64 best_limit, int64 best_left)
 /* rulestate.c: several holders in one call */
 extern void ai_rules_reserve_touches(int n);
 
-/* rulestate.c: a check (limits.c) */
+/* rulestate.c: a check (decide.c) */
 extern void ai_rules_prepare(AiRuleSet *rs, const AiUser *u, const char *plan,
 							 const char *model, TimestampTz now, bool consume, bool defer);
 extern bool ai_rules_still_exact(const AiRuleSet *rs, const AiEntry *user);

@@ -21,7 +21,7 @@
  * Two kinds of caller take more than one partition lock at a time, and
  * both take them in ascending partition order and release them in
  * descending order: ai_ratelimit_verify(), a debugging aid that takes them
- * all (shared), and a check that charges accounts (limits.c), which takes
+ * all (shared), and a check that charges accounts (decide.c), which takes
  * the locks of its user and of each account on the chain, each once.
  * LWLocks have no deadlock detector; with one global order no process can
  * wait for a lock held by one that waits for its own.  Nothing that holds a

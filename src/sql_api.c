@@ -3,7 +3,7 @@
  * sql_api.c
  *		The SQL-callable functions of ai_ratelimit: argument checks, plan
  *		resolution and result rows.  The decisions themselves are made in
- *		limits.c and usage.c.
+ *		decide.c and usage.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -25,7 +25,7 @@
 #include "accounts.h"
 #include "calendar.h"
 #include "config.h"
-#include "limits.h"
+#include "decide.h"
 #include "replica.h"
 #include "reservations.h"
 #include "rings.h"

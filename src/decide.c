@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * limits.c
+ * decide.c
  *		The decision of a check, layer by layer: a per-user block, the
  *		burst window, the daily count, tokens per minute, the monthly
  *		budget.
@@ -29,7 +29,7 @@
 #include "alerts.h"
 #include "calendar.h"
 #include "config.h"
-#include "limits.h"
+#include "decide.h"
 #include "replica.h"
 #include "reservations.h"
 #include "resvid.h"

@@ -1,18 +1,18 @@
 /*-------------------------------------------------------------------------
  *
- * limits.h
- *		The decision of a check, layer by layer (limits.c).
+ * decide.h
+ *		The decision of a check, layer by layer (decide.c).
  *
  *-------------------------------------------------------------------------
  */
-#ifndef AI_LIMITS_H_
-#define AI_LIMITS_H_
+#ifndef AI_DECIDE_H_
+#define AI_DECIDE_H_
 
 #include "config.h"
 #include "shmem.h"
 #include "stats.h"
 
-/* limits.c */
+/* decide.c */
 
 /*
  * The numbers of one layer, for a program to act on: its limit, what is
@@ -81,4 +81,4 @@ typedef struct AiLayerState
 #define AI_MAX_LAYERS			5
 extern int	ai_layer_states(const AiUser *u, const AiPlan *plan, AiLayerState *out);
 
-#endif							/* AI_LIMITS_H_ */
+#endif							/* AI_DECIDE_H_ */
