@@ -380,29 +380,28 @@ static bool
 ai_refused_by_burst(AiCheck *c, AiVerdict *v)
 {
 	const AiPlan *plan = c->plan;
-	AiEntry    *e = c->entry;
 	uint32		used;
 
 	if (!plan->has_burst)
 		return false;
 	if (c->live)
-		ai_burst_advance(e, plan->burst_window_ms, c->now);
+		ai_burst_advance(c->entry, plan->burst_window_ms, c->now);
 	if (plan->burst_limit <= 0)
 		return ai_refuse_with(v, AI_OUT_BURST, true, 0, 0, 0, 0, false);
-	if (e->burst_window_ms != plan->burst_window_ms)
+	if (c->entry->burst_window_ms != plan->burst_window_ms)
 		return false;
-	used = ai_burst_count(e, c->now);
+	used = ai_burst_count(c->entry, c->now);
 	if (used >= (uint32) plan->burst_limit)
 	{
 		v->window_secs = ai_burst_window_secs(plan);
 		return ai_refuse_with(v, AI_OUT_BURST, false,
-							  ai_burst_retry_at(e, plan->burst_limit, c->now),
+							  ai_burst_retry_at(c->entry, plan->burst_limit, c->now),
 							  plan->burst_limit, used, 0, false);
 	}
 	if (ai_stand_tighter(c, plan->burst_limit, plan->burst_limit - used - 1))
 		ai_stand(c, ai_outcome_name(AI_OUT_BURST), 0, AI_METRIC_REQUESTS, plan->burst_limit,
 				 plan->burst_limit - used - 1,
-				 used > 0 ? ai_burst_oldest_leaves(e, c->now) :
+				 used > 0 ? ai_burst_oldest_leaves(c->entry, c->now) :
 				 c->now + (TimestampTz) plan->burst_window_ms * 1000,
 				 ai_burst_window_secs(plan));
 	return false;
