@@ -4,6 +4,7 @@
  *
  *   route seed  SECONDS CLIENTS USERS PREFIX PGCONN REDIS_SOCKET
  *   route ours  SECONDS CLIENTS USERS PREFIX PGCONN
+ *   route floor SECONDS CLIENTS USERS PREFIX PGCONN
  *   route first USERS PREFIX_A PREFIX_B PGCONN
  *
  * seed: Redis INCR + EXPIRE of the user's burst key (one round trip,
@@ -12,6 +13,10 @@
  * the call's row.
  * ours: ai_check_limit with an estimate, then ai_record_usage settling its
  * reservation.
+ * floor: what ours cannot do with less, its physical floor: two durable
+ * commits, the first writing a hold row (route_holds), the second deleting
+ * it and writing the call's usage row (route_usage, ai_usage's columns and
+ * indexes, none of its triggers).
  * Each of CLIENTS threads runs routes for SECONDS, for users PREFIX1 ..
  * PREFIXUSERS at random; prints routes per second.
  * first: one ai_check_limit with an estimate for each user in turn, timed,
@@ -40,7 +45,14 @@ static int	users;
 static const char *prefix;
 static const char *pgconn;
 static const char *redis_path;
-static int	seed_mode;
+typedef enum RouteMode
+{
+	ROUTE_SEED,
+	ROUTE_OURS,
+	ROUTE_FLOOR
+} RouteMode;
+
+static RouteMode mode;
 
 typedef struct Client
 {
@@ -132,7 +144,7 @@ client_main(void *arg)
 		c->failed = "could not connect to PostgreSQL";
 		return NULL;
 	}
-	if (seed_mode)
+	if (mode == ROUTE_SEED)
 	{
 		fd = redis_connect();
 		if (fd < 0)
@@ -157,6 +169,24 @@ client_main(void *arg)
 			return NULL;
 		}
 	}
+	else if (mode == ROUTE_FLOOR)
+	{
+		if (!ok(PQprepare(conn, "check",
+						  "INSERT INTO route_holds (user_id, cents, expires_at)"
+						  " VALUES ($1, 2, now() + interval '10 minutes') RETURNING id", 0, NULL),
+				PGRES_COMMAND_OK) ||
+			!ok(PQprepare(conn, "record",
+						  "WITH settled AS (DELETE FROM route_holds WHERE id = $2::bigint)"
+						  " INSERT INTO route_usage (created_at, day, user_id, model, priced_as,"
+						  " input_tokens, output_tokens, cached_input_tokens, cost_cents, reservation_id)"
+						  " VALUES (now(), current_date, $1, 'claude-sonnet-4-6', 'claude-sonnet-4-6',"
+						  " 812, 1045, 0, 2, $2::bigint)", 0, NULL),
+				PGRES_COMMAND_OK))
+		{
+			c->failed = "could not prepare the floor's statements";
+			return NULL;
+		}
+	}
 	else if (!ok(PQprepare(conn, "check",
 						   "SELECT reservation_id FROM ai_check_limit($1, 'route', 2)", 0, NULL),
 				 PGRES_COMMAND_OK) ||
@@ -178,7 +208,7 @@ client_main(void *arg)
 
 		snprintf(user, sizeof(user), "%s%d", prefix, 1 + (int) (rand_r(&c->rnd) % users));
 		p[0] = user;
-		if (seed_mode)
+		if (mode == ROUTE_SEED)
 		{
 			char		key[160];
 			long		n;
@@ -206,15 +236,16 @@ client_main(void *arg)
 			{
 				fprintf(stderr, "route: the check was refused or failed: %s", PQresultErrorMessage(r));
 				PQclear(r);
-				c->failed = "ai_check_limit did not allow the call";
+				c->failed = "the route's check did not allow the call";
 				break;
 			}
 			snprintf(id, sizeof(id), "%s", PQgetvalue(r, 0, 0));
 			PQclear(r);
 			p[1] = id;
-			if (!ok(PQexecPrepared(conn, "record", 2, p, NULL, NULL, 0), PGRES_TUPLES_OK))
+			if (!ok(PQexecPrepared(conn, "record", 2, p, NULL, NULL, 0),
+					mode == ROUTE_FLOOR ? PGRES_COMMAND_OK : PGRES_TUPLES_OK))
 			{
-				c->failed = "ai_record_usage failed";
+				c->failed = "the route's record failed";
 				break;
 			}
 		}
@@ -310,21 +341,25 @@ main(int argc, char **argv)
 		pgconn = argv[5];
 		return users > 0 ? first_checks(argv[4]) : 2;
 	}
-	if (argc < 7 || (strcmp(argv[1], "seed") == 0 && argc != 8) ||
-		(strcmp(argv[1], "ours") == 0 && argc != 7) ||
-		(strcmp(argv[1], "seed") != 0 && strcmp(argv[1], "ours") != 0))
+	if (argc == 8 && strcmp(argv[1], "seed") == 0)
+		mode = ROUTE_SEED;
+	else if (argc == 7 && strcmp(argv[1], "ours") == 0)
+		mode = ROUTE_OURS;
+	else if (argc == 7 && strcmp(argv[1], "floor") == 0)
+		mode = ROUTE_FLOOR;
+	else
 	{
-		fprintf(stderr, "usage: route seed|ours SECONDS CLIENTS USERS PREFIX PGCONN [REDIS_SOCKET]\n"
+		fprintf(stderr, "usage: route seed SECONDS CLIENTS USERS PREFIX PGCONN REDIS_SOCKET\n"
+				"       route ours|floor SECONDS CLIENTS USERS PREFIX PGCONN\n"
 				"       route first USERS PREFIX_A PREFIX_B PGCONN\n");
 		return 2;
 	}
-	seed_mode = strcmp(argv[1], "seed") == 0;
 	seconds = atoi(argv[2]);
 	nclients = atoi(argv[3]);
 	users = atoi(argv[4]);
 	prefix = argv[5];
 	pgconn = argv[6];
-	redis_path = seed_mode ? argv[7] : NULL;
+	redis_path = mode == ROUTE_SEED ? argv[7] : NULL;
 	if (seconds <= 0 || nclients <= 0 || users <= 0)
 		return 2;
 	clients = calloc(nclients, sizeof(Client));
