@@ -735,7 +735,8 @@ ai_take_levels(AiCheck *c)
 	{
 		AiLevel    *lv = &c->levels[k];
 
-		ai_rules_charge(&lv->rules, c->now, &lv->charge.rule_first, &lv->charge.rule_n);
+		ai_rules_charge(&lv->rules, lv->entry, c->now, &lv->charge.rule_first,
+						&lv->charge.rule_n);
 		ai_entry_changed(lv->entry);
 	}
 	return true;
@@ -799,7 +800,7 @@ ai_take_charge(AiCheck *c, AiDecision *d)
 			accts[k] = &c->levels[k].acct;
 		ai_wal_log_resv(&ai_resv_slots[charge->resv_slot], c->user, accts, c->nlevels);
 	}
-	ai_rules_charge(&c->rules, c->now, &charge->rule_first, &charge->rule_n);
+	ai_rules_charge(&c->rules, e, c->now, &charge->rule_first, &charge->rule_n);
 	if (c->plan->has_burst)
 		charge->burst_bucket = ai_burst_take(e);
 	ai_count_take(e, c->cal.day);

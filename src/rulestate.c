@@ -39,7 +39,11 @@
  * clean shutdown keeps every use still exact by its holder's stamp, and the
  * next start restores it exact at the stamp the holder starts with
  * (sweep.c's ai_use_saves_exact, ai_use_restored): the first check after a
- * clean restart reads no usage row for the rules either.
+ * clean restart reads no usage row for the rules either.  A restored use
+ * names no holder (a rule's key cannot be traced back to it) until the
+ * holder's next record or allowed check makes it the holder's again
+ * (ai_rules_charge); one that met neither before the next clean shutdown
+ * is not kept by it, and loads at its first check after that start.
  *
  * A reservation holds its estimate on the rules of the check that made it:
  * every rule for all models, the model rules it names (AI_RESV_RULES_NAMED
@@ -738,10 +742,14 @@ ai_rules_make_room(const AiRuleSet *rs, const AiUser *u, TimestampTz now)
 /*
  * Count an allowed request in every requests rule of the set; what it took
  * goes into touches [*first, *first + *n) for xact.c to give back if the
- * transaction rolls back.  Caller holds the lock exclusively and made room.
+ * transaction rolls back.  A cached use restored at the start, whose
+ * holder is not known yet (ai_use_restored), and still exact by the
+ * holder's stamp becomes the holder's (holder: the set's user or account
+ * entry), as a record's use does: the next clean shutdown keeps it again
+ * (ai_use_saves_exact).  Caller holds the lock exclusively and made room.
  */
 void
-ai_rules_charge(const AiRuleSet *rs, TimestampTz now, int32 *first, int16 *n)
+ai_rules_charge(const AiRuleSet *rs, AiEntry *holder, TimestampTz now, int32 *first, int16 *n)
 {
 	*first = ntouches;
 	for (int i = 0; i < rs->n; i++)
@@ -751,6 +759,14 @@ ai_rules_charge(const AiRuleSet *rs, TimestampTz now, int32 *first, int16 *n)
 		AiEntry    *s;
 		AiRuleTouch *t;
 
+		if (ai_is_calendar_use(r))
+		{
+			s = ai_entry_lookup(&ru->key, ru->hashcode, false, now, NULL, 0);
+			if (s != NULL && s->use_holder < 0 && holder != NULL &&
+				s->spend_month == ru->win.code && ai_rule_cache_at(s, ai_rule_stamp(r, holder)))
+				ai_use_keep(s, holder, AI_SCOPE_IN_TREE(r->scope));
+			continue;
+		}
 		if (r->metric != AI_METRIC_REQUESTS)
 			continue;
 		s = ai_entry_lookup(&ru->key, ru->hashcode, false, now, NULL, 0);

@@ -78,7 +78,8 @@ extern bool ai_rules_still_exact(const AiRuleSet *rs, const AiEntry *user);
 extern bool ai_rules_refuse(const AiRuleSet *rs, AiEntry *user, AiMoney est, int64 est_tokens,
 							TimestampTz now, AiRuleRefusal *out, AiRuleRoom *room);
 extern bool ai_rules_make_room(const AiRuleSet *rs, const AiUser *u, TimestampTz now);
-extern void ai_rules_charge(const AiRuleSet *rs, TimestampTz now, int32 *first, int16 *n);
+extern void ai_rules_charge(const AiRuleSet *rs, AiEntry *holder, TimestampTz now,
+							 int32 *first, int16 *n);
 extern void ai_rules_hold(const AiRuleSet *rs, AiReservation *r, int64 est_tokens);
 extern void ai_rules_hold_more(const AiRuleSet *rs, AiReservation *r, int64 est_tokens);
 extern char *ai_rule_words(const AiRule *r);

@@ -125,11 +125,14 @@ CREATE EXTENSION ai_ratelimit;
 INSERT INTO ai_plans (plan, burst_limit, daily_limit) VALUES ('r', NULL, NULL);
 INSERT INTO ai_accounts (account_id, parent_id) VALUES ('r-org', NULL);
 INSERT INTO ai_account_members (account_id, user_id, is_default) VALUES ('r-org', 'ida', true);
+INSERT INTO ai_accounts (account_id, parent_id) VALUES ('r-team', NULL);
+INSERT INTO ai_account_members (account_id, user_id, is_default) VALUES ('r-team', 'ivy', true);
 INSERT INTO ai_rules (scope, scope_id, metric, "window", max_value) VALUES
-    ('plan', 'r', 'cents', 'month', 100), ('account', 'r-org', 'cents', 'month', 100);
+    ('plan', 'r', 'cents', 'month', 100), ('account', 'r-org', 'cents', 'month', 100),
+    ('account', 'r-team', 'cents', 'month', 100);
 });
 # each spends through the check path; eve's 50-cent row then goes in by hand
-for (['dan', 60], ['ida', 30], ['eve', 10], ['fay', 30])
+for (['dan', 60], ['ida', 30], ['eve', 10], ['fay', 30], ['gus', 20], ['hal', 50], ['ivy', 25])
 {
 	my ($u, $c) = @$_;
 	my $rid = rsql("SELECT reservation_id FROM ai_check_limit('$u', 'r', $c)");
@@ -164,6 +167,35 @@ rsql(q{INSERT INTO ai_usage (created_at, day, user_id, model, priced_as, input_t
 is(rsql("SELECT allowed FROM ai_check_limit('fay', 'r', 21)"), 'f',
 	'fay: a row written by hand after the start counts (30 + 50 + 21 is over the rule)');
 is(rsql("SELECT allowed FROM ai_check_limit('fay', 'r', 20)"), 't', 'and exactly 20 are left');
+
+# A second clean restart.  hal's and ivy's uses (ivy's under her account
+# r-team too) came back with the first and were only checked since, with
+# no estimate (allowed, nothing recorded, nothing held): this shutdown
+# keeps them as well.  gus recorded before the first restart and was not
+# seen since: his restored use names no holder, so it is not kept, and his
+# first check reads the tables, exact.
+is(rsql(q{SELECT string_agg(allowed::text, ' ' ORDER BY n) FROM (
+	SELECT 1 n, allowed FROM ai_check_limit('hal', 'r')
+	UNION ALL SELECT 2, allowed FROM ai_check_limit('ivy', 'r')) x}),
+	'true true', 'hal and ivy are checked once, with no estimate');
+$rn->restart;
+rsql('SELECT 1');
+$before = last_line(usage_scans('SELECT 1', $rn));
+$after = last_line(usage_scans(q{
+	SELECT string_agg(allowed::text || ' ' || limited_by, ', ' ORDER BY n) FROM (
+	  SELECT 1 n, * FROM ai_check_limit('hal', 'r', 51)
+	  UNION ALL SELECT 2, * FROM ai_check_limit('ivy', 'r', 76)) x}, $rn));
+is($after, $before, 'second clean restart: uses only checked since the first read no usage row');
+is(rsql("SELECT allowed FROM ai_check_limit('hal', 'r', 50)"), 't',
+	'hal: his 50 cents came through both restarts, 50 more fit (51 did not)');
+is(rsql("SELECT allowed FROM ai_check_limit('ivy', 'r', 75)"), 't',
+	'ivy: her 25 cents, in her plan\'s rule and in r-team\'s, 75 more fit (76 did not)');
+$before = last_line(usage_scans('SELECT 1', $rn));
+$after = last_line(usage_scans("SELECT allowed FROM ai_check_limit('gus', 'r', 81)", $rn));
+cmp_ok($after, '>', $before, 'gus, not seen since the first start: his first check reads the tables');
+is(rsql("SELECT allowed::text || ' ' || limited_by FROM ai_check_limit('gus', 'r', 81)"),
+	'false rule', 'gus: his 20 cents count, 81 more do not fit');
+is(rsql("SELECT allowed FROM ai_check_limit('gus', 'r', 80)"), 't', 'and 80 do');
 $rn->stop;
 
 done_testing();
