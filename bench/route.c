@@ -131,6 +131,49 @@ ok(PGresult *r, ExecStatusType want)
 	return good;
 }
 
+/* The statements of each route, prepared on every connection. */
+typedef struct Stmt
+{
+	const char *name;
+	const char *sql;
+} Stmt;
+
+static const Stmt seed_stmts[] = {
+	{"count", "SELECT count(*) FROM seed_usage WHERE user_id = $1"
+	 " AND created_at > now() - interval '24 hours'"},
+	{"sum", "SELECT sum(cost_cents) FROM seed_usage WHERE user_id = $1"
+	 " AND created_at >= date_trunc('month', now())"},
+	{"insert", "INSERT INTO seed_usage (user_id, input_tokens, output_tokens, model, cost_cents)"
+	 " VALUES ($1, 812, 1045, 'claude-sonnet-4-6', 2)"},
+	{NULL, NULL}
+};
+
+static const Stmt ours_stmts[] = {
+	{"check", "SELECT reservation_id FROM ai_check_limit($1, 'route', 2)"},
+	{"record", "SELECT ai_record_usage($1, 'claude-sonnet-4-6', 812, 1045, 0, $2::bigint)"},
+	{NULL, NULL}
+};
+
+static const Stmt floor_stmts[] = {
+	{"check", "INSERT INTO route_holds (user_id, cents, expires_at)"
+	 " VALUES ($1, 2, now() + interval '10 minutes') RETURNING id"},
+	{"record", "WITH settled AS (DELETE FROM route_holds WHERE id = $2::bigint)"
+	 " INSERT INTO route_usage (created_at, day, user_id, model, priced_as,"
+	 " input_tokens, output_tokens, cached_input_tokens, cost_cents, reservation_id)"
+	 " VALUES (now(), current_date, $1, 'claude-sonnet-4-6', 'claude-sonnet-4-6',"
+	 " 812, 1045, 0, 2, $2::bigint)"},
+	{NULL, NULL}
+};
+
+static int
+prepare_all(PGconn *conn, const Stmt *s)
+{
+	for (; s->name != NULL; s++)
+		if (!ok(PQprepare(conn, s->name, s->sql, 0, NULL), PGRES_COMMAND_OK))
+			return 0;
+	return 1;
+}
+
 static void *
 client_main(void *arg)
 {
@@ -152,50 +195,11 @@ client_main(void *arg)
 			c->failed = "could not connect to Redis";
 			return NULL;
 		}
-		if (!ok(PQprepare(conn, "count",
-						  "SELECT count(*) FROM seed_usage WHERE user_id = $1"
-						  " AND created_at > now() - interval '24 hours'", 0, NULL),
-				PGRES_COMMAND_OK) ||
-			!ok(PQprepare(conn, "sum",
-						  "SELECT sum(cost_cents) FROM seed_usage WHERE user_id = $1"
-						  " AND created_at >= date_trunc('month', now())", 0, NULL),
-				PGRES_COMMAND_OK) ||
-			!ok(PQprepare(conn, "insert",
-						  "INSERT INTO seed_usage (user_id, input_tokens, output_tokens, model, cost_cents)"
-						  " VALUES ($1, 812, 1045, 'claude-sonnet-4-6', 2)", 0, NULL),
-				PGRES_COMMAND_OK))
-		{
-			c->failed = "could not prepare the seed's statements";
-			return NULL;
-		}
 	}
-	else if (mode == ROUTE_FLOOR)
+	if (!prepare_all(conn, mode == ROUTE_SEED ? seed_stmts :
+					 mode == ROUTE_FLOOR ? floor_stmts : ours_stmts))
 	{
-		if (!ok(PQprepare(conn, "check",
-						  "INSERT INTO route_holds (user_id, cents, expires_at)"
-						  " VALUES ($1, 2, now() + interval '10 minutes') RETURNING id", 0, NULL),
-				PGRES_COMMAND_OK) ||
-			!ok(PQprepare(conn, "record",
-						  "WITH settled AS (DELETE FROM route_holds WHERE id = $2::bigint)"
-						  " INSERT INTO route_usage (created_at, day, user_id, model, priced_as,"
-						  " input_tokens, output_tokens, cached_input_tokens, cost_cents, reservation_id)"
-						  " VALUES (now(), current_date, $1, 'claude-sonnet-4-6', 'claude-sonnet-4-6',"
-						  " 812, 1045, 0, 2, $2::bigint)", 0, NULL),
-				PGRES_COMMAND_OK))
-		{
-			c->failed = "could not prepare the floor's statements";
-			return NULL;
-		}
-	}
-	else if (!ok(PQprepare(conn, "check",
-						   "SELECT reservation_id FROM ai_check_limit($1, 'route', 2)", 0, NULL),
-				 PGRES_COMMAND_OK) ||
-			 !ok(PQprepare(conn, "record",
-						   "SELECT ai_record_usage($1, 'claude-sonnet-4-6', 812, 1045, 0, $2::bigint)",
-						   0, NULL),
-				 PGRES_COMMAND_OK))
-	{
-		c->failed = "could not prepare ai_ratelimit's statements";
+		c->failed = "could not prepare the route's statements";
 		return NULL;
 	}
 
