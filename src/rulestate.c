@@ -124,6 +124,18 @@ ai_rule_cache_at(const AiEntry *s, int64 stamp)
 		s->recorded_total == stamp;
 }
 
+/*
+ * Is the use cached in s (ru's counters, or NULL) exact now, for ru's
+ * window, by the stamp of its holder (NULL: no entry, nothing is exact)?
+ * Caller holds the lock.
+ */
+static inline bool
+ai_rule_use_exact(const AiRuleUse *ru, const AiEntry *s, const AiEntry *holder)
+{
+	return s != NULL && holder != NULL && s->spend_month == ru->win.code &&
+		ai_rule_cache_at(s, ai_rule_stamp(ru->rule, holder));
+}
+
 /* Whole cents, rounded up, of a cost: what a minute ring of cents counts. */
 static int64
 ai_whole_cents(AiMoney m)
@@ -327,8 +339,7 @@ ai_rule_use_cached(AiLoad *l, AiEntry *holder)
 	AiRuleUse  *ru = ((AiRuleLoad *) l->arg)->ru;
 	AiEntry    *s = ai_entry_lookup(&ru->key, ru->hashcode, false, l->now, NULL, 0);
 
-	return s != NULL && ai_rule_cache_at(s, ai_rule_stamp(ru->rule, holder)) &&
-		s->spend_month == ru->win.code;
+	return ai_rule_use_exact(ru, s, holder);
 }
 
 static int64
@@ -577,8 +588,7 @@ ai_rules_still_exact(const AiRuleSet *rs, const AiEntry *user)
 		if (!ru->exact || !ai_is_calendar_use(ru->rule))
 			continue;
 		s = ai_entry_lookup(&ru->key, ru->hashcode, false, 0, NULL, 0);
-		if (user == NULL || s == NULL || !ai_rule_cache_at(s, ai_rule_stamp(ru->rule, user)) ||
-			s->spend_month != ru->win.code)
+		if (!ai_rule_use_exact(ru, s, user))
 			return false;
 	}
 	return true;
@@ -762,8 +772,7 @@ ai_rules_charge(const AiRuleSet *rs, AiEntry *holder, TimestampTz now, int32 *fi
 		if (ai_is_calendar_use(r))
 		{
 			s = ai_entry_lookup(&ru->key, ru->hashcode, false, now, NULL, 0);
-			if (s != NULL && s->use_holder < 0 && holder != NULL &&
-				s->spend_month == ru->win.code && ai_rule_cache_at(s, ai_rule_stamp(r, holder)))
+			if (s != NULL && s->use_holder < 0 && ai_rule_use_exact(ru, s, holder))
 				ai_use_keep(s, holder, AI_SCOPE_IN_TREE(r->scope));
 			continue;
 		}
@@ -1130,9 +1139,7 @@ ai_rule_state(const AiRule *r, const AiUser *u, TimestampTz now, AiRuleState *st
 	LWLockAcquire(u->lock, LW_EXCLUSIVE);
 	ue = ai_entry_lookup(&u->key, u->hashcode, false, now, NULL, 0);
 	s = ai_entry_lookup(&ru.key, ru.hashcode, false, now, NULL, 0);
-	if (ru.exact && ai_is_calendar_use(r) &&
-		(ue == NULL || s == NULL || !ai_rule_cache_at(s, ai_rule_stamp(r, ue)) ||
-		 s->spend_month != ru.win.code))
+	if (ru.exact && ai_is_calendar_use(r) && !ai_rule_use_exact(&ru, s, ue))
 	{
 		/* changed since it was read: read the tables once more */
 		LWLockRelease(u->lock);
